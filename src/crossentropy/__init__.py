@@ -1,0 +1,36 @@
+"""crossentropy: exact, fast and complete sigmoid, softmax and cross-entropy.
+
+The NumPy functions here are the exact reference; faster backends (``crossentropy.torch``,
+``crossentropy.triton``) are tested against them.  Importing this package imports NumPy only.
+"""
+
+from crossentropy.activations import log_sigmoid, log_softmax, logsumexp, sigmoid, softmax
+from crossentropy.losses import (
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    cross_entropy_from_log_probs,
+    cross_entropy_from_probs,
+    entropy,
+    kl_divergence,
+)
+from crossentropy.targets import one_hot
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "cross_entropy_from_log_probs",
+    "cross_entropy_from_probs",
+    "entropy",
+    "kl_divergence",
+    "log_sigmoid",
+    "log_softmax",
+    "logsumexp",
+    "one_hot",
+    "sigmoid",
+    "softmax",
+]

@@ -1,0 +1,416 @@
+"""Sigmoid, log-sigmoid, softmax, log-softmax and log-sum-exp: the exact NumPy reference.
+
+Every function here is the oracle that the faster backends are tested against.  Inputs
+of float16 and float32 are computed in float64 and rounded once at the end, so their
+results are correctly rounded in all but rare ties.  float64 inputs use the identities
+commented at each line, which keep the error within a few ulp over the whole range,
+subnormal results included.
+
+The algorithms follow Blanchard, Higham & Higham, "Accurately computing the log-sum-exp
+and softmax functions", IMA J. Numer. Anal. 41 (2021): shift by the maximum, take
+``log1p`` of the sum of the *other* terms, and divide by ``1 + s`` for the softmax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from crossentropy._validate import as_float_array, cast_out, check_axis
+
+__all__ = ["log_sigmoid", "log_softmax", "logsumexp", "sigmoid", "softmax"]
+
+F64 = npt.NDArray[np.float64]
+
+# --------------------------------------------------------------------------- sigmoid
+
+
+def _exp_neg_abs(x: F64) -> F64:
+    """exp(-|x|), in (0, 1]: never overflows, and is subnormal (not 0) down to x = -745."""
+    return np.exp(-np.abs(x))
+
+
+def _sigmoid64(x: F64) -> F64:
+    # Two branches, each free of overflow and of cancellation:
+    #   x >= 0:  1 / (1 + e^-x)
+    #   x <  0:  e^x / (1 + e^x)      (1 / (1 + e^-x) would overflow e^-x for x < -709)
+    t = _exp_neg_abs(x)
+    with np.errstate(invalid="ignore"):
+        return np.where(x >= 0, 1.0 / (1.0 + t), t / (1.0 + t))
+
+
+def _softplus64(x: F64) -> F64:
+    """log(1 + e^x) = max(x, 0) + log1p(e^-|x|): both terms >= 0, so no cancellation."""
+    with np.errstate(invalid="ignore"):
+        return np.maximum(x, 0.0) + np.log1p(_exp_neg_abs(x))
+
+
+def _log_sigmoid64(x: F64) -> F64:
+    # log sigmoid(x) = -log(1 + e^-x) = -softplus(-x)
+    #   x >= 0:  -log1p(e^-x)            (tiny and exact: log1p keeps e^-x's digits)
+    #   x <  0:  x - log1p(e^x)          (two terms of the same sign: no cancellation)
+    return -_softplus64(-x)
+
+
+def _sigmoid_prime64(x: F64) -> F64:
+    """sigmoid'(x) = sigmoid(x) sigmoid(-x) = e^-|x| / (1 + e^-|x|)^2.
+
+    Written with e^-|x| it is symmetric and stays non-zero (subnormal) up to |x| ~ 745,
+    where sigmoid(x) (1 - sigmoid(x)) would round 1 - sigmoid(x) to 0 already at x ~ 37.
+    """
+    t = _exp_neg_abs(x)
+    with np.errstate(invalid="ignore"):
+        return (t / (1.0 + t)) / (1.0 + t)
+
+
+def sigmoid(x: Any, *, return_grad: bool = False) -> Any:
+    r"""The logistic sigmoid, elementwise.
+
+    .. math:: \sigma(x) = \frac{1}{1 + e^{-x}}
+
+    Parameters
+    ----------
+    x : array_like
+        Real numbers.  float16, float32 and float64 keep their dtype; integers become float64.
+    return_grad : bool
+        Also return the derivative :math:`\sigma'(x) = \sigma(x)\,\sigma(-x)`.
+
+    Returns
+    -------
+    ndarray or scalar, or a tuple ``(value, derivative)``
+
+    Notes
+    -----
+    Results that are subnormal are kept: ``sigmoid(-720) = 2.03e-313`` where libraries that
+    compute ``1 / (1 + exp(-x))`` return 0.  The derivative is non-zero up to |x| ~ 745.
+    ``1 - sigmoid(x)`` is ``sigmoid(-x)``: use that instead of subtracting.
+
+    Examples
+    --------
+    >>> import crossentropy as ce
+    >>> ce.sigmoid([1.0, -3.0])
+    array([0.73105858, 0.04742587])
+    >>> float(ce.sigmoid(-720.0))
+    2.03109e-313
+    >>> v, d = ce.sigmoid(0.0, return_grad=True)
+    >>> float(v), float(d)
+    (0.5, 0.25)
+    """
+    x64, dtype = as_float_array(x, "x")
+    value = cast_out(_sigmoid64(x64), dtype)
+    if return_grad:
+        return value, cast_out(_sigmoid_prime64(x64), dtype)
+    return value
+
+
+def log_sigmoid(x: Any, *, return_grad: bool = False) -> Any:
+    r"""The logarithm of the sigmoid, elementwise.
+
+    .. math:: \log\sigma(x) = -\log(1 + e^{-x})
+
+    ``log(1 - sigmoid(x))`` is ``log_sigmoid(-x)``: the complement needs no subtraction.
+
+    Parameters
+    ----------
+    x : array_like
+        Real numbers.
+    return_grad : bool
+        Also return the derivative :math:`\frac{d}{dx}\log\sigma(x) = \sigma(-x)`.
+
+    Examples
+    --------
+    >>> import crossentropy as ce
+    >>> ce.log_sigmoid([0.0, 40.0, -800.0])
+    array([-6.93147181e-01, -4.24835426e-18, -8.00000000e+02])
+    """
+    x64, dtype = as_float_array(x, "x")
+    value = cast_out(_log_sigmoid64(x64), dtype)
+    if return_grad:
+        return value, cast_out(_sigmoid64(-x64), dtype)
+    return value
+
+
+# --------------------------------------------------------------------------- softmax
+
+
+@dataclass
+class _Rows:
+    """Everything a softmax-like function needs from rows laid along the last axis.
+
+    For a row x with maximum m reached first at index k (all values finite):
+
+    * ``dh + dl`` is x - m exactly (TwoSum): ``dh`` is the rounded difference, ``dl`` its
+      rounding error, so exp(x - m) = exp(dh) (1 + dl) to within half an ulp.
+    * ``e`` holds exp(x - m); ``e[k] == 1``.
+    * ``s`` is the sum of the other terms, so that sum(e) = 1 + s and
+      log-sum-exp = m + log1p(s).  Taking log1p of s, rather than log of the rounded 1 + s,
+      is what keeps log_softmax exact near 0.
+    """
+
+    x: F64
+    m: F64  # row maximum, keepdims
+    k: npt.NDArray[np.intp]  # argmax, keepdims
+    dh: F64
+    dl: F64
+    e: F64
+    s: F64  # keepdims
+    L: F64  # log1p(s), keepdims
+    pos_inf: npt.NDArray[np.bool_]  # rows whose maximum is +inf, keepdims
+    neg_inf: npt.NDArray[np.bool_]  # rows that are all -inf (or empty), keepdims
+
+
+def _rows(x: F64) -> _Rows:
+    """Decompose rows (last axis) as described in :class:`_Rows`. `x` has size > 0."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        m = np.max(x, axis=-1, keepdims=True)  # NaN if the row has a NaN
+        k = np.argmax(x, axis=-1, keepdims=True)
+        pos_inf = m == np.inf
+        neg_inf = m == -np.inf
+        ms = np.where(np.isfinite(m), m, 0.0)
+        # TwoSum (Knuth): dh = fl(x - m) and dl = (x - m) - dh exactly.
+        dh = x - ms
+        bb = dh - x
+        dl = (x - (dh - bb)) + (-ms - bb)
+        dl = np.where(np.isfinite(dl), dl, 0.0)
+        e = np.exp(dh)
+        e += e * dl  # exp(dh + dl) = exp(dh) (1 + dl + O(dl^2))
+        np.put_along_axis(e, k, 0.0, axis=-1)
+        s = np.sum(e, axis=-1, keepdims=True)  # the terms other than the first maximum
+        np.put_along_axis(e, k, 1.0, axis=-1)
+        L = np.log1p(s)
+    return _Rows(x, m, k, dh, dl, e, s, L, pos_inf, neg_inf)
+
+
+def _inf_share(x: F64) -> F64:
+    """Rows whose maximum is +inf: the +inf entries share the probability mass equally."""
+    hit = x == np.inf
+    return hit / np.sum(hit, axis=-1, keepdims=True)
+
+
+def _softmax_last(x: F64) -> F64:
+    if x.size == 0:
+        return x.copy()
+    r = _rows(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = r.e / (1.0 + r.s)  # e^(x - m) / sum: 1 + s >= 1, so p never overflows
+        p = np.where(r.pos_inf, _inf_share(x), p)
+        p = np.where(r.neg_inf, np.nan, p)  # exp(-inf)/0: no distribution
+    return p
+
+
+def _log_softmax_last(x: F64) -> F64:
+    if x.size == 0:
+        return x.copy()
+    r = _rows(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # log p_j = (x_j - m) - log1p(s) = (dh_j - L) + dl_j: two terms <= 0, and the
+        # rounding error of x_j - m added back.  At the maximum this is exactly -log1p(s).
+        lp = (r.dh - r.L) + r.dl
+        lp = np.where(r.pos_inf, np.log(_inf_share(x)), lp)
+        lp = np.where(r.neg_inf, np.nan, lp)
+    return lp
+
+
+def _logsumexp_last(x: F64) -> F64:
+    """log(sum(exp(x))) over the last axis (no keepdims). Empty rows give -inf."""
+    if x.shape[-1] == 0:
+        return np.full(x.shape[:-1], -np.inf)
+    if x.size == 0:
+        return np.zeros(x.shape[:-1])
+    r = _rows(x)
+    with np.errstate(invalid="ignore"):
+        out = (r.m + r.L)[..., 0]  # +inf and -inf rows come out right: m is +-inf, L finite
+    return out
+
+
+def _moved(x: F64, axis: int | None) -> tuple[F64, int | None]:
+    """Move `axis` last (or flatten for axis=None); return the array and the normalised axis."""
+    if axis is None:
+        return x.reshape(1, -1), None
+    ax = check_axis(axis, x.ndim)
+    return np.moveaxis(x, ax, -1), ax
+
+
+def softmax(x: Any, axis: int | None = -1) -> Any:
+    r"""The softmax along `axis`: scores to probabilities that sum to 1.
+
+    .. math:: \operatorname{softmax}(x)_j = \frac{e^{x_j}}{\sum_i e^{x_i}}
+              = \frac{e^{x_j - m}}{1 + \sum_{i \ne k} e^{x_i - m}},\quad m = x_k = \max_i x_i
+
+    Parameters
+    ----------
+    x : array_like
+        Scores (logits).
+    axis : int or None
+        The class axis (default: the last).  ``None`` treats all elements as one row.
+
+    Notes
+    -----
+    Special values: a row with +inf entries gives those entries equal shares
+    (``[inf, 0] -> [1, 0]``, ``[inf, inf] -> [0.5, 0.5]``); -inf entries get probability 0;
+    a row of all -inf, or with a NaN, gives NaN.  Error at most a few ulp (8 is tested).
+
+    Examples
+    --------
+    >>> import crossentropy as ce
+    >>> ce.softmax([3.0, 0.6, 6.3])
+    array([0.0355924 , 0.00322874, 0.96117886])
+    >>> ce.softmax([9.8, 3.7, 0.2])
+    array([9.97695224e-01, 2.23647455e-03, 6.75421037e-05])
+    """
+    x64, dtype = as_float_array(x, "x")
+    xm, ax = _moved(x64, axis)
+    p = _softmax_last(xm)
+    p = p.reshape(x64.shape) if ax is None else np.moveaxis(p, -1, ax)
+    return cast_out(p, dtype)
+
+
+def log_softmax(x: Any, axis: int | None = -1) -> Any:
+    r"""The logarithm of the softmax along `axis`.
+
+    .. math:: \log\operatorname{softmax}(x)_j = (x_j - m) - \log1p\Big(\sum_{i \ne k}
+              e^{x_i - m}\Big),\quad m = x_k = \max_i x_i
+
+    Exact near 0, where computing ``x - logsumexp(x)`` loses up to 10^8 ulp (the rounded
+    ``1 + s`` under the log throws away the digits of ``s``).
+
+    Examples
+    --------
+    >>> import crossentropy as ce
+    >>> ce.log_softmax([0.0, -40.0])
+    array([-4.24835426e-18, -4.00000000e+01])
+    """
+    x64, dtype = as_float_array(x, "x")
+    xm, ax = _moved(x64, axis)
+    lp = _log_softmax_last(xm)
+    lp = lp.reshape(x64.shape) if ax is None else np.moveaxis(lp, -1, ax)
+    return cast_out(lp, dtype)
+
+
+def logsumexp(
+    x: Any,
+    axis: int | None = -1,
+    *,
+    b: Any = None,
+    keepdims: bool = False,
+    return_sign: bool = False,
+) -> Any:
+    r"""log(sum(b * exp(x))) along `axis`, without overflow and exact under cancellation.
+
+    .. math:: \operatorname{LSE}(x) = m + \log1p\Big(\sum_{i \ne k} e^{x_i - m}\Big)
+
+    Parameters
+    ----------
+    x : array_like
+    axis : int or None
+        Axis to reduce (default: the last); ``None`` reduces all elements.
+    b : array_like, optional
+        Weights broadcastable to `x`; entries with ``b == 0`` are left out, negative ones
+        subtract.  With weights, terms within a factor 2 of the largest are written as
+        ``b (1 + expm1(x - m))`` so that the sum ``sum(b) + sum(b expm1(x - m))`` keeps the
+        digits that cancel: ``log(e^0 - e^1e-20)`` is ``-46.0517`` with sign -1 (SciPy and
+        JAX give -inf).
+    keepdims : bool
+        Keep the reduced axis with length 1.
+    return_sign : bool
+        Return ``(log|sum|, sign(sum))``.  Without it a negative sum raises ``ValueError``.
+
+    Notes
+    -----
+    The result is -inf for an empty axis or a row of all -inf, +inf when a term is +inf,
+    NaN when a term is NaN.  When the sum is close to 1 and the maximum is negative the
+    problem itself is ill conditioned: the error is a few ulp of ``max(|m|, log1p(s))``.
+
+    Examples
+    --------
+    >>> import crossentropy as ce
+    >>> float(ce.logsumexp([1000.0, 1000.0]))
+    1000.6931471805599
+    >>> ce.logsumexp([0.0, 1e-20], b=[1.0, -1.0], return_sign=True)
+    (np.float64(-46.051701859880914), np.float64(-1.0))
+    """
+    x64, dtype = as_float_array(x, "x")
+    if b is None:
+        xm, ax = _moved(x64, axis)
+        out = _logsumexp_last(xm)
+        sign = np.where(np.isnan(out), np.nan, 1.0)
+    else:
+        b64, bdtype = as_float_array(b, "b")
+        try:
+            x64, b64 = np.broadcast_arrays(x64, b64)
+        except ValueError:
+            raise ValueError(
+                f"b with shape {b64.shape} cannot be broadcast to x with shape {x64.shape}"
+            ) from None
+        dtype = max(dtype, bdtype, key=lambda d: d.itemsize)
+        xm, ax = _moved(x64, axis)
+        bm, _ = _moved(b64, axis)
+        out, sign = _weighted_logsumexp_last(xm, bm)
+        if not return_sign:
+            neg = sign < 0
+            if neg.any():
+                raise ValueError(
+                    "the weighted sum sum(b * exp(x)) is negative for some rows, so its log is "
+                    "not real; pass return_sign=True to get log|sum| and the sign"
+                )
+    if keepdims:
+        if ax is None:
+            out = out.reshape((1,) * x64.ndim)
+            sign = sign.reshape((1,) * x64.ndim)
+        else:
+            out = np.expand_dims(out, ax)
+            sign = np.expand_dims(sign, ax)
+    elif ax is None:
+        out = out.reshape(())
+        sign = sign.reshape(())
+    if return_sign:
+        return cast_out(out, dtype), cast_out(sign, dtype)
+    return cast_out(out, dtype)
+
+
+def _weighted_logsumexp_last(x: F64, b: F64) -> tuple[F64, F64]:
+    """log|sum(b e^x)| and its sign over the last axis, keeping cancelling digits."""
+    shape = x.shape[:-1]
+    if x.shape[-1] == 0:
+        return np.full(shape, -np.inf), np.zeros(shape)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        xe = np.where(b == 0, -np.inf, x)  # b = 0 removes the term, whatever x is
+        m = np.max(xe, axis=-1, keepdims=True)
+        ms = np.where(np.isfinite(m), m, 0.0)
+        dh = xe - ms
+        bb = dh - xe
+        dl = (xe - (dh - bb)) + (-ms - bb)  # TwoSum error of x - m, as in _rows
+        dl = np.where(np.isfinite(dl), dl, 0.0)
+        e = np.exp(dh)
+        e += e * dl
+        # Terms within a factor 2 of the largest: b e^d = b + b expm1(d).  The b's add up
+        # exactly when they are small whole numbers (the usual +-1), and expm1 keeps the
+        # digits of e^d - 1 that rounding 1 + tiny would lose.
+        near = dh > -np.log(2.0)
+        em1 = np.expm1(dh) + e * dl
+        A = np.sum(np.where(near, b, 0.0), axis=-1, keepdims=True)
+        bterm = np.where(b == 0, 0.0, b * np.where(near, em1, e))
+        R = np.sum(bterm, axis=-1, keepdims=True)
+        # log(A + R) = log|A| + log1p(R / A) while R / A > -1/2 (no cancellation), else log|A+R|.
+        ratio = R / A
+        gentle = (A != 0) & (ratio > -0.5)
+        tot = A + R
+        out = np.where(gentle, np.log(np.abs(A)) + np.log1p(ratio), np.log(np.abs(tot)))
+        sign = np.sign(np.where(gentle, A, tot))
+        out = out + ms
+        # Rows with +inf terms: the sum is +-inf by the sign of the b's at +inf (NaN if 0).
+        hit = xe == np.inf
+        binf = np.sum(np.where(hit, b, 0.0), axis=-1, keepdims=True)
+        pinf = m == np.inf
+        out = np.where(pinf, np.where(binf != 0, np.inf, np.nan), out)
+        sign = np.where(pinf, np.where(binf != 0, np.sign(binf), np.nan), sign)
+        allneg = m == -np.inf
+        out = np.where(allneg, -np.inf, out)
+        sign = np.where(allneg, 0.0, sign)
+        nan = np.isnan(m) | np.isnan(out)
+        out = np.where(nan, np.nan, out)
+        sign = np.where(nan, np.nan, sign)
+    return out[..., 0], sign[..., 0]
