@@ -70,9 +70,10 @@ def check_axis(axis: Any, ndim: int, name: str = "axis") -> int:
             f"{name}={axis} is out of bounds for a 0-d input; a class axis is needed "
             "(softmax-like functions accept axis=None to use all elements)"
         )
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"{name}={axis} is out of bounds for an input with {ndim} dimensions")
-    return int(axis) % ndim
+    ax = int(axis)
+    if not -ndim <= ax < ndim:
+        raise ValueError(f"{name}={ax} is out of bounds for an input with {ndim} dimensions")
+    return ax % ndim
 
 
 def log_scale(base: Any) -> float:
@@ -111,7 +112,7 @@ def first_index(mask: npt.NDArray[np.bool_]) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(flat, mask.shape))
 
 
-def _where(index: tuple[int, ...]) -> str:
+def where_str(index: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(i) for i in index) + "]"
 
 
@@ -120,7 +121,7 @@ def check_probabilities(p: npt.NDArray[np.float64], name: str) -> None:
     bad = (p < 0.0) | (p > 1.0)
     if bad.any():
         idx = first_index(bad)
-        raise ValueError(f"{name} must lie in [0, 1]; {name}{_where(idx)} = {p[idx]!r}")
+        raise ValueError(f"{name} must lie in [0, 1]; {name}{where_str(idx)} = {p[idx]!r}")
 
 
 def row_sum_tolerance(num_classes: int, dtype: np.dtype[Any]) -> float:
@@ -145,7 +146,7 @@ def check_rows_sum_to_one(
         idx = first_index(bad)
         total = float(np.sum(p, axis=axis)[idx])
         raise ValueError(
-            f"rows of {name} must sum to 1 (tolerance {tol:.3g}); the row at {_where(idx)} "
+            f"rows of {name} must sum to 1 (tolerance {tol:.3g}); the row at {where_str(idx)} "
             f"sums to {total!r}"
         )
 
@@ -176,13 +177,13 @@ def as_labels(
         if bad.any():
             idx = first_index(bad)
             raise ValueError(
-                f"{name} must hold whole-number class indices; {name}{_where(idx)} = "
+                f"{name} must hold whole-number class indices; {name}{where_str(idx)} = "
                 f"{arr[idx]!r}"
             )
         if arr.size and (np.abs(arr) > 2.0**62).any():
             idx = first_index(np.abs(arr) > 2.0**62)
             raise ValueError(
-                f"{name}{_where(idx)} = {arr[idx]!r} is out of range [0, {num_classes})"
+                f"{name}{where_str(idx)} = {arr[idx]!r} is out of range [0, {num_classes})"
             )
         arr = arr.astype(np.int64)
     elif kind not in "iu":
@@ -193,10 +194,20 @@ def as_labels(
         idx = first_index(bad)
         hint = "" if ignore_index is None else f" (and is not ignore_index={ignore_index})"
         raise ValueError(
-            f"{name}{_where(idx)} = {int(arr[idx])} is out of range [0, {num_classes}){hint}"
+            f"{name}{where_str(idx)} = {int(arr[idx])} is out of range [0, {num_classes}){hint}"
         )
     safe = np.where(counted, arr, 0).astype(np.intp, copy=False)
     return safe, counted
+
+
+def check_nonnegative(x: Any, name: str) -> npt.NDArray[np.float64]:
+    """A float64 array of finite values >= 0 (weights), or a ValueError naming the first bad one."""
+    w, _ = as_float_array(x, name)
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        idx = first_index(bad)
+        raise ValueError(f"{name} must be finite and >= 0; {name}{where_str(idx)} = {w[idx]!r}")
+    return w
 
 
 def check_ignore_index(ignore_index: Any) -> int | None:
@@ -211,17 +222,13 @@ def check_class_weight(weight: Any, num_classes: int) -> npt.NDArray[np.float64]
     """Per-class weights: a 1-d array of `num_classes` finite, non-negative numbers."""
     if weight is None:
         return None
-    w, _ = as_float_array(weight, "weight")
-    if w.ndim != 1 or w.shape[0] != num_classes:
+    shape = np.shape(weight)
+    if len(shape) != 1 or shape[0] != num_classes:
         raise ValueError(
             f"weight must be a 1-d array with one entry per class ({num_classes}), "
-            f"got shape {w.shape}"
+            f"got shape {shape}"
         )
-    bad = ~np.isfinite(w) | (w < 0)
-    if bad.any():
-        idx = first_index(bad)
-        raise ValueError(f"weight must be finite and >= 0; weight{_where(idx)} = {w[idx]!r}")
-    return w
+    return check_nonnegative(weight, "weight")
 
 
 def broadcast_to_shape(
