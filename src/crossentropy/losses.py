@@ -370,8 +370,8 @@ def cross_entropy_from_probs(
     Examples
     --------
     >>> import crossentropy as ce
-    >>> p = [0.997694, 0.002237, 0.000069]
-    >>> float(ce.cross_entropy_from_probs(p, 0, base=2))  # mpmath: -log2(0.997694) = 0.00333069653505
+    >>> p = [0.997694, 0.002237, 0.000069]  # mpmath: -log2(0.997694) = 0.00333069653505
+    >>> float(ce.cross_entropy_from_probs(p, 0, base=2))
     0.00333069653505
     """
     return _from_normalised(
