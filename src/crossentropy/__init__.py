@@ -4,7 +4,13 @@ The NumPy functions here are the exact reference; faster backends (``crossentrop
 ``crossentropy.triton``) are tested against them.  Importing this package imports NumPy only.
 """
 
-from crossentropy._config import get_backend, set_backend, use_backend
+from crossentropy._config import (
+    get_backend,
+    get_num_threads,
+    set_backend,
+    set_num_threads,
+    use_backend,
+)
 from crossentropy.activations import log_sigmoid, log_softmax, logsumexp, sigmoid, softmax
 from crossentropy.losses import (
     binary_cross_entropy,
@@ -28,12 +34,14 @@ __all__ = [
     "cross_entropy_from_probs",
     "entropy",
     "get_backend",
+    "get_num_threads",
     "kl_divergence",
     "log_sigmoid",
     "log_softmax",
     "logsumexp",
     "one_hot",
     "set_backend",
+    "set_num_threads",
     "sigmoid",
     "softmax",
     "use_backend",

@@ -17,7 +17,39 @@ Backend = Literal["auto", "numpy", "numba"]
 _BACKENDS: tuple[Backend, ...] = ("auto", "numpy", "numba")
 _state: dict[str, Backend] = {"backend": "auto"}
 
-__all__ = ["get_backend", "numba_available", "set_backend", "use_backend"]
+__all__ = [
+    "FAST_MIN_SIZE",
+    "get_backend",
+    "get_num_threads",
+    "numba_available",
+    "set_backend",
+    "set_num_threads",
+    "use_backend",
+]
+
+#: Under "auto", arrays with at least this many elements go to the numba kernels.
+FAST_MIN_SIZE = 2**14
+_threads: dict[str, int | None] = {"n": None}  # None: all cores
+
+
+def set_num_threads(n: int | None) -> None:
+    """Threads used by the numba kernels (None: all cores).  Results do not depend on it.
+
+    >>> import crossentropy as ce
+    >>> ce.set_num_threads(1); ce.get_num_threads()
+    1
+    >>> ce.set_num_threads(None)
+    """
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+        raise TypeError(f"n must be a positive integer or None, got {n!r}")
+    if n is not None and n < 1:
+        raise ValueError(f"n must be a positive integer or None, got {n!r}")
+    _threads["n"] = n
+
+
+def get_num_threads() -> int | None:
+    """The thread count set by :func:`set_num_threads` (None: all cores)."""
+    return _threads["n"]
 
 
 def numba_available() -> bool:

@@ -57,7 +57,8 @@ def result_dtype(*dtypes: np.dtype[Any]) -> np.dtype[Any]:
 
 def cast_out(x: npt.NDArray[np.float64], dtype: np.dtype[Any]) -> Any:
     """Round a float64 result once to `dtype`; 0-d results become NumPy scalars."""
-    out = x.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):  # beyond the range of `dtype`: +-inf, the rounded value
+        out = x.astype(dtype, copy=False)
     return out[()] if out.ndim == 0 else out
 
 
@@ -172,6 +173,7 @@ def as_labels(
     if kind == "b":
         raise TypeError(f"{name} must hold integer class indices, not booleans")
     if kind == "f":
+        arr = arr.astype(np.float64)  # float16 cannot hold the 2**62 bound below
         with np.errstate(invalid="ignore"):
             bad = ~np.isfinite(arr) | (arr != np.round(arr))
         if bad.any():

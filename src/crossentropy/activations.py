@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from crossentropy import _cpu
 from crossentropy._validate import as_float_array, cast_out, check_axis
 
 __all__ = ["log_sigmoid", "log_softmax", "logsumexp", "sigmoid", "softmax"]
@@ -28,25 +29,81 @@ F64 = npt.NDArray[np.float64]
 # --------------------------------------------------------------------------- sigmoid
 
 
-def _exp_neg_abs(x: F64) -> F64:
-    """exp(-|x|), in (0, 1]: never overflows, and is subnormal (not 0) down to x = -745."""
-    return np.exp(-np.abs(x))
+# ln 2 split as in fdlibm: _LN2_HI has its last 21 bits zero, so k * _LN2_HI is exact for
+# k < 2^21, and _LN2_HI + _LN2_LO is ln 2 to about 2^-86.
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+
+
+def _exp_neg_abs_split(x: F64) -> tuple[F64, F64, F64]:
+    """e^-|x| as ``(hi + lo) * 2^-k``: hi in [0.7, 1.42], lo its correction, k a whole number.
+
+    Cody-Waite reduction |x| = k ln2 + r, |r| <= ln2 / 2, then e^-r = 1 + expm1(-r):
+    the 1 is exact and expm1 is accurate to half an ulp of a number below 0.42, so hi + lo
+    carries e^-|x| to a small fraction of an ulp, where np.exp(-|x|) is off by up to 0.7 ulp.
+    Keeping 2^-k apart lets the callers round subnormal results only once, at the end.
+    """
+    a = np.abs(x)
+    far = a > 1100.0  # e^-|x| is 0 in every dtype (x = +-inf included)
+    nan = np.isnan(a)
+    a = np.where(far | nan, 0.0, a)
+    k = np.rint(a * (1.0 / np.log(2.0)))
+    r_hi = a - k * _LN2_HI  # exact: k * _LN2_HI is exact and within a factor 2 of a (Sterbenz)
+    kl = k * _LN2_LO
+    r = r_hi - kl
+    r_lo = (r_hi - r) - kl  # r + r_lo = a - k ln2 (Fast2Sum: |r_hi| >= |kl|)
+    g = np.expm1(-r)
+    hi = 1.0 + g
+    # e^-(r + r_lo) = (1 + g)(1 - r_lo): Fast2Sum error of 1 + g, then the r_lo term
+    lo = ((1.0 - hi) + g) - r_lo * hi
+    hi = np.where(far, 0.0, np.where(nan, np.nan, hi))
+    lo = np.where(far | nan, 0.0, lo)
+    return hi, lo, k
+
+
+def _one_plus(hi: F64, lo: F64, k: F64) -> tuple[F64, F64]:
+    """1 + e^-|x| as ``d_hi + d_lo`` (Fast2Sum, since e^-|x| <= 1)."""
+    with np.errstate(under="ignore"):
+        t_hi = np.ldexp(hi, -k.astype(np.int64))
+        t_lo = np.ldexp(lo, -k.astype(np.int64))
+    d_hi = 1.0 + t_hi
+    d_lo = ((1.0 - d_hi) + t_hi) + t_lo
+    return d_hi, d_lo
+
+
+def _ratio(hi: F64, lo: F64) -> F64:
+    """lo / hi, 0 where hi is 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(hi == 0.0, 0.0, lo / hi)
 
 
 def _sigmoid64(x: F64) -> F64:
-    # Two branches, each free of overflow and of cancellation:
-    #   x >= 0:  1 / (1 + e^-x)
-    #   x <  0:  e^x / (1 + e^x)      (1 / (1 + e^-x) would overflow e^-x for x < -709)
-    t = _exp_neg_abs(x)
-    with np.errstate(invalid="ignore"):
-        out: F64 = np.where(x >= 0, 1.0 / (1.0 + t), t / (1.0 + t))
+    # Two branches, each free of overflow and of cancellation, with t = e^-|x|:
+    #   x >= 0:  1 / (1 + t)
+    #   x <  0:  t / (1 + t)      (1 / (1 + e^-x) would overflow e^-x for x < -709)
+    # 1 + t = d_hi + d_lo and t = (hi + lo) 2^-k are carried to double-double accuracy, so
+    # a / (d_hi + d_lo) = (a / d_hi)(1 - d_lo / d_hi) with one rounded division: <= 1 ulp.
+    hi, lo, k = _exp_neg_abs_split(x)
+    d_hi, d_lo = _one_plus(hi, lo, k)
+    c = d_lo / d_hi
+    q_pos = 1.0 / d_hi
+    pos = q_pos - q_pos * c
+    q_neg = hi / d_hi
+    neg = q_neg + q_neg * (_ratio(hi, lo) - c)
+    with np.errstate(under="ignore", invalid="ignore"):
+        neg = np.ldexp(neg, -k.astype(np.int64))  # the only rounding of a subnormal result
+        out: F64 = np.where(x >= 0, pos, neg)
     return out
 
 
 def _softplus64(x: F64) -> F64:
     """log(1 + e^x) = max(x, 0) + log1p(e^-|x|): both terms >= 0, so no cancellation."""
-    with np.errstate(invalid="ignore"):
-        out: F64 = np.maximum(x, 0.0) + np.log1p(_exp_neg_abs(x))
+    hi, lo, k = _exp_neg_abs_split(x)
+    with np.errstate(under="ignore", invalid="ignore"):
+        t_hi = np.ldexp(hi, -k.astype(np.int64))
+        t_lo = np.ldexp(lo, -k.astype(np.int64))
+        # log1p(t_hi + t_lo) = log1p(t_hi) + t_lo / (1 + t_hi) to first order
+        out: F64 = np.maximum(x, 0.0) + (np.log1p(t_hi) + t_lo / (1.0 + t_hi))
     return out
 
 
@@ -62,14 +119,25 @@ def _sigmoid_prime64(x: F64) -> F64:
 
     Written with e^-|x| it is symmetric and stays non-zero (subnormal) up to |x| ~ 745,
     where sigmoid(x) (1 - sigmoid(x)) would round 1 - sigmoid(x) to 0 already at x ~ 37.
+    (1 + t)^2 = (d_hi + d_lo)^2 is formed with d_hi^2 = p1 + p2 exactly (Veltkamp/Dekker
+    split), so one rounded division remains: <= 1 ulp.
     """
-    t = _exp_neg_abs(x)
-    with np.errstate(invalid="ignore"):
-        out: F64 = (t / (1.0 + t)) / (1.0 + t)
+    hi, lo, k = _exp_neg_abs_split(x)
+    d_hi, d_lo = _one_plus(hi, lo, k)
+    split = 134217729.0 * d_hi  # 2^27 + 1
+    a_hi = split - (split - d_hi)
+    a_lo = d_hi - a_hi
+    p1 = d_hi * d_hi
+    p2 = ((a_hi * a_hi - p1) + 2.0 * a_hi * a_lo) + a_lo * a_lo  # d_hi^2 - p1, exactly
+    q = hi / p1
+    # t / (1 + t)^2 = (hi / p1)(1 + lo / hi - p2 / p1 - 2 d_lo / d_hi) to first order
+    v = q + q * ((_ratio(hi, lo) - p2 / p1) - 2.0 * (d_lo / d_hi))
+    with np.errstate(under="ignore", invalid="ignore"):
+        out: F64 = np.ldexp(v, -k.astype(np.int64))
     return out
 
 
-def sigmoid(x: Any, *, return_grad: bool = False) -> Any:
+def sigmoid(x: Any, *, return_grad: bool = False, out: Any = None) -> Any:
     r"""The logistic sigmoid, elementwise.
 
     .. math:: \sigma(x) = \frac{1}{1 + e^{-x}}
@@ -102,14 +170,16 @@ def sigmoid(x: Any, *, return_grad: bool = False) -> Any:
     >>> float(v), float(d)
     (0.5, 0.25)
     """
+    if _cpu.wants(x):  # large float arrays: the numba kernels (crossentropy._cpu)
+        return _cpu.sigmoid(x, log=False, return_grad=return_grad, out=out)
     x64, dtype = as_float_array(x, "x")
-    value = cast_out(_sigmoid64(x64), dtype)
+    value = _cpu.deliver(cast_out(_sigmoid64(x64), dtype), out)
     if return_grad:
         return value, cast_out(_sigmoid_prime64(x64), dtype)
     return value
 
 
-def log_sigmoid(x: Any, *, return_grad: bool = False) -> Any:
+def log_sigmoid(x: Any, *, return_grad: bool = False, out: Any = None) -> Any:
     r"""The logarithm of the sigmoid, elementwise.
 
     .. math:: \log\sigma(x) = -\log(1 + e^{-x})
@@ -129,8 +199,10 @@ def log_sigmoid(x: Any, *, return_grad: bool = False) -> Any:
     >>> ce.log_sigmoid([0.0, 40.0, -800.0])
     array([-6.93147181e-01, -4.24835426e-18, -8.00000000e+02])
     """
+    if _cpu.wants(x):
+        return _cpu.sigmoid(x, log=True, return_grad=return_grad, out=out)
     x64, dtype = as_float_array(x, "x")
-    value = cast_out(_log_sigmoid64(x64), dtype)
+    value = _cpu.deliver(cast_out(_log_sigmoid64(x64), dtype), out)
     if return_grad:
         return value, cast_out(_sigmoid64(-x64), dtype)
     return value
@@ -165,6 +237,29 @@ class _Rows:
     neg_inf: npt.NDArray[np.bool_]  # rows that are all -inf (or empty), keepdims
 
 
+def _sum_last(e: F64) -> F64:
+    """Sum over the last axis (keepdims), accurate to about one rounding whatever the layout.
+
+    Pairwise summation in which every addition p + q = s + err is error-free (TwoSum,
+    Knuth); the errors are summed on the side and added back once.  np.sum's own pairwise
+    sum can be off by a few ulp for a 1000-term row, which showed up as up to 4.3 ulp in
+    softmax (and the cross-entropy gradient) on N(0, 10) rows.
+    """
+    a = e
+    comp = np.zeros((*e.shape[:-1], 1))
+    while a.shape[-1] > 1:
+        h = a.shape[-1] // 2
+        p, q = a[..., :h], a[..., h : 2 * h]
+        s = p + q
+        bb = s - p
+        comp += np.sum((p - (s - bb)) + (q - bb), axis=-1, keepdims=True)  # TwoSum errors
+        a = np.concatenate([s, a[..., 2 * h :]], axis=-1) if a.shape[-1] % 2 else s
+    # +-inf or NaN terms make the errors NaN: then the plain sum is the answer
+    comp = np.where(np.isfinite(comp), comp, 0.0)
+    out: F64 = a + comp
+    return out
+
+
 def _rows(x: F64) -> _Rows:
     """Decompose rows (last axis) as described in :class:`_Rows`. `x` has size > 0."""
     with np.errstate(invalid="ignore", over="ignore"):
@@ -181,10 +276,24 @@ def _rows(x: F64) -> _Rows:
         e = np.exp(dh)
         e += e * dl  # exp(dh + dl) = exp(dh) (1 + dl + O(dl^2))
         np.put_along_axis(e, k, 0.0, axis=-1)
-        s = np.sum(e, axis=-1, keepdims=True)  # the terms other than the first maximum
+        s = _sum_last(e)  # the terms other than the first maximum
         np.put_along_axis(e, k, 1.0, axis=-1)
         L = np.log1p(s)
     return _Rows(x, m, k, dh, dl, e, s, L, pos_inf, neg_inf)
+
+
+def _probs(r: _Rows) -> F64:
+    """softmax = e / (1 + s), with the rounding error of 1 + s put back.
+
+    1 + s = S + S_lo exactly (TwoSum), and e / (S + S_lo) = q (1 - S_lo / S) with q = e / S;
+    1 + s >= 1, so p never overflows.
+    """
+    S = 1.0 + r.s
+    bb = S - 1.0
+    S_lo = (1.0 - (S - bb)) + (r.s - bb)
+    q = r.e / S
+    out: F64 = q - q * (S_lo / S)
+    return out
 
 
 def _inf_share(x: F64) -> F64:
@@ -200,9 +309,10 @@ def _softmax_last(x: F64) -> F64:
         return np.zeros_like(x)
     r = _rows(x)
     with np.errstate(invalid="ignore", divide="ignore"):
-        p: F64 = r.e / (1.0 + r.s)  # e^(x - m) / sum: 1 + s >= 1, so p never overflows
+        p: F64 = _probs(r)  # e^(x - m) / sum
         p = np.where(r.pos_inf, _inf_share(x), p)
         p = np.where(r.neg_inf, np.nan, p)  # exp(-inf)/0: no distribution
+        p = np.where(np.isnan(r.m), np.nan, p)  # a NaN anywhere in the row (max is NaN)
     return p
 
 
@@ -216,6 +326,7 @@ def _log_softmax_last(x: F64) -> F64:
         lp: F64 = (r.dh - r.L) + r.dl
         lp = np.where(r.pos_inf, np.log(_inf_share(x)), lp)
         lp = np.where(r.neg_inf, np.nan, lp)
+        lp = np.where(np.isnan(r.m), np.nan, lp)  # a NaN anywhere in the row (max is NaN)
     return lp
 
 
@@ -227,7 +338,10 @@ def _logsumexp_last(x: F64) -> F64:
         return np.zeros(x.shape[:-1])
     r = _rows(x)
     with np.errstate(invalid="ignore"):
-        out = (r.m + r.L)[..., 0]  # +inf and -inf rows come out right: m is +-inf, L finite
+        out = (r.m + r.L)[..., 0]  # -inf rows come out right: m = -inf, L finite
+        # +inf rows: +inf.  (m + L alone gives NaN when two entries are +inf: the TwoSum of
+        # inf - 0 is inf - inf, which poisons e and so s and L.)
+        out = np.where(r.pos_inf[..., 0], np.inf, out)
     return out
 
 
@@ -236,10 +350,12 @@ def _moved(x: F64, axis: int | None) -> tuple[F64, int | None]:
     if axis is None:
         return x.reshape(1, -1), None
     ax = check_axis(axis, x.ndim)
-    return np.moveaxis(x, ax, -1), ax
+    # contiguous rows: NumPy sums a contiguous last axis pairwise but a strided one term by
+    # term, so without the copy axis=k would differ (by up to ~sqrt(C) ulp) from moving k last
+    return np.ascontiguousarray(np.moveaxis(x, ax, -1)), ax
 
 
-def softmax(x: Any, axis: int | None = -1) -> Any:
+def softmax(x: Any, axis: int | None = -1, *, out: Any = None) -> Any:
     r"""The softmax along `axis`: scores to probabilities that sum to 1.
 
     .. math:: \operatorname{softmax}(x)_j = \frac{e^{x_j}}{\sum_i e^{x_i}}
@@ -251,6 +367,9 @@ def softmax(x: Any, axis: int | None = -1) -> Any:
         Scores (logits).
     axis : int or None
         The class axis (default: the last).  ``None`` treats all elements as one row.
+    out : ndarray, optional
+        Array of the result's shape and dtype to write into (it may be `x` itself); saves
+        allocating a large result.
 
     Notes
     -----
@@ -266,14 +385,16 @@ def softmax(x: Any, axis: int | None = -1) -> Any:
     >>> ce.softmax([9.8, 3.7, 0.2])    # mpmath: 0.9976947301, 0.002237697304, 6.757260347e-5
     array([9.97694730e-01, 2.23769730e-03, 6.75726035e-05])
     """
+    if _cpu.wants(x):  # large float arrays: the numba kernels (crossentropy._cpu)
+        return _cpu.softmax(x, axis, log=False, out=out)
     x64, dtype = as_float_array(x, "x")
     xm, ax = _moved(x64, axis)
     p = _softmax_last(xm)
     p = p.reshape(x64.shape) if ax is None else np.moveaxis(p, -1, ax)
-    return cast_out(p, dtype)
+    return _cpu.deliver(cast_out(p, dtype), out)
 
 
-def log_softmax(x: Any, axis: int | None = -1) -> Any:
+def log_softmax(x: Any, axis: int | None = -1, *, out: Any = None) -> Any:
     r"""The logarithm of the softmax along `axis`.
 
     .. math:: \log\operatorname{softmax}(x)_j = (x_j - m) - \log1p\Big(\sum_{i \ne k}
@@ -288,11 +409,13 @@ def log_softmax(x: Any, axis: int | None = -1) -> Any:
     >>> ce.log_softmax([0.0, -40.0])
     array([-4.24835426e-18, -4.00000000e+01])
     """
+    if _cpu.wants(x):
+        return _cpu.softmax(x, axis, log=True, out=out)
     x64, dtype = as_float_array(x, "x")
     xm, ax = _moved(x64, axis)
     lp = _log_softmax_last(xm)
     lp = lp.reshape(x64.shape) if ax is None else np.moveaxis(lp, -1, ax)
-    return cast_out(lp, dtype)
+    return _cpu.deliver(cast_out(lp, dtype), out)
 
 
 def logsumexp(
@@ -337,6 +460,8 @@ def logsumexp(
     >>> ce.logsumexp([0.0, 1e-20], b=[1.0, -1.0], return_sign=True)
     (np.float64(-46.051701859880914), np.float64(-1.0))
     """
+    if b is None and not return_sign and _cpu.wants(x):
+        return _cpu.logsumexp(x, axis, keepdims)
     x64, dtype = as_float_array(x, "x")
     if b is None:
         xm, ax = _moved(x64, axis)
@@ -350,7 +475,8 @@ def logsumexp(
             raise ValueError(
                 f"b with shape {b64.shape} cannot be broadcast to x with shape {x64.shape}"
             ) from None
-        dtype = max(dtype, bdtype, key=lambda d: d.itemsize)
+        if np.asarray(b).dtype.kind == "f":  # integer weights (b=[1, -1]) never widen
+            dtype = max(dtype, bdtype, key=lambda d: d.itemsize)
         xm, ax = _moved(x64, axis)
         bm, _ = _moved(b64, axis)
         out, sign = _weighted_logsumexp_last(xm, bm)

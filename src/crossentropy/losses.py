@@ -43,8 +43,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from crossentropy import _cpu
 from crossentropy import _validate as v
-from crossentropy.activations import _inf_share, _rows, _sigmoid64, _softplus64
+from crossentropy.activations import _inf_share, _probs, _rows, _sigmoid64, _softplus64
 
 __all__ = [
     "binary_cross_entropy",
@@ -105,10 +106,12 @@ class _Targets:
                     f"target holds probability rows, so its shape must equal the "
                     f"prediction's shape {want}; got {tarr.shape}"
                 )
-            t64, self.dtype = v.as_float_array(tarr, "target")
-            t = np.moveaxis(t64, axis, -1)
-            v.check_probabilities(t, "target")
-            v.check_rows_sum_to_one(t, -1, self.dtype, "target")
+            t64, tdtype = v.as_float_array(tarr, "target")
+            t = np.ascontiguousarray(np.moveaxis(t64, axis, -1))  # as in _prediction
+            v.check_probabilities(t64, "target")  # positions in the caller's layout
+            v.check_rows_sum_to_one(t, -1, tdtype, "target")
+            if tarr.dtype.kind not in "iu":  # integer rows (one-hot) are exact: no widening
+                self.dtype = tdtype
             counted = np.ones(shape[:-1], dtype=bool)
             with np.errstate(invalid="ignore"):
                 self.omega = np.ones(shape[:-1]) if w is None else np.sum(t * w, axis=-1)
@@ -117,7 +120,7 @@ class _Targets:
                 f"target must be class indices with {ndim - 1} dimension(s) or probability "
                 f"rows with {ndim}; got an array with {tarr.ndim} dimension(s)"
             )
-        if eps:
+        if eps and C:  # (no classes: nothing to smooth, and no eps / 0)
             # label smoothing: t' = (1 - eps) t + eps / C
             t = (1.0 - eps) * t + eps / C
         a = t if w is None else t * w
@@ -142,7 +145,8 @@ def _reduce(
     wsum = float(np.sum(omega))
     if wsum == 0.0:  # nothing counted: 0 with a zero gradient (documented)
         return np.asarray(0.0 if not np.isnan(total) else np.nan), np.zeros(loss.shape)
-    return np.asarray(total / wsum), np.full(loss.shape, scale / wsum)
+    with np.errstate(over="ignore"):  # a subnormal summed weight: the true mean overflows
+        return np.asarray(total / wsum), np.full(loss.shape, scale / wsum)
 
 
 def _finish(
@@ -162,7 +166,13 @@ def _finish(
 def _prediction(x: Any, name: str, axis: Any) -> tuple[F64, np.dtype[Any], int]:
     x64, dtype = v.as_float_array(x, name)
     ax = v.check_axis(axis, x64.ndim)
-    return np.moveaxis(x64, ax, -1), dtype, ax
+    if x64.shape[ax] == 0 and int(np.prod(np.delete(x64.shape, ax))) > 0:
+        # rows with no classes hold no distribution (an empty batch of rows is fine)
+        raise ValueError(
+            f"{name} has rows but no classes: axis={axis} has length 0 in shape {x64.shape}"
+        )
+    # contiguous rows, so that axis=k sums in the same (pairwise) order as moving k last
+    return np.ascontiguousarray(np.moveaxis(x64, ax, -1)), dtype, ax
 
 
 def _xlogy_terms(a: F64, nl: F64) -> F64:
@@ -219,6 +229,7 @@ def cross_entropy(
     reduction: str = "mean",
     base: float | None = None,
     return_grad: bool = False,
+    grad_out: Any = None,
 ) -> Any:
     r"""Categorical cross-entropy from logits (unnormalised scores).
 
@@ -240,6 +251,10 @@ def cross_entropy(
         Class indices (integers; shape of `logits` without the class axis) or probability
         rows (same shape as `logits`; one-hot or soft, each row summing to 1).
     <ce-options>
+    grad_out : ndarray, optional
+        With ``return_grad=True``, the array (the logits' shape and dtype) that receives
+        the gradient and is returned as it; pass `logits` itself to overwrite the logits
+        with their gradient, allocating nothing.
 
     Examples
     --------
@@ -254,9 +269,27 @@ def cross_entropy(
     >>> grad  # softmax - one_hot
     array([[ 0.09003057,  0.24472847, -0.33475904]])
     """
+    if _cpu.wants(logits):  # large float arrays: the numba kernels (crossentropy._cpu)
+        res = _cpu.cross_entropy(
+            logits, target, axis=axis, weight=weight, ignore_index=ignore_index,
+            label_smoothing=label_smoothing, reduction=reduction, base=base,
+            return_grad=return_grad, grad_out=grad_out,
+        )
+        if res is not NotImplemented:
+            return res
+    if grad_out is not None:
+        if not return_grad:
+            raise ValueError("grad_out is only used with return_grad=True")
+        got = cross_entropy(
+            logits, target, axis=axis, weight=weight, ignore_index=ignore_index,
+            label_smoothing=label_smoothing, reduction=reduction, base=base,
+            return_grad=return_grad,
+        )
+        return got[0], _cpu.deliver(got[1], grad_out, "grad_out")
     red = v.check_reduction(reduction)
     scale = v.log_scale(base)
     x, dtype, ax = _prediction(logits, "logits", axis)
+    gdtype = dtype  # the gradient keeps the prediction's dtype
     tg = _Targets(target, x.shape, ax, weight, ignore_index, label_smoothing)
     if tg.dtype is not None:
         dtype = v.result_dtype(dtype, tg.dtype)
@@ -264,7 +297,7 @@ def cross_entropy(
     if x.size == 0:
         loss = np.zeros(x.shape[:-1])
         value, factor = _reduce(loss, tg.omega, red, scale)
-        return _finish(value, np.zeros(x.shape) if return_grad else None, dtype, dtype, ax)
+        return _finish(value, np.zeros(x.shape) if return_grad else None, dtype, gdtype, ax)
     r = _rows(x)
     with np.errstate(invalid="ignore", divide="ignore"):
         # -log softmax_c = (L - dh_c) - dl_c, both terms >= 0 (see activations._Rows)
@@ -273,12 +306,16 @@ def cross_entropy(
         nls = np.where(r.pos_inf, -np.log(share), nls)
         nls = np.where(r.neg_inf, np.nan, nls)
         loss = np.sum(_xlogy_terms(a, nls), axis=-1)
+        # A NaN anywhere in a counted row (its max is NaN) makes its loss NaN, even in a
+        # class with no target mass; ignored rows are not looked at (as if sliced out).
+        nan_row = np.isnan(r.m[..., 0]) & tg.counted
+        loss = np.where(nan_row, np.nan, loss)
     value, factor = _reduce(loss, tg.omega, red, scale)
     if not return_grad:
         return _finish(value, None, dtype, dtype, ax)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         W = np.sum(a, axis=-1, keepdims=True)
-        p = r.e / (1.0 + r.s)
+        p = _probs(r)  # e^(x - m) / (1 + s)
         g = p * W - a
         # At the argmax k, p_k = 1 / (1 + s), so p_k W - a_k = ((W - a_k) - a_k s) / (1 + s)
         # with W - a_k summed directly: exact where a one-hot target meets a confident
@@ -289,8 +326,10 @@ def cross_entropy(
         np.put_along_axis(g, r.k, gk, axis=-1)
         g = np.where(r.pos_inf, share * W - a, g)
         g = np.where(r.neg_inf, np.nan, g)
+        g = np.where(nan_row[..., None], np.nan, g)
+        g = np.where(tg.counted[..., None], g, 0.0)  # ignored rows: zero gradient
         g = g * factor[..., None]
-    return _finish(value, g, dtype, dtype, ax)
+    return _finish(value, g, dtype, gdtype, ax)
 
 
 def _from_normalised(
@@ -309,15 +348,17 @@ def _from_normalised(
     red = v.check_reduction(reduction)
     scale = v.log_scale(base)
     q, dtype, ax = _prediction(pred, name, axis)
+    gdtype = dtype  # the gradient keeps the prediction's dtype
     if is_log:
-        bad = q > 0.0
+        qc = np.moveaxis(q, -1, ax)  # the caller's layout, so the position is theirs
+        bad = qc > 0.0
         if bad.any():
             idx = v.first_index(bad)
-            raise ValueError(f"{name} must be <= 0; {name}{v.where_str(idx)} = {q[idx]!r}")
+            raise ValueError(f"{name} must be <= 0; {name}{v.where_str(idx)} = {qc[idx]!r}")
         with np.errstate(under="ignore"):
             v.check_rows_sum_to_one(np.exp(q), -1, dtype, f"exp({name})")
     else:
-        v.check_probabilities(q, name)
+        v.check_probabilities(np.moveaxis(q, -1, ax), name)  # positions in the caller's layout
         v.check_rows_sum_to_one(q, -1, dtype, name)
     tg = _Targets(target, q.shape, ax, weight, ignore_index, label_smoothing)
     if tg.dtype is not None:
@@ -326,14 +367,19 @@ def _from_normalised(
     with np.errstate(divide="ignore", invalid="ignore"):
         nl = -q if is_log else -np.log(q)  # -log q_c (+inf where q_c = 0)
         loss = np.sum(_xlogy_terms(a, nl), axis=-1)
+        # a NaN anywhere in a counted row makes its loss NaN (ignored rows are not looked at)
+        nan_row = np.isnan(q).any(axis=-1) & tg.counted
+        loss = np.where(nan_row, np.nan, loss)
     value, factor = _reduce(loss, tg.omega, red, scale)
     if not return_grad:
         return _finish(value, None, dtype, dtype, ax)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # d/dq (-a log q) = -a / q;  d/dlq (-a lq) = -a;  0 where a = 0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # d/dq (-a log q) = -a / q;  d/dlq (-a lq) = -a;  0 where a = 0.
+        # -a / q overflows to -inf for a subnormal q: the true value is beyond the range.
         g = np.where(a == 0.0, 0.0, -a if is_log else -a / q)
+        g = np.where(nan_row[..., None], np.nan, g)
         g = g * factor[..., None]
-    return _finish(value, g, dtype, dtype, ax)
+    return _finish(value, g, dtype, gdtype, ax)
 
 
 @_options(_CE_PARAMS)
@@ -424,9 +470,12 @@ def cross_entropy_from_log_probs(
 
 def _binary_args(
     pred: Any, target: Any, name: str, weight: Any, pos_weight: Any, label_smoothing: Any
-) -> tuple[F64, F64, F64 | None, F64 | None, np.dtype[Any]]:
+) -> tuple[F64, F64, F64 | None, F64 | None, np.dtype[Any], np.dtype[Any]]:
+    """``(x, y, weight, pos_weight, value dtype, gradient dtype = the prediction's)``."""
     x, dtype = v.as_float_array(pred, name)
     y, ydtype = v.as_float_array(target, "target")
+    if np.asarray(target).dtype.kind in "iu":  # integer labels are exact: no widening
+        ydtype = dtype
     if y.shape != x.shape:
         raise ValueError(
             f"target must have the shape of {name} {x.shape}, got {y.shape}"
@@ -443,7 +492,7 @@ def _binary_args(
             continue
         w = v.check_nonnegative(arg, argname)
         ws.append(np.asarray(v.broadcast_to_shape(w, x.shape, argname, name), dtype=np.float64))
-    return x, y, ws[0], ws[1], v.result_dtype(dtype, ydtype)
+    return x, y, ws[0], ws[1], v.result_dtype(dtype, ydtype), dtype
 
 
 def _binary_reduce(
@@ -493,6 +542,7 @@ def binary_cross_entropy_with_logits(
     reduction: str = "mean",
     base: float | None = None,
     return_grad: bool = False,
+    grad_out: Any = None,
 ) -> Any:
     r"""Binary cross-entropy from logits, elementwise labels in [0, 1].
 
@@ -514,6 +564,9 @@ def binary_cross_entropy_with_logits(
     target : array_like
         Labels in [0, 1] (soft labels allowed), same shape as `logits`.
     <bce-options>
+    grad_out : ndarray, optional
+        With ``return_grad=True``, the array (the logits' shape and dtype) that receives
+        the gradient and is returned as it; it may be `logits` itself.
 
     Examples
     --------
@@ -521,9 +574,28 @@ def binary_cross_entropy_with_logits(
     >>> float(ce.binary_cross_entropy_with_logits(-40.0, 0.0))
     4.248354255291589e-18
     """
+    if _cpu.wants(logits):  # large float arrays: the numba kernels (crossentropy._cpu)
+        res = _cpu.bce_with_logits(
+            logits, target, weight=weight, pos_weight=pos_weight,
+            label_smoothing=label_smoothing, reduction=reduction, base=base,
+            return_grad=return_grad, grad_out=grad_out,
+        )
+        if res is not NotImplemented:
+            return res
+    if grad_out is not None:
+        if not return_grad:
+            raise ValueError("grad_out is only used with return_grad=True")
+        got = binary_cross_entropy_with_logits(
+            logits, target, weight=weight, pos_weight=pos_weight,
+            label_smoothing=label_smoothing, reduction=reduction, base=base,
+            return_grad=return_grad,
+        )
+        return got[0], _cpu.deliver(got[1], grad_out, "grad_out")
     red = v.check_reduction(reduction)
     scale = v.log_scale(base)
-    x, y, w, pw, dtype = _binary_args(logits, target, "logits", weight, pos_weight, label_smoothing)
+    x, y, w, pw, dtype, gdtype = _binary_args(
+        logits, target, "logits", weight, pos_weight, label_smoothing
+    )
     with np.errstate(invalid="ignore", over="ignore"):
         py = y if pw is None else pw * y
         ny = 1.0 - y
@@ -534,7 +606,7 @@ def binary_cross_entropy_with_logits(
             grad = _xlogy_terms(ny, _sigmoid64(x)) - _xlogy_terms(py, _sigmoid64(-x))
     value, g = _binary_reduce(loss, grad, w, red, scale)
     out = v.cast_out(value, dtype)
-    return (out, v.cast_out(g, dtype)) if return_grad and g is not None else out
+    return (out, v.cast_out(g, gdtype)) if return_grad and g is not None else out
 
 
 @_options(_BCE_PARAMS)
@@ -578,19 +650,23 @@ def binary_cross_entropy(
     """
     red = v.check_reduction(reduction)
     scale = v.log_scale(base)
-    q, y, w, pw, dtype = _binary_args(probs, target, "probs", weight, pos_weight, label_smoothing)
+    q, y, w, pw, dtype, gdtype = _binary_args(
+        probs, target, "probs", weight, pos_weight, label_smoothing
+    )
     v.check_probabilities(q, "probs")
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         py = y if pw is None else pw * y
         ny = 1.0 - y
         # log(1 - q) = log1p(-q): exact for small q, and -q is exact
         loss = _xlogy_terms(py, -np.log(q)) + _xlogy_terms(ny, -np.log1p(-q))
         grad = None
         if return_grad:
-            grad = _xlogy_terms(ny, 1.0 / (1.0 - q)) - _xlogy_terms(py, 1.0 / q)
+            # (1 - y) / (1 - q) - p y / q, each a single division (y / q stays exact where
+            # 1 / q would overflow), and 0 where its coefficient is 0
+            grad = np.where(ny == 0.0, 0.0, ny / (1.0 - q)) - np.where(py == 0.0, 0.0, py / q)
     value, g = _binary_reduce(loss, grad, w, red, scale)
     out = v.cast_out(value, dtype)
-    return (out, v.cast_out(g, dtype)) if return_grad and g is not None else out
+    return (out, v.cast_out(g, gdtype)) if return_grad and g is not None else out
 
 
 # --------------------------------------------------------------------------- information
@@ -612,12 +688,14 @@ def entropy(
     """
     scale = v.log_scale(base)
     p, dtype, ax = _prediction(probs, "probs", axis)
-    v.check_probabilities(p, "probs")
+    v.check_probabilities(np.moveaxis(p, -1, ax), "probs")  # positions in the caller's layout
     v.check_rows_sum_to_one(p, -1, dtype, "probs")
     with np.errstate(divide="ignore", invalid="ignore"):
         logp = np.log(p)
         h = np.sum(_xlogy_terms(p, -logp), axis=-1) * scale
         g = -(logp + 1.0) * scale if return_grad else None
+        if g is not None:  # a NaN anywhere in a row: the whole gradient row is NaN
+            g = np.where(np.isnan(p).any(axis=-1, keepdims=True), np.nan, g)
     return _finish(h, g, dtype, dtype, ax)
 
 
@@ -646,14 +724,20 @@ def kl_divergence(
     if pp.shape != qq.shape:
         raise ValueError(f"p and q must have the same shape, got {pp.shape} and {qq.shape}")
     for arr, name, dt in ((pp, "p", pdtype), (qq, "q", qdtype)):
-        v.check_probabilities(arr, name)
+        v.check_probabilities(np.moveaxis(arr, -1, ax), name)  # the caller's layout
         v.check_rows_sum_to_one(arr, -1, dt, name)
     dtype = v.result_dtype(pdtype, qdtype)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ratio = pp / qq
         close = (ratio > 0.5) & (ratio < 2.0)
         # log(p / q): log1p((p - q) / q) near 1 (Sterbenz: p - q exact), else log p - log q
         lr = np.where(close, np.log1p((pp - qq) / qq), np.log(pp) - np.log(qq))
         d = np.sum(_xlogy_terms(pp, lr), axis=-1) * scale
-        g = _xlogy_terms(pp, -1.0 / qq) * scale if return_grad else None
-    return _finish(d, g, dtype, dtype, ax)
+        # -p / q as one division (p = q = 5e-324 gives -1, not -inf), 0 where p = 0
+        g = np.where(pp == 0.0, 0.0, -pp / qq) * scale if return_grad else None
+        # a NaN anywhere in p or q makes the row's value and gradient NaN (even where p = 0)
+        nan_row: npt.NDArray[np.bool_] = np.any(np.isnan(pp) | np.isnan(qq), axis=-1)
+        d = np.where(nan_row, np.nan, d)
+        if g is not None:
+            g = np.where(nan_row[..., None], np.nan, g)
+    return _finish(d, g, dtype, qdtype, ax)

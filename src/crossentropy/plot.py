@@ -1,0 +1,184 @@
+"""PNG plots of the article's curves with its example points, and reliability diagrams.
+
+Needs matplotlib (the 'plot' extra), imported only when a plot is drawn.  Each function
+draws with the library's own functions, writes a PNG (atomically: to a temporary name, then
+renamed) and returns the path.  The PNG's ``Title`` and ``Description`` text chunks name the
+curves and the labelled points, so a program can check what a file shows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+import crossentropy as ce
+
+__all__ = ["PLOTS", "plot_bce", "plot_cross_entropy", "plot_sigmoid", "plot_softmax",
+           "reliability_diagram"]
+
+
+def _figure(ncols: int = 1, width: float = 7.0) -> tuple[Any, Any]:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install 'crossentropy[plot]'") from None
+    fig = Figure(figsize=(width, 4.5), dpi=100, layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, axes
+
+
+def _save(fig: Any, path: str, title: str, points: Sequence[str], dpi: int) -> str:
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi,
+                    metadata={"Title": title, "Description": "; ".join(points),
+                              "Software": f"crossentropy {ce.__version__}"})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def plot_sigmoid(path: str, *, dpi: int = 100) -> str:
+    """The sigmoid with the article's x = 1, 9, 424.5, -3, -243 marked and labelled.
+
+    Left: sigmoid(x) on [-10, 10] with x = 1, 9, -3.  Right: log10 of sigmoid(x) and of
+    1 - sigmoid(x) = sigmoid(-x) on [-300, 450], where x = 424.5 and -243 live.
+    """
+    fig, (a, b) = _figure(2, 11.0)
+    x = np.linspace(-10, 10, 801)
+    a.plot(x, ce.sigmoid(x), color="C0", label="sigmoid(x)")
+    labels = []
+    for xi in (1.0, 9.0, -3.0):
+        s = float(ce.sigmoid(xi))
+        a.plot([xi], [s], "o", color="C3")
+        a.annotate(f"x = {xi:g}\nσ = {s:.4g}", (xi, s), textcoords="offset points",
+                   xytext=(-60 if xi > 5 else 8, -28 if xi > 5 else 8), fontsize=9)
+        labels.append(f"sigmoid({xi:g}) = {s:.6g}")
+    a.set_xlabel("x")
+    a.set_ylabel("sigmoid(x)")
+    a.set_title("sigmoid(x) = 1 / (1 + e^-x)")
+    a.grid(alpha=0.3)
+    xw = np.linspace(-300, 450, 1501)
+    b.plot(xw, np.asarray(ce.log_sigmoid(xw)) / np.log(10), color="C0", label="log10 σ(x)")
+    b.plot(xw, np.asarray(ce.log_sigmoid(-xw)) / np.log(10), color="C1",
+           label="log10 (1 - σ(x)) = log10 σ(-x)")
+    for xi in (424.5, -243.0):
+        s, sc = float(ce.sigmoid(xi)), float(ce.sigmoid(-xi))
+        y = float(ce.log_sigmoid(xi if xi < 0 else -xi)) / np.log(10)
+        text = (f"x = {xi:g}: σ = {s:.3g}" if xi < 0 else f"x = {xi:g}: 1 - σ = {sc:.3g}")
+        b.plot([xi], [y], "o", color="C3")
+        b.annotate(text, (xi, y), textcoords="offset points",
+                   xytext=(-150 if xi > 0 else 10, 10), fontsize=9)
+        labels.append(f"sigmoid({xi:g}) = {s:.6g}, 1 - sigmoid = {sc:.6g}")
+    b.set_xlabel("x")
+    b.set_ylabel("log10")
+    b.set_title("the tails: σ(-243) ≈ 2.93e-106, not 2.99e-98")
+    b.legend(fontsize=8)
+    b.grid(alpha=0.3)
+    return _save(fig, path, "sigmoid", labels, dpi)
+
+
+def plot_softmax(path: str, *, dpi: int = 100) -> str:
+    """Bars of softmax([3, 0.6, 6.3]) and of the cat image's softmax([9.8, 3.7, 0.2])."""
+    fig, axes = _figure(2, 10.0)
+    labels = []
+    for ax, z, names, title in (
+        (axes[0], [3.0, 0.6, 6.3], ["Z1 = 3", "Z2 = 0.6", "Z3 = 6.3"], "softmax([3, 0.6, 6.3])"),
+        (axes[1], [9.8, 3.7, 0.2], ["cat 9.8", "dog 3.7", "bird 0.2"],
+         "cat image: softmax([9.8, 3.7, 0.2])"),
+    ):
+        p = np.asarray(ce.softmax(z))
+        bars = ax.bar(names, p, color=["C0", "C1", "C2"])
+        for bar, pj, nm in zip(bars, p.tolist(), names, strict=True):
+            ax.annotate(f"{pj:.6g}", (bar.get_x() + bar.get_width() / 2, pj),
+                        ha="center", va="bottom", fontsize=9)
+            labels.append(f"{title}: {nm} -> {pj:.6g}")
+        ax.set_ylim(0, 1.1)
+        ax.set_ylabel("probability")
+        ax.set_title(title)
+    return _save(fig, path, "softmax", labels, dpi)
+
+
+def plot_bce(path: str, *, dpi: int = 100) -> str:
+    """Binary cross-entropy in bits against p, for y = 1 and y = 0, with the cat and dog."""
+    fig, (a,) = _figure(1, 7.0)
+    p = np.linspace(1e-4, 1 - 1e-4, 999)
+    a.plot(p, ce.binary_cross_entropy(p, np.ones_like(p), base=2, reduction="none"),
+           color="C0", label="y = 1: -log2 p")
+    a.plot(p, ce.binary_cross_entropy(p, np.zeros_like(p), base=2, reduction="none"),
+           color="C1", label="y = 0: -log2(1 - p)")
+    labels = []
+    for name, pi, yi, off in (("cat", 0.997694, 1.0, (-150, 30)), ("dog", 0.002237, 0.0, (10, 30))):
+        loss = float(ce.binary_cross_entropy(pi, yi, base=2))
+        a.plot([pi], [loss], "o", color="C3")
+        a.annotate(f"{name}: p = {pi}, y = {yi:g}\nloss = {loss:.4g} bits", (pi, loss),
+                   textcoords="offset points", xytext=off, fontsize=9,
+                   arrowprops={"arrowstyle": "->"})
+        labels.append(f"{name}: p = {pi}, y = {yi:g}, loss = {loss:.6g} bits")
+    a.set_xlabel("predicted probability p")
+    a.set_ylabel("loss (bits)")
+    a.set_title("binary cross-entropy")
+    a.set_ylim(0, 14)
+    a.legend()
+    a.grid(alpha=0.3)
+    return _save(fig, path, "binary cross-entropy", labels, dpi)
+
+
+def plot_cross_entropy(path: str, *, dpi: int = 100) -> str:
+    """-log2 q of the true class, with the cat image's three probabilities marked."""
+    fig, (a,) = _figure(1, 7.0)
+    q = np.logspace(-5, 0, 600)
+    a.semilogx(q, -np.log2(q), color="C0", label="-log2 q (true class)")
+    z = [9.8, 3.7, 0.2]
+    probs = np.asarray(ce.softmax(z))
+    labels = []
+    for j, (name, off) in enumerate((("cat", (-170, 25)), ("dog", (10, 15)),
+                                     ("bird", (10, 15)))):
+        loss = float(ce.cross_entropy(z, j, base=2))
+        a.plot([probs[j]], [loss], "o", color="C3")
+        a.annotate(f"true class {name}: q = {probs[j]:.4g}\nH = {loss:.4g} bits",
+                   (probs[j], loss), textcoords="offset points", xytext=off, fontsize=9)
+        labels.append(f"if the image were a {name}: q = {probs[j]:.6g}, H = {loss:.6g} bits")
+    a.set_xlabel("predicted probability of the true class q")
+    a.set_ylabel("cross-entropy (bits)")
+    a.set_title("categorical cross-entropy, scores [9.8, 3.7, 0.2]")
+    a.legend()
+    a.grid(alpha=0.3)
+    return _save(fig, path, "cross-entropy", labels, dpi)
+
+
+def reliability_diagram(report: dict[str, Any], path: str, *, dpi: int = 100) -> str:
+    """The reliability diagram of a ``score`` report: accuracy against confidence per bin."""
+    fig, (a,) = _figure(1, 6.0)
+    bins = report["reliability"]
+    lo = np.array([b["lo"] for b in bins])
+    hi = np.array([b["hi"] for b in bins])
+    acc = np.array([b["accuracy"] for b in bins])
+    conf = np.array([b["confidence"] for b in bins])
+    keep = np.isfinite(acc)
+    width = hi - lo
+    a.bar(lo[keep], acc[keep], width=width[keep], align="edge", color="C0", edgecolor="k",
+          label="observed accuracy")
+    a.bar(lo[keep], conf[keep] - acc[keep], bottom=acc[keep], width=width[keep], align="edge",
+          color="C3", alpha=0.35, label="gap to confidence")
+    a.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    a.set_xlim(0, 1)
+    a.set_ylim(0, 1)
+    what = "top-class confidence" if report["task"] == "multiclass" else "predicted P(label = 1)"
+    a.set_xlabel(what)
+    a.set_ylabel("accuracy" if report["task"] == "multiclass" else "fraction positive")
+    a.set_title(f"reliability: ECE = {report['ece']:.4f} ({report['rows']} rows)")
+    a.legend(loc="upper left")
+    points = [f"bin [{b['lo']:.3g}, {b['hi']:.3g}): confidence {b['confidence']:.4g}, "
+              f"accuracy {b['accuracy']:.4g}, weight {b['weight']:g}"
+              for b in bins if b["weight"] > 0]
+    return _save(fig, path, f"reliability diagram, ECE = {report['ece']:.6g}", points, dpi)
+
+
+PLOTS = {"sigmoid": plot_sigmoid, "softmax": plot_softmax, "bce": plot_bce,
+         "cross-entropy": plot_cross_entropy}

@@ -1,0 +1,170 @@
+"""``crossentropy explain`` and the help texts, end to end through the console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crossentropy.cli import main
+
+
+def _script() -> str:
+    exe = Path(sys.executable).parent / "crossentropy"
+    assert exe.exists(), f"console script not installed next to {sys.executable}"
+    return str(exe)
+
+
+def run(*args: str, env: dict[str, str] | None = None,
+        cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([_script(), *args], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=cwd)
+
+
+def numpy_only_env(tmp_path: Path) -> dict[str, str]:
+    """An environment where rich, matplotlib and pyarrow cannot be imported."""
+    shadow = tmp_path / "shadow"
+    for name in ("rich", "matplotlib", "pyarrow"):
+        (shadow / name).mkdir(parents=True)
+        (shadow / name / "__init__.py").write_text(
+            f"raise ImportError('{name} is not installed (simulated)')\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(shadow) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_explain_article_plain_text() -> None:
+    r = run("explain")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    # in the article's order
+    keys = ["Sigmoid of the article's x1..x5", "Softmax of Z = [3, 0.6, 6.3]",
+            "cat image [9.8, 3.7, 0.2]", "One-hot targets", "Categorical cross-entropy",
+            "Binary cross-entropy"]
+    pos = [out.index(k) for k in keys]
+    assert pos == sorted(pos)
+    # mpmath: sigmoid(-243) = 2.92712249651537e-106; H = 0.00332964080008 bits
+    assert "2.927122497e-106" in out and "0.0033296408" in out
+    assert "[WRONG]" in out and "e^{-(-226)}" in out
+    assert "[TRUNCATED]" in out
+
+
+def test_explain_works_with_numpy_only(tmp_path: Path) -> None:
+    env = numpy_only_env(tmp_path)
+    probe = subprocess.run([sys.executable, "-c", "import rich"], env=env,
+                           capture_output=True, text=True)
+    assert "simulated" in probe.stderr  # the shadow is in effect
+    r = run("explain", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "Sigmoid of the article's x1..x5" in r.stdout
+    r = run("explain", "--format", "rich", env=env)
+    assert r.returncode == 1
+    assert "pip install 'crossentropy[cli]'" in r.stderr
+    r = run("plot", "sigmoid", "-o", str(tmp_path / "s.png"), env=env)
+    assert r.returncode == 1
+    assert "pip install 'crossentropy[plot]'" in r.stderr
+    assert not (tmp_path / "s.png").exists()
+    pq = tmp_path / "x.parquet"
+    pq.write_bytes(b"PAR1")
+    r = run("score", str(pq), env=env)
+    assert r.returncode == 1
+    assert "pip install 'crossentropy[io]'" in r.stderr
+
+
+def test_import_stays_light() -> None:
+    code = ("import sys, crossentropy, crossentropy.cli, crossentropy.explain, "
+            "crossentropy.score; heavy = {'rich', 'matplotlib', 'pyarrow', 'torch', 'numba'}; "
+            "print(sorted(heavy & set(sys.modules)))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_explain_sigmoid_markdown() -> None:
+    r = run("explain", "sigmoid", "1", "9", "424.5", "-3", "-243", "--format", "markdown")
+    assert r.returncode == 0, r.stderr
+    assert "| 1 | x >= 0: 1 / (1 + e^-x) | 0.3678794412 | 1.367879441 | 0.7310585786 |" in r.stdout
+    assert "| -243 | x < 0: e^x / (1 + e^x) |" in r.stdout
+
+
+def test_explain_softmax_latex() -> None:
+    r = run("explain", "softmax", "3", "0.6", "6.3", "--format", "latex")
+    assert r.returncode == 0, r.stderr
+    assert "\\begin{tabular}" in r.stdout
+    assert "$0.961326662$" in r.stdout  # mpmath 0.961326661994021
+
+
+def test_explain_cross_entropy_json_issue_example() -> None:
+    r = run("explain", "cross-entropy", "--scores", "9.8", "3.7", "0.2", "--target", "cat",
+            "--classes", "cat,dog,bird", "--base", "2", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc[0]["results"]["loss"] == pytest.approx(0.00332964080008076, rel=1e-13)
+    assert [row[0] for row in doc[0]["rows"]] == ["cat", "dog", "bird", "sum"]
+
+
+def test_explain_bce_prob_and_logit() -> None:
+    r = run("explain", "bce", "--prob", "0.997694", "0.002237", "--label", "1", "0",
+            "--base", "2", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    loss = json.loads(r.stdout)[0]["results"]["loss"]
+    # mpmath: -log2(0.997694), -log2(1 - 0.002237)
+    assert loss == pytest.approx([0.00333069653505178, 0.00323092394374962], rel=1e-13)
+    r = run("explain", "bce", "--logit", "-3", "--label", "1", "--format", "text")
+    assert r.returncode == 0, r.stderr
+    assert "3.048587352" in r.stdout  # softplus(3) = 3.048587351573742 (mpmath)
+    assert "1 - p is never formed" in r.stdout
+
+
+def test_explain_output_file(tmp_path: Path) -> None:
+    out = tmp_path / "steps.md"
+    r = run("explain", "softmax", "1", "2", "--format", "markdown", "-o", str(out))
+    assert r.returncode == 0 and r.stdout == ""
+    assert out.read_text().startswith("### Softmax")
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["explain", "cross-entropy", "--scores", "1", "2", "--target", "cow",
+      "--classes", "cat,dog"], "--target 'cow' is not one of the classes"),
+    (["explain", "cross-entropy", "--probs", "0.5", "0.4", "--target", "0"], "sum to 0.9"),
+    (["explain", "bce", "--prob", "0.5", "--label", "1", "0"], "1 predictions but 2 labels"),
+    (["explain", "bce", "--prob", "0.5", "--label", "1", "--base", "1"], "base must be"),
+    (["explain", "sigmoid", "abc"], "invalid float value"),
+])
+def test_explain_usage_errors(args: list[str], needle: str) -> None:
+    r = run(*args)
+    assert r.returncode == 2
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_help_is_complete() -> None:
+    r = run("--help")
+    assert r.returncode == 0
+    for word in ("explain", "plot", "score", "crossentropy[cli]", "crossentropy[plot]",
+                 "crossentropy[io]"):
+        assert word in r.stdout
+    r = run("explain", "--help")
+    for word in ("sigmoid", "softmax", "cross-entropy", "bce", "--format", "markdown", "latex",
+                 "json"):
+        assert word in r.stdout
+    r = run("score", "--help")
+    for word in ("--logits", "--label", "--columns", "--weight", "--multilabel", "--targets",
+                 "--base", "--bins", "--reliability", "--json", "--progress", "Parquet",
+                 ".npz", "perplexity", "calibration"):
+        assert word in r.stdout, word
+    r = run("plot", "--help")
+    for word in ("sigmoid", "softmax", "bce", "cross-entropy", "--output", "--dpi"):
+        assert word in r.stdout
+
+
+def test_main_in_process_and_python_m() -> None:
+    assert main(["--version"]) == 0
+    assert main(["explain", "sigmoid", "0", "--format", "json"]) == 0
+    assert main(["explain", "bogus"]) == 2
+    r = subprocess.run([sys.executable, "-m", "crossentropy", "explain", "sigmoid", "0",
+                        "--format", "text"], capture_output=True, text=True)
+    assert r.returncode == 0 and "0.5" in r.stdout

@@ -1,0 +1,411 @@
+"""The fast CPU path (crossentropy._cpu): NumPy reference of cross_entropy_rows, numba kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import crossentropy as ce
+from crossentropy._cpu import cross_entropy_rows
+from crossentropy._cpu.reference import cross_entropy_rows_numpy
+
+
+def _ulp_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Max distance in ulps of `b`'s dtype (NaNs must coincide; infinities must be equal)."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    assert np.array_equal(np.isnan(a), np.isnan(b))
+    fin = np.isfinite(a) & np.isfinite(b)
+    assert np.array_equal(a[~fin & ~np.isnan(a)], b[~fin & ~np.isnan(b)])
+    if not fin.any():
+        return 0.0
+    a = a[fin].astype(b.dtype)
+    b = b[fin]
+    tiny = np.finfo(b.dtype).smallest_subnormal
+    spacing = np.maximum(np.abs(np.spacing(np.maximum(np.abs(a), np.abs(b)))), tiny)
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)) / spacing))
+
+
+# --------------------------------------------------------------------------- NumPy reference
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_reference_rows_match_cross_entropy(dtype: type, eps: float, weighted: bool) -> None:
+    rng = np.random.default_rng(0)
+    N, C = 37, 11
+    x = (rng.standard_normal((N, C)) * 4).astype(dtype)
+    y = rng.integers(0, C, N)
+    y[[3, 17]] = -100
+    w = rng.uniform(0.1, 2.0, C) if weighted else None
+    g = np.empty_like(x)
+    loss, lse = cross_entropy_rows_numpy(x, y, weight=w, label_smoothing=eps, grad=g)
+    want = ce.cross_entropy(
+        x.astype(np.float64), y, weight=w, label_smoothing=eps, reduction="none"
+    )
+    assert _ulp_diff(loss, want) <= 2
+    assert loss[3] == 0.0 and loss[17] == 0.0
+    assert _ulp_diff(lse, ce.logsumexp(x.astype(np.float64), axis=-1)) <= 1
+    _, gw = ce.cross_entropy(x, y, weight=w, label_smoothing=eps, reduction="sum",
+                             return_grad=True)
+    assert g.dtype == x.dtype
+    # p_c W - a_c cancels under smoothing: compare on the scale of the row's largest entry
+    scale = np.max(np.abs(gw), axis=-1, keepdims=True)
+    assert np.all(np.abs(g - gw) <= 2 * np.finfo(dtype).eps * scale)
+
+
+def test_reference_inplace_grad() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((9, 5))
+    y = rng.integers(0, 5, 9)
+    g = np.empty_like(x)
+    loss1, lse1 = cross_entropy_rows_numpy(x, y, grad=g, z_loss=1e-2, softcap=3.0)
+    xi = x.copy()
+    loss2, lse2 = cross_entropy_rows_numpy(xi, y, grad=xi, z_loss=1e-2, softcap=3.0)
+    np.testing.assert_array_equal(loss1, loss2)
+    np.testing.assert_array_equal(lse1, lse2)
+    np.testing.assert_array_equal(g, xi)
+
+
+@pytest.mark.parametrize("softcap", [None, 2.5])
+@pytest.mark.parametrize("z_loss", [0.0, 0.3])
+def test_reference_grad_by_finite_differences(softcap: float | None, z_loss: float) -> None:
+    rng = np.random.default_rng(2)
+    N, C = 4, 6
+    x = rng.standard_normal((N, C)) * 3
+    y = np.array([0, 5, -100, 2])
+    w = rng.uniform(0.5, 1.5, C)
+    kw = dict(weight=w, label_smoothing=0.2, z_loss=z_loss, softcap=softcap)
+    g = np.empty_like(x)
+    cross_entropy_rows_numpy(x, y, grad=g, grad_scale=0.5, **kw)
+    h = 1e-6
+    fd = np.zeros_like(x)
+    for i in range(N):
+        for j in range(C):
+            xp = x.copy()
+            xm = x.copy()
+            xp[i, j] += h
+            xm[i, j] -= h
+            lp, _ = cross_entropy_rows_numpy(xp, y, **kw)
+            lm, _ = cross_entropy_rows_numpy(xm, y, **kw)
+            fd[i, j] = 0.5 * (lp[i] - lm[i]) / (2 * h)
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
+    assert not g[2].any()
+
+
+def test_reference_softcap_and_z_loss_values() -> None:
+    # Independent formula: z = c tanh(x / c); lse by logaddexp.reduce; loss = lse - z_y + zl lse^2
+    x = np.array([[10.0, -3.0, 0.5], [100.0, 99.0, -50.0]])
+    y = np.array([1, 0])
+    c, zl = 5.0, 0.01
+    loss, lse = cross_entropy_rows_numpy(x, y, softcap=c, z_loss=zl)
+    z = c * np.tanh(x / c)
+    want_lse = np.logaddexp.reduce(z, axis=-1)
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-15)
+    np.testing.assert_allclose(loss, want_lse - z[[0, 1], y] + zl * want_lse**2, rtol=1e-14)
+
+
+def test_public_rows_function_is_documented_contract() -> None:
+    x = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
+    loss, lse = cross_entropy_rows(x, np.array([0]))
+    assert loss.dtype == np.float64 and lse.dtype == np.float64
+    np.testing.assert_allclose(loss, [2.40760596444438], rtol=1e-15)
+
+
+# --------------------------------------------------------------------------- numba kernels
+
+kernels = pytest.importorskip("crossentropy._cpu._kernels")  # numba is in the test extra
+
+
+def _both(fn, *args, **kw):  # type: ignore[no-untyped-def]
+    """(fast, reference): fn under the numba backend and under the NumPy backend."""
+    with ce.use_backend("numba"):
+        fast = fn(*args, **kw)
+    with ce.use_backend("numpy"):
+        ref = fn(*args, **kw)
+    return fast, ref
+
+
+def _odd_inputs(dtype: type) -> list[tuple[np.ndarray, int | None]]:
+    rng = np.random.default_rng(5)
+    x3 = (rng.standard_normal((3, 5, 7)) * 6).astype(dtype)
+    big = (rng.standard_normal((17, 301)) * 20).astype(dtype)
+    return [
+        (x3, -1), (x3, 0), (x3, 1), (x3, None),
+        (big, -1), (big[:, ::3], -1), (big.T, 0), (big[::2], 1),
+        (np.array([1.0, 2.0, 3.0], dtype=dtype), -1),
+    ]
+
+
+SPECIAL = np.array(
+    [
+        [0.0, 1.0, 2.0, 3.0],
+        [np.inf, 0.0, np.inf, 1.0],
+        [-np.inf, -np.inf, -np.inf, -np.inf],
+        [np.nan, 0.0, 1.0, 2.0],
+        [-np.inf, 5.0, -np.inf, 5.0],
+        [1e38, -1e38, 0.0, 1e-30],
+        [-745.0, -740.0, 0.0, -1e-40],
+        [80.0, 88.0, 89.0, 0.0],
+    ]
+)
+SPECIAL64 = np.vstack([SPECIAL, [[1e300, -1e300, 0.0, 1e-300], [700.0, 709.0, 710.0, -1e-320]]])
+
+
+def _special(dtype: type) -> np.ndarray:
+    return SPECIAL.astype(dtype) if dtype == np.float32 else SPECIAL64
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fn", ["softmax", "log_softmax", "logsumexp"])
+def test_softmax_family_matches_reference(dtype: type, fn: str) -> None:
+    f = getattr(ce, fn)
+    bound = {"softmax": 8, "log_softmax": 4, "logsumexp": 4}[fn]
+    if dtype == np.float32:
+        bound = 1
+    for x, axis in [*_odd_inputs(dtype), (_special(dtype), -1)]:
+        fast, ref = _both(f, x, axis=axis)
+        if fn == "logsumexp" and x.shape[-1] == 4:
+            # Row [inf, 0, inf, 1]: the documented answer is +inf; the NumPy reference
+            # returns NaN for rows with two +inf terms, so that row is checked on its own.
+            assert fast[1] == np.inf
+            fast, ref = np.delete(fast, 1), np.delete(ref, 1)
+        assert fast.dtype == ref.dtype and np.shape(fast) == np.shape(ref)
+        assert _ulp_diff(fast, ref) <= bound, (fn, x.shape, axis)
+
+
+def test_logsumexp_keepdims_and_axis_none() -> None:
+    x = np.random.default_rng(1).standard_normal((4, 6, 5))
+    for axis in (None, 0, 1, -1):
+        fast, ref = _both(ce.logsumexp, x, axis=axis, keepdims=True)
+        assert np.shape(fast) == np.shape(ref)
+        assert _ulp_diff(fast, ref) <= 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fn", ["sigmoid", "log_sigmoid"])
+def test_sigmoid_family_matches_reference(dtype: type, fn: str) -> None:
+    f = getattr(ce, fn)
+    x = np.concatenate(
+        [np.linspace(-800, 800, 4001), [-np.inf, np.inf, np.nan, 0.0, -0.0, -720.0, 744.0]]
+    ).astype(dtype)
+    x2 = x[:-4].reshape(2, -1)[:, ::2]  # non-contiguous
+    for arr in (x, x2):
+        (fv, fd), (rv, rd) = _both(f, arr, return_grad=True)
+        assert _ulp_diff(fv, rv) <= 2 and _ulp_diff(fd, rd) <= 2
+        assert fv.dtype == np.dtype(dtype) and fd.shape == arr.shape
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_bce_with_logits_matches_reference(dtype: type, reduction: str) -> None:
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((37, 13)) * 30).astype(dtype)
+    x[0, :3] = [np.inf, -np.inf, 0.0]
+    y = rng.uniform(0, 1, x.shape)
+    y[1] = 0.0
+    y[2] = 1.0
+    for kw in ({}, {"pos_weight": 2.5, "label_smoothing": 0.1}, {"base": 2}):
+        (fv, fg), (rv, rg) = _both(ce.binary_cross_entropy_with_logits, x, y,
+                                   reduction=reduction, return_grad=True, **kw)
+        bound = 2 if reduction == "none" else 16  # sums: a different order of additions
+        assert _ulp_diff(fv, rv) <= bound and _ulp_diff(fg, rg) <= 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_matches_reference(dtype: type) -> None:
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((29, 11, 3)) * 8).astype(dtype)
+    y = rng.integers(0, 11, (29, 3))
+    y[0, 0] = -100
+    w = rng.uniform(0.2, 2.0, 11)
+    for kw in ({}, {"weight": w}, {"label_smoothing": 0.2}, {"weight": w, "base": 2},
+               {"ignore_index": 4, "target": np.where(y < 0, 4, y)}):
+        t = kw.pop("target", y)
+        for red in ("mean", "sum", "none"):
+            (fv, fg), (rv, rg) = _both(ce.cross_entropy, x, t, axis=1, reduction=red,
+                                       return_grad=True, **kw)
+            assert fv.dtype == rv.dtype and fg.dtype == rg.dtype
+            assert _ulp_diff(fv, rv) <= (4 if red == "none" else 16)
+            scale = np.max(np.abs(rg))
+            assert np.all(np.abs(fg - rg) <= 4 * np.finfo(dtype).eps * scale)
+
+
+def test_cross_entropy_special_rows() -> None:
+    y = np.array([0, 1, 2, 1, 1, 0, 2, 2, 0, 3])
+    fast, ref = _both(ce.cross_entropy, SPECIAL64, y, reduction="none", return_grad=True)
+    assert _ulp_diff(fast[0], ref[0]) <= 4
+    fin = np.isfinite(ref[1])
+    assert np.array_equal(np.isnan(fast[1]), np.isnan(ref[1]))
+    np.testing.assert_allclose(fast[1][fin], ref[1][fin], rtol=1e-15, atol=0)
+
+
+def test_probability_targets_fall_back_to_numpy() -> None:
+    x = np.random.default_rng(0).standard_normal((5, 4))
+    t = ce.softmax(np.random.default_rng(1).standard_normal((5, 4)))
+    fast, ref = _both(ce.cross_entropy, x, t)
+    assert fast == ref
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("z_loss", [0.0, 1e-3])
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_rows_kernel_matches_numpy_rows(dtype: type, z_loss: float,
+                                        softcap: float | None) -> None:
+    rng = np.random.default_rng(6)
+    N, C = 23, 517
+    x = (rng.standard_normal((N, C)) * 7).astype(dtype)
+    y = rng.integers(0, C, N)
+    y[5] = -7
+    w = rng.uniform(0.1, 3.0, C)
+    for kw in ({}, {"weight": w, "label_smoothing": 0.1}):
+        opts = dict(ignore_index=-7, z_loss=z_loss, softcap=softcap, grad_scale=0.25, **kw)
+        g1 = np.empty_like(x)
+        g2 = np.empty_like(x)
+        with ce.use_backend("numba"):
+            l1, s1 = cross_entropy_rows(x, y, grad=g1, **opts)
+        l2, s2 = cross_entropy_rows_numpy(x, y, grad=g2, **opts)
+        tol = np.finfo(dtype).eps
+        np.testing.assert_allclose(l1, l2, rtol=8 * tol, atol=0)
+        np.testing.assert_allclose(s1, s2, rtol=2 * tol, atol=0)
+        scale = np.max(np.abs(g2), axis=-1, keepdims=True)
+        assert np.all(np.abs(g1 - g2) <= 4 * tol * scale)
+        assert l1[5] == 0.0 and not g1[5].any()
+        # in place: the gradient overwrites the logits
+        xi = x.copy()
+        with ce.use_backend("numba"):
+            l3, s3 = cross_entropy_rows(xi, y, grad=xi, **opts)
+        np.testing.assert_array_equal(s3, s1)
+        np.testing.assert_array_equal(l3, l1)
+        np.testing.assert_array_equal(xi, g1)
+
+
+def test_exp_kernel_against_mpmath() -> None:
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.prec = 120
+    rng = np.random.default_rng(7)
+    d = np.concatenate([-rng.uniform(0, 745.1, 300), -rng.uniform(0, 1, 100),
+                        [-745.13, -744.5, -708.4, -708.3, -0.0, -1e-300]])
+    got = np.array([kernels.exp_le0(float(v)) for v in d])
+    ref = np.array([float(mpmath.exp(mpmath.mpf(float(v)))) for v in d])  # correctly rounded
+    assert _ulp_diff(got, ref) <= 1
+    assert kernels.exp_le0(-np.inf) == 0.0 and kernels.exp_le0(-800.0) == 0.0
+
+
+def test_results_do_not_depend_on_thread_count() -> None:
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((67, 3001)) * 5).astype(np.float32)
+    y = rng.integers(0, 3001, 67)
+    res = []
+    try:
+        for n in (1, 2):
+            ce.set_num_threads(n)
+            with ce.use_backend("numba"):
+                res.append((ce.softmax(x), ce.logsumexp(x),
+                            ce.cross_entropy(x, y, return_grad=True)[1],
+                            ce.binary_cross_entropy_with_logits(x, (x > 0.0).astype(np.float32))))
+    finally:
+        ce.set_num_threads(None)
+    for a, b in zip(res[0], res[1], strict=True):
+        np.testing.assert_array_equal(a, b)  # bitwise
+
+
+def test_set_num_threads_validates() -> None:
+    with pytest.raises(ValueError, match="positive integer"):
+        ce.set_num_threads(0)
+    with pytest.raises(TypeError, match="positive integer"):
+        ce.set_num_threads(1.5)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- out= / in place
+
+
+def test_out_and_in_place() -> None:
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((40, 600)).astype(np.float32)
+    for backend in ("numpy", "numba"):
+        with ce.use_backend(backend):
+            ref = ce.softmax(x)
+            out = np.empty_like(x)
+            assert ce.softmax(x, out=out) is out
+            np.testing.assert_array_equal(out, ref)
+            xi = x.copy()
+            assert ce.log_softmax(xi, out=xi) is xi
+            np.testing.assert_array_equal(xi, ce.log_softmax(x))
+            outT = np.empty_like(x.T)
+            assert ce.softmax(x.T, axis=0, out=outT) is outT
+            np.testing.assert_array_equal(outT, ref.T)
+            with pytest.raises(ValueError, match="out must have shape"):
+                ce.softmax(x, out=np.empty((40, 599), np.float32))
+            with pytest.raises(ValueError, match="out must have shape"):
+                ce.sigmoid(x, out=np.empty_like(x, dtype=np.float64))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_grad_out_in_place(backend: str) -> None:
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((33, 257))
+    y = rng.integers(0, 257, 33)
+    with ce.use_backend(backend):
+        v, g = ce.cross_entropy(x, y, return_grad=True)
+        xi = x.copy()
+        v2, g2 = ce.cross_entropy(xi, y, return_grad=True, grad_out=xi)
+        assert g2 is xi and v2 == v
+        np.testing.assert_array_equal(xi, g)
+        t = (x > 0).astype(np.float64)
+        bv, bg = ce.binary_cross_entropy_with_logits(x, t, return_grad=True)
+        xb = x.copy()
+        bv2, bg2 = ce.binary_cross_entropy_with_logits(xb, t, return_grad=True, grad_out=xb)
+        assert bg2 is xb and bv2 == bv
+        np.testing.assert_array_equal(xb, bg)
+        with pytest.raises(ValueError, match="grad_out is only used"):
+            ce.cross_entropy(x, y, grad_out=np.empty_like(x))
+        with pytest.raises(ValueError, match="grad_out must have shape"):
+            ce.cross_entropy(x, y, return_grad=True, grad_out=np.empty((33, 256)))
+
+
+def test_allocations() -> None:
+    """Value: O(rows) of NumPy allocations; value+gradient: the gradient only; in place:
+    nothing of the logits' size.  (tracemalloc sees NumPy's allocations; the kernels'
+    per-thread scratch rows, O(threads x classes), come from numba's allocator.)"""
+    import tracemalloc
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2048, 1000)).astype(np.float32)
+    y = rng.integers(0, 1000, 2048)
+    with ce.use_backend("numba"):
+        ce.cross_entropy(x, y, return_grad=True, grad_out=x.copy())  # compile outside
+
+        def peak(f):  # type: ignore[no-untyped-def]
+            tracemalloc.start()
+            f()
+            p = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            return p
+
+        rows = 2048 * 8
+        assert peak(lambda: ce.cross_entropy(x, y)) < 8 * rows
+        assert peak(lambda: ce.logsumexp(x)) < 4 * rows
+        assert x.nbytes <= peak(lambda: ce.cross_entropy(x, y, return_grad=True)) < (
+            x.nbytes + 8 * rows)
+        xi = x.copy()
+        assert peak(lambda: ce.cross_entropy(xi, y, return_grad=True, grad_out=xi)) < 8 * rows
+        out = np.empty_like(x)
+        assert peak(lambda: ce.softmax(x, out=out)) < 4 * rows
+
+
+def test_import_does_not_load_numba_and_small_inputs_stay_on_numpy() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, crossentropy as ce\n"
+        "assert 'numba' not in sys.modules\n"
+        "ce.softmax([3.0, 0.6, 6.3]); ce.cross_entropy([[1.0, 2.0]], [0])\n"
+        "assert 'numba' not in sys.modules\n"
+        "import numpy as np\n"
+        "ce.logsumexp(np.ones((64, 1024)))\n"  # 2**16 elements: the kernels
+        "assert 'crossentropy._cpu._kernels' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,211 @@
+"""crossentropy.explain: the step tables, the article's checks, and the renderers.
+
+Reference numbers come from mpmath at 40 digits (snippet below) or are hand-checkable.
+
+    import mpmath as mp; mp.mp.dps = 40
+    sig = lambda x: 1 / (1 + mp.exp(-mp.mpf(x)))
+    sm = lambda z: [mp.exp(mp.mpf(t)) / sum(mp.exp(mp.mpf(u)) for u in z) for t in z]
+    [sig(x) for x in ("1", "9", "424.5", "-3", "-243", "-226")]
+    1 - sig("424.5")                       # with mp.mp.dps = 200
+    sm(["3", "0.6", "6.3"]); sm(["9.8", "3.7", "0.2"])
+    [mp.exp(mp.mpf(t) - mp.mpf("6.3")) for t in ("3", "0.6", "6.3")]  # shifted terms
+    mp.log(sum(mp.exp(mp.mpf(t)) for t in ("3", "0.6", "6.3")))  # log-sum-exp
+    -mp.log(sm(["9.8", "3.7", "0.2"])[0], 2)
+    -mp.log(mp.mpf("0.997694"), 2); -mp.log(1 - mp.mpf("0.002237"), 2)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from crossentropy.explain import (
+    article_tables,
+    bce_table,
+    cross_entropy_table,
+    judge,
+    render,
+    sigmoid_table,
+    softmax_table,
+)
+from crossentropy.explain.render import to_latex, to_markdown, to_text
+
+# mpmath values (snippet in the module docstring)
+SIG = {1.0: 0.731058578630005, 9.0: 0.999876605424014, 424.5: 1.0, -3.0: 0.0474258731775668,
+       -243.0: 2.92712249651537e-106}
+ONE_MINUS_SIG_424_5 = 4.385230560917e-185
+SIG_MINUS_226 = 7.07045056072561e-99
+SM_A = [0.0354567722016007, 0.00321656580437816, 0.961326661994021]
+SM_A_SHIFTED = [0.03688316740124, 0.00334596545747127, 1.0]
+SM_A_SHIFTED_SUM = 1.04022913285871
+SM_CAT = [0.997694730092502, 0.00223769730402557, 6.75726034727486e-5]
+CE_CAT_BITS = 0.00332964080008076
+BCE_CAT_BITS = 0.00333069653505178  # -log2(0.997694)
+BCE_DOG_BITS = 0.00323092394374962  # -log2(1 - 0.002237)
+
+
+def _tables() -> dict[str, object]:
+    return {t.title: t for t in article_tables()}
+
+
+def test_article_order_and_values() -> None:
+    ts = article_tables()
+    titles = [t.title for t in ts]
+    assert titles[0].startswith("Sigmoid")
+    assert titles[1].startswith("Softmax of Z = [3, 0.6, 6.3]")
+    assert "cat image" in titles[2]
+    assert titles[3].startswith("One-hot")
+    assert titles[4].startswith("Categorical cross-entropy")
+    assert titles[5].startswith("Binary cross-entropy")
+    sig, sm, net, oh, cet, bt = ts
+    got = dict(zip(sig.results["x"], sig.results["sigmoid"], strict=True))
+    for x, want in SIG.items():
+        assert got[x] == pytest.approx(want, rel=1e-14)
+    assert sig.results["one_minus_sigmoid"][2] == pytest.approx(ONE_MINUS_SIG_424_5, rel=1e-12)
+    assert sm.results["p"] == pytest.approx(SM_A, rel=1e-14)
+    assert sm.results["sum_shifted"] == pytest.approx(SM_A_SHIFTED_SUM, rel=1e-14)
+    assert [r[3] for r in sm.rows[:3]] == pytest.approx(SM_A_SHIFTED, rel=1e-14)
+    assert net.results["p"] == pytest.approx(SM_CAT, rel=1e-14)
+    assert oh.rows == [["cat", 1.0, 0.0, 0.0], ["dog", 0.0, 1.0, 0.0], ["bird", 0.0, 0.0, 1.0]]
+    assert cet.results["loss"] == pytest.approx(CE_CAT_BITS, rel=1e-13)
+    assert cet.results["terms"][1:] == [0.0, 0.0]
+    assert bt.results["loss"] == pytest.approx([BCE_CAT_BITS, BCE_DOG_BITS], rel=1e-13)
+
+
+def test_article_verdicts() -> None:
+    verdicts = {c.what: (c.verdict, c.detail) for t in article_tables() for c in t.checks}
+    assert verdicts["sigmoid(1)"][0] == "agrees"
+    assert verdicts["sigmoid(9)"][0] == "truncated"  # 0.99988 rounds to 1.000, not 0.999
+    assert verdicts["sigmoid(424.5)"][0] == "agrees"
+    assert "1 - 4.385e-185" in verdicts["sigmoid(424.5)"][1]
+    assert verdicts["sigmoid(-3)"][0] == "agrees"
+    v, detail = verdicts["sigmoid(-243)"]
+    assert v == "wrong"
+    assert "e^{-(-226)}" in detail and "e^243" in detail and "7.07e-99" in detail
+    for cls in ("cat", "dog", "bird"):  # 0.9976947, 0.0022377, 0.0000676: digits cut off
+        assert verdicts[f"q_{cls}"][0] == "truncated"
+    assert verdicts["H(p1, q1) = -1 * log2(q1)"][0] == "agrees"
+    assert verdicts["BCE, cat: p = 0.997694, y = 1"][0] == "agrees"
+    assert verdicts["BCE, dog: p = 0.002237, y = 0"][0] == "agrees"
+    assert verdicts["softmax([3, 0.6, 6.3])"][0] == "not shown"
+
+
+@pytest.mark.parametrize(("claim", "true", "verdict"), [
+    ("0.731", 0.7310585786, "agrees"),
+    ("0.999", 0.9998766054, "truncated"),
+    ("0.47", 0.0474, "wrong"),
+    ("2.99e-98", 2.927e-106, "wrong"),
+    ("2.93e-106", 2.927122e-106, "agrees"),
+    ("2.92e-106", 2.927122e-106, "truncated"),
+    ("0", 0.0, "agrees"),
+])
+def test_judge(claim: str, true: float, verdict: str) -> None:
+    assert judge("x", claim, true).verdict == verdict
+
+
+def test_sigmoid_table_branches_and_notes() -> None:
+    t = sigmoid_table([2.0, -2.0, -800.0, 424.5])
+    branches = [r[1] for r in t.rows]
+    assert branches[0].startswith("x >= 0") and branches[1].startswith("x < 0")
+    # e^-|x| = e^-2 = 0.1353352832366127 (mpmath), the same for x = 2 and x = -2
+    assert t.rows[0][2] == pytest.approx(0.1353352832366127, rel=1e-15)
+    assert t.rows[1][2] == t.rows[0][2]
+    # the columns are consistent: sigma(-2) = e^-2 / (1 + e^-2), sigma(2) = 1 / (1 + e^-2)
+    assert t.rows[1][4] == pytest.approx(t.rows[1][2] / t.rows[1][3], rel=1e-15)
+    assert t.rows[0][4] == pytest.approx(1.0 / t.rows[0][3], rel=1e-15)
+    notes = " ".join(t.notes)
+    assert "e^800 overflows" in notes
+    assert "sigmoid(-800) underflows to 0" in notes
+    assert "sigmoid(424.5) is 1 - 4.385e-185" in notes
+
+
+def test_softmax_table_consistent_and_overflow_note() -> None:
+    t = softmax_table([1000.0, 0.0])
+    assert t.results["p"] == [1.0, 0.0]  # e^-1000 underflows: p2 = 0 exactly in float64
+    assert t.rows[0][4] == float("inf")  # the unshifted e^1000
+    assert any("overflows float64" in n for n in t.notes)
+    t = softmax_table([3.0, 0.6, 6.3])
+    e = np.array([r[3] for r in t.rows[:3]])
+    assert e / e.sum() == pytest.approx(SM_A, rel=1e-14)
+    assert t.results["logsumexp"] == pytest.approx(6.339441008942835, rel=1e-14)  # mpmath
+
+
+def test_cross_entropy_table_soft_target_and_probs() -> None:
+    # H([0.5, 0.5, 0], softmax([9.8, 3.7, 0.2])) in bits = (0.00332964080008 + 8.80376939022)/2
+    t = cross_entropy_table([0.5, 0.5, 0.0], scores=[9.8, 3.7, 0.2], base=2)
+    assert t.results["loss"] == pytest.approx((0.00332964080008076 + 8.80376939022276) / 2,
+                                              rel=1e-13)
+    assert t.rows[-1][-1] == pytest.approx(t.results["loss"], rel=1e-14)
+    # probabilities in nats, hand-checkable: -ln(0.5) = 0.6931471805599453
+    t = cross_entropy_table([1.0, 0.0], probs=[0.5, 0.5])
+    assert t.results["loss"] == pytest.approx(0.6931471805599453, rel=1e-15)
+    t = cross_entropy_table([0.0, 1.0], probs=[1.0, 3.0], normalize=True)  # q = [0.25, 0.75]
+    assert t.results["loss"] == pytest.approx(0.2876820724517809, rel=1e-15)  # -ln 0.75
+    with pytest.raises(ValueError, match="exactly one"):
+        cross_entropy_table([1.0], scores=[1.0], probs=[1.0])
+
+
+def test_bce_table_from_logits_stable() -> None:
+    # x = 40, y = 0: loss = softplus(40) = 40 + log1p(e^-40) = 40.0 in float64
+    t = bce_table([0.0, 1.0], logits=[40.0, -3.0])
+    assert t.results["loss"][0] == pytest.approx(40.0, rel=1e-15)
+    # x = -3, y = 1: softplus(3) = 3.048587351573742 (mpmath)
+    assert t.results["loss"][1] == pytest.approx(3.048587351573742, rel=1e-15)
+    row = t.rows[0]  # [name, x, p, y, log p, log(1-p), t1, t2, loss]
+    assert row[4] == pytest.approx(-4.248354255291589e-18, rel=1e-12)  # log sigma(40)
+    assert row[5] == pytest.approx(-40.0, rel=1e-15)
+    assert row[6] == 0.0 and row[7] == row[8]
+    assert any("never formed" in n for n in t.notes)
+
+
+def test_renderers() -> None:
+    tables = [cross_entropy_table([1.0, 0.0, 0.0], scores=[9.8, 3.7, 0.2],
+                                  classes=["cat", "dog", "bird"], base=2)]
+    md = to_markdown(tables)
+    assert "| cat | 9.8 | 0.9976947301 | 1 | -0.0033296408 | 0.0033296408 |" in md
+    assert "$$ H(p, q) = -\\sum_j p_j \\log_{2} q_j $$" in md
+    tex = to_latex(tables)
+    assert "\\begin{tabular}{lrrrrr}" in tex
+    assert "$6.757260347 \\times 10^{-5}$" in tex
+    assert "cross\\_entropy" in tex  # underscores escaped in text
+    text = to_text(tables)
+    assert "cat" in text and "0.0033296408" in text
+    buf = io.StringIO()
+    render(tables, "json", buf)
+    doc = json.loads(buf.getvalue())
+    assert doc[0]["results"]["loss"] == tables[0].results["loss"]
+    assert doc[0]["rows"][0][:2] == ["cat", 9.8]
+    buf = io.StringIO()
+    render(tables, "rich", buf)
+    assert "0.9976947301" in buf.getvalue()
+
+
+def test_json_spells_out_infinities() -> None:
+    buf = io.StringIO()
+    render([softmax_table([1000.0, 0.0])], "json", buf)
+    doc = json.loads(buf.getvalue())
+    assert doc[0]["rows"][0][4] == "inf"
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_without_rich_falls_back_to_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "rich", None)  # import rich now raises ImportError
+    buf = _Tty()
+    render(article_tables(), "table", buf)
+    assert buf.getvalue().startswith("Sigmoid of the article's x1..x5\n====")
+    with pytest.raises(ImportError, match=r"crossentropy\[cli\]"):
+        render(article_tables(), "rich", io.StringIO())
+
+
+def test_table_on_a_terminal_uses_rich() -> None:
+    buf = _Tty()
+    render([sigmoid_table([1.0])], "table", buf)
+    assert "┏" in buf.getvalue() or "━" in buf.getvalue()  # rich's box drawing

@@ -1,0 +1,342 @@
+"""crossentropy.score: readers, streaming metrics, and malformed input (fuzzed).
+
+Reference values are computed here independently: -log of the label's (renormalised)
+probability with NumPy, scipy.special.log_softmax for logits, and hand-counted accuracy and
+calibration bins.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import scipy.special
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from crossentropy.score import (
+    ColumnSpec,
+    ScoreError,
+    ScoreOptions,
+    labels_to_index,
+    parse_columns,
+    score_file,
+)
+
+NAMES = ["cat", "dog", "bird", "fish"]
+
+
+def _data(n: int = 53, seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.ones(len(NAMES)) * 0.7, size=n)
+    y = rng.integers(0, len(NAMES), size=n)
+    w = rng.uniform(0.0, 2.0, size=n)
+    return p, y, w
+
+
+def _write_csv(path: Path, p: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
+               names_as_labels: bool = True) -> None:
+    head = [*NAMES, "label"] + (["w"] if w is not None else [])
+    lines = [",".join(head)]
+    for i in range(len(y)):
+        lab = NAMES[y[i]] if names_as_labels and i % 2 == 0 else str(int(y[i]))
+        cells = [repr(float(v)) for v in p[i]] + [lab]
+        if w is not None:
+            cells.append(repr(float(w[i])))
+        lines.append(",".join(cells))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _reference(p: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> dict[str, float]:
+    w = np.ones(len(y)) if w is None else w
+    q = p / p.sum(axis=1, keepdims=True)
+    loss = -np.log(q[np.arange(len(y)), y])
+    mean = float(np.sum(w * loss) / np.sum(w))
+    acc = float(np.sum(w * (q.argmax(axis=1) == y)) / np.sum(w))
+    return {"ce": mean, "acc": acc, "ppl": math.exp(mean)}
+
+
+def test_csv_matches_reference_for_any_chunk_size(tmp_path: Path) -> None:
+    p, y, w = _data()
+    f = tmp_path / "p.csv"
+    _write_csv(f, p, y, w)
+    ref = _reference(p, y, w)
+    reports = [score_file(str(f), ScoreOptions(columns=ColumnSpec(weight="w"), chunk_rows=k))
+               for k in (1, 2, 7, 1000)]
+    for rep in reports:
+        assert rep["rows"] == len(y)
+        assert rep["cross_entropy"] == pytest.approx(ref["ce"], rel=1e-12)
+        assert rep["accuracy"] == pytest.approx(ref["acc"], rel=1e-12)
+        assert rep["perplexity"] == pytest.approx(ref["ppl"], rel=1e-12)
+        assert rep["ece"] == pytest.approx(reports[-1]["ece"], rel=1e-12)
+    # bits: the same number divided by ln 2
+    bits = score_file(str(f), ScoreOptions(columns=ColumnSpec(weight="w"), base=2.0))
+    assert bits["cross_entropy"] == pytest.approx(ref["ce"] / math.log(2), rel=1e-12)
+
+
+def test_all_formats_agree(tmp_path: Path) -> None:
+    p, y, _ = _data(40)
+    ref = _reference(p, y)
+    _write_csv(tmp_path / "a.csv", p, y)
+    table = pa.table({**{n: p[:, j] for j, n in enumerate(NAMES)},
+                      "label": [NAMES[v] for v in y]})
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=16)  # 3 row groups
+    np.save(tmp_path / "a.npy", p)
+    np.save(tmp_path / "labels.npy", y)
+    np.savez_compressed(tmp_path / "a.npz", probs=p, labels=y)
+    got = [
+        score_file(str(tmp_path / "a.csv"), ScoreOptions(chunk_rows=7)),
+        score_file(str(tmp_path / "a.parquet"), ScoreOptions(chunk_rows=5)),
+        score_file(str(tmp_path / "a.npy"),
+                   ScoreOptions(columns=ColumnSpec(label=str(tmp_path / "labels.npy")),
+                                chunk_rows=6)),
+        score_file(str(tmp_path / "a.npz"), ScoreOptions(chunk_rows=9)),
+    ]
+    for rep in got:
+        assert rep["rows"] == 40
+        assert rep["cross_entropy"] == pytest.approx(ref["ce"], rel=1e-12)
+        assert rep["accuracy"] == pytest.approx(ref["acc"], rel=1e-12)
+
+
+def test_logits_and_per_class(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    z = rng.normal(scale=3.0, size=(30, 3))
+    y = rng.integers(0, 3, size=30)
+    np.savez(tmp_path / "z.npz", logits=z, y=y)
+    rep = score_file(str(tmp_path / "z.npz"), ScoreOptions(logits=True, chunk_rows=4))
+    lp = scipy.special.log_softmax(z, axis=1)[np.arange(30), y]
+    assert rep["cross_entropy"] == pytest.approx(-lp.mean(), rel=1e-12)
+    for c in range(3):
+        row = rep["per_class"][c]
+        mine = y == c
+        assert row["support"] == mine.sum()
+        assert row["cross_entropy"] == pytest.approx(-lp[mine].mean(), rel=1e-12)
+        guess = z.argmax(axis=1)
+        assert row["recall"] == pytest.approx(np.mean(guess[mine] == c))
+        assert row["precision"] == pytest.approx(np.mean(y[guess == c] == c))
+
+
+def test_ece_by_hand(tmp_path: Path) -> None:
+    # Two bins (--bins 2).  Rows (top-class confidence, correct?):
+    #   0.9 right, 0.8 wrong  -> bin [0.5, 1): confidence 1.7, hits 1
+    #   0.6 right             -> bin [0.5, 1) too: confidence 2.3, hits 2
+    #   0.4 wrong (3 classes) -> bin [0, 0.5): confidence 0.4, hits 0
+    # ECE = (|2 - 2.3| + |0 - 0.4|) / 4 = 0.175
+    f = tmp_path / "e.csv"
+    f.write_text("a,b,c,label\n0.9,0.1,0,0\n0.8,0.2,0,1\n0.4,0.6,0,1\n0.4,0.3,0.3,2\n")
+    rep = score_file(str(f), ScoreOptions(bins=2))
+    assert rep["ece"] == pytest.approx(0.175, rel=1e-14)
+    assert rep["accuracy"] == pytest.approx(0.5)
+
+
+def test_multilabel_bce(tmp_path: Path) -> None:
+    f = tmp_path / "m.csv"
+    # p and 0/1 targets; BCE by hand: -ln 0.9, -ln(1-0.2), -ln 0.5, -ln(1-0.7)
+    f.write_text("p_a,p_b,y_a,y_b\n0.9,0.2,1,0\n0.5,0.7,1,0\n")
+    rep = score_file(str(f), ScoreOptions(columns=ColumnSpec(
+        pred="p_*", targets="y_*", multilabel=True), chunk_rows=1))
+    want = -(math.log(0.9) + math.log(0.8) + math.log(0.5) + math.log(0.3)) / 4
+    assert rep["cross_entropy"] == pytest.approx(want, rel=1e-14)
+    # at 0.5: (0.9 -> 1 ok), (0.2 -> 0 ok), (0.5 -> 1 ok), (0.7 -> 1 wrong)
+    assert rep["accuracy"] == pytest.approx(0.75)
+    assert rep["exact_match"] == pytest.approx(0.5)
+
+
+def test_labels_to_index() -> None:
+    loc = lambda i: f"row {i}"  # noqa: E731
+    assert labels_to_index(np.array([2, 0]), NAMES, loc, "y", "f").tolist() == [2, 0]
+    assert labels_to_index(np.array(["fish", "1"]), NAMES, loc, "y", "f").tolist() == [3, 1]
+    with pytest.raises(ScoreError, match=r"f: row 1, column 'y': label 'cow' is not"):
+        labels_to_index(np.array(["cat", "cow"]), NAMES, loc, "y", "f")
+    with pytest.raises(ScoreError, match="label 4 is not a class"):
+        labels_to_index(np.array([0, 4]), NAMES, loc, "y", "f")
+    with pytest.raises(ScoreError, match=r"label 1\.5"):
+        labels_to_index(np.array([1.5]), NAMES, loc, "y", "f")
+
+
+def test_parse_columns() -> None:
+    names = ["id", "p0", "p1", "p2", "label"]
+    assert parse_columns("p*", names, "c", "f") == [1, 2, 3]
+    assert parse_columns("1:4", names, "c", "f") == [1, 2, 3]
+    with pytest.raises(ScoreError, match="no column named 'q'"):
+        parse_columns("q", names, "c", "f")
+
+
+# --------------------------------------------------------------------------- malformed input
+
+BAD_CSV = [
+    ("a,b,label\n0.5,0.5,0\n0.5,x,1\n", r"line 3, column 'b': 'x' is not a number"),
+    ("a,b,label\n0.5,0.5,0\n0.5,0.5\n", r"line 3: 2 fields, but the header has 3"),
+    ("a,b,label\n0.5,0.5,0\n\n0.5,0.5,1\n", r"line 3: empty line"),
+    ("a,b,label\n1.5,-0.5,0\n", r"line 2, column 'a': probability 1.5 is outside \[0, 1\]"),
+    ("a,b,label\n0.5,0.6,0\n", r"line 2, columns 'a'..'b': the probabilities sum to 1.1"),
+    ("a,b,label\n0.5,0.5,2\n", r"line 2, column 'label': label '2' is not among the classes"),
+    ("a,b,label\n0.5,nan,0\n", r"line 2, column 'b': nan is not a finite number"),
+    ("a,b\n0.5,0.5\n", r"no label column"),
+    ("", r"the file is empty"),
+    ("a,b,label\n", r"no data rows"),
+    ("a,a,label\n0.5,0.5,0\n", r"line 1: the column name 'a' appears twice"),
+]
+
+
+@pytest.mark.parametrize(("text", "msg"), BAD_CSV)
+def test_malformed_csv(tmp_path: Path, text: str, msg: str) -> None:
+    f = tmp_path / "bad.csv"
+    f.write_text(text)
+    with pytest.raises(ScoreError, match=msg) as info:
+        score_file(str(f), ScoreOptions(chunk_rows=2))
+    assert str(info.value).startswith(str(f))
+
+
+def test_malformed_weights_and_missing_columns(tmp_path: Path) -> None:
+    f = tmp_path / "w.csv"
+    f.write_text("a,b,label,w\n0.5,0.5,0,1\n0.5,0.5,1,-2\n")
+    with pytest.raises(ScoreError, match=r"line 3, column 'w': weight -2.0 must be finite"):
+        score_file(str(f), ScoreOptions(columns=ColumnSpec(weight="w")))
+    with pytest.raises(ScoreError, match=r"--weight: no column named 'ww'"):
+        score_file(str(f), ScoreOptions(columns=ColumnSpec(weight="ww")))
+    with pytest.raises(ScoreError, match=r"--label: no column named 'y'"):
+        score_file(str(f), ScoreOptions(columns=ColumnSpec(label="y")))
+
+
+def test_malformed_parquet(tmp_path: Path) -> None:
+    f = tmp_path / "n.parquet"
+    t = pa.table({"a": [0.5, 0.5, None, 0.5], "b": [0.5, 0.5, 0.5, 0.5], "label": [0, 1, 0, 1]})
+    pq.write_table(t, f, row_group_size=2)
+    with pytest.raises(ScoreError, match=r"row group 1, row 0, column 'a': missing value"):
+        score_file(str(f), ScoreOptions())
+    t = pa.table({"a": ["x"], "b": [1.0], "label": [0]})
+    pq.write_table(t, f)
+    with pytest.raises(ScoreError, match=r"column 'a' has type string"):
+        score_file(str(f), ScoreOptions())
+    f.write_bytes(b"PAR1 this is not parquet PAR1")
+    with pytest.raises(ScoreError, match="not a readable Parquet file"):
+        score_file(str(f), ScoreOptions())
+
+
+def test_malformed_npy(tmp_path: Path) -> None:
+    f = tmp_path / "p.npy"
+    lab = tmp_path / "y.npy"
+    np.save(f, np.full((4, 2), 0.5))
+    np.save(lab, np.array([0, 1, 0]))
+    with pytest.raises(ScoreError, match=r"labels must have shape \(4,\), got \(3,\)"):
+        score_file(str(f), ScoreOptions(columns=ColumnSpec(label=str(lab))))
+    np.save(lab, np.array([0, 1, 0, 1]))
+    raw = f.read_bytes()
+    f.write_bytes(raw[:-8])  # drop the last number
+    with pytest.raises(ScoreError, match=r"truncated: the header promises 4 rows"):
+        score_file(str(f), ScoreOptions(columns=ColumnSpec(label=str(lab)), chunk_rows=2))
+    f.write_bytes(raw)
+    with pytest.raises(ScoreError, match=r"give the labels as --label"):
+        score_file(str(f), ScoreOptions())
+    np.save(f, np.array([["a", "b"]]))
+    with pytest.raises(ScoreError, match=r"dtype <U1 is not a number type"):
+        score_file(str(f), ScoreOptions(columns=ColumnSpec(label=str(lab))))
+
+
+def _reader_outcome(path: Path, **kw: object) -> None:
+    """A result or a ScoreError naming the file: anything else is a bug."""
+    try:
+        rep = score_file(str(path), ScoreOptions(**kw))  # type: ignore[arg-type]
+    except ScoreError as exc:
+        assert str(path) in str(exc)
+    else:
+        assert rep["rows"] > 0
+        assert math.isfinite(rep["cross_entropy"]) or rep["infinite_loss_rows"] > 0
+
+
+_FIXTURE = [HealthCheck.function_scoped_fixture]  # tmp_path is reused; each example rewrites it
+_CELL = st.one_of(
+    st.sampled_from(["0", "1", "0.5", "0.25", "0.75", "nan", "inf", "-1", "2", "x", "",
+                     "1e-300", '"0.5"', "cat", "dog", " 0.5 ", "1,0"]),
+    st.text(alphabet="0123456789.,-e\"x ", max_size=6),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=_FIXTURE)
+@given(rows=st.lists(st.lists(_CELL, min_size=1, max_size=5), max_size=6),
+       header=st.sampled_from(["cat,dog,label", "a,b,c,label", "label", "cat,dog,label,w", ""]),
+       chunk=st.integers(1, 4))
+def test_fuzz_csv(tmp_path: Path, rows: list[list[str]], header: str, chunk: int) -> None:
+    f = tmp_path / "fuzz.csv"
+    f.write_text("\n".join([header, *(",".join(r) for r in rows)]) + "\n")
+    _reader_outcome(f, chunk_rows=chunk)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=_FIXTURE)
+@given(data=st.binary(max_size=300), cut=st.integers(0, 400), flip=st.integers(0, 400))
+def test_fuzz_npy(tmp_path: Path, data: bytes, cut: int, flip: int) -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.full((3, 2), 0.5))
+    good = bytearray(buf.getvalue())
+    f = tmp_path / "fuzz.npy"
+    lab = tmp_path / "lab.npy"
+    np.save(lab, np.array([0, 1, 1]))
+    variants = [data, bytes(good[:cut])]
+    if flip < len(good):
+        bad = bytearray(good)
+        bad[flip] ^= 0xFF
+        variants.append(bytes(bad))
+    for v in variants:
+        f.write_bytes(v)
+        _reader_outcome(f, columns=ColumnSpec(label=str(lab)), chunk_rows=2)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=_FIXTURE)
+@given(cut=st.integers(0, 2000), flip=st.integers(0, 2000), byte=st.integers(1, 255),
+       vals=st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=2, max_size=2))
+def test_fuzz_parquet(tmp_path: Path, cut: int, flip: int, byte: int,
+                      vals: list[float]) -> None:
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"a": [0.5, vals[0]], "b": [0.5, vals[1]], "label": [0, 1]}), buf)
+    good = bytearray(buf.getvalue())
+    f = tmp_path / "fuzz.parquet"
+    variants = [bytes(good), bytes(good[:cut])]
+    if flip < len(good):
+        bad = bytearray(good)
+        bad[flip] ^= byte
+        variants.append(bytes(bad))
+    for v in variants:
+        f.write_bytes(v)
+        _reader_outcome(f, chunk_rows=1)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=_FIXTURE)
+@given(data=st.binary(max_size=200), prefix=st.sampled_from([b"", b"a,b,label\n",
+                                                             b"a,b,label\n0.5,0.5,0\n"]))
+def test_fuzz_csv_bytes(tmp_path: Path, data: bytes, prefix: bytes) -> None:
+    f = tmp_path / "fuzz.csv"
+    f.write_bytes(prefix + data)
+    _reader_outcome(f, chunk_rows=2)
+
+
+def test_quoted_cells(tmp_path: Path) -> None:
+    f = tmp_path / "q.csv"
+    f.write_text('"a","b","label"\n0.25,0.75,a\n"0.5","0.5","b"\n')
+    rep = score_file(str(f), ScoreOptions())
+    # by hand: (-ln 0.25 - ln 0.5) / 2
+    assert rep["cross_entropy"] == pytest.approx((math.log(4) + math.log(2)) / 2, rel=1e-15)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=_FIXTURE)
+@given(cut=st.integers(0, 1200), flip=st.integers(0, 1200), byte=st.integers(1, 255),
+       compressed=st.booleans())
+def test_fuzz_npz(tmp_path: Path, cut: int, flip: int, byte: int, compressed: bool) -> None:
+    buf = io.BytesIO()
+    save = np.savez_compressed if compressed else np.savez
+    save(buf, probs=np.full((3, 2), 0.5), labels=np.array([0, 1, 1]))
+    good = bytearray(buf.getvalue())
+    f = tmp_path / "fuzz.npz"
+    variants = [bytes(good[:cut])]
+    if flip < len(good):
+        bad = bytearray(good)
+        bad[flip] ^= byte
+        variants.append(bytes(bad))
+    for v in variants:
+        f.write_bytes(v)
+        _reader_outcome(f, chunk_rows=2)
