@@ -38,7 +38,8 @@ no update.  (PyTorch returns NaN.)
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -182,13 +183,15 @@ def _xlogy_terms(a: F64, nl: F64) -> F64:
         return np.where(a == 0.0, 0.0, a * nl)
 
 
-def _options(text: str) -> Any:
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+def _options(text: str) -> Callable[[_Fn], _Fn]:
     """Decorator: put the shared option descriptions where a docstring says <ce-options>."""
 
-    def deco(f: Any) -> Any:
-        f.__doc__ = f.__doc__.replace("    <ce-options>\n", text).replace(
-            "    <bce-options>\n", text
-        )
+    def deco(f: _Fn) -> _Fn:
+        doc = f.__doc__ or ""
+        f.__doc__ = doc.replace("    <ce-options>\n", text).replace("    <bce-options>\n", text)
         return f
 
     return deco
