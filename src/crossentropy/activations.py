@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from crossentropy import _cpu
+from crossentropy import _cpu, _small
 from crossentropy._validate import as_float_array, cast_out, check_axis
 
 __all__ = ["log_sigmoid", "log_softmax", "logsumexp", "sigmoid", "softmax"]
@@ -304,9 +304,19 @@ def _inf_share(x: F64) -> F64:
     return share
 
 
+def _small_rows(x: F64) -> list[list[float]] | None:
+    """The rows of `x` as Python floats when the plain-Python path applies, else None."""
+    if not 0 < x.size <= _small.SMALL or x.shape[-1] == 0:
+        return None
+    rows: list[list[float]] = x.reshape(-1, x.shape[-1]).tolist()
+    return rows if _small.finite(rows) else None
+
+
 def _softmax_last(x: F64) -> F64:
     if x.size == 0:
         return np.zeros_like(x)
+    if (small := _small_rows(x)) is not None:  # a few finite numbers: no NumPy overhead
+        return np.array(_small.softmax_rows(small)).reshape(x.shape)
     r = _rows(x)
     with np.errstate(invalid="ignore", divide="ignore"):
         p: F64 = _probs(r)  # e^(x - m) / sum
@@ -319,6 +329,8 @@ def _softmax_last(x: F64) -> F64:
 def _log_softmax_last(x: F64) -> F64:
     if x.size == 0:
         return np.zeros_like(x)
+    if (small := _small_rows(x)) is not None:
+        return np.array(_small.log_softmax_rows(small)).reshape(x.shape)
     r = _rows(x)
     with np.errstate(invalid="ignore", divide="ignore"):
         # log p_j = (x_j - m) - log1p(s) = (dh_j - L) + dl_j: two terms <= 0, and the
@@ -336,6 +348,8 @@ def _logsumexp_last(x: F64) -> F64:
         return np.full(x.shape[:-1], -np.inf)
     if x.size == 0:
         return np.zeros(x.shape[:-1])
+    if (small := _small_rows(x)) is not None:
+        return np.array(_small.logsumexp_rows(small)).reshape(x.shape[:-1])
     r = _rows(x)
     with np.errstate(invalid="ignore"):
         out = (r.m + r.L)[..., 0]  # -inf rows come out right: m = -inf, L finite
