@@ -334,7 +334,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         for prov in dict.fromkeys(r["provider"] for r in sel):
             pts = sorted((int(r["classes"]), float(r["median_s"])) for r in sel
                          if r["provider"] == prov)
-            ax.plot([p[0] for p in pts], [p[1] * 1e3 for p in pts], marker="o", label=prov)
+            color = f"C{[q.name for q in PROVIDERS].index(prov) % 10}"  # same in both panels
+            ax.plot([p[0] for p in pts], [p[1] * 1e3 for p in pts], marker="o", label=prov,
+                    color=color)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("number of classes (8192 rows, float32)")
