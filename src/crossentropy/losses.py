@@ -132,22 +132,25 @@ class _Targets:
 
 def _reduce(
     loss: F64, omega: F64, reduction: str, scale: float
-) -> tuple[F64, F64]:
-    """Apply the reduction; return ``(value, per-sample gradient factor)``.
+) -> tuple[F64, F64, float]:
+    """Apply the reduction; return ``(value, per-sample gradient factor, divisor)``.
 
-    ``value`` is 0-d for mean/sum.  The factor multiplies d loss_i / d input: ``scale`` for
-    'none' and 'sum', ``scale / sum(omega)`` for 'mean' (0 when nothing is counted).
+    ``value`` is 0-d for mean/sum.  d loss_i / d input is multiplied by the factor, then
+    divided by the divisor: ``scale`` and 1 for 'none' and 'sum', ``scale`` and
+    ``sum(omega)`` for 'mean' (factor 0 when nothing is counted).  Dividing last keeps a
+    subnormal summed weight from overflowing ``scale / sum(omega)`` to inf when the
+    gradient itself, w_c (p - t) / sum(omega), is of order 1.
     """
     if reduction == "none":
-        return loss * scale, np.full(loss.shape, scale)
+        return loss * scale, np.full(loss.shape, scale), 1.0
     total = np.sum(loss) * scale
     if reduction == "sum":
-        return np.asarray(total), np.full(loss.shape, scale)
+        return np.asarray(total), np.full(loss.shape, scale), 1.0
     wsum = float(np.sum(omega))
     if wsum == 0.0:  # nothing counted: 0 with a zero gradient (documented)
-        return np.asarray(0.0 if not np.isnan(total) else np.nan), np.zeros(loss.shape)
+        return np.asarray(0.0 if not np.isnan(total) else np.nan), np.zeros(loss.shape), 1.0
     with np.errstate(over="ignore"):  # a subnormal summed weight: the true mean overflows
-        return np.asarray(total / wsum), np.full(loss.shape, scale / wsum)
+        return np.asarray(total / wsum), np.full(loss.shape, scale), wsum
 
 
 def _finish(
@@ -299,7 +302,7 @@ def cross_entropy(
     a = tg.a
     if x.size == 0:
         loss = np.zeros(x.shape[:-1])
-        value, factor = _reduce(loss, tg.omega, red, scale)
+        value, _, _ = _reduce(loss, tg.omega, red, scale)
         return _finish(value, np.zeros(x.shape) if return_grad else None, dtype, gdtype, ax)
     r = _rows(x)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -313,7 +316,7 @@ def cross_entropy(
         # class with no target mass; ignored rows are not looked at (as if sliced out).
         nan_row = np.isnan(r.m[..., 0]) & tg.counted
         loss = np.where(nan_row, np.nan, loss)
-    value, factor = _reduce(loss, tg.omega, red, scale)
+    value, factor, div = _reduce(loss, tg.omega, red, scale)
     if not return_grad:
         return _finish(value, None, dtype, dtype, ax)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -331,7 +334,7 @@ def cross_entropy(
         g = np.where(r.neg_inf, np.nan, g)
         g = np.where(nan_row[..., None], np.nan, g)
         g = np.where(tg.counted[..., None], g, 0.0)  # ignored rows: zero gradient
-        g = g * factor[..., None]
+        g = (g * factor[..., None]) / div
     return _finish(value, g, dtype, gdtype, ax)
 
 
@@ -373,7 +376,7 @@ def _from_normalised(
         # a NaN anywhere in a counted row makes its loss NaN (ignored rows are not looked at)
         nan_row = np.isnan(q).any(axis=-1) & tg.counted
         loss = np.where(nan_row, np.nan, loss)
-    value, factor = _reduce(loss, tg.omega, red, scale)
+    value, factor, div = _reduce(loss, tg.omega, red, scale)
     if not return_grad:
         return _finish(value, None, dtype, dtype, ax)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -381,7 +384,7 @@ def _from_normalised(
         # -a / q overflows to -inf for a subnormal q: the true value is beyond the range.
         g = np.where(a == 0.0, 0.0, -a if is_log else -a / q)
         g = np.where(nan_row[..., None], np.nan, g)
-        g = g * factor[..., None]
+        g = (g * factor[..., None]) / div
     return _finish(value, g, dtype, gdtype, ax)
 
 

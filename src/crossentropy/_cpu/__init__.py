@@ -12,6 +12,7 @@ threads (each row is reduced by one thread in a fixed order).
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 from typing import Any
 
@@ -354,6 +355,8 @@ def cross_entropy(
     if red == "mean":
         wsum = float(np.sum(omega))
         factor = scale / wsum if wsum != 0.0 else 0.0
+        if not math.isfinite(factor):  # subnormal summed weight: the NumPy path divides last
+            return NotImplemented
     else:
         factor = scale
     g2 = None
@@ -369,7 +372,7 @@ def cross_entropy(
     loss, _ = _cross_entropy_rows_numba(
         x2, t, weight=w, ignore_index=-1, label_smoothing=eps, grad=g2, grad_scale=factor
     )
-    value, _ = _reduce(loss.reshape(rows), omega, red, scale)
+    value, _, _ = _reduce(loss.reshape(rows), omega, red, scale)
     val = v.cast_out(value, x.dtype)
     if g2 is None:
         return val
