@@ -145,6 +145,33 @@ def test_reference_base_softcap_zloss_against_independent_formulas() -> None:
     assert float(cross_entropy_reference(x64, t, z_loss=1e-2)) == pytest.approx(want, rel=1e-14)
 
 
+def test_weighted_zloss_agrees_with_the_torch_layer_and_cpu_kernel() -> None:
+    """With class weights, z-loss adds z * lse^2 per counted row, unweighted, in every
+    backend (it once was z * w_y * lse^2 here only)."""
+    import crossentropy.torch as cet
+
+    x, t = _data(11, 9, 21)
+    x64 = x.double()
+    t[3] = -100
+    w = torch.rand(9, generator=_gen(22), dtype=torch.float64) + 0.5
+    for red in ("none", "mean", "sum"):
+        kw = {"weight": w, "z_loss": 0.05, "label_smoothing": 0.1, "reduction": red}
+        a = x64.clone().requires_grad_()
+        b = x64.clone().requires_grad_()
+        ours = cross_entropy_reference(a, t, **kw)
+        layer = cet.cross_entropy(b, t, **kw)
+        torch.testing.assert_close(ours, layer, rtol=1e-13, atol=1e-13)
+        ours.sum().backward()
+        layer.sum().backward()
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-13)
+    # independent: the unweighted z-term on top of F.cross_entropy's weighted sum
+    lse = torch.logsumexp(x64, -1)
+    keep = t != -100
+    want = F.cross_entropy(x64, t, weight=w, reduction="sum") + 0.05 * (lse[keep] ** 2).sum()
+    got = cross_entropy_reference(x64, t, weight=w, z_loss=0.05, reduction="sum")
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+
+
 def test_reference_all_ignored_is_nan_with_zero_grad_like_torch() -> None:
     x, _ = _data(5, 4, 3)
     t = torch.full((5,), -100)

@@ -159,7 +159,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             # (eps / V) sum_c w_c (lse - z'_c) = (eps / V) (W lse - sum_c w_c z'_c)
             loss = loss + torch.where(counted, (eps / V) * (wtot * lse - sz), 0.0)
         if z_loss > 0.0:
-            loss = loss + z_loss * wy * lse * lse
+            loss = loss + torch.where(counted, z_loss * lse * lse, 0.0)  # not weighted
         bad = counted & ~in_range
         loss = torch.where(bad, math.nan, loss)
         ctx.save_for_backward(hidden, linear_weight, linear_bias, target, weight, lse, wy)
@@ -186,7 +186,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         if eps > 0.0:
             a = a + counted * ((eps / V) * wtot)
         if z_loss > 0.0:
-            a = a + 2.0 * z_loss * wy * lse
+            a = a + 2.0 * z_loss * lse  # (ignored rows are masked below)
         coef_a = torch.where(counted, scale * a, 0.0)
         coef_a = torch.where(bad, math.nan, coef_a).contiguous()
         coef_b = torch.where(counted, scale * (1.0 - eps) * wy, 0.0).contiguous()

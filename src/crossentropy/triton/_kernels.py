@@ -20,11 +20,11 @@ Every kernel computes in float32 whatever the storage dtype.  Conventions shared
   ``w_c`` summing to ``W``, label smoothing ``eps`` over ``C`` classes and z-loss
   coefficient ``zl`` is (PyTorch's definition of weighted label smoothing)::
 
-      l = (1 - eps) w_y (lse - z'_y) + (eps / C) (W lse - sum_c w_c z'_c) + zl w_y lse^2
+      l = (1 - eps) w_y (lse - z'_y) + (eps / C) (W lse - sum_c w_c z'_c) + zl [y counted] lse^2
 
   and its gradient with respect to ``z'_c`` (``p_c = exp(z'_c - lse)``) is::
 
-      dl/dz'_c = p_c [(1 - eps) w_y + (eps / C) W + 2 zl w_y lse] - (1 - eps) w_y [c = y]
+      dl/dz'_c = p_c [(1 - eps) w_y + (eps / C) W + 2 zl lse] - (1 - eps) w_y [c = y]
                  - (eps / C) w_c
 
   (the smoothing terms are dropped for ignored tokens, whose loss and gradient are 0).
@@ -159,7 +159,7 @@ def ce_fwd_kernel(
     if HAS_SMOOTHING:
         loss += counted * (eps / C) * (sw * lse - sz)
     if HAS_ZLOSS:
-        loss += z_loss * wy * lse * lse
+        loss += z_loss * counted * lse * lse  # z-loss: not weighted by w_y
     loss = tl.where(bad, float("nan"), loss)
     tl.store(loss_ptr + row, loss)
     tl.store(lse_ptr + row, lse)
@@ -171,7 +171,7 @@ def ce_fwd_kernel(
         if HAS_SMOOTHING:
             a += counted * (eps / C) * sw
         if HAS_ZLOSS:
-            a += 2.0 * z_loss * wy * lse
+            a += 2.0 * z_loss * counted * lse
         b = (1.0 - eps) * wy  # subtracted at the target class
         c = counted * (eps / C)  # times w_c, subtracted everywhere
         out_ptr = grad_ptr + row * stride_grad_row

@@ -85,7 +85,7 @@ def cross_entropy_reference(
         smooth = (w * (lse[:, None] - z)).sum(-1)
         loss = loss + torch.where(counted, (label_smoothing / C) * smooth, 0.0)
     if z_loss:
-        loss = loss + z_loss * wy * lse * lse
+        loss = loss + torch.where(counted, z_loss * lse * lse, 0.0)  # not weighted by w_y
     loss = torch.where(counted & ~in_range, math.nan, loss)
     inv_ln = 1.0 if base is None else 1.0 / math.log(base)
     if reduction == "none":
