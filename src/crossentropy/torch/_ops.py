@@ -273,14 +273,36 @@ def _torch_rows(
     return loss.to(torch.float64), lse.to(torch.float64)
 
 
+#: Bytes of logits that one chunk may hold (tokens x vocabulary slice).
+CHUNK_BYTES = 32 << 20
+#: Force vocabulary slices of this many classes (None: only when V is too large for
+#: ``CHUNK_BYTES`` at the minimum of 16 rows).  A module-level setting (tests, tuning).
+VOCAB_CHUNK: int | None = None
+#: Called with the shape of each logits buffer that ``linear_chunks`` allocates (tests).
+BUFFER_HOOK: Callable[[tuple[int, int]], None] | None = None
+
+
 def default_chunk_rows(n: int, vocab: int, itemsize: int = 4) -> int:
-    """Tokens per chunk: the chunk's logits take about 32 MiB (at least 16 rows).
+    """Tokens per chunk: the chunk's logits take about ``CHUNK_BYTES`` = 32 MiB (at least 16 rows).
 
     Large enough for the matrix products to run at full speed, small next to the
     (V, D) weight gradient that every method has to hold.
     """
-    rows = (32 << 20) // max(1, vocab * itemsize)
+    rows = CHUNK_BYTES // max(1, vocab * itemsize)
     return max(1, min(n, max(16, rows - rows % 16)))
+
+
+def vocab_slice(rows: int, vocab: int, itemsize: int) -> int | None:
+    """Classes per vocabulary slice, or None when whole logit rows fit the budget.
+
+    Slices are used when ``VOCAB_CHUNK`` is set, or when even 16 rows of V logits exceed
+    ``CHUNK_BYTES``; then a slice holds about ``CHUNK_BYTES / (rows * itemsize)`` classes.
+    """
+    if VOCAB_CHUNK is not None:
+        return max(1, min(vocab, int(VOCAB_CHUNK)))
+    if 16 * vocab * itemsize <= CHUNK_BYTES:
+        return None
+    return max(1, min(vocab, CHUNK_BYTES // max(1, rows * itemsize)))
 
 
 def linear_chunks(
@@ -325,7 +347,16 @@ def linear_chunks(
     gw = torch.zeros(V, D, dtype=cdt, device=hidden.device) if need_gw else None
     gb = torch.zeros(V, dtype=cdt, device=hidden.device) if need_gb else None
     rows = max(1, min(chunk_rows, N))
+    vs = vocab_slice(rows, V, torch.empty(0, dtype=cdt).element_size())
+    if vs is not None and vs < V:
+        _vocab_chunks(
+            hidden, w, target, b, cw, ignore_index, label_smoothing, z_loss, softcap,
+            rows, vs, grad_scale, row_scale, g_lse, want_grad, loss, lse, gh, gw, gb,
+        )
+        return loss, lse, gh, gw, gb
     buf = torch.empty(rows, V, dtype=cdt, device=hidden.device)
+    if BUFFER_HOOK is not None:
+        BUFFER_HOOK(tuple(buf.shape))  # type: ignore[arg-type]
     for s in range(0, N, rows):
         e = min(N, s + rows)
         hc = hidden[s:e].to(cdt)
@@ -354,6 +385,146 @@ def linear_chunks(
         if gb is not None:
             gb.add_(z.sum(0))
     return loss, lse, gh, gw, gb
+
+
+def _slice_logits(
+    buf: Tensor, hc: Tensor, w: Tensor, b: Tensor | None, softcap: float | None, v0: int,
+    v1: int,
+) -> tuple[Tensor, Tensor | None]:
+    """Capped logits ``z = softcap(h W[v0:v1]^T + b[v0:v1])`` in `buf`, and dz/dx (soft cap)."""
+    z = buf[: hc.shape[0], : v1 - v0]
+    torch.mm(hc, w[v0:v1].t(), out=z)
+    if b is not None:
+        z.add_(b[v0:v1])
+    if softcap is None:
+        return z, None
+    t = torch.tanh(z / softcap)
+    z.copy_(t * softcap)
+    return z, (1.0 - t) * (1.0 + t)  # dz/dx = 1 - tanh^2, factored as in _rows
+
+
+def _vocab_chunks(
+    hidden: Tensor,
+    w: Tensor,
+    target: Tensor,
+    b: Tensor | None,
+    cw: Tensor | None,
+    ignore_index: int,
+    eps: float,
+    z_loss: float,
+    softcap: float | None,
+    rows: int,
+    vs: int,
+    grad_scale: float,
+    row_scale: Tensor | None,
+    g_lse: Tensor | None,
+    want_grad: bool,
+    loss: Tensor,
+    lse: Tensor,
+    gh: Tensor | None,
+    gw: Tensor | None,
+    gb: Tensor | None,
+) -> None:
+    """:func:`linear_chunks` with the vocabulary cut into slices ``[v0, v1)`` of `vs` classes.
+
+    Pass 1 over the slices keeps, per row, the running max ``m`` and
+    ``s = sum_c exp(z_c - m)`` (online log-sum-exp: when the max grows from m to m',
+    ``s <- s exp(m - m') + sum exp(z - m')``), the target logit ``z_y`` and, for label
+    smoothing, ``sum_c w_c z_c``; all in float64.  Then ``lse = m + log s`` and
+
+        loss = W lse - sum_c a_c z_c + zeta lse^2,   a_c = w_c t'_c,  W = sum_c a_c,
+
+    with ``t' = (1 - eps) onehot(y) + eps / V`` (0 for ignored rows).  Pass 2 (gradients)
+    recomputes each slice and writes ``grad_scale (p_c (W + 2 zeta lse) - a_c) dz/dx``
+    with ``p_c = exp(z_c - lse)`` and, under a soft cap, ``dz/dx = 1 - tanh^2(x / c)``.
+    Outputs are written into `loss`, `lse`, `gh`, `gw`, `gb`.
+    """
+    N = hidden.shape[0]
+    V = w.shape[0]
+    cdt = w.dtype
+    f64 = torch.float64
+    dev = hidden.device
+    buf = torch.empty(rows, vs, dtype=cdt, device=dev)
+    if BUFFER_HOOK is not None:
+        BUFFER_HOOK((rows, vs))
+    cw_c = None if cw is None else cw.to(cdt)
+    wtot = float(V) if cw is None else float(cw.sum())
+    for s in range(0, N, rows):
+        e = min(N, s + rows)
+        n = e - s
+        hc = hidden[s:e].to(cdt)
+        y = target[s:e]
+        counted = y != ignore_index
+        cf = counted.to(f64)
+        ys = torch.where(counted, y, torch.zeros_like(y))
+        m = torch.full((n,), -torch.inf, dtype=f64, device=dev)
+        ssum = torch.zeros(n, dtype=f64, device=dev)
+        zy = torch.zeros(n, dtype=f64, device=dev)
+        wz = torch.zeros(n, dtype=f64, device=dev)
+
+        # pass 1: online log-sum-exp, target logit, sum_c w_c z_c
+        for v0 in range(0, V, vs):
+            v1 = min(V, v0 + vs)
+            z, _ = _slice_logits(buf, hc, w, b, softcap, v0, v1)
+            zd = z.to(f64)
+            m_new = torch.maximum(m, zd.max(dim=1).values)
+            # s exp(m - m') rescales the old sum to the new max (exp(-inf) = 0 at the start)
+            ssum = ssum * torch.exp(m - m_new) + torch.exp(zd - m_new.unsqueeze(1)).sum(1)
+            m = m_new
+            inside = (ys >= v0) & (ys < v1)
+            idx = torch.where(inside, ys - v0, torch.zeros_like(ys)).unsqueeze(1)
+            zy = torch.where(inside, zd.gather(1, idx).squeeze(1), zy)
+            if eps:
+                wz = wz + (zd.sum(1) if cw is None else zd @ cw[v0:v1])
+        lse_c = m + torch.log(ssum)  # lse = m + log sum exp(z - m)
+        wy = torch.ones(n, dtype=f64, device=dev) if cw is None else cw[ys]
+        # W = sum_c a_c = (1 - eps) w_y + eps / V * sum_c w_c ;
+        # sum_c a_c z_c = (1 - eps) w_y z_y + eps / V * sum_c w_c z_c
+        W = ((1.0 - eps) * wy + (eps / V) * wtot) * cf
+        az = ((1.0 - eps) * wy * zy + (eps / V) * wz) * cf
+        lc = W * lse_c - az
+        if z_loss:
+            lc = lc + z_loss * lse_c * lse_c * cf  # z-loss on counted rows
+        loss[s:e] = lc
+        lse[s:e] = lse_c
+        if not want_grad:
+            continue
+        # pass 2: gradient slice by slice from the known lse
+        Wz = (W + 2.0 * z_loss * lse_c * cf) * grad_scale
+        rs = None if row_scale is None else row_scale[s:e].to(f64)
+        coef = Wz if rs is None else Wz * rs  # factor of p_c
+        sub = (1.0 - eps) * grad_scale * wy * cf  # a_y part, times grad_scale
+        if rs is not None:
+            sub = sub * rs
+        smooth = (eps / V) * grad_scale * cf  # times w_c: the smoothing part of a_c
+        if rs is not None:
+            smooth = smooth * rs
+        gl = None if g_lse is None else g_lse[s:e].to(f64)
+        pcoef = coef if gl is None else coef + gl  # d lse / dz = p, so g_lse adds g_lse p
+        lse_cd = lse_c.to(cdt).unsqueeze(1)
+        pcoef_c = pcoef.to(cdt).unsqueeze(1)
+        if gh is not None:
+            gh[s:e].zero_()
+        for v0 in range(0, V, vs):
+            v1 = min(V, v0 + vs)
+            z, dzdx = _slice_logits(buf, hc, w, b, softcap, v0, v1)
+            # p_c = softmax(z)_c = exp(z_c - lse)
+            dz = z.sub_(lse_cd).exp_().mul_(pcoef_c)
+            if eps:
+                sm = smooth.to(cdt).unsqueeze(1)
+                dz.sub_(sm if cw_c is None else sm * cw_c[v0:v1])
+            inside = (ys >= v0) & (ys < v1) & counted
+            if bool(inside.any()):
+                r = torch.nonzero(inside).squeeze(1)
+                dz[r, ys[r] - v0] -= sub[r].to(cdt)
+            if dzdx is not None:
+                dz.mul_(dzdx)
+            if gh is not None:
+                gh[s:e].addmm_(dz, w[v0:v1])
+            if gw is not None:
+                gw[v0:v1].addmm_(dz.t(), hc)
+            if gb is not None:
+                gb[v0:v1].add_(dz.sum(0))
 
 
 def _rows_for(device: torch.device) -> RowsFn:
