@@ -1,6 +1,11 @@
-"""Shared test configuration: a deterministic hypothesis profile."""
+"""Shared test configuration: a deterministic hypothesis profile, the CPU-backend fixture."""
 
+from collections.abc import Iterator
+
+import pytest
 from hypothesis import HealthCheck, settings
+
+import crossentropy as ce
 
 settings.register_profile(
     "deterministic",
@@ -11,3 +16,11 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile("deterministic")
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test under each CPU backend: the NumPy reference and the numba kernels
+    (which the test extra installs), with the same bounds."""
+    with ce.use_backend(request.param):
+        yield request.param

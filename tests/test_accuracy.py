@@ -13,8 +13,6 @@ itself checked against mpmath on those 100 rows.  Every test runs on each CPU ba
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Iterator
 from typing import Any
 
 import mpmath
@@ -42,19 +40,7 @@ from _reference import (
     ulp_error,
 )
 
-_BACKENDS = ["numpy"]
-if (
-    importlib.util.find_spec("crossentropy._cpu") is not None
-    and importlib.util.find_spec("numba") is not None
-):
-    _BACKENDS.append("numba")
-
-
-@pytest.fixture(params=_BACKENDS)
-def backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run the test under each CPU backend."""
-    with ce.use_backend(request.param):
-        yield request.param
+# the `backend` fixture (numpy and numba) is in conftest.py
 
 
 # Bounds in ulps of the result's dtype.

@@ -8,8 +8,7 @@ with hard labels) <= 2 ulp over the whole range; float32 and float16 <= 1 ulp.
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,19 +29,7 @@ from _reference import (
     ulp_error,
 )
 
-_BACKENDS = ["numpy"]
-if (
-    importlib.util.find_spec("crossentropy._cpu") is not None
-    and importlib.util.find_spec("numba") is not None
-):
-    _BACKENDS.append("numba")
-
-
-@pytest.fixture(params=_BACKENDS)
-def backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run the test under each CPU backend."""
-    with ce.use_backend(request.param):
-        yield request.param
+# the `backend` fixture (numpy and numba) is in conftest.py
 
 
 DTYPES = ["float64", "float32", "float16"]
