@@ -11,9 +11,9 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import crossentropy.torch as cet
+from _torch_reference import linear_ce_reference
 from crossentropy.torch import _ops
 
 N, D = 29, 5  # odd: token chunks of 8 leave a remainder
@@ -56,22 +56,11 @@ def _grads(out, lse, args):
 def _materialised(h, W, b, t, cw, *, reduction, eps, zl, cap, use_torch):
     """Full logits, through F.cross_entropy (+ z-loss) or crossentropy.torch.cross_entropy."""
     args = [x.clone().requires_grad_() for x in (h, W, b)]
-    z = args[0] @ args[1].T + args[2]
     if use_torch:
-        if cap is not None:
-            z = cap * torch.tanh(z / cap)
-        lse = torch.logsumexp(z, dim=1)
-        per = F.cross_entropy(z, t, cw, label_smoothing=eps, reduction="none")
-        per = per + zl * lse**2 * (t != -100)
-        if reduction == "none":
-            out = per
-        elif reduction == "sum":
-            out = per.sum()
-        else:
-            counted = t != -100
-            wy = counted.double() if cw is None else cw[torch.where(counted, t, 0)] * counted
-            out = per.sum() / wy.sum()
+        out, lse = linear_ce_reference(*args, t, reduction=reduction, weight=cw, eps=eps,
+                                       z_loss=zl, softcap=cap)
     else:
+        z = args[0] @ args[1].T + args[2]
         out, lse = cet.cross_entropy(z, t, cw, reduction=reduction, label_smoothing=eps,
                                      z_loss=zl, softcap=cap, return_lse=True)
     return out, lse, _grads(out, lse, args)
