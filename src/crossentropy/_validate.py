@@ -50,6 +50,45 @@ def as_float_array(x: Any, name: str) -> tuple[npt.NDArray[np.float64], np.dtype
     raise TypeError(f"{name} must be an array of real numbers, got dtype {arr.dtype}")
 
 
+def real_array(x: Any, name: str) -> tuple[np.ndarray, np.dtype[Any]]:
+    """Return ``(arr, out_dtype)``: `x` as an ndarray that is float16/32/64 (integers are
+    promoted to float64; no other copy is made), and the dtype of the result.
+
+    Raises as :func:`as_float_array` does for booleans, complex numbers, strings, objects
+    and longdouble.
+    """
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be an array of real numbers: {exc}") from None
+    if arr.dtype in _FLOAT_DTYPES:
+        return arr, arr.dtype
+    x64, dtype = as_float_array(arr, name)
+    return x64, dtype
+
+
+def check_out(out: Any, shape: tuple[int, ...], dtype: Any, name: str = "out") -> None:
+    """`out` must be a writable ndarray of the result's shape and dtype."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(out).__name__}")
+    if out.shape != tuple(shape) or out.dtype != np.dtype(dtype):
+        raise ValueError(
+            f"{name} must have shape {tuple(shape)} and dtype {np.dtype(dtype)}; got shape "
+            f"{out.shape} and dtype {out.dtype}"
+        )
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+
+
+def deliver(result: Any, out: Any, name: str = "out") -> Any:
+    """Return `result`, or copy it into the caller's `out` array and return that."""
+    if out is None:
+        return result
+    check_out(out, np.shape(result), np.asarray(result).dtype, name)
+    np.copyto(out, result)
+    return out
+
+
 def result_dtype(*dtypes: np.dtype[Any]) -> np.dtype[Any]:
     """The widest of the float dtypes of the inputs (float16 < float32 < float64)."""
     return max(dtypes, key=lambda d: d.itemsize)

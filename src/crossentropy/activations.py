@@ -1,140 +1,108 @@
-"""Sigmoid, log-sigmoid, softmax, log-softmax and log-sum-exp: the exact NumPy reference.
+"""Sigmoid, log-sigmoid, softmax, log-softmax and log-sum-exp: the public NumPy functions.
 
-Every function here is the oracle that the faster backends are tested against.  Inputs
-of float16 and float32 are computed in float64 and rounded once at the end, so their
-results are correctly rounded in all but rare ties.  float64 inputs use the identities
-commented at each line, which keep the error within a few ulp over the whole range,
-subnormal results included.
-
-The algorithms follow Blanchard, Higham & Higham, "Accurately computing the log-sum-exp
-and softmax functions", IMA J. Numer. Anal. 41 (2021): shift by the maximum, take
-``log1p`` of the sum of the *other* terms, and divide by ``1 + s`` for the softmax.
+Each function validates its arguments, lays the array out with the class axis last, picks
+the implementation (:func:`crossentropy._backends.use_numba`: the numba kernels for large
+float arrays, else the exact core), computes, and rounds once to the result dtype.  The
+arithmetic itself lives in :mod:`crossentropy._core` (``sigmoid`` and ``rows``): inputs of
+float16 and float32 are computed there in float64 and rounded once at the end, so their
+results are correctly rounded in all but rare ties; float64 inputs keep a few ulp over the
+whole range, subnormal results included.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from crossentropy import _cpu, _small
-from crossentropy._validate import as_float_array, cast_out, check_axis
+from crossentropy import _small
+from crossentropy._backends import use_numba
+from crossentropy._core import rows as core_rows
+from crossentropy._core import sigmoid as core_sigmoid
+from crossentropy._validate import (
+    as_float_array,
+    cast_out,
+    check_axis,
+    check_out,
+    deliver,
+    real_array,
+)
 
 __all__ = ["log_sigmoid", "log_softmax", "logsumexp", "sigmoid", "softmax"]
 
 F64 = npt.NDArray[np.float64]
 
-# --------------------------------------------------------------------------- sigmoid
+
+# --------------------------------------------------------------------------- layout
 
 
-# ln 2 split as in fdlibm: _LN2_HI has its last 21 bits zero, so k * _LN2_HI is exact for
-# k < 2^21, and _LN2_HI + _LN2_LO is ln 2 to about 2^-86.
-_LN2_HI = 6.93147180369123816490e-01
-_LN2_LO = 1.90821492927058770002e-10
+def _moved(x: F64, axis: int | None) -> tuple[F64, int | None]:
+    """Move `axis` last (or flatten for axis=None); return the array and the normalised axis."""
+    if axis is None:
+        return x.reshape(1, -1), None
+    ax = check_axis(axis, x.ndim)
+    # contiguous rows: NumPy sums a contiguous last axis pairwise but a strided one term by
+    # term, so without the copy axis=k would differ (by up to ~sqrt(C) ulp) from moving k last
+    moved = x if ax == x.ndim - 1 else np.moveaxis(x, ax, -1)  # (moveaxis costs ~3 us)
+    return np.ascontiguousarray(moved), ax
 
 
-def _exp_neg_abs_split(x: F64) -> tuple[F64, F64, F64]:
-    """e^-|x| as ``(hi + lo) * 2^-k``: hi in [0.7, 1.42], lo its correction, k a whole number.
-
-    Cody-Waite reduction |x| = k ln2 + r, |r| <= ln2 / 2, then e^-r = 1 + expm1(-r):
-    the 1 is exact and expm1 is accurate to half an ulp of a number below 0.42, so hi + lo
-    carries e^-|x| to a small fraction of an ulp, where np.exp(-|x|) is off by up to 0.7 ulp.
-    Keeping 2^-k apart lets the callers round subnormal results only once, at the end.
-    """
-    a = np.abs(x)
-    far = a > 1100.0  # e^-|x| is 0 in every dtype (x = +-inf included)
-    nan = np.isnan(a)
-    a = np.where(far | nan, 0.0, a)
-    k = np.rint(a * (1.0 / np.log(2.0)))
-    r_hi = a - k * _LN2_HI  # exact: k * _LN2_HI is exact and within a factor 2 of a (Sterbenz)
-    kl = k * _LN2_LO
-    r = r_hi - kl
-    r_lo = (r_hi - r) - kl  # r + r_lo = a - k ln2 (Fast2Sum: |r_hi| >= |kl|)
-    g = np.expm1(-r)
-    hi = 1.0 + g
-    # e^-(r + r_lo) = (1 + g)(1 - r_lo): Fast2Sum error of 1 + g, then the r_lo term
-    lo = ((1.0 - hi) + g) - r_lo * hi
-    hi = np.where(far, 0.0, np.where(nan, np.nan, hi))
-    lo = np.where(far | nan, 0.0, lo)
-    return hi, lo, k
+def _back(y: F64, shape: tuple[int, ...], ax: int | None) -> F64:
+    """Undo :func:`_moved` for a result with the input's shape."""
+    if ax is None:
+        return y.reshape(shape)
+    return y if ax == y.ndim - 1 else np.moveaxis(y, -1, ax)
 
 
-def _one_plus(hi: F64, lo: F64, k: F64) -> tuple[F64, F64]:
-    """1 + e^-|x| as ``d_hi + d_lo`` (Fast2Sum, since e^-|x| <= 1)."""
-    with np.errstate(under="ignore"):
-        t_hi = np.ldexp(hi, -k.astype(np.int64))
-        t_lo = np.ldexp(lo, -k.astype(np.int64))
-    d_hi = 1.0 + t_hi
-    d_lo = ((1.0 - d_hi) + t_hi) + t_lo
-    return d_hi, d_lo
+def _small_rows(x: F64) -> list[list[float]] | None:
+    """The rows of `x` as Python floats when the plain-Python path applies, else None."""
+    if not 0 < x.size <= _small.SMALL or x.shape[-1] == 0:
+        return None
+    rows: list[list[float]] = x.reshape(-1, x.shape[-1]).tolist()
+    return rows if _small.finite(rows) else None
 
 
-def _ratio(hi: F64, lo: F64) -> F64:
-    """lo / hi, 0 where hi is 0."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(hi == 0.0, 0.0, lo / hi)
+def _softmax_like(x: Any, axis: int | None, out: Any, *, log: bool) -> Any:
+    arr, dtype = real_array(x, "x")
+    if axis is not None:
+        check_axis(axis, arr.ndim)
+    if out is not None:
+        check_out(out, arr.shape, dtype)
+    if arr.size and use_numba(arr):  # large float arrays: the numba kernels
+        from crossentropy import _cpu
+
+        ax = None if axis is None else check_axis(axis, arr.ndim)
+        return _cpu.softmax(arr, ax, log=log, out=out)
+    xm, ax = _moved(arr.astype(np.float64, copy=False), axis)
+    if xm.size == 0:
+        res = np.zeros_like(xm)
+    elif (small := _small_rows(xm)) is not None:  # a few finite numbers: no NumPy overhead
+        fn = _small.log_softmax_rows if log else _small.softmax_rows
+        res = np.array(fn(small)).reshape(xm.shape)
+    else:
+        res = core_rows.log_softmax(xm) if log else core_rows.softmax(xm)
+    return deliver(cast_out(_back(res, arr.shape, ax), dtype), out)
 
 
-def _sigmoid64(x: F64) -> F64:
-    # Two branches, each free of overflow and of cancellation, with t = e^-|x|:
-    #   x >= 0:  1 / (1 + t)
-    #   x <  0:  t / (1 + t)      (1 / (1 + e^-x) would overflow e^-x for x < -709)
-    # 1 + t = d_hi + d_lo and t = (hi + lo) 2^-k are carried to double-double accuracy, so
-    # a / (d_hi + d_lo) = (a / d_hi)(1 - d_lo / d_hi) with one rounded division: <= 1 ulp.
-    hi, lo, k = _exp_neg_abs_split(x)
-    d_hi, d_lo = _one_plus(hi, lo, k)
-    c = d_lo / d_hi
-    q_pos = 1.0 / d_hi
-    pos = q_pos - q_pos * c
-    q_neg = hi / d_hi
-    neg = q_neg + q_neg * (_ratio(hi, lo) - c)
-    with np.errstate(under="ignore", invalid="ignore"):
-        neg = np.ldexp(neg, -k.astype(np.int64))  # the only rounding of a subnormal result
-        out: F64 = np.where(x >= 0, pos, neg)
-    return out
+def _logsumexp_rows(arr: np.ndarray, ax: int | None) -> F64:
+    """float64 log-sum-exp over `ax` (None: all elements), the reduced shape."""
+    if arr.ndim == 0:  # (only with ax=None) one row of one element
+        arr = arr.reshape(1)
+    rows_shape = (1,) if ax is None else arr.shape[:ax] + arr.shape[ax + 1 :]
+    C = arr.size if ax is None else arr.shape[ax]
+    if C == 0:
+        return np.full(rows_shape, -np.inf)
+    if arr.size == 0:
+        return np.zeros(rows_shape)
+    if use_numba(arr):
+        from crossentropy import _cpu
 
-
-def _softplus64(x: F64) -> F64:
-    """log(1 + e^x) = max(x, 0) + log1p(e^-|x|): both terms >= 0, so no cancellation."""
-    hi, lo, k = _exp_neg_abs_split(x)
-    with np.errstate(under="ignore", invalid="ignore"):
-        t_hi = np.ldexp(hi, -k.astype(np.int64))
-        t_lo = np.ldexp(lo, -k.astype(np.int64))
-        # log1p(t_hi + t_lo) = log1p(t_hi) + t_lo / (1 + t_hi) to first order
-        out: F64 = np.maximum(x, 0.0) + (np.log1p(t_hi) + t_lo / (1.0 + t_hi))
-    return out
-
-
-def _log_sigmoid64(x: F64) -> F64:
-    # log sigmoid(x) = -log(1 + e^-x) = -softplus(-x)
-    #   x >= 0:  -log1p(e^-x)            (tiny and exact: log1p keeps e^-x's digits)
-    #   x <  0:  x - log1p(e^x)          (two terms of the same sign: no cancellation)
-    return -_softplus64(-x)
-
-
-def _sigmoid_prime64(x: F64) -> F64:
-    """sigmoid'(x) = sigmoid(x) sigmoid(-x) = e^-|x| / (1 + e^-|x|)^2.
-
-    Written with e^-|x| it is symmetric and stays non-zero (subnormal) up to |x| ~ 745,
-    where sigmoid(x) (1 - sigmoid(x)) would round 1 - sigmoid(x) to 0 already at x ~ 37.
-    (1 + t)^2 = (d_hi + d_lo)^2 is formed with d_hi^2 = p1 + p2 exactly (Veltkamp/Dekker
-    split), so one rounded division remains: <= 1 ulp.
-    """
-    hi, lo, k = _exp_neg_abs_split(x)
-    d_hi, d_lo = _one_plus(hi, lo, k)
-    split = 134217729.0 * d_hi  # 2^27 + 1
-    a_hi = split - (split - d_hi)
-    a_lo = d_hi - a_hi
-    p1 = d_hi * d_hi
-    p2 = ((a_hi * a_hi - p1) + 2.0 * a_hi * a_lo) + a_lo * a_lo  # d_hi^2 - p1, exactly
-    q = hi / p1
-    # t / (1 + t)^2 = (hi / p1)(1 + lo / hi - p2 / p1 - 2 d_lo / d_hi) to first order
-    v = q + q * ((_ratio(hi, lo) - p2 / p1) - 2.0 * (d_lo / d_hi))
-    with np.errstate(under="ignore", invalid="ignore"):
-        out: F64 = np.ldexp(v, -k.astype(np.int64))
-    return out
+        return _cpu.logsumexp(arr, ax).reshape(rows_shape)
+    xm, _ = _moved(arr.astype(np.float64, copy=False), ax)
+    if (small := _small_rows(xm)) is not None:
+        return np.array(_small.logsumexp_rows(small)).reshape(rows_shape)
+    return core_rows.logsumexp(xm).reshape(rows_shape)
 
 
 def sigmoid(x: Any, *, return_grad: bool = False, out: Any = None) -> Any:
@@ -170,12 +138,17 @@ def sigmoid(x: Any, *, return_grad: bool = False, out: Any = None) -> Any:
     >>> float(v), float(d)
     (0.5, 0.25)
     """
-    if _cpu.wants(x):  # large float arrays: the numba kernels (crossentropy._cpu)
-        return _cpu.sigmoid(x, log=False, return_grad=return_grad, out=out)
-    x64, dtype = as_float_array(x, "x")
-    value = _cpu.deliver(cast_out(_sigmoid64(x64), dtype), out)
+    arr, dtype = real_array(x, "x")
+    if out is not None:
+        check_out(out, arr.shape, dtype)
+    if use_numba(arr):  # large float arrays: the numba kernels (crossentropy._cpu)
+        from crossentropy import _cpu
+
+        return _cpu.sigmoid(arr, log=False, return_grad=return_grad, out=out)
+    x64 = arr.astype(np.float64, copy=False)
+    value = deliver(cast_out(core_sigmoid.sigmoid(x64), dtype), out)
     if return_grad:
-        return value, cast_out(_sigmoid_prime64(x64), dtype)
+        return value, cast_out(core_sigmoid.sigmoid_prime(x64), dtype)
     return value
 
 
@@ -199,182 +172,19 @@ def log_sigmoid(x: Any, *, return_grad: bool = False, out: Any = None) -> Any:
     >>> ce.log_sigmoid([0.0, 40.0, -800.0])
     array([-6.93147181e-01, -4.24835426e-18, -8.00000000e+02])
     """
-    if _cpu.wants(x):
-        return _cpu.sigmoid(x, log=True, return_grad=return_grad, out=out)
-    x64, dtype = as_float_array(x, "x")
-    value = _cpu.deliver(cast_out(_log_sigmoid64(x64), dtype), out)
+    arr, dtype = real_array(x, "x")
+    if out is not None:
+        check_out(out, arr.shape, dtype)
+    if use_numba(arr):
+        from crossentropy import _cpu
+
+        return _cpu.sigmoid(arr, log=True, return_grad=return_grad, out=out)
+    x64 = arr.astype(np.float64, copy=False)
+    value = deliver(cast_out(core_sigmoid.log_sigmoid(x64), dtype), out)
     if return_grad:
-        return value, cast_out(_sigmoid64(-x64), dtype)
+        # d/dx log sigmoid(x) = sigmoid(-x)
+        return value, cast_out(core_sigmoid.sigmoid(-x64), dtype)
     return value
-
-
-# --------------------------------------------------------------------------- softmax
-
-
-@dataclass
-class _Rows:
-    """Everything a softmax-like function needs from rows laid along the last axis.
-
-    For a row x with maximum m reached first at index k (all values finite):
-
-    * ``dh + dl`` is x - m exactly (TwoSum): ``dh`` is the rounded difference, ``dl`` its
-      rounding error, so exp(x - m) = exp(dh) (1 + dl) to within half an ulp.
-    * ``e`` holds exp(x - m); ``e[k] == 1``.
-    * ``s`` is the sum of the other terms, so that sum(e) = 1 + s and
-      log-sum-exp = m + log1p(s).  Taking log1p of s, rather than log of the rounded 1 + s,
-      is what keeps log_softmax exact near 0.
-    """
-
-    x: F64
-    m: F64  # row maximum, keepdims
-    k: npt.NDArray[np.intp]  # argmax, keepdims
-    dh: F64
-    dl: F64
-    e: F64
-    s: F64  # keepdims
-    L: F64  # log1p(s), keepdims
-    pos_inf: npt.NDArray[np.bool_]  # rows whose maximum is +inf, keepdims
-    neg_inf: npt.NDArray[np.bool_]  # rows that are all -inf (or empty), keepdims
-
-
-def _sum_last(e: F64) -> F64:
-    """Sum over the last axis (keepdims), accurate to about one rounding whatever the layout.
-
-    Pairwise summation in which every addition p + q = s + err is error-free (TwoSum,
-    Knuth); the errors are summed on the side and added back once.  np.sum's own pairwise
-    sum can be off by a few ulp for a 1000-term row, which showed up as up to 4.3 ulp in
-    softmax (and the cross-entropy gradient) on N(0, 10) rows.
-    """
-    a = e
-    comp = np.zeros((*e.shape[:-1], 1))
-    while a.shape[-1] > 1:
-        h = a.shape[-1] // 2
-        p, q = a[..., :h], a[..., h : 2 * h]
-        s = p + q
-        bb = s - p
-        comp += np.sum((p - (s - bb)) + (q - bb), axis=-1, keepdims=True)  # TwoSum errors
-        a = np.concatenate([s, a[..., 2 * h :]], axis=-1) if a.shape[-1] % 2 else s
-    # +-inf or NaN terms make the errors NaN: then the plain sum is the answer
-    comp = np.where(np.isfinite(comp), comp, 0.0)
-    out: F64 = a + comp
-    return out
-
-
-def _rows(x: F64) -> _Rows:
-    """Decompose rows (last axis) as described in :class:`_Rows`. `x` has size > 0."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        m = np.max(x, axis=-1, keepdims=True)  # NaN if the row has a NaN
-        k = np.argmax(x, axis=-1, keepdims=True)
-        pos_inf = m == np.inf
-        neg_inf = m == -np.inf
-        ms = np.where(np.isfinite(m), m, 0.0)
-        # TwoSum (Knuth): dh = fl(x - m) and dl = (x - m) - dh exactly.
-        dh = x - ms
-        bb = dh - x
-        dl = (x - (dh - bb)) + (-ms - bb)
-        dl = np.where(np.isfinite(dl), dl, 0.0)
-        e = np.exp(dh)
-        e += e * dl  # exp(dh + dl) = exp(dh) (1 + dl + O(dl^2))
-        np.put_along_axis(e, k, 0.0, axis=-1)
-        s = _sum_last(e)  # the terms other than the first maximum
-        np.put_along_axis(e, k, 1.0, axis=-1)
-        L = np.log1p(s)
-    return _Rows(x, m, k, dh, dl, e, s, L, pos_inf, neg_inf)
-
-
-def _probs(r: _Rows) -> F64:
-    """softmax = e / (1 + s), with the rounding error of 1 + s put back.
-
-    1 + s = S + S_lo exactly (TwoSum), and e / (S + S_lo) = q (1 - S_lo / S) with q = e / S;
-    1 + s >= 1, so p never overflows.
-    """
-    S = 1.0 + r.s
-    bb = S - 1.0
-    S_lo = (1.0 - (S - bb)) + (r.s - bb)
-    q = r.e / S
-    out: F64 = q - q * (S_lo / S)
-    return out
-
-
-def _inf_share(x: F64) -> F64:
-    """Rows whose maximum is +inf: the +inf entries share the probability mass equally."""
-    hit = x == np.inf
-    with np.errstate(invalid="ignore"):
-        share: F64 = hit / np.sum(hit, axis=-1, keepdims=True)
-    return share
-
-
-def _small_rows(x: F64) -> list[list[float]] | None:
-    """The rows of `x` as Python floats when the plain-Python path applies, else None."""
-    if not 0 < x.size <= _small.SMALL or x.shape[-1] == 0:
-        return None
-    rows: list[list[float]] = x.reshape(-1, x.shape[-1]).tolist()
-    return rows if _small.finite(rows) else None
-
-
-def _softmax_last(x: F64) -> F64:
-    if x.size == 0:
-        return np.zeros_like(x)
-    if (small := _small_rows(x)) is not None:  # a few finite numbers: no NumPy overhead
-        return np.array(_small.softmax_rows(small)).reshape(x.shape)
-    r = _rows(x)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p: F64 = _probs(r)  # e^(x - m) / sum
-        p = np.where(r.pos_inf, _inf_share(x), p)
-        p = np.where(r.neg_inf, np.nan, p)  # exp(-inf)/0: no distribution
-        p = np.where(np.isnan(r.m), np.nan, p)  # a NaN anywhere in the row (max is NaN)
-    return p
-
-
-def _log_softmax_last(x: F64) -> F64:
-    if x.size == 0:
-        return np.zeros_like(x)
-    if (small := _small_rows(x)) is not None:
-        return np.array(_small.log_softmax_rows(small)).reshape(x.shape)
-    r = _rows(x)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        # log p_j = (x_j - m) - log1p(s) = (dh_j - L) + dl_j: two terms <= 0, and the
-        # rounding error of x_j - m added back.  At the maximum this is exactly -log1p(s).
-        lp: F64 = (r.dh - r.L) + r.dl
-        lp = np.where(r.pos_inf, np.log(_inf_share(x)), lp)
-        lp = np.where(r.neg_inf, np.nan, lp)
-        lp = np.where(np.isnan(r.m), np.nan, lp)  # a NaN anywhere in the row (max is NaN)
-    return lp
-
-
-def _logsumexp_last(x: F64) -> F64:
-    """log(sum(exp(x))) over the last axis (no keepdims). Empty rows give -inf."""
-    if x.shape[-1] == 0:
-        return np.full(x.shape[:-1], -np.inf)
-    if x.size == 0:
-        return np.zeros(x.shape[:-1])
-    if (small := _small_rows(x)) is not None:
-        return np.array(_small.logsumexp_rows(small)).reshape(x.shape[:-1])
-    r = _rows(x)
-    with np.errstate(invalid="ignore"):
-        out = (r.m + r.L)[..., 0]  # -inf rows come out right: m = -inf, L finite
-        # +inf rows: +inf.  (m + L alone gives NaN when two entries are +inf: the TwoSum of
-        # inf - 0 is inf - inf, which poisons e and so s and L.)
-        out = np.where(r.pos_inf[..., 0], np.inf, out)
-    return out
-
-
-def _moved(x: F64, axis: int | None) -> tuple[F64, int | None]:
-    """Move `axis` last (or flatten for axis=None); return the array and the normalised axis."""
-    if axis is None:
-        return x.reshape(1, -1), None
-    ax = check_axis(axis, x.ndim)
-    # contiguous rows: NumPy sums a contiguous last axis pairwise but a strided one term by
-    # term, so without the copy axis=k would differ (by up to ~sqrt(C) ulp) from moving k last
-    moved = x if ax == x.ndim - 1 else np.moveaxis(x, ax, -1)  # (moveaxis costs ~3 us)
-    return np.ascontiguousarray(moved), ax
-
-
-def _back(y: F64, shape: tuple[int, ...], ax: int | None) -> F64:
-    """Undo :func:`_moved` for a result with the input's shape."""
-    if ax is None:
-        return y.reshape(shape)
-    return y if ax == y.ndim - 1 else np.moveaxis(y, -1, ax)
 
 
 def softmax(x: Any, axis: int | None = -1, *, out: Any = None) -> Any:
@@ -407,13 +217,7 @@ def softmax(x: Any, axis: int | None = -1, *, out: Any = None) -> Any:
     >>> ce.softmax([9.8, 3.7, 0.2])    # mpmath: 0.9976947301, 0.002237697304, 6.757260347e-5
     array([9.97694730e-01, 2.23769730e-03, 6.75726035e-05])
     """
-    if _cpu.wants(x):  # large float arrays: the numba kernels (crossentropy._cpu)
-        return _cpu.softmax(x, axis, log=False, out=out)
-    x64, dtype = as_float_array(x, "x")
-    xm, ax = _moved(x64, axis)
-    p = _softmax_last(xm)
-    p = _back(p, x64.shape, ax)
-    return _cpu.deliver(cast_out(p, dtype), out)
+    return _softmax_like(x, axis, out, log=False)
 
 
 def log_softmax(x: Any, axis: int | None = -1, *, out: Any = None) -> Any:
@@ -431,13 +235,7 @@ def log_softmax(x: Any, axis: int | None = -1, *, out: Any = None) -> Any:
     >>> ce.log_softmax([0.0, -40.0])
     array([-4.24835426e-18, -4.00000000e+01])
     """
-    if _cpu.wants(x):
-        return _cpu.softmax(x, axis, log=True, out=out)
-    x64, dtype = as_float_array(x, "x")
-    xm, ax = _moved(x64, axis)
-    lp = _log_softmax_last(xm)
-    lp = _back(lp, x64.shape, ax)
-    return _cpu.deliver(cast_out(lp, dtype), out)
+    return _softmax_like(x, axis, out, log=True)
 
 
 def logsumexp(
@@ -482,14 +280,14 @@ def logsumexp(
     >>> ce.logsumexp([0.0, 1e-20], b=[1.0, -1.0], return_sign=True)
     (np.float64(-46.051701859880914), np.float64(-1.0))
     """
-    if b is None and not return_sign and _cpu.wants(x):
-        return _cpu.logsumexp(x, axis, keepdims)
-    x64, dtype = as_float_array(x, "x")
+    arr, dtype = real_array(x, "x")
     if b is None:
-        xm, ax = _moved(x64, axis)
-        out = _logsumexp_last(xm)
+        ax = None if axis is None else check_axis(axis, arr.ndim)
+        out = _logsumexp_rows(arr, ax)
         sign = np.where(np.isnan(out), np.nan, 1.0)
+        x64 = arr
     else:
+        x64 = arr.astype(np.float64, copy=False)
         b64, bdtype = as_float_array(b, "b")
         try:
             x64, b64 = np.broadcast_arrays(x64, b64)
@@ -501,7 +299,7 @@ def logsumexp(
             dtype = max(dtype, bdtype, key=lambda d: d.itemsize)
         xm, ax = _moved(x64, axis)
         bm, _ = _moved(b64, axis)
-        out, sign = _weighted_logsumexp_last(xm, bm)
+        out, sign = core_rows.weighted_logsumexp(xm, bm)
         if not return_sign:
             neg = sign < 0
             if neg.any():
@@ -522,48 +320,3 @@ def logsumexp(
     if return_sign:
         return cast_out(out, dtype), cast_out(sign, dtype)
     return cast_out(out, dtype)
-
-
-def _weighted_logsumexp_last(x: F64, b: F64) -> tuple[F64, F64]:
-    """log|sum(b e^x)| and its sign over the last axis, keeping cancelling digits."""
-    shape = x.shape[:-1]
-    if x.shape[-1] == 0:
-        return np.full(shape, -np.inf), np.zeros(shape)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        xe = np.where(b == 0, -np.inf, x)  # b = 0 removes the term, whatever x is
-        m = np.max(xe, axis=-1, keepdims=True)
-        ms = np.where(np.isfinite(m), m, 0.0)
-        dh = xe - ms
-        bb = dh - xe
-        dl = (xe - (dh - bb)) + (-ms - bb)  # TwoSum error of x - m, as in _rows
-        dl = np.where(np.isfinite(dl), dl, 0.0)
-        e = np.exp(dh)
-        e += e * dl
-        # Terms within a factor 2 of the largest: b e^d = b + b expm1(d).  The b's add up
-        # exactly when they are small whole numbers (the usual +-1), and expm1 keeps the
-        # digits of e^d - 1 that rounding 1 + tiny would lose.
-        near = dh > -np.log(2.0)
-        em1 = np.expm1(dh) + e * dl
-        A = np.sum(np.where(near, b, 0.0), axis=-1, keepdims=True)
-        bterm = np.where(b == 0, 0.0, b * np.where(near, em1, e))
-        R = np.sum(bterm, axis=-1, keepdims=True)
-        # log(A + R) = log|A| + log1p(R / A) while R / A > -1/2 (no cancellation), else log|A+R|.
-        ratio = R / A
-        gentle = (A != 0) & (ratio > -0.5)
-        tot = A + R
-        out = np.where(gentle, np.log(np.abs(A)) + np.log1p(ratio), np.log(np.abs(tot)))
-        sign = np.sign(np.where(gentle, A, tot))
-        out = out + ms
-        # Rows with +inf terms: the sum is +-inf by the sign of the b's at +inf (NaN if 0).
-        hit = xe == np.inf
-        binf = np.sum(np.where(hit, b, 0.0), axis=-1, keepdims=True)
-        pinf = m == np.inf
-        out = np.where(pinf, np.where(binf != 0, np.inf, np.nan), out)
-        sign = np.where(pinf, np.where(binf != 0, np.sign(binf), np.nan), sign)
-        allneg = m == -np.inf
-        out = np.where(allneg, -np.inf, out)
-        sign = np.where(allneg, 0.0, sign)
-        nan = np.isnan(m) | np.isnan(out)
-        out = np.where(nan, np.nan, out)
-        sign = np.where(nan, np.nan, sign)
-    return out[..., 0], sign[..., 0]

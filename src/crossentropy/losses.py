@@ -35,7 +35,6 @@ in the weight.  A mean over zero counted samples (everything ignored, an empty b
 all weights 0) is **0.0** with a zero gradient: the batch carries no signal, so it asks for
 no update.  (PyTorch returns NaN.)
 """
-
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -44,9 +43,13 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from crossentropy import _cpu
 from crossentropy import _validate as v
-from crossentropy.activations import _inf_share, _probs, _rows, _sigmoid64, _softplus64
+from crossentropy._backends import use_numba
+from crossentropy._core import binary as core_bce
+from crossentropy._core import categorical as core_ce
+from crossentropy._core import information as core_info
+from crossentropy._core.reduce import Reduced, reduce
+from crossentropy._options import BinaryOptions, CrossEntropyOptions, Reduction
 
 __all__ = [
     "binary_cross_entropy",
@@ -61,129 +64,111 @@ __all__ = [
 F64 = npt.NDArray[np.float64]
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- layout
 
 
-class _Targets:
-    """Categorical targets laid out along the last axis, with weights and smoothing applied.
+def _prediction(x: Any, name: str, axis: Any) -> tuple[np.ndarray, np.dtype[Any], int]:
+    """``(arr, result dtype, class axis)`` of a prediction; `arr` keeps a float dtype."""
+    arr, dtype = v.real_array(x, name)
+    ax = v.check_axis(axis, arr.ndim)
+    if arr.shape[ax] == 0 and int(np.prod(np.delete(arr.shape, ax))) > 0:
+        # rows with no classes hold no distribution (an empty batch of rows is fine)
+        raise ValueError(
+            f"{name} has rows but no classes: axis={axis} has length 0 in shape {arr.shape}"
+        )
+    return arr, dtype, ax
 
-    ``a[..., c] = w_c t'_c`` (the coefficient of -log q_c in the loss), ``omega`` the
-    per-sample weight of the mean, ``dtype`` the float dtype the targets ask for.
+
+def _last(arr: np.ndarray, ax: int) -> F64:
+    """float64 rows with the class axis last, contiguous (so that axis=k sums in the same
+    pairwise order as moving k last)."""
+    return np.ascontiguousarray(np.moveaxis(arr.astype(np.float64, copy=False), ax, -1))
+
+
+def _target(
+    target: Any, shape: tuple[int, ...], ax: int, ignore_index: int | None
+) -> tuple[core_ce.Target, np.dtype[Any] | None]:
+    """Validate categorical targets for a prediction of `shape` (class axis `ax`).
+
+    Returns the core's :class:`~crossentropy._core.categorical.Target` (class axis last) and
+    the float dtype probability targets ask the result to have (None for index targets and
+    integer one-hot rows, which are exact).
     """
-
-    def __init__(
-        self,
-        target: Any,
-        shape: tuple[int, ...],
-        axis: int,
-        weight: Any,
-        ignore_index: Any,
-        label_smoothing: Any,
-    ) -> None:
-        C = shape[-1]
-        eps = v.check_unit_interval(label_smoothing, "label_smoothing")
-        w = v.check_class_weight(weight, C)
-        ignore = v.check_ignore_index(ignore_index)
-        tarr = np.asarray(target)
-        ndim = len(shape)
-        self.dtype: np.dtype[Any] | None = None
-        if tarr.ndim == ndim - 1:  # class indices
-            rows = shape[:-1]
-            if tarr.shape != rows:
-                raise ValueError(
-                    f"target holds class indices, so its shape must be the prediction's "
-                    f"shape without the class axis, {rows}; got {tarr.shape}"
-                )
-            idx, counted = v.as_labels(tarr, C, "target", ignore)
-            wy = np.ones(rows) if w is None else w[idx]
-            self.omega: F64 = np.where(counted, wy, 0.0)
-            onehot = np.zeros(shape)
-            np.put_along_axis(onehot, idx[..., None], 1.0, axis=-1)
-            t = onehot
-        elif tarr.ndim == ndim:  # probability rows
-            want = (*shape[:axis], shape[-1], *shape[axis:-1])  # the caller's axis order
-            if tarr.shape != want:
-                raise ValueError(
-                    f"target holds probability rows, so its shape must equal the "
-                    f"prediction's shape {want}; got {tarr.shape}"
-                )
-            t64, tdtype = v.as_float_array(tarr, "target")
-            t = np.ascontiguousarray(np.moveaxis(t64, axis, -1))  # as in _prediction
-            v.check_probabilities(t64, "target")  # positions in the caller's layout
-            v.check_rows_sum_to_one(t, -1, tdtype, "target")
-            if tarr.dtype.kind not in "iu":  # integer rows (one-hot) are exact: no widening
-                self.dtype = tdtype
-            counted = np.ones(shape[:-1], dtype=bool)
-            with np.errstate(invalid="ignore"):
-                self.omega = np.ones(shape[:-1]) if w is None else np.sum(t * w, axis=-1)
-        else:
+    C = shape[ax]
+    rows = shape[:ax] + shape[ax + 1 :]
+    tarr = np.asarray(target)
+    if tarr.ndim == len(shape) - 1:  # class indices
+        if tarr.shape != rows:
             raise ValueError(
-                f"target must be class indices with {ndim - 1} dimension(s) or probability "
-                f"rows with {ndim}; got an array with {tarr.ndim} dimension(s)"
+                f"target holds class indices, so its shape must be the prediction's "
+                f"shape without the class axis, {rows}; got {tarr.shape}"
             )
-        if eps and C:  # (no classes: nothing to smooth, and no eps / 0)
-            # label smoothing: t' = (1 - eps) t + eps / C
-            t = (1.0 - eps) * t + eps / C
-        a = t if w is None else t * w
-        # ignored samples: no term at all
-        self.a: F64 = np.where(counted[..., None], a, 0.0)
-        self.counted = counted
+        idx, counted = v.as_labels(tarr, C, "target", ignore_index)
+        return core_ce.Target(counted=counted, labels=idx), None
+    if tarr.ndim == len(shape):  # probability rows
+        if tarr.shape != shape:
+            raise ValueError(
+                f"target holds probability rows, so its shape must equal the "
+                f"prediction's shape {shape}; got {tarr.shape}"
+            )
+        t64, tdtype = v.as_float_array(tarr, "target")
+        v.check_probabilities(t64, "target")  # positions in the caller's layout
+        t = np.ascontiguousarray(np.moveaxis(t64, ax, -1))
+        v.check_rows_sum_to_one(t, -1, tdtype, "target")
+        counted = np.ones(rows, dtype=bool)
+        exact = tarr.dtype.kind in "iu"  # integer rows (one-hot) are exact: no widening
+        return core_ce.Target(counted=counted, probs=t), None if exact else tdtype
+    raise ValueError(
+        f"target must be class indices with {len(shape) - 1} dimension(s) or probability "
+        f"rows with {len(shape)}; got an array with {tarr.ndim} dimension(s)"
+    )
 
 
-def _reduce(
-    loss: F64, omega: F64, reduction: str, scale: float
-) -> tuple[F64, F64, float]:
-    """Apply the reduction; return ``(value, per-sample gradient factor, divisor)``.
+def _omega(t: core_ce.Target, weight: F64 | None, opts: CrossEntropyOptions) -> Any:
+    """What a mean divides by: the rows' target weights, or (torch's rule for probability
+    targets) the number of rows."""
+    if t.probs is not None and opts.prob_mean == "rows":
+        return float(t.counted.size)
+    return core_ce.row_weights(t, weight)
 
-    ``value`` is 0-d for mean/sum.  d loss_i / d input is multiplied by the factor, then
-    divided by the divisor: ``scale`` and 1 for 'none' and 'sum', ``scale`` and
-    ``sum(omega)`` for 'mean' (factor 0 when nothing is counted).  Dividing last keeps a
-    subnormal summed weight from overflowing ``scale / sum(omega)`` to inf when the
-    gradient itself, w_c (p - t) / sum(omega), is of order 1.
-    """
-    if reduction == "none":
-        return loss * scale, np.full(loss.shape, scale), 1.0
-    total = np.sum(loss) * scale
-    if reduction == "sum":
-        return np.asarray(total), np.full(loss.shape, scale), 1.0
-    wsum = float(np.sum(omega))
-    if wsum == 0.0:  # nothing counted: 0 with a zero gradient (documented)
-        return np.asarray(0.0 if not np.isnan(total) else np.nan), np.zeros(loss.shape), 1.0
-    with np.errstate(over="ignore"):  # a subnormal summed weight: the true mean overflows
-        return np.asarray(total / wsum), np.full(loss.shape, scale), wsum
+
+def _reduced(loss: F64, omega: Any, opts: CrossEntropyOptions | BinaryOptions) -> Reduced:
+    return reduce(loss, omega, opts.reduction, opts.scale, normalizer=opts.normalizer,
+                  empty_mean=opts.empty_mean)
+
+
+def _grad_factor(omega: Any, opts: CrossEntropyOptions | BinaryOptions) -> Reduced:
+    """The reduction of all-zero losses: only its factor and divisor are used (they do not
+    depend on the loss values)."""
+    shape = np.shape(omega) if opts.reduction is Reduction.NONE else ()
+    return _reduced(np.zeros(shape), omega, opts)
+
+
+def _scaled(g: F64, red: Reduced) -> F64:
+    """Per-sample gradients scaled by the reduction: factor first, divisor last."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out: F64 = (g * red.factor) / red.divisor
+    return out
 
 
 def _finish(
     value: F64,
-    grad: F64 | None,
+    grad: Any,
     dtype: np.dtype[Any],
     grad_dtype: np.dtype[Any],
     axis: int | None,
+    grad_out: Any = None,
 ) -> Any:
+    """Round the value once to `dtype`; put the gradient (class axis last, float64, or
+    already placed by a kernel when `axis` is None) back in the caller's layout."""
     out = v.cast_out(value, dtype)
     if grad is None:
         return out
-    g = grad if axis is None else np.moveaxis(grad, -1, axis)
-    return out, v.cast_out(g, grad_dtype)
-
-
-def _prediction(x: Any, name: str, axis: Any) -> tuple[F64, np.dtype[Any], int]:
-    x64, dtype = v.as_float_array(x, name)
-    ax = v.check_axis(axis, x64.ndim)
-    if x64.shape[ax] == 0 and int(np.prod(np.delete(x64.shape, ax))) > 0:
-        # rows with no classes hold no distribution (an empty batch of rows is fine)
-        raise ValueError(
-            f"{name} has rows but no classes: axis={axis} has length 0 in shape {x64.shape}"
-        )
-    # contiguous rows, so that axis=k sums in the same (pairwise) order as moving k last
-    return np.ascontiguousarray(np.moveaxis(x64, ax, -1)), dtype, ax
-
-
-def _xlogy_terms(a: F64, nl: F64) -> F64:
-    """a * nl with 0 * anything = 0 (a class with no target mass adds nothing, even if its
-    log is infinite); NaN in `a` still propagates."""
-    with np.errstate(invalid="ignore"):
-        return np.where(a == 0.0, 0.0, a * nl)
+    g = grad if axis is None else v.cast_out(np.moveaxis(grad, -1, axis), grad_dtype)
+    if grad_out is not None and g is not grad_out:
+        np.copyto(grad_out, g)
+        g = grad_out
+    return out, g
 
 
 _Fn = TypeVar("_Fn", bound=Callable[..., Any])
@@ -217,6 +202,9 @@ _CE_PARAMS = """    axis : int
         'mean' divides by the summed weight of the counted targets (see the module notes).
     base : float, optional
         Unit of the result: None for nats, 2 for bits, 10, or any positive number other than 1.
+    normalizer : float, optional
+        Divide the summed loss by this number instead (for example the number of target
+        tokens of a whole batch split into parts); needs ``reduction='sum'`` or ``'mean'``.
     return_grad : bool
         Also return the gradient with respect to the prediction (same shape and dtype).
         With ``reduction='none'`` each row holds the gradient of its own loss.
@@ -234,6 +222,9 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     base: float | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    normalizer: float | None = None,
     return_grad: bool = False,
     grad_out: Any = None,
 ) -> Any:
@@ -257,6 +248,11 @@ def cross_entropy(
         Class indices (integers; shape of `logits` without the class axis) or probability
         rows (same shape as `logits`; one-hot or soft, each row summing to 1).
     <ce-options>
+    z_loss : float
+        :math:`\zeta \ge 0`: adds :math:`\zeta\,\mathrm{lse}_i^2` to each counted
+        row's loss (PaLM's z-loss), never weighted.
+    softcap : float, optional
+        :math:`c > 0`: the logits become :math:`c \tanh(x / c)` first (Gemma 2).
     grad_out : ndarray, optional
         With ``return_grad=True``, the array (the logits' shape and dtype) that receives
         the gradient and is returned as it; pass `logits` itself to overwrite the logits
@@ -275,67 +271,49 @@ def cross_entropy(
     >>> grad  # softmax - one_hot
     array([[ 0.09003057,  0.24472847, -0.33475904]])
     """
-    if _cpu.wants(logits):  # large float arrays: the numba kernels (crossentropy._cpu)
-        res = _cpu.cross_entropy(
-            logits, target, axis=axis, weight=weight, ignore_index=ignore_index,
-            label_smoothing=label_smoothing, reduction=reduction, base=base,
-            return_grad=return_grad, grad_out=grad_out,
-        )
-        if res is not NotImplemented:
-            return res
+    opts = CrossEntropyOptions.create(
+        reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        z_loss=z_loss, softcap=softcap, base=base, normalizer=normalizer,
+    )
+    arr, dtype, ax = _prediction(logits, "logits", axis)
+    gdtype = dtype  # the gradient keeps the prediction's dtype
+    tg, tdtype = _target(target, arr.shape, ax, opts.ignore_index)
+    if tdtype is not None:
+        dtype = v.result_dtype(dtype, tdtype)
+    w = v.check_class_weight(weight, arr.shape[ax])
     if grad_out is not None:
         if not return_grad:
             raise ValueError("grad_out is only used with return_grad=True")
-        got = cross_entropy(
-            logits, target, axis=axis, weight=weight, ignore_index=ignore_index,
-            label_smoothing=label_smoothing, reduction=reduction, base=base,
-            return_grad=return_grad,
+        v.check_out(grad_out, arr.shape, gdtype, "grad_out")
+    omega = _omega(tg, w, opts)
+    gf = _grad_factor(omega, opts)
+    fused = (
+        tg.labels is not None and arr.ndim > 0 and arr.size > 0
+        and np.isfinite(gf.grad_scale)  # a subnormal summed weight: the core divides last
+    )
+    if use_numba(arr, supported=fused):  # the numba kernels (crossentropy._cpu)
+        from crossentropy import _cpu
+
+        assert tg.labels is not None
+        loss, g = _cpu.categorical(
+            arr, ax, tg.labels, tg.counted, w, label_smoothing=opts.label_smoothing,
+            z_loss=opts.z_loss, softcap=opts.softcap, grad_out=grad_out,
+            want_grad=return_grad, grad_scale=gf.grad_scale,
         )
-        return got[0], _cpu.deliver(got[1], grad_out, "grad_out")
-    red = v.check_reduction(reduction)
-    scale = v.log_scale(base)
-    x, dtype, ax = _prediction(logits, "logits", axis)
-    gdtype = dtype  # the gradient keeps the prediction's dtype
-    tg = _Targets(target, x.shape, ax, weight, ignore_index, label_smoothing)
-    if tg.dtype is not None:
-        dtype = v.result_dtype(dtype, tg.dtype)
-    a = tg.a
+        return _finish(_reduced(loss, omega, opts).value, g, dtype, gdtype, None)
+    x = _last(arr, ax)
     if x.size == 0:
         loss = np.zeros(x.shape[:-1])
-        value, _, _ = _reduce(loss, tg.omega, red, scale)
-        return _finish(value, np.zeros(x.shape) if return_grad else None, dtype, gdtype, ax)
-    r = _rows(x)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        # -log softmax_c = (L - dh_c) - dl_c, both terms >= 0 (see activations._Rows)
-        nls = (r.L - r.dh) - r.dl
-        share = _inf_share(x)
-        nls = np.where(r.pos_inf, -np.log(share), nls)
-        nls = np.where(r.neg_inf, np.nan, nls)
-        loss = np.sum(_xlogy_terms(a, nls), axis=-1)
-        # A NaN anywhere in a counted row (its max is NaN) makes its loss NaN, even in a
-        # class with no target mass; ignored rows are not looked at (as if sliced out).
-        nan_row = np.isnan(r.m[..., 0]) & tg.counted
-        loss = np.where(nan_row, np.nan, loss)
-    value, factor, div = _reduce(loss, tg.omega, red, scale)
-    if not return_grad:
-        return _finish(value, None, dtype, dtype, ax)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        W = np.sum(a, axis=-1, keepdims=True)
-        p = _probs(r)  # e^(x - m) / (1 + s)
-        g = p * W - a
-        # At the argmax k, p_k = 1 / (1 + s), so p_k W - a_k = ((W - a_k) - a_k s) / (1 + s)
-        # with W - a_k summed directly: exact where a one-hot target meets a confident
-        # prediction (p_k - 1 = -s / (1 + s) instead of 1 - 1 + tiny).
-        ak = np.take_along_axis(a, r.k, axis=-1)
-        a_rest = np.sum(a, axis=-1, keepdims=True, where=np.arange(x.shape[-1]) != r.k)
-        gk = (a_rest - ak * r.s) / (1.0 + r.s)
-        np.put_along_axis(g, r.k, gk, axis=-1)
-        g = np.where(r.pos_inf, share * W - a, g)
-        g = np.where(r.neg_inf, np.nan, g)
-        g = np.where(nan_row[..., None], np.nan, g)
-        g = np.where(tg.counted[..., None], g, 0.0)  # ignored rows: zero gradient
-        g = (g * factor[..., None]) / div
-    return _finish(value, g, dtype, gdtype, ax)
+        g64 = np.zeros(x.shape) if return_grad else None
+    else:
+        loss, _, g64 = core_ce.logits_rows(
+            x, tg, w, label_smoothing=opts.label_smoothing, z_loss=opts.z_loss,
+            cap=opts.softcap, want_grad=return_grad,
+        )
+    red = _reduced(loss, omega, opts)
+    g = None if g64 is None else _scaled(g64, red)
+    return _finish(red.value, g, dtype, gdtype, ax, grad_out)
+
 
 
 def _from_normalised(
@@ -345,18 +323,14 @@ def _from_normalised(
     is_log: bool,
     axis: int,
     weight: Any,
-    ignore_index: Any,
-    label_smoothing: Any,
-    reduction: str,
-    base: Any,
+    opts: CrossEntropyOptions,
     return_grad: bool,
 ) -> Any:
-    red = v.check_reduction(reduction)
-    scale = v.log_scale(base)
-    q, dtype, ax = _prediction(pred, name, axis)
+    arr, dtype, ax = _prediction(pred, name, axis)
     gdtype = dtype  # the gradient keeps the prediction's dtype
+    q = _last(arr, ax)
+    qc = np.moveaxis(q, -1, ax)  # the caller's layout, so that positions are theirs
     if is_log:
-        qc = np.moveaxis(q, -1, ax)  # the caller's layout, so the position is theirs
         bad = qc > 0.0
         if bad.any():
             idx = v.first_index(bad)
@@ -364,28 +338,18 @@ def _from_normalised(
         with np.errstate(under="ignore"):
             v.check_rows_sum_to_one(np.exp(q), -1, dtype, f"exp({name})")
     else:
-        v.check_probabilities(np.moveaxis(q, -1, ax), name)  # positions in the caller's layout
+        v.check_probabilities(qc, name)
         v.check_rows_sum_to_one(q, -1, dtype, name)
-    tg = _Targets(target, q.shape, ax, weight, ignore_index, label_smoothing)
-    if tg.dtype is not None:
-        dtype = v.result_dtype(dtype, tg.dtype)
-    a = tg.a
-    with np.errstate(divide="ignore", invalid="ignore"):
-        nl = -q if is_log else -np.log(q)  # -log q_c (+inf where q_c = 0)
-        loss = np.sum(_xlogy_terms(a, nl), axis=-1)
-        # a NaN anywhere in a counted row makes its loss NaN (ignored rows are not looked at)
-        nan_row = np.isnan(q).any(axis=-1) & tg.counted
-        loss = np.where(nan_row, np.nan, loss)
-    value, factor, div = _reduce(loss, tg.omega, red, scale)
-    if not return_grad:
-        return _finish(value, None, dtype, dtype, ax)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        # d/dq (-a log q) = -a / q;  d/dlq (-a lq) = -a;  0 where a = 0.
-        # -a / q overflows to -inf for a subnormal q: the true value is beyond the range.
-        g = np.where(a == 0.0, 0.0, -a if is_log else -a / q)
-        g = np.where(nan_row[..., None], np.nan, g)
-        g = (g * factor[..., None]) / div
-    return _finish(value, g, dtype, gdtype, ax)
+    tg, tdtype = _target(target, arr.shape, ax, opts.ignore_index)
+    if tdtype is not None:
+        dtype = v.result_dtype(dtype, tdtype)
+    w = v.check_class_weight(weight, arr.shape[ax])
+    loss, g64 = core_ce.normalised_rows(
+        q, tg, w, log=is_log, label_smoothing=opts.label_smoothing, want_grad=return_grad
+    )
+    red = _reduced(loss, _omega(tg, w, opts), opts)
+    g = None if g64 is None else _scaled(g64, red)
+    return _finish(red.value, g, dtype, gdtype, ax)
 
 
 @_options(_CE_PARAMS)
@@ -399,6 +363,7 @@ def cross_entropy_from_probs(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     base: float | None = None,
+    normalizer: float | None = None,
     return_grad: bool = False,
 ) -> Any:
     r"""Categorical cross-entropy from predicted probabilities.
@@ -426,10 +391,11 @@ def cross_entropy_from_probs(
     >>> float(ce.cross_entropy_from_probs(p, 0, base=2))
     0.00333069653505
     """
-    return _from_normalised(
-        probs, target, "probs", False, axis, weight, ignore_index, label_smoothing,
-        reduction, base, return_grad,
+    opts = CrossEntropyOptions.create(
+        reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        base=base, normalizer=normalizer,
     )
+    return _from_normalised(probs, target, "probs", False, axis, weight, opts, return_grad)
 
 
 @_options(_CE_PARAMS)
@@ -443,6 +409,7 @@ def cross_entropy_from_log_probs(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     base: float | None = None,
+    normalizer: float | None = None,
     return_grad: bool = False,
 ) -> Any:
     r"""Categorical cross-entropy from log-probabilities (for example a log_softmax output).
@@ -465,9 +432,12 @@ def cross_entropy_from_log_probs(
     >>> float(ce.cross_entropy_from_log_probs(lp, 0, base=2))  # mpmath: 0.00332964080008
     0.00332964080008
     """
+    opts = CrossEntropyOptions.create(
+        reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        base=base, normalizer=normalizer,
+    )
     return _from_normalised(
-        log_probs, target, "log_probs", True, axis, weight, ignore_index, label_smoothing,
-        reduction, base, return_grad,
+        log_probs, target, "log_probs", True, axis, weight, opts, return_grad
     )
 
 
@@ -475,22 +445,18 @@ def cross_entropy_from_log_probs(
 
 
 def _binary_args(
-    pred: Any, target: Any, name: str, weight: Any, pos_weight: Any, label_smoothing: Any
-) -> tuple[F64, F64, F64 | None, F64 | None, np.dtype[Any], np.dtype[Any]]:
-    """``(x, y, weight, pos_weight, value dtype, gradient dtype = the prediction's)``."""
-    x, dtype = v.as_float_array(pred, name)
+    pred: Any, target: Any, name: str, weight: Any, pos_weight: Any, opts: BinaryOptions
+) -> tuple[np.ndarray, F64, F64 | None, F64 | None, np.dtype[Any], np.dtype[Any]]:
+    """``(x, y, weight, pos_weight, value dtype, gradient dtype = the prediction's)``;
+    x keeps its float dtype, y is float64 and smoothed."""
+    x, dtype = v.real_array(pred, name)
     y, ydtype = v.as_float_array(target, "target")
     if np.asarray(target).dtype.kind in "iu":  # integer labels are exact: no widening
         ydtype = dtype
     if y.shape != x.shape:
-        raise ValueError(
-            f"target must have the shape of {name} {x.shape}, got {y.shape}"
-        )
+        raise ValueError(f"target must have the shape of {name} {x.shape}, got {y.shape}")
     v.check_probabilities(y, "target")
-    eps = v.check_unit_interval(label_smoothing, "label_smoothing")
-    if eps:
-        # label smoothing for two classes: y' = (1 - eps) y + eps / 2
-        y = (1.0 - eps) * y + 0.5 * eps
+    y = core_bce.smooth_labels(y, opts.label_smoothing)
     ws: list[F64 | None] = []
     for arg, argname in ((weight, "weight"), (pos_weight, "pos_weight")):
         if arg is None:
@@ -501,24 +467,25 @@ def _binary_args(
     return x, y, ws[0], ws[1], v.result_dtype(dtype, ydtype), dtype
 
 
-def _binary_reduce(
-    loss: F64, grad: F64 | None, weight: F64 | None, reduction: str, scale: float
-) -> tuple[F64, F64 | None]:
+def _binary_finish(
+    loss: F64,
+    grad: F64 | None,
+    weight: F64 | None,
+    opts: BinaryOptions,
+    dtype: np.dtype[Any],
+    gdtype: np.dtype[Any],
+    grad_out: Any = None,
+) -> Any:
+    """Weight, reduce (a mean is over all elements) and round once."""
     if weight is not None:
         loss = loss * weight
-        if grad is not None:
-            grad = grad * weight
-    n = loss.size
-    if reduction == "none":
-        value = loss * scale
-        factor = scale
-    elif reduction == "sum":
-        value = np.asarray(np.sum(loss) * scale)
-        factor = scale
-    else:  # mean over elements, as PyTorch and Keras; 0 for no elements
-        value = np.asarray(np.sum(loss) * scale / n) if n else np.asarray(0.0)
-        factor = scale / n if n else 0.0
-    return value, None if grad is None else grad * factor
+        grad = None if grad is None else grad * weight
+    red = _reduced(loss, float(loss.size), opts)
+    out = v.cast_out(red.value, dtype)
+    if grad is None:
+        return out
+    g = v.cast_out(_scaled(grad, red), gdtype)
+    return out, v.deliver(g, grad_out, "grad_out")
 
 
 _BCE_PARAMS = """    weight : array_like, optional
@@ -532,6 +499,8 @@ _BCE_PARAMS = """    weight : array_like, optional
         'mean' averages over all elements (as PyTorch and Keras; 0.0 when there are none).
     base : float, optional
         None for nats, 2 for bits, 10, or any positive number other than 1.
+    normalizer : float, optional
+        Divide the summed loss by this number instead of the element count.
     return_grad : bool
         Also return the gradient with respect to the prediction.
 """
@@ -547,6 +516,7 @@ def binary_cross_entropy_with_logits(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     base: float | None = None,
+    normalizer: float | None = None,
     return_grad: bool = False,
     grad_out: Any = None,
 ) -> Any:
@@ -580,39 +550,44 @@ def binary_cross_entropy_with_logits(
     >>> float(ce.binary_cross_entropy_with_logits(-40.0, 0.0))
     4.248354255291589e-18
     """
-    if _cpu.wants(logits):  # large float arrays: the numba kernels (crossentropy._cpu)
-        res = _cpu.bce_with_logits(
-            logits, target, weight=weight, pos_weight=pos_weight,
-            label_smoothing=label_smoothing, reduction=reduction, base=base,
-            return_grad=return_grad, grad_out=grad_out,
-        )
-        if res is not NotImplemented:
-            return res
+    opts = BinaryOptions.create(
+        reduction=reduction, label_smoothing=label_smoothing, base=base, normalizer=normalizer
+    )
+    x, y, w, pw, dtype, gdtype = _binary_args(logits, target, "logits", weight, pos_weight, opts)
     if grad_out is not None:
         if not return_grad:
             raise ValueError("grad_out is only used with return_grad=True")
-        got = binary_cross_entropy_with_logits(
-            logits, target, weight=weight, pos_weight=pos_weight,
-            label_smoothing=label_smoothing, reduction=reduction, base=base,
-            return_grad=return_grad,
-        )
-        return got[0], _cpu.deliver(got[1], grad_out, "grad_out")
-    red = v.check_reduction(reduction)
-    scale = v.log_scale(base)
-    x, y, w, pw, dtype, gdtype = _binary_args(
-        logits, target, "logits", weight, pos_weight, label_smoothing
-    )
-    with np.errstate(invalid="ignore", over="ignore"):
-        py = y if pw is None else pw * y
-        ny = 1.0 - y
-        loss = _xlogy_terms(py, _softplus64(-x)) + _xlogy_terms(ny, _softplus64(x))
-        grad = None
+        v.check_out(grad_out, x.shape, gdtype, "grad_out")
+    per_element = opts.reduction is Reduction.NONE
+    gf = _grad_factor(np.ones(x.shape) if per_element else float(x.size), opts)
+    one_pos = pw is None or pw.size == 0 or bool(np.all(pw == pw.flat[0]))
+    fused = w is None and one_pos and x.size > 0 and np.isfinite(gf.grad_scale)
+    if use_numba(x, supported=fused):  # the numba kernels (crossentropy._cpu)
+        from crossentropy import _cpu
+
+        g = None
         if return_grad:
-            # d softplus(x)/dx = sigmoid(x);  d softplus(-x)/dx = -sigmoid(-x)
-            grad = _xlogy_terms(ny, _sigmoid64(x)) - _xlogy_terms(py, _sigmoid64(-x))
-    value, g = _binary_reduce(loss, grad, w, red, scale)
-    out = v.cast_out(value, dtype)
-    return (out, v.cast_out(g, gdtype)) if return_grad and g is not None else out
+            direct = grad_out is not None and grad_out.flags.c_contiguous
+            g = grad_out.reshape(-1) if direct else np.empty(x.size, dtype=x.dtype)
+        # y is already smoothed: the kernel's own smoothing is off (eps = 0)
+        part = _cpu.bce_with_logits(
+            x, y, 1.0 if pw is None or pw.size == 0 else float(pw.flat[0]), 0.0, per_element=per_element,
+            grad=g, grad_scale=gf.grad_scale,
+        )
+        loss = part.reshape(x.shape) if per_element else part
+        out = v.cast_out(_reduced(loss, float(x.size), opts).value, dtype)
+        if g is None:
+            return out
+        gg = g.reshape(x.shape)
+        if grad_out is not None:
+            if not np.shares_memory(gg, grad_out):
+                np.copyto(grad_out, gg)
+            gg = grad_out
+        return out, gg[()] if gg.ndim == 0 else gg
+    loss, grad = core_bce.from_logits(
+        x.astype(np.float64, copy=False), y, pw, want_grad=return_grad
+    )
+    return _binary_finish(loss, grad, w, opts, dtype, gdtype, grad_out)
 
 
 @_options(_BCE_PARAMS)
@@ -625,6 +600,7 @@ def binary_cross_entropy(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     base: float | None = None,
+    normalizer: float | None = None,
     return_grad: bool = False,
 ) -> Any:
     r"""Binary cross-entropy from probabilities, with no hidden clipping.
@@ -654,25 +630,14 @@ def binary_cross_entropy(
     >>> ce.binary_cross_entropy([0.997694, 0.002237], [1.0, 0.0], base=2, reduction="none")
     array([0.0033307 , 0.00323092])
     """
-    red = v.check_reduction(reduction)
-    scale = v.log_scale(base)
-    q, y, w, pw, dtype, gdtype = _binary_args(
-        probs, target, "probs", weight, pos_weight, label_smoothing
+    opts = BinaryOptions.create(
+        reduction=reduction, label_smoothing=label_smoothing, base=base, normalizer=normalizer
     )
-    v.check_probabilities(q, "probs")
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        py = y if pw is None else pw * y
-        ny = 1.0 - y
-        # log(1 - q) = log1p(-q): exact for small q, and -q is exact
-        loss = _xlogy_terms(py, -np.log(q)) + _xlogy_terms(ny, -np.log1p(-q))
-        grad = None
-        if return_grad:
-            # (1 - y) / (1 - q) - p y / q, each a single division (y / q stays exact where
-            # 1 / q would overflow), and 0 where its coefficient is 0
-            grad = np.where(ny == 0.0, 0.0, ny / (1.0 - q)) - np.where(py == 0.0, 0.0, py / q)
-    value, g = _binary_reduce(loss, grad, w, red, scale)
-    out = v.cast_out(value, dtype)
-    return (out, v.cast_out(g, gdtype)) if return_grad and g is not None else out
+    q, y, w, pw, dtype, gdtype = _binary_args(probs, target, "probs", weight, pos_weight, opts)
+    q64 = q.astype(np.float64, copy=False)
+    v.check_probabilities(q64, "probs")
+    loss, grad = core_bce.from_probs(q64, y, pw, want_grad=return_grad)
+    return _binary_finish(loss, grad, w, opts, dtype, gdtype)
 
 
 # --------------------------------------------------------------------------- information
@@ -693,16 +658,12 @@ def entropy(
     1.0
     """
     scale = v.log_scale(base)
-    p, dtype, ax = _prediction(probs, "probs", axis)
+    arr, dtype, ax = _prediction(probs, "probs", axis)
+    p = _last(arr, ax)
     v.check_probabilities(np.moveaxis(p, -1, ax), "probs")  # positions in the caller's layout
     v.check_rows_sum_to_one(p, -1, dtype, "probs")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logp = np.log(p)
-        h = np.sum(_xlogy_terms(p, -logp), axis=-1) * scale
-        g = -(logp + 1.0) * scale if return_grad else None
-        if g is not None:  # a NaN anywhere in a row: the whole gradient row is NaN
-            g = np.where(np.isnan(p).any(axis=-1, keepdims=True), np.nan, g)
-    return _finish(h, g, dtype, dtype, ax)
+    h, g = core_info.entropy(p, want_grad=return_grad)
+    return _finish(h * scale, None if g is None else g * scale, dtype, dtype, ax)
 
 
 def kl_divergence(
@@ -725,25 +686,14 @@ def kl_divergence(
     0.2075187496394219
     """
     scale = v.log_scale(base)
-    pp, pdtype, ax = _prediction(p, "p", axis)
-    qq, qdtype, _ = _prediction(q, "q", axis)
-    if pp.shape != qq.shape:
-        raise ValueError(f"p and q must have the same shape, got {pp.shape} and {qq.shape}")
+    parr, pdtype, ax = _prediction(p, "p", axis)
+    qarr, qdtype, _ = _prediction(q, "q", axis)
+    if parr.shape != qarr.shape:
+        raise ValueError(f"p and q must have the same shape, got {parr.shape} and {qarr.shape}")
+    pp, qq = _last(parr, ax), _last(qarr, ax)
     for arr, name, dt in ((pp, "p", pdtype), (qq, "q", qdtype)):
         v.check_probabilities(np.moveaxis(arr, -1, ax), name)  # the caller's layout
         v.check_rows_sum_to_one(arr, -1, dt, name)
-    dtype = v.result_dtype(pdtype, qdtype)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ratio = pp / qq
-        close = (ratio > 0.5) & (ratio < 2.0)
-        # log(p / q): log1p((p - q) / q) near 1 (Sterbenz: p - q exact), else log p - log q
-        lr = np.where(close, np.log1p((pp - qq) / qq), np.log(pp) - np.log(qq))
-        d = np.sum(_xlogy_terms(pp, lr), axis=-1) * scale
-        # -p / q as one division (p = q = 5e-324 gives -1, not -inf), 0 where p = 0
-        g = np.where(pp == 0.0, 0.0, -pp / qq) * scale if return_grad else None
-        # a NaN anywhere in p or q makes the row's value and gradient NaN (even where p = 0)
-        nan_row: npt.NDArray[np.bool_] = np.any(np.isnan(pp) | np.isnan(qq), axis=-1)
-        d = np.where(nan_row, np.nan, d)
-        if g is not None:
-            g = np.where(nan_row[..., None], np.nan, g)
-    return _finish(d, g, dtype, qdtype, ax)
+    d, g = core_info.kl_divergence(pp, qq, want_grad=return_grad)
+    return _finish(d * scale, None if g is None else g * scale,
+                   v.result_dtype(pdtype, qdtype), qdtype, ax)

@@ -1,0 +1,81 @@
+r"""The one reduction of per-sample losses, and the factor its gradient takes.
+
+For per-sample losses :math:`\ell_i` with mean weights :math:`\omega_i` and scale
+:math:`s = 1/\ln(\text{base})`:
+
+* ``none``: :math:`s\,\ell_i`;
+* ``sum``: :math:`s \sum_i \ell_i`;
+* ``mean``: :math:`s \sum_i \ell_i / \sum_i \omega_i` (for categorical losses
+  :math:`\omega_i` is the weight of row *i*'s unsmoothed target; ``prob_mean='rows'`` and
+  binary losses divide by the number of samples instead);
+* with a ``normalizer`` *n* (sum or mean): :math:`s \sum_i \ell_i / n`.
+
+A mean over zero counted samples is ``empty_mean`` (0.0 in the core, NaN under torch
+semantics) with a zero gradient.
+
+**Divide last.**  The gradient of sample *i* is :math:`(g_i\,f_i) / D` with the factor
+:math:`f_i` and the divisor :math:`D` returned separately: forming :math:`s / D` first
+overflows to inf when :math:`D` is a subnormal summed weight, although the gradient itself,
+:math:`w (p - t) / D`, is of order 1.  Fused kernels that need one number use
+:attr:`Reduced.grad_scale` and must check that it is finite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from crossentropy._options import Reduction
+
+__all__ = ["Reduced", "divisor", "reduce"]
+
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """A reduced value and how the per-sample gradients are scaled to match it."""
+
+    value: F64  # 0-d for sum/mean, the per-sample shape for none
+    factor: float  # multiply each per-sample gradient by this ...
+    divisor: float  # ... then divide by this (1.0 when there is nothing to divide)
+
+    @property
+    def grad_scale(self) -> float:
+        """``factor / divisor`` in one number (may overflow: check ``math.isfinite``)."""
+        with np.errstate(over="ignore"):
+            return float(np.float64(self.factor) / np.float64(self.divisor))
+
+
+def divisor(reduction: Reduction, omega: F64, normalizer: float | None) -> float | None:
+    """What the summed loss is divided by: 1, the normalizer or the summed weight; None
+    for a mean over zero counted samples."""
+    if reduction is Reduction.NONE or (reduction is Reduction.SUM and normalizer is None):
+        return 1.0
+    if normalizer is not None:
+        return float(normalizer)
+    wsum = float(np.sum(omega))
+    return None if wsum == 0.0 else wsum
+
+
+def reduce(
+    loss: F64,
+    omega: F64,
+    reduction: Reduction,
+    scale: float,
+    *,
+    normalizer: float | None = None,
+    empty_mean: float = 0.0,
+) -> Reduced:
+    """Reduce per-sample losses (nats) by the rule in the module docstring."""
+    if reduction is Reduction.NONE:
+        return Reduced(loss * scale, scale, 1.0)
+    total = np.sum(loss) * scale
+    D = divisor(reduction, omega, normalizer)
+    if D is None:  # a mean over nothing: empty_mean (NaN stays NaN), zero gradient
+        value = np.asarray(np.nan if np.isnan(total) else empty_mean)
+        return Reduced(value, 0.0, 1.0)
+    with np.errstate(over="ignore"):  # a subnormal divisor: the true mean overflows
+        return Reduced(np.asarray(total / D), scale, D)

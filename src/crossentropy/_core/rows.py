@@ -1,0 +1,222 @@
+"""Rows of scores, class axis last, in float64: the decomposition behind every softmax-like result.
+
+For a row x with maximum m reached first at index k, every function here uses
+
+    x - m = dh + dl exactly (TwoSum),   e_c = e^{x_c - m},   s = sum_{c != k} e_c,
+    log-sum-exp = m + log1p(s),   softmax_c = e_c / (1 + s),   log softmax_c = (dh_c - L) + dl_c
+
+with L = log1p(s).  Taking log1p of the sum of the *other* terms, rather than the log of the
+rounded 1 + s, keeps log-softmax and the cross-entropy of confident rows exact (Blanchard,
+Higham & Higham, "Accurately computing the log-sum-exp and softmax functions", IMA J. Numer.
+Anal. 41 (2021)).  The same decomposition, merged slice by slice, is the row-statistics rule
+of the vocabulary-sliced and vocabulary-parallel losses (``crossentropy.torch._merge``) and of
+the Triton kernels.
+
+Inputs are float64 arrays with at least one row and one class (callers handle empty arrays).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "Rows",
+    "decompose",
+    "inf_share",
+    "log_softmax",
+    "logsumexp",
+    "probs",
+    "softmax",
+    "sum_last",
+    "weighted_logsumexp",
+]
+
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass
+class Rows:
+    """Everything a softmax-like function needs from rows laid along the last axis.
+
+    For a row x with maximum m reached first at index k (all values finite):
+
+    * ``dh + dl`` is x - m exactly (TwoSum): ``dh`` is the rounded difference, ``dl`` its
+      rounding error, so exp(x - m) = exp(dh) (1 + dl) to within half an ulp.
+    * ``e`` holds exp(x - m); ``e[k] == 1``.
+    * ``s`` is the sum of the other terms, so that sum(e) = 1 + s and
+      log-sum-exp = m + log1p(s).  Taking log1p of s, rather than log of the rounded 1 + s,
+      is what keeps log_softmax exact near 0.
+    """
+
+    x: F64
+    m: F64  # row maximum, keepdims
+    k: npt.NDArray[np.intp]  # argmax, keepdims
+    dh: F64
+    dl: F64
+    e: F64
+    s: F64  # keepdims
+    L: F64  # log1p(s), keepdims
+    pos_inf: npt.NDArray[np.bool_]  # rows whose maximum is +inf, keepdims
+    neg_inf: npt.NDArray[np.bool_]  # rows that are all -inf (or empty), keepdims
+
+
+def sum_last(e: F64) -> F64:
+    """Sum over the last axis (keepdims), accurate to about one rounding whatever the layout.
+
+    Pairwise summation in which every addition p + q = s + err is error-free (TwoSum,
+    Knuth); the errors are summed on the side and added back once.  np.sum's own pairwise
+    sum can be off by a few ulp for a 1000-term row, which showed up as up to 4.3 ulp in
+    softmax (and the cross-entropy gradient) on N(0, 10) rows.
+    """
+    a = e
+    comp = np.zeros((*e.shape[:-1], 1))
+    while a.shape[-1] > 1:
+        h = a.shape[-1] // 2
+        p, q = a[..., :h], a[..., h : 2 * h]
+        s = p + q
+        bb = s - p
+        comp += np.sum((p - (s - bb)) + (q - bb), axis=-1, keepdims=True)  # TwoSum errors
+        a = np.concatenate([s, a[..., 2 * h :]], axis=-1) if a.shape[-1] % 2 else s
+    # +-inf or NaN terms make the errors NaN: then the plain sum is the answer
+    comp = np.where(np.isfinite(comp), comp, 0.0)
+    out: F64 = a + comp
+    return out
+
+
+def decompose(x: F64) -> Rows:
+    """Decompose rows (last axis) as described in :class:`Rows`. `x` has size > 0."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        m = np.max(x, axis=-1, keepdims=True)  # NaN if the row has a NaN
+        k = np.argmax(x, axis=-1, keepdims=True)
+        pos_inf = m == np.inf
+        neg_inf = m == -np.inf
+        ms = np.where(np.isfinite(m), m, 0.0)
+        # TwoSum (Knuth): dh = fl(x - m) and dl = (x - m) - dh exactly.
+        dh = x - ms
+        bb = dh - x
+        dl = (x - (dh - bb)) + (-ms - bb)
+        dl = np.where(np.isfinite(dl), dl, 0.0)
+        e = np.exp(dh)
+        e += e * dl  # exp(dh + dl) = exp(dh) (1 + dl + O(dl^2))
+        np.put_along_axis(e, k, 0.0, axis=-1)
+        s = sum_last(e)  # the terms other than the first maximum
+        np.put_along_axis(e, k, 1.0, axis=-1)
+        L = np.log1p(s)
+    return Rows(x, m, k, dh, dl, e, s, L, pos_inf, neg_inf)
+
+
+def probs(r: Rows) -> F64:
+    """softmax = e / (1 + s), with the rounding error of 1 + s put back.
+
+    1 + s = S + S_lo exactly (TwoSum), and e / (S + S_lo) = q (1 - S_lo / S) with q = e / S;
+    1 + s >= 1, so p never overflows.
+    """
+    S = 1.0 + r.s
+    bb = S - 1.0
+    S_lo = (1.0 - (S - bb)) + (r.s - bb)
+    q = r.e / S
+    out: F64 = q - q * (S_lo / S)
+    return out
+
+
+def inf_share(x: F64) -> F64:
+    """Rows whose maximum is +inf: the +inf entries share the probability mass equally."""
+    hit = x == np.inf
+    with np.errstate(invalid="ignore"):
+        share: F64 = hit / np.sum(hit, axis=-1, keepdims=True)
+    return share
+
+
+def softmax(x: F64) -> F64:
+    """softmax over the last axis: e_c / (1 + s), special rows as documented.
+
+    A row with +inf entries gives them equal shares; an all -inf row, or one with a NaN,
+    gives NaN.
+    """
+    if x.size == 0:
+        return np.zeros_like(x)
+    r = decompose(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p: F64 = probs(r)  # e^(x - m) / sum
+        p = np.where(r.pos_inf, inf_share(x), p)
+        p = np.where(r.neg_inf, np.nan, p)  # exp(-inf)/0: no distribution
+        p = np.where(np.isnan(r.m), np.nan, p)  # a NaN anywhere in the row (max is NaN)
+    return p
+
+
+def log_softmax(x: F64) -> F64:
+    """log softmax over the last axis: (dh_c - L) + dl_c, exact near 0."""
+    if x.size == 0:
+        return np.zeros_like(x)
+    r = decompose(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # log p_j = (x_j - m) - log1p(s) = (dh_j - L) + dl_j: two terms <= 0, and the
+        # rounding error of x_j - m added back.  At the maximum this is exactly -log1p(s).
+        lp: F64 = (r.dh - r.L) + r.dl
+        lp = np.where(r.pos_inf, np.log(inf_share(x)), lp)
+        lp = np.where(r.neg_inf, np.nan, lp)
+        lp = np.where(np.isnan(r.m), np.nan, lp)  # a NaN anywhere in the row (max is NaN)
+    return lp
+
+
+def logsumexp(x: F64) -> F64:
+    """log(sum(exp(x))) over the last axis (no keepdims). Empty rows give -inf."""
+    if x.shape[-1] == 0:
+        return np.full(x.shape[:-1], -np.inf)
+    if x.size == 0:
+        return np.zeros(x.shape[:-1])
+    r = decompose(x)
+    with np.errstate(invalid="ignore"):
+        out = (r.m + r.L)[..., 0]  # -inf rows come out right: m = -inf, L finite
+        # +inf rows: +inf.  (m + L alone gives NaN when two entries are +inf: the TwoSum of
+        # inf - 0 is inf - inf, which poisons e and so s and L.)
+        out = np.where(r.pos_inf[..., 0], np.inf, out)
+    return out
+
+
+def weighted_logsumexp(x: F64, b: F64) -> tuple[F64, F64]:
+    """log|sum(b e^x)| and its sign over the last axis, keeping cancelling digits."""
+    shape = x.shape[:-1]
+    if x.shape[-1] == 0:
+        return np.full(shape, -np.inf), np.zeros(shape)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        xe = np.where(b == 0, -np.inf, x)  # b = 0 removes the term, whatever x is
+        m = np.max(xe, axis=-1, keepdims=True)
+        ms = np.where(np.isfinite(m), m, 0.0)
+        dh = xe - ms
+        bb = dh - xe
+        dl = (xe - (dh - bb)) + (-ms - bb)  # TwoSum error of x - m, as in decompose
+        dl = np.where(np.isfinite(dl), dl, 0.0)
+        e = np.exp(dh)
+        e += e * dl
+        # Terms within a factor 2 of the largest: b e^d = b + b expm1(d).  The b's add up
+        # exactly when they are small whole numbers (the usual +-1), and expm1 keeps the
+        # digits of e^d - 1 that rounding 1 + tiny would lose.
+        near = dh > -np.log(2.0)
+        em1 = np.expm1(dh) + e * dl
+        A = np.sum(np.where(near, b, 0.0), axis=-1, keepdims=True)
+        bterm = np.where(b == 0, 0.0, b * np.where(near, em1, e))
+        R = np.sum(bterm, axis=-1, keepdims=True)
+        # log(A + R) = log|A| + log1p(R / A) while R / A > -1/2 (no cancellation), else log|A+R|.
+        ratio = R / A
+        gentle = (A != 0) & (ratio > -0.5)
+        tot = A + R
+        out = np.where(gentle, np.log(np.abs(A)) + np.log1p(ratio), np.log(np.abs(tot)))
+        sign = np.sign(np.where(gentle, A, tot))
+        out = out + ms
+        # Rows with +inf terms: the sum is +-inf by the sign of the b's at +inf (NaN if 0).
+        hit = xe == np.inf
+        binf = np.sum(np.where(hit, b, 0.0), axis=-1, keepdims=True)
+        pinf = m == np.inf
+        out = np.where(pinf, np.where(binf != 0, np.inf, np.nan), out)
+        sign = np.where(pinf, np.where(binf != 0, np.sign(binf), np.nan), sign)
+        allneg = m == -np.inf
+        out = np.where(allneg, -np.inf, out)
+        sign = np.where(allneg, 0.0, sign)
+        nan = np.isnan(m) | np.isnan(out)
+        out = np.where(nan, np.nan, out)
+        sign = np.where(nan, np.nan, sign)
+    return out[..., 0], sign[..., 0]
