@@ -11,7 +11,15 @@ from crossentropy._config import (
     set_num_threads,
     use_backend,
 )
-from crossentropy.activations import log_sigmoid, log_softmax, logsumexp, sigmoid, softmax
+from crossentropy.activations import (
+    log_sigmoid,
+    log_softmax,
+    logit,
+    logsumexp,
+    sigmoid,
+    softmax,
+    softplus,
+)
 from crossentropy.losses import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
@@ -20,6 +28,7 @@ from crossentropy.losses import (
     cross_entropy_from_probs,
     entropy,
     kl_divergence,
+    nll_loss,
 )
 from crossentropy.targets import one_hot
 
@@ -38,11 +47,14 @@ __all__ = [
     "kl_divergence",
     "log_sigmoid",
     "log_softmax",
+    "logit",
     "logsumexp",
+    "nll_loss",
     "one_hot",
     "set_backend",
     "set_num_threads",
     "sigmoid",
     "softmax",
+    "softplus",
     "use_backend",
 ]

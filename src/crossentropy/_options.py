@@ -22,35 +22,15 @@ and data-parallel ranks).  It requires ``reduction='sum'`` or ``'mean'`` and win
 
 from __future__ import annotations
 
-import enum
 import math
 import numbers
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from crossentropy._validate import check_unit_interval, log_scale
+from crossentropy._core.reduce import Reduction
+from crossentropy._validate import check_ignore_index, check_unit_interval, log_scale
 
 __all__ = ["BinaryOptions", "CrossEntropyOptions", "Reduction"]
-
-
-class Reduction(str, enum.Enum):
-    """How per-sample losses are combined."""
-
-    NONE = "none"
-    SUM = "sum"
-    MEAN = "mean"
-
-    @classmethod
-    def of(cls, value: Any) -> Reduction:
-        """The member for ``'none'``, ``'sum'``, ``'mean'`` (or a member); ValueError else."""
-        if isinstance(value, Reduction):
-            return value
-        if isinstance(value, str):
-            try:
-                return cls(value)
-            except ValueError:
-                pass
-        raise ValueError(f"reduction must be one of 'none', 'mean', 'sum'; got {value!r}")
 
 
 def _real(value: Any, name: str) -> float:
@@ -73,14 +53,6 @@ def _check_softcap(softcap: Any) -> float | None:
     if not (math.isfinite(cap) and cap > 0.0):
         raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
     return cap
-
-
-def _check_ignore_index(ignore_index: Any) -> int | None:
-    if ignore_index is None:
-        return None
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
-    return int(ignore_index)
 
 
 def _check_normalizer(normalizer: Any, reduction: Reduction) -> float | None:
@@ -142,7 +114,7 @@ class CrossEntropyOptions:
         torch_like = semantics == "torch"
         return cls(
             reduction=red,
-            ignore_index=_check_ignore_index(ignore_index),
+            ignore_index=check_ignore_index(ignore_index),
             label_smoothing=check_unit_interval(label_smoothing, "label_smoothing"),
             z_loss=_check_z_loss(z_loss),
             softcap=_check_softcap(softcap),

@@ -174,12 +174,43 @@ def row_sum_tolerance(num_classes: int, dtype: np.dtype[Any]) -> float:
     return max(num_classes, 16) * float(np.finfo(dtype).eps)
 
 
+def precision_dtype(p: npt.NDArray[np.float64], dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The precision the values of `p` were computed in: float32 when `dtype` is float64 but
+    every value is a float32 number (a float32 softmax cast to float64), else `dtype`."""
+    if dtype != np.float64 or p.size == 0:
+        return dtype
+    with np.errstate(over="ignore", invalid="ignore"):
+        narrow = p.astype(np.float32)
+        if np.array_equal(narrow.astype(np.float64), p, equal_nan=True):
+            return np.dtype(np.float32)
+    return dtype
+
+
+def check_tolerance(tol: Any) -> float | None:
+    """A probability-row tolerance: None (automatic) or a finite number >= 0."""
+    if tol is None:
+        return None
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"prob_tol must be None or a real number >= 0, got {tol!r}")
+    t = float(tol)
+    if not (math.isfinite(t) and t >= 0.0):
+        raise ValueError(f"prob_tol must be None or a finite number >= 0, got {tol!r}")
+    return t
+
+
 def check_rows_sum_to_one(
-    p: npt.NDArray[np.float64], axis: int, dtype: np.dtype[Any], name: str
+    p: npt.NDArray[np.float64],
+    axis: int,
+    dtype: np.dtype[Any],
+    name: str,
+    tol: float | None = None,
 ) -> None:
-    """Rows along `axis` must sum to 1 within :func:`row_sum_tolerance`; never renormalised."""
+    """Rows along `axis` must sum to 1 within `tol` (None: :func:`row_sum_tolerance` of the
+    precision the values were computed in, see :func:`precision_dtype`); never renormalised.
+    """
     # An axis of length 0 sums to 0, so rows with no classes are rejected too.
-    tol = row_sum_tolerance(p.shape[axis], dtype)
+    if tol is None:
+        tol = row_sum_tolerance(p.shape[axis], precision_dtype(p, dtype))
     err = np.abs(np.sum(p, axis=axis) - 1.0)
     bad = err > tol  # NaN rows are not flagged: NaN propagates to their result
     if bad.any():

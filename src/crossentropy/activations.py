@@ -25,11 +25,12 @@ from crossentropy._validate import (
     cast_out,
     check_axis,
     check_out,
+    check_probabilities,
     deliver,
     real_array,
 )
 
-__all__ = ["log_sigmoid", "log_softmax", "logsumexp", "sigmoid", "softmax"]
+__all__ = ["log_sigmoid", "log_softmax", "logit", "logsumexp", "sigmoid", "softmax", "softplus"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -37,22 +38,64 @@ F64 = npt.NDArray[np.float64]
 # --------------------------------------------------------------------------- layout
 
 
-def _moved(x: F64, axis: int | None) -> tuple[F64, int | None]:
-    """Move `axis` last (or flatten for axis=None); return the array and the normalised axis."""
+def _axes(axis: Any, ndim: int) -> tuple[int, ...] | None:
+    """Normalise `axis`: an int, a tuple of ints (SciPy's convention: the axes are taken
+    together as one), or None (all axes).  Returns the sorted axes, or None for all."""
     if axis is None:
-        return x.reshape(1, -1), None
-    ax = check_axis(axis, x.ndim)
-    # contiguous rows: NumPy sums a contiguous last axis pairwise but a strided one term by
-    # term, so without the copy axis=k would differ (by up to ~sqrt(C) ulp) from moving k last
-    moved = x if ax == x.ndim - 1 else np.moveaxis(x, ax, -1)  # (moveaxis costs ~3 us)
-    return np.ascontiguousarray(moved), ax
+        return None
+    if isinstance(axis, tuple):
+        if not axis:
+            raise ValueError("axis=() names no axis; pass None to use every axis")
+        axes = tuple(check_axis(a, ndim) for a in axis)
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"axis={axis} repeats an axis")
+        return tuple(sorted(axes))
+    return (check_axis(axis, ndim),)
 
 
-def _back(y: F64, shape: tuple[int, ...], ax: int | None) -> F64:
+def _moved(x: np.ndarray, axes: tuple[int, ...] | None) -> np.ndarray:
+    """`x` as contiguous rows with the axes in `axes` (None: all) flattened into the last.
+
+    Contiguous rows: NumPy sums a contiguous last axis pairwise but a strided one term by
+    term, so without the copy axis=k would differ (by up to ~sqrt(C) ulp) from moving k last.
+    """
+    if axes is None:
+        return np.ascontiguousarray(x).reshape(1, x.size)
+    if axes == (x.ndim - 1,):
+        return np.ascontiguousarray(x)  # (moveaxis costs ~3 us)
+    k = len(axes)
+    moved = np.moveaxis(x, axes, tuple(range(x.ndim - k, x.ndim)))
+    classes = int(np.prod(moved.shape[x.ndim - k :]))
+    return np.ascontiguousarray(moved).reshape(*moved.shape[: x.ndim - k], classes)
+
+
+def _back(y: np.ndarray, shape: tuple[int, ...], axes: tuple[int, ...] | None) -> np.ndarray:
     """Undo :func:`_moved` for a result with the input's shape."""
-    if ax is None:
+    if axes is None:
         return y.reshape(shape)
-    return y if ax == y.ndim - 1 else np.moveaxis(y, -1, ax)
+    if axes == (len(shape) - 1,):
+        return y.reshape(shape)
+    k = len(axes)
+    rest = [d for i, d in enumerate(shape) if i not in axes]
+    moved = y.reshape(*rest, *(shape[a] for a in axes))
+    return np.moveaxis(moved, tuple(range(len(shape) - k, len(shape))), axes)
+
+
+def _masked(arr: np.ndarray, where: Any) -> tuple[np.ndarray, npt.NDArray[np.bool_] | None]:
+    """Apply a `where` mask (True: the entry takes part): excluded entries become -inf,
+    which gives them probability 0 and leaves the log-sum-exp of the others."""
+    if where is None:
+        return arr, None
+    m = np.asarray(where)
+    if m.dtype != np.bool_:
+        raise TypeError(f"where must be a boolean array, got dtype {m.dtype}")
+    try:
+        m = np.broadcast_to(m, arr.shape)
+    except ValueError:
+        raise ValueError(
+            f"where with shape {m.shape} cannot be broadcast to x with shape {arr.shape}"
+        ) from None
+    return np.where(m, arr, -np.inf).astype(arr.dtype, copy=False), m
 
 
 def _small_rows(x: F64) -> list[list[float]] | None:
@@ -63,34 +106,45 @@ def _small_rows(x: F64) -> list[list[float]] | None:
     return rows if _small.finite(rows) else None
 
 
-def _softmax_like(x: Any, axis: int | None, out: Any, *, log: bool) -> Any:
+def _softmax_like(x: Any, axis: Any, out: Any, where: Any, *, log: bool) -> Any:
     arr, dtype = real_array(x, "x")
-    if axis is not None:
-        check_axis(axis, arr.ndim)
+    axes = _axes(axis, arr.ndim)
     if out is not None:
         check_out(out, arr.shape, dtype)
+    arr, mask = _masked(arr, where)
     if arr.size and use_numba(arr):  # large float arrays: the numba kernels
         from crossentropy import _cpu
 
-        ax = None if axis is None else check_axis(axis, arr.ndim)
-        return _cpu.softmax(arr, ax, log=log, out=out)
-    xm, ax = _moved(arr.astype(np.float64, copy=False), axis)
-    if xm.size == 0:
-        res = np.zeros_like(xm)
-    elif (small := _small_rows(xm)) is not None:  # a few finite numbers: no NumPy overhead
-        fn = _small.log_softmax_rows if log else _small.softmax_rows
-        res = np.array(fn(small)).reshape(xm.shape)
+        simple = axes is None or len(axes) == 1
+        if simple and mask is None:
+            return _cpu.softmax(arr, None if axes is None else axes[0], log=log, out=out)
+        rows = _cpu.softmax(_moved(arr, axes), -1, log=log)
+        res = _back(rows, arr.shape, axes)
     else:
-        res = core_rows.log_softmax(xm) if log else core_rows.softmax(xm)
-    return deliver(cast_out(_back(res, arr.shape, ax), dtype), out)
+        xm = _moved(arr.astype(np.float64, copy=False), axes)
+        if xm.size == 0:
+            r64 = np.zeros_like(xm)
+        elif (small := _small_rows(xm)) is not None:  # a few finite numbers: no overhead
+            fn = _small.log_softmax_rows if log else _small.softmax_rows
+            r64 = np.array(fn(small)).reshape(xm.shape)
+        else:
+            r64 = core_rows.log_softmax(xm) if log else core_rows.softmax(xm)
+        res = _back(r64, arr.shape, axes)
+    if mask is not None:  # excluded entries: probability 0, log-probability -inf
+        res = np.where(mask, res, -np.inf if log else 0.0)
+    return deliver(cast_out(np.asarray(res), dtype), out)
 
 
-def _logsumexp_rows(arr: np.ndarray, ax: int | None) -> F64:
-    """float64 log-sum-exp over `ax` (None: all elements), the reduced shape."""
-    if arr.ndim == 0:  # (only with ax=None) one row of one element
+def _logsumexp_rows(arr: np.ndarray, axes: tuple[int, ...] | None) -> F64:
+    """float64 log-sum-exp over `axes` (None: all elements), the reduced shape."""
+    if arr.ndim == 0:  # (only with axes=None) one row of one element
         arr = arr.reshape(1)
-    rows_shape = (1,) if ax is None else arr.shape[:ax] + arr.shape[ax + 1 :]
-    C = arr.size if ax is None else arr.shape[ax]
+    if axes is None:
+        rows_shape: tuple[int, ...] = (1,)
+        C = arr.size
+    else:
+        rows_shape = tuple(d for i, d in enumerate(arr.shape) if i not in axes)
+        C = int(np.prod([arr.shape[a] for a in axes]))
     if C == 0:
         return np.full(rows_shape, -np.inf)
     if arr.size == 0:
@@ -98,8 +152,10 @@ def _logsumexp_rows(arr: np.ndarray, ax: int | None) -> F64:
     if use_numba(arr):
         from crossentropy import _cpu
 
-        return _cpu.logsumexp(arr, ax).reshape(rows_shape)
-    xm, _ = _moved(arr.astype(np.float64, copy=False), ax)
+        if axes is None or len(axes) == 1:
+            return _cpu.logsumexp(arr, None if axes is None else axes[0]).reshape(rows_shape)
+        return _cpu.logsumexp(_moved(arr, axes), -1).reshape(rows_shape)
+    xm = _moved(arr.astype(np.float64, copy=False), axes)
     if (small := _small_rows(xm)) is not None:
         return np.array(_small.logsumexp_rows(small)).reshape(rows_shape)
     return core_rows.logsumexp(xm).reshape(rows_shape)
@@ -187,7 +243,9 @@ def log_sigmoid(x: Any, *, return_grad: bool = False, out: Any = None) -> Any:
     return value
 
 
-def softmax(x: Any, axis: int | None = -1, *, out: Any = None) -> Any:
+def softmax(
+    x: Any, axis: int | tuple[int, ...] | None = -1, *, where: Any = None, out: Any = None
+) -> Any:
     r"""The softmax along `axis`: scores to probabilities that sum to 1.
 
     .. math:: \operatorname{softmax}(x)_j = \frac{e^{x_j}}{\sum_i e^{x_i}}
@@ -197,8 +255,12 @@ def softmax(x: Any, axis: int | None = -1, *, out: Any = None) -> Any:
     ----------
     x : array_like
         Scores (logits).
-    axis : int or None
-        The class axis (default: the last).  ``None`` treats all elements as one row.
+    axis : int, tuple of ints or None
+        The class axis (default: the last).  A tuple takes those axes together as one (as
+        SciPy does); ``None`` treats all elements as one row.
+    where : array_like of bool, optional
+        Entries that take part (broadcastable to `x`, as in JAX and optax); the others get
+        probability 0 and do not count in the normalisation.
     out : ndarray, optional
         Array of the result's shape and dtype to write into (it may be `x` itself); saves
         allocating a large result.
@@ -216,11 +278,15 @@ def softmax(x: Any, axis: int | None = -1, *, out: Any = None) -> Any:
     array([0.03545677, 0.00321657, 0.96132666])
     >>> ce.softmax([9.8, 3.7, 0.2])    # mpmath: 0.9976947301, 0.002237697304, 6.757260347e-5
     array([9.97694730e-01, 2.23769730e-03, 6.75726035e-05])
+    >>> ce.softmax([1.0, 2.0, 3.0], where=[True, False, True])
+    array([0.11920292, 0.        , 0.88079708])
     """
-    return _softmax_like(x, axis, out, log=False)
+    return _softmax_like(x, axis, out, where, log=False)
 
 
-def log_softmax(x: Any, axis: int | None = -1, *, out: Any = None) -> Any:
+def log_softmax(
+    x: Any, axis: int | tuple[int, ...] | None = -1, *, where: Any = None, out: Any = None
+) -> Any:
     r"""The logarithm of the softmax along `axis`.
 
     .. math:: \log\operatorname{softmax}(x)_j = (x_j - m) - \log1p\Big(\sum_{i \ne k}
@@ -229,20 +295,32 @@ def log_softmax(x: Any, axis: int | None = -1, *, out: Any = None) -> Any:
     Exact near 0, where computing ``x - logsumexp(x)`` loses up to 10^8 ulp (the rounded
     ``1 + s`` under the log throws away the digits of ``s``).
 
+    Parameters
+    ----------
+    x : array_like
+        Scores (logits).
+    axis : int, tuple of ints or None
+        As for :func:`softmax`.
+    where : array_like of bool, optional
+        Entries that take part; the others get -inf and do not count.
+    out : ndarray, optional
+        Array of the result's shape and dtype to write into (it may be `x` itself).
+
     Examples
     --------
     >>> import crossentropy as ce
     >>> ce.log_softmax([0.0, -40.0])
     array([-4.24835426e-18, -4.00000000e+01])
     """
-    return _softmax_like(x, axis, out, log=True)
+    return _softmax_like(x, axis, out, where, log=True)
 
 
 def logsumexp(
     x: Any,
-    axis: int | None = -1,
+    axis: int | tuple[int, ...] | None = -1,
     *,
     b: Any = None,
+    where: Any = None,
     keepdims: bool = False,
     return_sign: bool = False,
 ) -> Any:
@@ -253,16 +331,19 @@ def logsumexp(
     Parameters
     ----------
     x : array_like
-    axis : int or None
-        Axis to reduce (default: the last); ``None`` reduces all elements.
+    axis : int, tuple of ints or None
+        Axis to reduce (default: the last); a tuple reduces those axes together, ``None``
+        all elements.
     b : array_like, optional
         Weights broadcastable to `x`; entries with ``b == 0`` are left out, negative ones
         subtract.  With weights, terms within a factor 2 of the largest are written as
         ``b (1 + expm1(x - m))`` so that the sum ``sum(b) + sum(b expm1(x - m))`` keeps the
         digits that cancel: ``log(e^0 - e^1e-20)`` is ``-46.0517`` with sign -1 (SciPy and
         JAX give -inf).
+    where : array_like of bool, optional
+        Entries that take part (broadcastable to `x`); the others are left out of the sum.
     keepdims : bool
-        Keep the reduced axis with length 1.
+        Keep the reduced axes with length 1.
     return_sign : bool
         Return ``(log|sum|, sign(sum))``.  Without it a negative sum raises ``ValueError``.
 
@@ -281,11 +362,11 @@ def logsumexp(
     (np.float64(-46.051701859880914), np.float64(-1.0))
     """
     arr, dtype = real_array(x, "x")
+    axes = _axes(axis, arr.ndim)
+    arr, _ = _masked(arr, where)
     if b is None:
-        ax = None if axis is None else check_axis(axis, arr.ndim)
-        out = _logsumexp_rows(arr, ax)
+        out = _logsumexp_rows(arr, axes)
         sign = np.where(np.isnan(out), np.nan, 1.0)
-        x64 = arr
     else:
         x64 = arr.astype(np.float64, copy=False)
         b64, bdtype = as_float_array(b, "b")
@@ -297,9 +378,12 @@ def logsumexp(
             ) from None
         if np.asarray(b).dtype.kind == "f":  # integer weights (b=[1, -1]) never widen
             dtype = max(dtype, bdtype, key=lambda d: d.itemsize)
-        xm, ax = _moved(x64, axis)
-        bm, _ = _moved(b64, axis)
-        out, sign = core_rows.weighted_logsumexp(xm, bm)
+        if x64.ndim == 0:
+            x64, b64 = x64.reshape(1), b64.reshape(1)
+        rows_shape = (1,) if axes is None else tuple(
+            d for i, d in enumerate(x64.shape) if i not in axes)
+        out, sign = core_rows.weighted_logsumexp(_moved(x64, axes), _moved(b64, axes))
+        out, sign = out.reshape(rows_shape), sign.reshape(rows_shape)
         if not return_sign:
             neg = sign < 0
             if neg.any():
@@ -308,15 +392,72 @@ def logsumexp(
                     "not real; pass return_sign=True to get log|sum| and the sign"
                 )
     if keepdims:
-        if ax is None:
-            out = out.reshape((1,) * x64.ndim)
-            sign = sign.reshape((1,) * x64.ndim)
-        else:
-            out = np.expand_dims(out, ax)
-            sign = np.expand_dims(sign, ax)
-    elif ax is None:
-        out = out.reshape(())
-        sign = sign.reshape(())
+        kept = tuple(1 if axes is None or i in axes else d for i, d in enumerate(np.shape(x)))
+        out, sign = out.reshape(kept), sign.reshape(kept)
+    elif axes is None:
+        out, sign = out.reshape(()), sign.reshape(())
     if return_sign:
         return cast_out(out, dtype), cast_out(sign, dtype)
     return cast_out(out, dtype)
+
+
+def softplus(x: Any, *, return_grad: bool = False) -> Any:
+    r"""softplus(x) = log(1 + e^x), elementwise, without overflow or cancellation.
+
+    .. math:: \operatorname{softplus}(x) = \max(x, 0) + \operatorname{log1p}(e^{-|x|}),
+              \qquad \operatorname{softplus}'(x) = \sigma(x)
+
+    Both terms are >= 0, so ``softplus(-40) = 4.25e-18`` keeps every digit (the textbook
+    ``log(1 + exp(x))`` gives 0) and ``softplus(1000) = 1000``.  It equals
+    ``-log_sigmoid(-x)``, PyTorch's ``F.softplus`` (beta 1, without its linear cut-off)
+    and ``numpy.logaddexp(0, x)``.
+
+    Parameters
+    ----------
+    x : array_like
+        Real numbers.
+    return_grad : bool
+        Also return the derivative, the sigmoid.
+
+    Examples
+    --------
+    >>> import crossentropy as ce
+    >>> ce.softplus([-40.0, 0.0, 1000.0])  # mpmath: log1p(exp(-40)) = 4.248354255291589e-18
+    array([4.24835426e-18, 6.93147181e-01, 1.00000000e+03])
+    """
+    arr, dtype = real_array(x, "x")
+    x64 = arr.astype(np.float64, copy=False)
+    value = cast_out(core_sigmoid.softplus(x64), dtype)
+    if return_grad:
+        return value, cast_out(core_sigmoid.sigmoid(x64), dtype)
+    return value
+
+
+def logit(p: Any, *, return_grad: bool = False) -> Any:
+    r"""The logit log(p / (1 - p)), the inverse of the sigmoid, elementwise on [0, 1].
+
+    .. math:: \operatorname{logit}(p) = \log p - \operatorname{log1p}(-p), \qquad
+              \operatorname{logit}'(p) = \frac{1}{p\,(1 - p)}
+
+    Near p = 1/2 it is ``log1p((2p - 1) / (1 - p))``, where ``2p - 1`` is exact, so small
+    results keep their digits; ``logit(0) = -inf``, ``logit(1) = +inf``.  As
+    ``scipy.special.logit``; probabilities outside [0, 1] raise ``ValueError`` instead of
+    returning NaN.
+
+    Examples
+    --------
+    >>> import crossentropy as ce
+    >>> ce.logit([0.5, 0.75, 1e-300])   # mpmath: log(3) = 1.0986122886681098
+    array([   0.        ,    1.09861229, -690.7755279 ])
+    >>> float(ce.sigmoid(ce.logit(0.3)))
+    0.3
+    """
+    arr, dtype = real_array(p, "p")
+    p64 = arr.astype(np.float64, copy=False)
+    check_probabilities(p64, "p")
+    value = cast_out(core_sigmoid.logit(p64), dtype)
+    if return_grad:
+        with np.errstate(divide="ignore"):
+            # 1 / (p (1 - p)): one rounding each for the product and the quotient
+            return value, cast_out(1.0 / (p64 * (1.0 - p64)), dtype)
+    return value

@@ -59,6 +59,7 @@ __all__ = [
     "cross_entropy_from_probs",
     "entropy",
     "kl_divergence",
+    "nll_loss",
 ]
 
 F64 = npt.NDArray[np.float64]
@@ -86,7 +87,12 @@ def _last(arr: np.ndarray, ax: int) -> F64:
 
 
 def _target(
-    target: Any, shape: tuple[int, ...], ax: int, ignore_index: int | None
+    target: Any,
+    shape: tuple[int, ...],
+    ax: int,
+    ignore_index: int | None,
+    tol: float | None = None,
+    classes: Any = None,
 ) -> tuple[core_ce.Target, np.dtype[Any] | None]:
     """Validate categorical targets for a prediction of `shape` (class axis `ax`).
 
@@ -104,7 +110,7 @@ def _target(
                 f"shape without the class axis, {rows}; got {tarr.shape}"
             )
         idx, counted = v.as_labels(tarr, C, "target", ignore_index)
-        return core_ce.Target(counted=counted, labels=idx), None
+        return core_ce.Target(counted=counted, labels=idx, classes=classes), None
     if tarr.ndim == len(shape):  # probability rows
         if tarr.shape != shape:
             raise ValueError(
@@ -114,14 +120,40 @@ def _target(
         t64, tdtype = v.as_float_array(tarr, "target")
         v.check_probabilities(t64, "target")  # positions in the caller's layout
         t = np.ascontiguousarray(np.moveaxis(t64, ax, -1))
-        v.check_rows_sum_to_one(t, -1, tdtype, "target")
+        v.check_rows_sum_to_one(t, -1, tdtype, "target", tol)
         counted = np.ones(rows, dtype=bool)
         exact = tarr.dtype.kind in "iu"  # integer rows (one-hot) are exact: no widening
-        return core_ce.Target(counted=counted, probs=t), None if exact else tdtype
+        return core_ce.Target(counted=counted, probs=t, classes=classes), (
+            None if exact else tdtype)
     raise ValueError(
         f"target must be class indices with {len(shape) - 1} dimension(s) or probability "
         f"rows with {len(shape)}; got an array with {tarr.ndim} dimension(s)"
     )
+
+
+def _classes(where: Any, shape: tuple[int, ...], ax: int) -> npt.NDArray[np.bool_] | None:
+    """A `where` mask over the prediction (True: the class takes part), class axis last."""
+    if where is None:
+        return None
+    m = np.asarray(where)
+    if m.dtype != np.bool_:
+        raise TypeError(f"where must be a boolean array, got dtype {m.dtype}")
+    try:
+        m = np.broadcast_to(m, shape)
+    except ValueError:
+        raise ValueError(
+            f"where with shape {m.shape} cannot be broadcast to the prediction's shape {shape}"
+        ) from None
+    return np.ascontiguousarray(np.moveaxis(m, ax, -1))
+
+
+def _sample_weight(sample_weight: Any, rows: tuple[int, ...]) -> F64 | None:
+    """Per-sample weights: finite, >= 0, one per row (broadcastable to the row shape)."""
+    if sample_weight is None:
+        return None
+    sw = v.check_nonnegative(sample_weight, "sample_weight")
+    return np.asarray(v.broadcast_to_shape(sw, rows, "sample_weight", "the rows"),
+                      dtype=np.float64)
 
 
 def _omega(t: core_ce.Target, weight: F64 | None, opts: CrossEntropyOptions) -> Any:
@@ -205,6 +237,17 @@ _CE_PARAMS = """    axis : int
     normalizer : float, optional
         Divide the summed loss by this number instead (for example the number of target
         tokens of a whole batch split into parts); needs ``reduction='sum'`` or ``'mean'``.
+    sample_weight : array_like, optional
+        One weight per sample (the prediction's shape without the class axis), finite and
+        >= 0, as scikit-learn's and Keras' ``sample_weight``: each loss is multiplied by it
+        and the mean divides by the summed weight (``sum_i s_i l_i / sum_i s_i omega_i``).
+    where : array_like of bool, optional
+        The classes that take part, broadcastable to the prediction (optax's ``where``):
+        the others are left out of the softmax and of the sum, with gradient 0.
+    prob_tol : float, optional
+        Tolerance on the row sums of probability targets (None: ``max(C, 16)`` machine
+        epsilons of the precision the rows were computed in -- float32 rows cast to
+        float64 get float32's).
     return_grad : bool
         Also return the gradient with respect to the prediction (same shape and dtype).
         With ``reduction='none'`` each row holds the gradient of its own loss.
@@ -225,6 +268,9 @@ def cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     normalizer: float | None = None,
+    sample_weight: Any = None,
+    where: Any = None,
+    prob_tol: float | None = None,
     return_grad: bool = False,
     grad_out: Any = None,
 ) -> Any:
@@ -277,18 +323,23 @@ def cross_entropy(
     )
     arr, dtype, ax = _prediction(logits, "logits", axis)
     gdtype = dtype  # the gradient keeps the prediction's dtype
-    tg, tdtype = _target(target, arr.shape, ax, opts.ignore_index)
+    tol = v.check_tolerance(prob_tol)
+    classes = _classes(where, arr.shape, ax)
+    tg, tdtype = _target(target, arr.shape, ax, opts.ignore_index, tol, classes)
     if tdtype is not None:
         dtype = v.result_dtype(dtype, tdtype)
     w = v.check_class_weight(weight, arr.shape[ax])
+    sw = _sample_weight(sample_weight, tg.counted.shape)
     if grad_out is not None:
         if not return_grad:
             raise ValueError("grad_out is only used with return_grad=True")
         v.check_out(grad_out, arr.shape, gdtype, "grad_out")
     omega = _omega(tg, w, opts)
+    if sw is not None:  # sample weights scale each loss and its share of the mean
+        omega = omega * sw
     gf = _grad_factor(omega, opts)
     fused = (
-        tg.labels is not None and arr.ndim > 0 and arr.size > 0
+        tg.labels is not None and arr.ndim > 0 and arr.size > 0 and classes is None
         and np.isfinite(gf.grad_scale)  # a subnormal summed weight: the core divides last
     )
     if use_numba(arr, supported=fused):  # the numba kernels (crossentropy._cpu)
@@ -300,6 +351,10 @@ def cross_entropy(
             z_loss=opts.z_loss, softcap=opts.softcap, grad_out=grad_out,
             want_grad=return_grad, grad_scale=gf.grad_scale,
         )
+        if sw is not None:
+            loss = loss * sw
+            if g is not None:
+                g *= np.expand_dims(sw, ax).astype(g.dtype)
         return _finish(_reduced(loss, omega, opts).value, g, dtype, gdtype, None)
     x = _last(arr, ax)
     if x.size == 0:
@@ -310,6 +365,9 @@ def cross_entropy(
             x, tg, w, label_smoothing=opts.label_smoothing, z_loss=opts.z_loss,
             cap=opts.softcap, want_grad=return_grad,
         )
+    if sw is not None:
+        loss = loss * sw
+        g64 = None if g64 is None else g64 * sw[..., None]
     red = _reduced(loss, omega, opts)
     g = None if g64 is None else _scaled(g64, red)
     return _finish(red.value, g, dtype, gdtype, ax, grad_out)
@@ -325,29 +383,41 @@ def _from_normalised(
     weight: Any,
     opts: CrossEntropyOptions,
     return_grad: bool,
+    sample_weight: Any,
+    where: Any,
+    prob_tol: Any,
 ) -> Any:
     arr, dtype, ax = _prediction(pred, name, axis)
     gdtype = dtype  # the gradient keeps the prediction's dtype
     q = _last(arr, ax)
+    tol = v.check_tolerance(prob_tol)
+    classes = _classes(where, arr.shape, ax)
     qc = np.moveaxis(q, -1, ax)  # the caller's layout, so that positions are theirs
+    # with `where`, the rows are normalised over the classes that take part
+    qs = q if classes is None else np.where(classes, q, -np.inf if is_log else 0.0)
     if is_log:
         bad = qc > 0.0
         if bad.any():
             idx = v.first_index(bad)
             raise ValueError(f"{name} must be <= 0; {name}{v.where_str(idx)} = {qc[idx]!r}")
         with np.errstate(under="ignore"):
-            v.check_rows_sum_to_one(np.exp(q), -1, dtype, f"exp({name})")
+            v.check_rows_sum_to_one(np.exp(qs), -1, dtype, f"exp({name})", tol)
     else:
         v.check_probabilities(qc, name)
-        v.check_rows_sum_to_one(q, -1, dtype, name)
-    tg, tdtype = _target(target, arr.shape, ax, opts.ignore_index)
+        v.check_rows_sum_to_one(qs, -1, dtype, name, tol)
+    tg, tdtype = _target(target, arr.shape, ax, opts.ignore_index, tol, classes)
     if tdtype is not None:
         dtype = v.result_dtype(dtype, tdtype)
     w = v.check_class_weight(weight, arr.shape[ax])
+    sw = _sample_weight(sample_weight, tg.counted.shape)
     loss, g64 = core_ce.normalised_rows(
         q, tg, w, log=is_log, label_smoothing=opts.label_smoothing, want_grad=return_grad
     )
-    red = _reduced(loss, _omega(tg, w, opts), opts)
+    omega = _omega(tg, w, opts)
+    if sw is not None:  # sample weights scale each loss and its share of the mean
+        loss, omega = loss * sw, omega * sw
+        g64 = None if g64 is None else g64 * sw[..., None]
+    red = _reduced(loss, omega, opts)
     g = None if g64 is None else _scaled(g64, red)
     return _finish(red.value, g, dtype, gdtype, ax)
 
@@ -364,6 +434,9 @@ def cross_entropy_from_probs(
     reduction: str = "mean",
     base: float | None = None,
     normalizer: float | None = None,
+    sample_weight: Any = None,
+    where: Any = None,
+    prob_tol: float | None = None,
     return_grad: bool = False,
 ) -> Any:
     r"""Categorical cross-entropy from predicted probabilities.
@@ -395,7 +468,8 @@ def cross_entropy_from_probs(
         reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
         base=base, normalizer=normalizer,
     )
-    return _from_normalised(probs, target, "probs", False, axis, weight, opts, return_grad)
+    return _from_normalised(probs, target, "probs", False, axis, weight, opts, return_grad,
+                            sample_weight, where, prob_tol)
 
 
 @_options(_CE_PARAMS)
@@ -410,6 +484,9 @@ def cross_entropy_from_log_probs(
     reduction: str = "mean",
     base: float | None = None,
     normalizer: float | None = None,
+    sample_weight: Any = None,
+    where: Any = None,
+    prob_tol: float | None = None,
     return_grad: bool = False,
 ) -> Any:
     r"""Categorical cross-entropy from log-probabilities (for example a log_softmax output).
@@ -437,8 +514,68 @@ def cross_entropy_from_log_probs(
         base=base, normalizer=normalizer,
     )
     return _from_normalised(
-        log_probs, target, "log_probs", True, axis, weight, opts, return_grad
+        log_probs, target, "log_probs", True, axis, weight, opts, return_grad, sample_weight,
+        where, prob_tol,
     )
+
+
+def nll_loss(
+    log_probs: Any,
+    target: Any,
+    *,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int | None = -100,
+    reduction: str = "mean",
+    base: float | None = None,
+    normalizer: float | None = None,
+    sample_weight: Any = None,
+    return_grad: bool = False,
+) -> Any:
+    r"""The negative log-likelihood loss of PyTorch's ``nll_loss``: ``-w_y x_y`` per sample.
+
+    .. math:: \ell_i = -w_{y_i}\, x_{i y_i}, \qquad
+              \text{mean} = \frac{\sum_i \ell_i}{\sum_i w_{y_i}}
+
+    `log_probs` is used as it is (as in PyTorch, it is not checked to be normalised; use
+    :func:`cross_entropy_from_log_probs` for that check, or :func:`cross_entropy` on
+    logits).  Targets are class indices.
+
+    Parameters
+    ----------
+    log_probs : array_like
+        Log-probabilities, for example the output of :func:`log_softmax`.
+    target : array_like
+        Class indices, the shape of `log_probs` without the class axis.
+    axis, weight, ignore_index, reduction, base, normalizer, sample_weight, return_grad
+        As for :func:`cross_entropy`.
+
+    Examples
+    --------
+    >>> import crossentropy as ce
+    >>> lp = ce.log_softmax([[9.8, 3.7, 0.2]])
+    >>> float(ce.nll_loss(lp, [0], base=2))  # mpmath: 0.00332964080008
+    0.00332964080008
+    """
+    opts = CrossEntropyOptions.create(
+        reduction=reduction, ignore_index=ignore_index, base=base, normalizer=normalizer
+    )
+    arr, dtype, ax = _prediction(log_probs, "log_probs", axis)
+    x = _last(arr, ax)
+    tg, _ = _target(target, arr.shape, ax, opts.ignore_index)
+    if tg.labels is None:
+        raise ValueError("nll_loss takes class indices; for probability rows use "
+                         "cross_entropy_from_log_probs")
+    w = v.check_class_weight(weight, arr.shape[ax])
+    sw = _sample_weight(sample_weight, tg.counted.shape)
+    loss, g64 = core_ce.nll_rows(x, tg, w, want_grad=return_grad)
+    omega = _omega(tg, w, opts)
+    if sw is not None:  # sample weights scale each loss and its share of the mean
+        loss, omega = loss * sw, omega * sw
+        g64 = None if g64 is None else g64 * sw[..., None]
+    red = _reduced(loss, omega, opts)
+    g = None if g64 is None else _scaled(g64, red)
+    return _finish(red.value, g, dtype, dtype, ax)
 
 
 # --------------------------------------------------------------------------- binary
@@ -570,9 +707,9 @@ def binary_cross_entropy_with_logits(
             direct = grad_out is not None and grad_out.flags.c_contiguous
             g = grad_out.reshape(-1) if direct else np.empty(x.size, dtype=x.dtype)
         # y is already smoothed: the kernel's own smoothing is off (eps = 0)
+        pos = 1.0 if pw is None or pw.size == 0 else float(pw.flat[0])
         part = _cpu.bce_with_logits(
-            x, y, 1.0 if pw is None or pw.size == 0 else float(pw.flat[0]), 0.0, per_element=per_element,
-            grad=g, grad_scale=gf.grad_scale,
+            x, y, pos, 0.0, per_element=per_element, grad=g, grad_scale=gf.grad_scale,
         )
         loss = part.reshape(x.shape) if per_element else part
         out = v.cast_out(_reduced(loss, float(x.size), opts).value, dtype)
@@ -644,7 +781,12 @@ def binary_cross_entropy(
 
 
 def entropy(
-    probs: Any, axis: int = -1, *, base: float | None = None, return_grad: bool = False
+    probs: Any,
+    axis: int = -1,
+    *,
+    base: float | None = None,
+    prob_tol: float | None = None,
+    return_grad: bool = False,
 ) -> Any:
     r"""Shannon entropy of probability rows, with :math:`0 \log 0 = 0`.
 
@@ -661,13 +803,19 @@ def entropy(
     arr, dtype, ax = _prediction(probs, "probs", axis)
     p = _last(arr, ax)
     v.check_probabilities(np.moveaxis(p, -1, ax), "probs")  # positions in the caller's layout
-    v.check_rows_sum_to_one(p, -1, dtype, "probs")
+    v.check_rows_sum_to_one(p, -1, dtype, "probs", v.check_tolerance(prob_tol))
     h, g = core_info.entropy(p, want_grad=return_grad)
     return _finish(h * scale, None if g is None else g * scale, dtype, dtype, ax)
 
 
 def kl_divergence(
-    p: Any, q: Any, axis: int = -1, *, base: float | None = None, return_grad: bool = False
+    p: Any,
+    q: Any,
+    axis: int = -1,
+    *,
+    base: float | None = None,
+    prob_tol: float | None = None,
+    return_grad: bool = False,
 ) -> Any:
     r"""Kullback-Leibler divergence KL(p || q) of probability rows.
 
@@ -691,9 +839,10 @@ def kl_divergence(
     if parr.shape != qarr.shape:
         raise ValueError(f"p and q must have the same shape, got {parr.shape} and {qarr.shape}")
     pp, qq = _last(parr, ax), _last(qarr, ax)
+    tol = v.check_tolerance(prob_tol)
     for arr, name, dt in ((pp, "p", pdtype), (qq, "q", qdtype)):
         v.check_probabilities(np.moveaxis(arr, -1, ax), name)  # the caller's layout
-        v.check_rows_sum_to_one(arr, -1, dt, name)
+        v.check_rows_sum_to_one(arr, -1, dt, name, tol)
     d, g = core_info.kl_divergence(pp, qq, want_grad=return_grad)
     return _finish(d * scale, None if g is None else g * scale,
                    v.result_dtype(pdtype, qdtype), qdtype, ax)

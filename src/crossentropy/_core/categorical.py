@@ -33,6 +33,7 @@ from crossentropy._core.terms import xlogy_terms
 __all__ = [
     "Target",
     "logits_rows",
+    "nll_rows",
     "normalised_rows",
     "row_weights",
     "softcap",
@@ -50,12 +51,15 @@ class Target:
 
     ``labels`` (index targets) holds the class of each row, 0 where the row is not counted;
     ``probs`` (probability targets) holds each row's distribution; exactly one is given.
-    ``counted`` marks the rows that take part (False where the label is ``ignore_index``).
+    ``counted`` marks the rows that take part (False where the label is ``ignore_index``);
+    ``classes`` (optional, broadcastable to the prediction) the classes that take part in
+    each row -- the others have probability 0 and no target coefficient (optax's ``where``).
     """
 
     counted: Bools
     labels: Ints | None = None
     probs: F64 | None = None
+    classes: Bools | None = None
 
 
 def softcap(x: F64, cap: float | None) -> tuple[F64, F64 | None]:
@@ -90,7 +94,8 @@ def target_coefficients(
         # label smoothing: t' = (1 - eps) t + eps / C
         dist = (1.0 - label_smoothing) * dist + label_smoothing / num_classes
     a = dist if weight is None else dist * weight
-    out: F64 = np.where(t.counted[..., None], a, 0.0)
+    keep = t.counted[..., None] if t.classes is None else t.counted[..., None] & t.classes
+    out: F64 = np.where(keep, a, 0.0)
     return out
 
 
@@ -126,6 +131,8 @@ def logits_rows(
     soft-capped row, every row included.
     """
     C = x.shape[-1]
+    if t.classes is not None:  # classes left out: logit -inf, probability 0
+        x = np.where(t.classes, x, -np.inf)
     z, dzdx = softcap(x, cap)
     r = decompose(z)
     counted = t.counted
@@ -176,6 +183,23 @@ def _logits_grad(
         g = np.where(nan_row[..., None], np.nan, g)
         out: F64 = np.where(counted[..., None], g, 0.0)  # rows not counted: zero gradient
     return out
+
+
+def nll_rows(
+    x: F64, t: Target, weight: F64 | None = None, *, want_grad: bool = False
+) -> tuple[F64, F64 | None]:
+    r"""Per-row ``(loss, dloss/dx)`` of the negative log-likelihood ``-w_y x_y`` (PyTorch's
+    ``nll_loss``: `x` is taken as log-probabilities as it is, unchecked); index targets."""
+    assert t.labels is not None
+    wy = np.ones(t.counted.shape) if weight is None else weight[t.labels]
+    wy = np.where(t.counted, wy, 0.0)
+    xy = np.take_along_axis(x, t.labels[..., None], axis=-1)[..., 0]
+    loss: F64 = np.where(wy == 0.0, 0.0, -wy * xy)  # 0 * (-inf) = 0: no mass, no term
+    if not want_grad:
+        return loss, None
+    g = np.zeros(x.shape)
+    np.put_along_axis(g, t.labels[..., None], -wy[..., None], axis=-1)
+    return loss, g
 
 
 def normalised_rows(

@@ -22,16 +22,35 @@ overflows to inf when :math:`D` is a subnormal summed weight, although the gradi
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from crossentropy._options import Reduction
-
-__all__ = ["Reduced", "divisor", "reduce"]
+__all__ = ["Reduced", "Reduction", "divisor", "reduce"]
 
 F64 = npt.NDArray[np.float64]
+
+
+class Reduction(str, enum.Enum):
+    """How per-sample losses are combined."""
+
+    NONE = "none"
+    SUM = "sum"
+    MEAN = "mean"
+
+    @classmethod
+    def of(cls, value: object) -> Reduction:
+        """The member for ``'none'``, ``'sum'``, ``'mean'`` (or a member); ValueError else."""
+        if isinstance(value, Reduction):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls(value)
+            except ValueError:
+                pass
+        raise ValueError(f"reduction must be one of 'none', 'mean', 'sum'; got {value!r}")
 
 
 @dataclass(frozen=True)
