@@ -98,6 +98,17 @@ def _masked(arr: np.ndarray, where: Any) -> tuple[np.ndarray, npt.NDArray[np.boo
     return np.where(m, arr, -np.inf).astype(arr.dtype, copy=False), m
 
 
+#: Elements per row block of the NumPy path.
+_BLOCK = 1 << 15
+
+
+def _blocks(x2: np.ndarray) -> list[slice]:
+    """Row slices of about ``_BLOCK`` elements (at least one row each) of an (..., C) array."""
+    n = int(np.prod(x2.shape[:-1]))
+    step = max(1, _BLOCK // max(x2.shape[-1], 1))
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+
 def _small_rows(x: F64) -> list[list[float]] | None:
     """The rows of `x` as Python floats when the plain-Python path applies, else None."""
     if not 0 < x.size <= _small.SMALL or x.shape[-1] == 0:
@@ -121,15 +132,21 @@ def _softmax_like(x: Any, axis: Any, out: Any, where: Any, *, log: bool) -> Any:
         rows = _cpu.softmax(_moved(arr, axes), -1, log=log)
         res = _back(rows, arr.shape, axes)
     else:
-        xm = _moved(arr.astype(np.float64, copy=False), axes)
-        if xm.size == 0:
-            r64 = np.zeros_like(xm)
-        elif (small := _small_rows(xm)) is not None:  # a few finite numbers: no overhead
+        xm = _moved(arr, axes)
+        x2 = xm.reshape(int(np.prod(xm.shape[:-1])), xm.shape[-1])
+        exact = arr.dtype == np.float64  # float32/16 inputs are rounded to their own dtype
+        r2 = np.empty(x2.shape, dtype=dtype)
+        small = _small_rows(x2.astype(np.float64)) if x2.size <= _small.SMALL else None
+        if small is not None:
             fn = _small.log_softmax_rows if log else _small.softmax_rows
-            r64 = np.array(fn(small)).reshape(xm.shape)
-        else:
-            r64 = core_rows.log_softmax(xm) if log else core_rows.softmax(xm)
-        res = _back(r64, arr.shape, axes)
+            with np.errstate(over="ignore"):  # beyond the dtype's range: rounded to inf
+                r2[...] = np.array(fn(small)).reshape(x2.shape)  # a few numbers: no overhead
+        elif x2.size:
+            fn = core_rows.log_softmax if log else core_rows.softmax
+            for sl in _blocks(x2):  # row blocks: the float64 temporaries stay in cache
+                with np.errstate(over="ignore"):  # beyond float16's range: rounded to inf
+                    r2[sl] = fn(x2[sl].astype(np.float64), exact)
+        res = _back(r2.reshape(xm.shape), arr.shape, axes)
     if mask is not None:  # excluded entries: probability 0, log-probability -inf
         res = np.where(mask, res, -np.inf if log else 0.0)
     return deliver(cast_out(np.asarray(res), dtype), out)
@@ -155,10 +172,15 @@ def _logsumexp_rows(arr: np.ndarray, axes: tuple[int, ...] | None) -> F64:
         if axes is None or len(axes) == 1:
             return _cpu.logsumexp(arr, None if axes is None else axes[0]).reshape(rows_shape)
         return _cpu.logsumexp(_moved(arr, axes), -1).reshape(rows_shape)
-    xm = _moved(arr.astype(np.float64, copy=False), axes)
-    if (small := _small_rows(xm)) is not None:
+    xm = _moved(arr, axes)
+    x2 = xm.reshape(int(np.prod(xm.shape[:-1])), xm.shape[-1])
+    small = _small_rows(x2.astype(np.float64)) if x2.size <= _small.SMALL else None
+    if small is not None:
         return np.array(_small.logsumexp_rows(small)).reshape(rows_shape)
-    return core_rows.logsumexp(xm).reshape(rows_shape)
+    out = np.empty(x2.shape[0])
+    for sl in _blocks(x2):  # row blocks: the float64 temporaries stay in cache
+        out[sl] = core_rows.logsumexp(x2[sl].astype(np.float64), arr.dtype == np.float64)
+    return out.reshape(rows_shape)
 
 
 def sigmoid(x: Any, *, return_grad: bool = False, out: Any = None) -> Any:
@@ -457,7 +479,7 @@ def logit(p: Any, *, return_grad: bool = False) -> Any:
     check_probabilities(p64, "p")
     value = cast_out(core_sigmoid.logit(p64), dtype)
     if return_grad:
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", over="ignore"):
             # 1 / (p (1 - p)): one rounding each for the product and the quotient
             return value, cast_out(1.0 / (p64 * (1.0 - p64)), dtype)
     return value

@@ -86,6 +86,32 @@ def _last(arr: np.ndarray, ax: int) -> F64:
     return np.ascontiguousarray(np.moveaxis(arr.astype(np.float64, copy=False), ax, -1))
 
 
+#: Elements per row block of the NumPy path (its float64 temporaries stay in cache).
+_BLOCK = 1 << 15
+
+
+def _rows2d(arr: np.ndarray, ax: int) -> np.ndarray:
+    """`arr` as (rows, classes), class axis last, in its own dtype (a view when possible)."""
+    C = arr.shape[ax]
+    moved = np.moveaxis(arr, ax, -1)
+    return np.ascontiguousarray(moved).reshape(int(np.prod(moved.shape[:-1])), C)
+
+
+def _from_rows2d(a2: np.ndarray, shape: tuple[int, ...], ax: int) -> np.ndarray:
+    """Undo :func:`_rows2d` for an array of the prediction's shape."""
+    moved = list(shape)
+    moved.append(moved.pop(ax))
+    out = np.moveaxis(a2.reshape(moved), -1, ax)
+    return out[()] if out.ndim == 0 else out
+
+
+def _blocks(x2: np.ndarray) -> list[slice]:
+    """Row slices of about ``_BLOCK`` elements (at least one row each)."""
+    n, C = x2.shape
+    step = max(1, _BLOCK // max(C, 1))
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+
 def _target(
     target: Any,
     shape: tuple[int, ...],
@@ -356,21 +382,27 @@ def cross_entropy(
             if g is not None:
                 g *= np.expand_dims(sw, ax).astype(g.dtype)
         return _finish(_reduced(loss, omega, opts).value, g, dtype, gdtype, None)
-    x = _last(arr, ax)
-    if x.size == 0:
-        loss = np.zeros(x.shape[:-1])
-        g64 = np.zeros(x.shape) if return_grad else None
-    else:
-        loss, _, g64 = core_ce.logits_rows(
-            x, tg, w, label_smoothing=opts.label_smoothing, z_loss=opts.z_loss,
-            cap=opts.softcap, want_grad=return_grad,
+    exact = arr.dtype == np.float64  # float32/16 inputs are rounded to their own dtype
+    x2 = _rows2d(arr, ax)
+    loss2 = np.zeros(x2.shape[0])
+    g2 = np.zeros(x2.shape, dtype=gdtype) if return_grad else None
+    sw2 = None if sw is None else sw.reshape(-1)
+    for sl in _blocks(x2):  # row blocks: the float64 temporaries stay in cache
+        loss_b, _, g_b = core_ce.logits_rows(
+            x2[sl].astype(np.float64), tg.rows(sl), w, label_smoothing=opts.label_smoothing,
+            z_loss=opts.z_loss, cap=opts.softcap, want_grad=return_grad, exact=exact,
         )
-    if sw is not None:
-        loss = loss * sw
-        g64 = None if g64 is None else g64 * sw[..., None]
-    red = _reduced(loss, omega, opts)
-    g = None if g64 is None else _scaled(g64, red)
-    return _finish(red.value, g, dtype, gdtype, ax, grad_out)
+        if sw2 is not None:  # sample weights scale each loss and its gradient row
+            loss_b = loss_b * sw2[sl]
+            g_b = None if g_b is None else g_b * sw2[sl, None]
+        loss2[sl] = loss_b
+        if g2 is not None and g_b is not None:
+            with np.errstate(over="ignore"):  # beyond float16's range: +-inf, as rounded
+                g2[sl] = _scaled(g_b, gf)
+    rows = tg.counted.shape
+    red = _reduced(loss2.reshape(rows), omega, opts)
+    g = None if g2 is None else _from_rows2d(g2, arr.shape, ax)
+    return _finish(red.value, g, dtype, gdtype, None, grad_out)
 
 
 

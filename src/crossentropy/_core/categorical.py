@@ -23,6 +23,7 @@ Nothing here validates: callers pass float64 arrays, labels already checked agai
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +61,16 @@ class Target:
     labels: Ints | None = None
     probs: F64 | None = None
     classes: Bools | None = None
+
+    def rows(self, sl: slice) -> Target:
+        """The targets of rows ``sl`` of a 2-d layout (row shape flattened)."""
+        def cut(a: Any, extra: int) -> Any:
+            if a is None:
+                return None
+            lead = a.shape[: a.ndim - extra]
+            return a.reshape(int(np.prod(lead)), *a.shape[a.ndim - extra :])[sl]
+        return Target(counted=cut(self.counted, 0), labels=cut(self.labels, 0),
+                      probs=cut(self.probs, 1), classes=cut(self.classes, 1))
 
 
 def softcap(x: F64, cap: float | None) -> tuple[F64, F64 | None]:
@@ -123,8 +134,11 @@ def logits_rows(
     z_loss: float = 0.0,
     cap: float | None = None,
     want_grad: bool = False,
+    exact: bool = True,
 ) -> tuple[F64, F64, F64 | None]:
     """Per-row ``(loss, lse, dloss/dx)`` of logits `x` (``(..., C)``, size > 0), in nats.
+
+    ``exact=False`` for float32/float16 inputs (see :func:`.rows.decompose`).
 
     The loss is 0 and the gradient row 0 where the row is not counted; a NaN anywhere in a
     counted row makes its loss (and gradient row) NaN.  ``lse`` is the log-sum-exp of the
@@ -134,8 +148,11 @@ def logits_rows(
     if t.classes is not None:  # classes left out: logit -inf, probability 0
         x = np.where(t.classes, x, -np.inf)
     z, dzdx = softcap(x, cap)
-    r = decompose(z)
+    r = decompose(z, exact)
     counted = t.counted
+    if t.labels is not None and not label_smoothing and t.classes is None:
+        loss, lse, g = _index_rows(r, z, t.labels, counted, weight, z_loss, want_grad)
+        return loss, lse, (g if g is None or dzdx is None else g * dzdx)
     a = target_coefficients(t, C, weight, label_smoothing)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         lse = (r.m + r.L)[..., 0]
@@ -158,6 +175,57 @@ def logits_rows(
     if dzdx is not None:
         g = g * dzdx  # chain rule through the soft cap
     return loss, lse, g
+
+
+def _index_rows(
+    r: Rows,
+    z: F64,
+    labels: Ints,
+    counted: Bools,
+    weight: F64 | None,
+    z_loss: float,
+    want_grad: bool,
+) -> tuple[F64, F64, F64 | None]:
+    """:func:`logits_rows` for one-hot targets, a_c = w_y [c = y], without the dense (..., C)
+    coefficients: the same formulas with the sums over c reduced to their one term."""
+    y = labels[..., None]
+    wy = np.ones(counted.shape) if weight is None else weight[labels]
+    wy = np.where(counted, wy, 0.0)[..., None]
+    special = bool(r.pos_inf.any() or r.neg_inf.any())
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        lse = (r.m + r.L)[..., 0]
+        lse = np.where(r.pos_inf[..., 0], np.inf, lse)
+        # -log softmax_y = (L - dh_y) - dl_y, both terms >= 0 (see rows.Rows)
+        dl_y = np.take_along_axis(r.dl, y, axis=-1) if isinstance(r.dl, np.ndarray) else 0.0
+        nls_y = (r.L - np.take_along_axis(r.dh, y, axis=-1)) - dl_y
+        share = inf_share(z) if special else None
+        if share is not None:
+            nls_y = np.where(r.pos_inf, -np.log(np.take_along_axis(share, y, axis=-1)), nls_y)
+            nls_y = np.where(r.neg_inf, np.nan, nls_y)
+        loss = xlogy_terms(wy, nls_y)[..., 0]
+        if z_loss:
+            loss = loss + np.where(counted, z_loss * lse * lse, 0.0)  # PaLM z-loss, unweighted
+        nan_row = np.isnan(r.m[..., 0]) & counted  # a NaN anywhere in a counted row
+        loss = np.where(nan_row, np.nan, loss)
+        if not want_grad:
+            return loss, lse, None
+        zl = np.where(counted, 2.0 * z_loss * lse, 0.0)[..., None] if z_loss else 0.0
+        Wz = wy + zl  # W = sum_c a_c = w_y
+        g = probs(r) * Wz  # p (W + 2 zeta lse) ...
+        g_y = np.take_along_axis(g, y, axis=-1) - wy  # ... - a_c, nonzero at y only
+        np.put_along_axis(g, y, g_y, axis=-1)
+        # the argmax k as in _logits_grad: ((W' - a_k) - a_k s) / (1 + s), with
+        # W' - a_k = [y != k] w_y + 2 zeta lse and a_k = [y == k] w_y
+        at_k = y == r.k
+        gk = ((np.where(at_k, 0.0, wy) + zl) - np.where(at_k, wy, 0.0) * r.s) / (1.0 + r.s)
+        np.put_along_axis(g, r.k, gk, axis=-1)
+        if share is not None:
+            onehot = np.arange(z.shape[-1]) == y
+            g = np.where(r.pos_inf, share * Wz - np.where(onehot, wy, 0.0), g)
+            g = np.where(r.neg_inf, np.nan, g)
+        g = np.where(nan_row[..., None], np.nan, g)
+        out: F64 = np.where(counted[..., None], g, 0.0)  # rows not counted: zero gradient
+    return loss, lse, out
 
 
 def _logits_grad(
@@ -194,7 +262,8 @@ def nll_rows(
     wy = np.ones(t.counted.shape) if weight is None else weight[t.labels]
     wy = np.where(t.counted, wy, 0.0)
     xy = np.take_along_axis(x, t.labels[..., None], axis=-1)[..., 0]
-    loss: F64 = np.where(wy == 0.0, 0.0, -wy * xy)  # 0 * (-inf) = 0: no mass, no term
+    # 0 * (-inf) = 0: no mass, no term; + 0.0 turns -0.0 (x_y = 0) into 0.0
+    loss: F64 = np.where(wy == 0.0, 0.0, -(wy * xy) + 0.0)
     if not want_grad:
         return loss, None
     g = np.zeros(x.shape)

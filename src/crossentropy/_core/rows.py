@@ -55,12 +55,13 @@ class Rows:
     m: F64  # row maximum, keepdims
     k: npt.NDArray[np.intp]  # argmax, keepdims
     dh: F64
-    dl: F64
+    dl: F64 | float  # the scalar 0.0 when not exact
     e: F64
     s: F64  # keepdims
     L: F64  # log1p(s), keepdims
     pos_inf: npt.NDArray[np.bool_]  # rows whose maximum is +inf, keepdims
     neg_inf: npt.NDArray[np.bool_]  # rows that are all -inf (or empty), keepdims
+    exact: bool  # False: no TwoSum / compensated sums (float32 and float16 inputs)
 
 
 def sum_last(e: F64) -> F64:
@@ -86,14 +87,28 @@ def sum_last(e: F64) -> F64:
     return out
 
 
-def decompose(x: F64) -> Rows:
-    """Decompose rows (last axis) as described in :class:`Rows`. `x` has size > 0."""
+def decompose(x: F64, exact: bool = True) -> Rows:
+    """Decompose rows (last axis) as described in :class:`Rows`. `x` has size > 0.
+
+    ``exact=False`` is for inputs that were float32 or float16 (computed in float64, then
+    rounded once to their own dtype): the TwoSum correction of x - m and the compensated
+    row sum are skipped (``dl`` is then the scalar 0).  What they remove is an error of a
+    few float64 ulp, 2^-29 of a float32 ulp, so the rounded result does not change except
+    in the rarest ties.
+    """
     with np.errstate(invalid="ignore", over="ignore"):
         m = np.max(x, axis=-1, keepdims=True)  # NaN if the row has a NaN
         k = np.argmax(x, axis=-1, keepdims=True)
         pos_inf = m == np.inf
         neg_inf = m == -np.inf
         ms = np.where(np.isfinite(m), m, 0.0)
+        if not exact:
+            dh = x - ms
+            e = np.exp(dh)
+            np.put_along_axis(e, k, 0.0, axis=-1)
+            s = np.sum(e, axis=-1, keepdims=True)  # the terms other than the first maximum
+            np.put_along_axis(e, k, 1.0, axis=-1)
+            return Rows(x, m, k, dh, 0.0, e, s, np.log1p(s), pos_inf, neg_inf, False)
         # TwoSum (Knuth): dh = fl(x - m) and dl = (x - m) - dh exactly.
         dh = x - ms
         bb = dh - x
@@ -105,7 +120,7 @@ def decompose(x: F64) -> Rows:
         s = sum_last(e)  # the terms other than the first maximum
         np.put_along_axis(e, k, 1.0, axis=-1)
         L = np.log1p(s)
-    return Rows(x, m, k, dh, dl, e, s, L, pos_inf, neg_inf)
+    return Rows(x, m, k, dh, dl, e, s, L, pos_inf, neg_inf, True)
 
 
 def probs(r: Rows) -> F64:
@@ -115,6 +130,9 @@ def probs(r: Rows) -> F64:
     1 + s >= 1, so p never overflows.
     """
     S = 1.0 + r.s
+    if not r.exact:
+        out0: F64 = r.e / S
+        return out0
     bb = S - 1.0
     S_lo = (1.0 - (S - bb)) + (r.s - bb)
     q = r.e / S
@@ -130,7 +148,7 @@ def inf_share(x: F64) -> F64:
     return share
 
 
-def softmax(x: F64) -> F64:
+def softmax(x: F64, exact: bool = True) -> F64:
     """softmax over the last axis: e_c / (1 + s), special rows as documented.
 
     A row with +inf entries gives them equal shares; an all -inf row, or one with a NaN,
@@ -138,37 +156,42 @@ def softmax(x: F64) -> F64:
     """
     if x.size == 0:
         return np.zeros_like(x)
-    r = decompose(x)
+    r = decompose(x, exact)
     with np.errstate(invalid="ignore", divide="ignore"):
         p: F64 = probs(r)  # e^(x - m) / sum
-        p = np.where(r.pos_inf, inf_share(x), p)
-        p = np.where(r.neg_inf, np.nan, p)  # exp(-inf)/0: no distribution
-        p = np.where(np.isnan(r.m), np.nan, p)  # a NaN anywhere in the row (max is NaN)
+        if r.pos_inf.any():
+            p = np.where(r.pos_inf, inf_share(x), p)
+        # exp(-inf)/0: no distribution; a NaN anywhere in the row (its max is NaN)
+        bad = r.neg_inf | np.isnan(r.m)
+        if bad.any():
+            p = np.where(bad, np.nan, p)
     return p
 
 
-def log_softmax(x: F64) -> F64:
+def log_softmax(x: F64, exact: bool = True) -> F64:
     """log softmax over the last axis: (dh_c - L) + dl_c, exact near 0."""
     if x.size == 0:
         return np.zeros_like(x)
-    r = decompose(x)
+    r = decompose(x, exact)
     with np.errstate(invalid="ignore", divide="ignore"):
         # log p_j = (x_j - m) - log1p(s) = (dh_j - L) + dl_j: two terms <= 0, and the
         # rounding error of x_j - m added back.  At the maximum this is exactly -log1p(s).
-        lp: F64 = (r.dh - r.L) + r.dl
-        lp = np.where(r.pos_inf, np.log(inf_share(x)), lp)
-        lp = np.where(r.neg_inf, np.nan, lp)
-        lp = np.where(np.isnan(r.m), np.nan, lp)  # a NaN anywhere in the row (max is NaN)
+        lp: F64 = (r.dh - r.L) + r.dl if r.exact else r.dh - r.L
+        if r.pos_inf.any():
+            lp = np.where(r.pos_inf, np.log(inf_share(x)), lp)
+        bad = r.neg_inf | np.isnan(r.m)  # no distribution, or a NaN anywhere in the row
+        if bad.any():
+            lp = np.where(bad, np.nan, lp)
     return lp
 
 
-def logsumexp(x: F64) -> F64:
+def logsumexp(x: F64, exact: bool = True) -> F64:
     """log(sum(exp(x))) over the last axis (no keepdims). Empty rows give -inf."""
     if x.shape[-1] == 0:
         return np.full(x.shape[:-1], -np.inf)
     if x.size == 0:
         return np.zeros(x.shape[:-1])
-    r = decompose(x)
+    r = decompose(x, exact)
     with np.errstate(invalid="ignore"):
         out = (r.m + r.L)[..., 0]  # -inf rows come out right: m = -inf, L finite
         # +inf rows: +inf.  (m + L alone gives NaN when two entries are +inf: the TwoSum of
