@@ -17,6 +17,12 @@ settings.register_profile(
 )
 settings.load_profile("deterministic")
 
+# Compile (or load) the numba kernels before any test: under the "auto" backend a cold
+# process would otherwise serve its first large calls from the NumPy core while the
+# kernels compile in the background (crossentropy._backends), and the tests want to know
+# which path ran.
+ce.warm_up()
+
 
 @pytest.fixture(params=["numpy", "numba"])
 def backend(request: pytest.FixtureRequest) -> Iterator[str]:

@@ -4,6 +4,7 @@ The NumPy functions here are the exact reference; faster backends (``crossentrop
 ``crossentropy.triton``) are tested against them.  Importing this package imports NumPy only.
 """
 
+from crossentropy._backends import PerformanceHint, warm_up
 from crossentropy._config import (
     get_backend,
     get_num_threads,
@@ -35,6 +36,7 @@ from crossentropy.targets import one_hot
 __version__ = "0.1.0"
 
 __all__ = [
+    "PerformanceHint",
     "__version__",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
@@ -57,4 +59,5 @@ __all__ = [
     "softmax",
     "softplus",
     "use_backend",
+    "warm_up",
 ]

@@ -138,14 +138,14 @@ def _softmax_like(x: Any, axis: Any, out: Any, where: Any, *, log: bool) -> Any:
         r2 = np.empty(x2.shape, dtype=dtype)
         small = _small_rows(x2.astype(np.float64)) if x2.size <= _small.SMALL else None
         if small is not None:
-            fn = _small.log_softmax_rows if log else _small.softmax_rows
+            plain = _small.log_softmax_rows if log else _small.softmax_rows
             with np.errstate(over="ignore"):  # beyond the dtype's range: rounded to inf
-                r2[...] = np.array(fn(small)).reshape(x2.shape)  # a few numbers: no overhead
+                r2[...] = np.array(plain(small)).reshape(x2.shape)  # a few numbers: no overhead
         elif x2.size:
-            fn = core_rows.log_softmax if log else core_rows.softmax
+            core = core_rows.log_softmax if log else core_rows.softmax
             for sl in _blocks(x2):  # row blocks: the float64 temporaries stay in cache
                 with np.errstate(over="ignore"):  # beyond float16's range: rounded to inf
-                    r2[sl] = fn(x2[sl].astype(np.float64), exact)
+                    r2[sl] = core(x2[sl].astype(np.float64), exact)
         res = _back(r2.reshape(xm.shape), arr.shape, axes)
     if mask is not None:  # excluded entries: probability 0, log-probability -inf
         res = np.where(mask, res, -np.inf if log else 0.0)

@@ -54,6 +54,28 @@ def kernels() -> ModuleType:
     return mod
 
 
+def compile_all() -> None:
+    """Compile (or load from numba's cache) every kernel for float32 and float64, by
+    calling each once on a tiny array."""
+    k = kernels()
+    for dt in (np.float32, np.float64):
+        x = np.zeros((2, 3), dtype=dt)
+        g = np.empty_like(x)
+        t = np.zeros(2, dtype=np.int64)
+        for log in (False, True):
+            k.softmax_rows(x, dt == np.float64, log, np.empty_like(x), 1)
+        k.logsumexp_rows(x, dt == np.float64, np.empty(2), 1)
+        for want in (False, True):
+            _ce_kernel(x, t, None, -100, 0.0, 0.0, None, g if want else None, 1.0)
+        flat = x.reshape(-1)
+        for log in (False, True):
+            k.sigmoid_flat(flat, np.empty_like(flat), np.empty_like(flat), True, log)
+        y = np.zeros(flat.size)
+        for per in (False, True):
+            k.bce_logits_flat(flat, y, 1.0, 0.0, per, np.empty(flat.size if per else 0), True,
+                              np.empty_like(flat), 1.0, np.empty(1))
+
+
 # --------------------------------------------------------------------------- layout
 
 

@@ -1,0 +1,63 @@
+"""Cold start of the numba backend: no call waits for the compiler under "auto"."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("numba")
+
+
+def _run(code: str, env_extra: dict[str, str]) -> str:
+    import os
+
+    env = {**os.environ, **env_extra}
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, env=env, check=True, timeout=600)
+    return out.stdout.strip()
+
+
+def test_cold_cache_first_call_runs_on_numpy_while_kernels_compile(tmp_path):
+    # An empty NUMBA_CACHE_DIR is a cold cache.  The compile step is replaced by a sleep
+    # (a real cold compile takes tens of seconds on a loaded machine), so that the test
+    # sees the window in which the NumPy core answers, and the flag set when it ends.
+    code = """
+    import time, numpy as np
+    import crossentropy as ce
+    from crossentropy import _backends, _cpu
+    _cpu.compile_all = lambda: time.sleep(3.0)
+    x = np.random.default_rng(0).normal(size=(64, 1024))
+    y = np.arange(64) % 1024
+    t0 = time.perf_counter()
+    first = ce.cross_entropy(x, y)
+    took = time.perf_counter() - t0
+    with ce.use_backend("numpy"):
+        ref = ce.cross_entropy(x, y)
+    print(took < 2.0, first == ref, _backends.kernels_ready())
+    ce.warm_up()   # waits for the background thread
+    print(_backends.kernels_ready(), _backends.use_numba(x))
+    """
+    lines = _run(code, {"NUMBA_CACHE_DIR": str(tmp_path)}).splitlines()
+    assert lines[0] == "True True False", lines  # fast, the NumPy core's value, not ready
+    assert lines[1] == "True True", lines  # afterwards "auto" runs the kernels
+
+
+def test_warm_cache_loads_the_kernels_at_the_first_large_call():
+    # the default cache beside the sources is warm: conftest's ce.warm_up() filled it
+    code = """
+    import numpy as np
+    import crossentropy as ce
+    from crossentropy import _backends
+    x = np.ones((64, 1024))
+    ce.logsumexp(x)
+    print(_backends.kernels_ready())
+    """
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, env=env, check=True, timeout=600)
+    assert out.stdout.strip() == "True"
