@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
-Reduction = Literal["none", "mean", "sum"]
-_REDUCTIONS = ("none", "mean", "sum")
 
 #: Floating dtypes that are computed natively (results keep the input dtype).
 _FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -80,7 +77,7 @@ def check_out(out: Any, shape: tuple[int, ...], dtype: Any, name: str = "out") -
         raise ValueError(f"{name} is read-only")
 
 
-def deliver(result: Any, out: Any, name: str = "out") -> Any:
+def write_out(result: Any, out: Any, name: str = "out") -> Any:
     """Return `result`, or copy it into the caller's `out` array and return that."""
     if out is None:
         return result
@@ -128,12 +125,6 @@ def log_scale(base: Any) -> float:
     if b == math.e:
         return 1.0
     return 1.0 / math.log(b)
-
-
-def check_reduction(reduction: Any) -> Reduction:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of 'none', 'mean', 'sum'; got {reduction!r}")
-    return reduction  # type: ignore[no-any-return]
 
 
 def check_unit_interval(value: Any, name: str) -> float:

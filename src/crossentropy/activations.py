@@ -26,8 +26,8 @@ from crossentropy._validate import (
     check_axis,
     check_out,
     check_probabilities,
-    deliver,
     real_array,
+    write_out,
 )
 
 __all__ = ["log_sigmoid", "log_softmax", "logit", "logsumexp", "sigmoid", "softmax", "softplus"]
@@ -149,7 +149,7 @@ def _softmax_like(x: Any, axis: Any, out: Any, where: Any, *, log: bool) -> Any:
         res = _back(r2.reshape(xm.shape), arr.shape, axes)
     if mask is not None:  # excluded entries: probability 0, log-probability -inf
         res = np.where(mask, res, -np.inf if log else 0.0)
-    return deliver(cast_out(np.asarray(res), dtype), out)
+    return write_out(cast_out(np.asarray(res), dtype), out)
 
 
 def _logsumexp_rows(arr: np.ndarray, axes: tuple[int, ...] | None) -> F64:
@@ -224,7 +224,7 @@ def sigmoid(x: Any, *, return_grad: bool = False, out: Any = None) -> Any:
 
         return _cpu.sigmoid(arr, log=False, return_grad=return_grad, out=out)
     x64 = arr.astype(np.float64, copy=False)
-    value = deliver(cast_out(core_sigmoid.sigmoid(x64), dtype), out)
+    value = write_out(cast_out(core_sigmoid.sigmoid(x64), dtype), out)
     if return_grad:
         return value, cast_out(core_sigmoid.sigmoid_prime(x64), dtype)
     return value
@@ -258,7 +258,7 @@ def log_sigmoid(x: Any, *, return_grad: bool = False, out: Any = None) -> Any:
 
         return _cpu.sigmoid(arr, log=True, return_grad=return_grad, out=out)
     x64 = arr.astype(np.float64, copy=False)
-    value = deliver(cast_out(core_sigmoid.log_sigmoid(x64), dtype), out)
+    value = write_out(cast_out(core_sigmoid.log_sigmoid(x64), dtype), out)
     if return_grad:
         # d/dx log sigmoid(x) = sigmoid(-x)
         return value, cast_out(core_sigmoid.sigmoid(-x64), dtype)

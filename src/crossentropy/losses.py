@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from crossentropy import _validate as v
+from crossentropy import _validate as check
 from crossentropy._backends import use_numba
 from crossentropy._core import binary as core_bce
 from crossentropy._core import categorical as core_ce
@@ -70,8 +70,8 @@ F64 = npt.NDArray[np.float64]
 
 def _prediction(x: Any, name: str, axis: Any) -> tuple[np.ndarray, np.dtype[Any], int]:
     """``(arr, result dtype, class axis)`` of a prediction; `arr` keeps a float dtype."""
-    arr, dtype = v.real_array(x, name)
-    ax = v.check_axis(axis, arr.ndim)
+    arr, dtype = check.real_array(x, name)
+    ax = check.check_axis(axis, arr.ndim)
     if arr.shape[ax] == 0 and int(np.prod(np.delete(arr.shape, ax))) > 0:
         # rows with no classes hold no distribution (an empty batch of rows is fine)
         raise ValueError(
@@ -135,7 +135,7 @@ def _target(
                 f"target holds class indices, so its shape must be the prediction's "
                 f"shape without the class axis, {rows}; got {tarr.shape}"
             )
-        idx, counted = v.as_labels(tarr, C, "target", ignore_index)
+        idx, counted = check.as_labels(tarr, C, "target", ignore_index)
         return core_ce.Target(counted=counted, labels=idx, classes=classes), None
     if tarr.ndim == len(shape):  # probability rows
         if tarr.shape != shape:
@@ -143,10 +143,10 @@ def _target(
                 f"target holds probability rows, so its shape must equal the "
                 f"prediction's shape {shape}; got {tarr.shape}"
             )
-        t64, tdtype = v.as_float_array(tarr, "target")
-        v.check_probabilities(t64, "target")  # positions in the caller's layout
+        t64, tdtype = check.as_float_array(tarr, "target")
+        check.check_probabilities(t64, "target")  # positions in the caller's layout
         t = np.ascontiguousarray(np.moveaxis(t64, ax, -1))
-        v.check_rows_sum_to_one(t, -1, tdtype, "target", tol)
+        check.check_rows_sum_to_one(t, -1, tdtype, "target", tol)
         counted = np.ones(rows, dtype=bool)
         exact = tarr.dtype.kind in "iu"  # integer rows (one-hot) are exact: no widening
         return core_ce.Target(counted=counted, probs=t, classes=classes), (
@@ -177,8 +177,8 @@ def _sample_weight(sample_weight: Any, rows: tuple[int, ...]) -> F64 | None:
     """Per-sample weights: finite, >= 0, one per row (broadcastable to the row shape)."""
     if sample_weight is None:
         return None
-    sw = v.check_nonnegative(sample_weight, "sample_weight")
-    return np.asarray(v.broadcast_to_shape(sw, rows, "sample_weight", "the rows"),
+    sw = check.check_nonnegative(sample_weight, "sample_weight")
+    return np.asarray(check.broadcast_to_shape(sw, rows, "sample_weight", "the rows"),
                       dtype=np.float64)
 
 
@@ -202,10 +202,10 @@ def _grad_factor(omega: Any, opts: CrossEntropyOptions | BinaryOptions) -> Reduc
     return _reduced(np.zeros(shape), omega, opts)
 
 
-def _scaled(g: F64, red: Reduced) -> F64:
+def _scaled(g: F64, reduced: Reduced) -> F64:
     """Per-sample gradients scaled by the reduction: factor first, divisor last."""
     with np.errstate(over="ignore", invalid="ignore"):
-        out: F64 = (g * red.factor) / red.divisor
+        out: F64 = (g * reduced.factor) / reduced.divisor
     return out
 
 
@@ -219,10 +219,10 @@ def _finish(
 ) -> Any:
     """Round the value once to `dtype`; put the gradient (class axis last, float64, or
     already placed by a kernel when `axis` is None) back in the caller's layout."""
-    out = v.cast_out(value, dtype)
+    out = check.cast_out(value, dtype)
     if grad is None:
         return out
-    g = grad if axis is None else v.cast_out(np.moveaxis(grad, -1, axis), grad_dtype)
+    g = grad if axis is None else check.cast_out(np.moveaxis(grad, -1, axis), grad_dtype)
     if grad_out is not None and g is not grad_out:
         np.copyto(grad_out, g)
         g = grad_out
@@ -349,17 +349,17 @@ def cross_entropy(
     )
     arr, dtype, ax = _prediction(logits, "logits", axis)
     gdtype = dtype  # the gradient keeps the prediction's dtype
-    tol = v.check_tolerance(prob_tol)
+    tol = check.check_tolerance(prob_tol)
     classes = _classes(where, arr.shape, ax)
     tg, tdtype = _target(target, arr.shape, ax, opts.ignore_index, tol, classes)
     if tdtype is not None:
-        dtype = v.result_dtype(dtype, tdtype)
-    w = v.check_class_weight(weight, arr.shape[ax])
+        dtype = check.result_dtype(dtype, tdtype)
+    w = check.check_class_weight(weight, arr.shape[ax])
     sw = _sample_weight(sample_weight, tg.counted.shape)
     if grad_out is not None:
         if not return_grad:
             raise ValueError("grad_out is only used with return_grad=True")
-        v.check_out(grad_out, arr.shape, gdtype, "grad_out")
+        check.check_out(grad_out, arr.shape, gdtype, "grad_out")
     omega = _omega(tg, w, opts)
     if sw is not None:  # sample weights scale each loss and its share of the mean
         omega = omega * sw
@@ -400,9 +400,9 @@ def cross_entropy(
             with np.errstate(over="ignore"):  # beyond float16's range: +-inf, as rounded
                 g2[sl] = _scaled(g_b, gf)
     rows = tg.counted.shape
-    red = _reduced(loss2.reshape(rows), omega, opts)
+    reduced = _reduced(loss2.reshape(rows), omega, opts)
     g = None if g2 is None else _from_rows2d(g2, arr.shape, ax)
-    return _finish(red.value, g, dtype, gdtype, None, grad_out)
+    return _finish(reduced.value, g, dtype, gdtype, None, grad_out)
 
 
 
@@ -422,7 +422,7 @@ def _from_normalised(
     arr, dtype, ax = _prediction(pred, name, axis)
     gdtype = dtype  # the gradient keeps the prediction's dtype
     q = _last(arr, ax)
-    tol = v.check_tolerance(prob_tol)
+    tol = check.check_tolerance(prob_tol)
     classes = _classes(where, arr.shape, ax)
     qc = np.moveaxis(q, -1, ax)  # the caller's layout, so that positions are theirs
     # with `where`, the rows are normalised over the classes that take part
@@ -430,17 +430,17 @@ def _from_normalised(
     if is_log:
         bad = qc > 0.0
         if bad.any():
-            idx = v.first_index(bad)
-            raise ValueError(f"{name} must be <= 0; {name}{v.where_str(idx)} = {qc[idx]!r}")
+            idx = check.first_index(bad)
+            raise ValueError(f"{name} must be <= 0; {name}{check.where_str(idx)} = {qc[idx]!r}")
         with np.errstate(under="ignore"):
-            v.check_rows_sum_to_one(np.exp(qs), -1, dtype, f"exp({name})", tol)
+            check.check_rows_sum_to_one(np.exp(qs), -1, dtype, f"exp({name})", tol)
     else:
-        v.check_probabilities(qc, name)
-        v.check_rows_sum_to_one(qs, -1, dtype, name, tol)
+        check.check_probabilities(qc, name)
+        check.check_rows_sum_to_one(qs, -1, dtype, name, tol)
     tg, tdtype = _target(target, arr.shape, ax, opts.ignore_index, tol, classes)
     if tdtype is not None:
-        dtype = v.result_dtype(dtype, tdtype)
-    w = v.check_class_weight(weight, arr.shape[ax])
+        dtype = check.result_dtype(dtype, tdtype)
+    w = check.check_class_weight(weight, arr.shape[ax])
     sw = _sample_weight(sample_weight, tg.counted.shape)
     loss, g64 = core_ce.normalised_rows(
         q, tg, w, log=is_log, label_smoothing=opts.label_smoothing, want_grad=return_grad
@@ -449,9 +449,9 @@ def _from_normalised(
     if sw is not None:  # sample weights scale each loss and its share of the mean
         loss, omega = loss * sw, omega * sw
         g64 = None if g64 is None else g64 * sw[..., None]
-    red = _reduced(loss, omega, opts)
-    g = None if g64 is None else _scaled(g64, red)
-    return _finish(red.value, g, dtype, gdtype, ax)
+    reduced = _reduced(loss, omega, opts)
+    g = None if g64 is None else _scaled(g64, reduced)
+    return _finish(reduced.value, g, dtype, gdtype, ax)
 
 
 @_options(_CE_PARAMS)
@@ -598,16 +598,16 @@ def nll_loss(
     if tg.labels is None:
         raise ValueError("nll_loss takes class indices; for probability rows use "
                          "cross_entropy_from_log_probs")
-    w = v.check_class_weight(weight, arr.shape[ax])
+    w = check.check_class_weight(weight, arr.shape[ax])
     sw = _sample_weight(sample_weight, tg.counted.shape)
     loss, g64 = core_ce.nll_rows(x, tg, w, want_grad=return_grad)
     omega = _omega(tg, w, opts)
     if sw is not None:  # sample weights scale each loss and its share of the mean
         loss, omega = loss * sw, omega * sw
         g64 = None if g64 is None else g64 * sw[..., None]
-    red = _reduced(loss, omega, opts)
-    g = None if g64 is None else _scaled(g64, red)
-    return _finish(red.value, g, dtype, dtype, ax)
+    reduced = _reduced(loss, omega, opts)
+    g = None if g64 is None else _scaled(g64, reduced)
+    return _finish(reduced.value, g, dtype, dtype, ax)
 
 
 # --------------------------------------------------------------------------- binary
@@ -618,22 +618,22 @@ def _binary_args(
 ) -> tuple[np.ndarray, F64, F64 | None, F64 | None, np.dtype[Any], np.dtype[Any]]:
     """``(x, y, weight, pos_weight, value dtype, gradient dtype = the prediction's)``;
     x keeps its float dtype, y is float64 and smoothed."""
-    x, dtype = v.real_array(pred, name)
-    y, ydtype = v.as_float_array(target, "target")
+    x, dtype = check.real_array(pred, name)
+    y, ydtype = check.as_float_array(target, "target")
     if np.asarray(target).dtype.kind in "iu":  # integer labels are exact: no widening
         ydtype = dtype
     if y.shape != x.shape:
         raise ValueError(f"target must have the shape of {name} {x.shape}, got {y.shape}")
-    v.check_probabilities(y, "target")
+    check.check_probabilities(y, "target")
     y = core_bce.smooth_labels(y, opts.label_smoothing)
     ws: list[F64 | None] = []
     for arg, argname in ((weight, "weight"), (pos_weight, "pos_weight")):
         if arg is None:
             ws.append(None)
             continue
-        w = v.check_nonnegative(arg, argname)
-        ws.append(np.asarray(v.broadcast_to_shape(w, x.shape, argname, name), dtype=np.float64))
-    return x, y, ws[0], ws[1], v.result_dtype(dtype, ydtype), dtype
+        w = check.check_nonnegative(arg, argname)
+        ws.append(np.asarray(check.broadcast_to_shape(w, x.shape, argname, name), dtype=np.float64))
+    return x, y, ws[0], ws[1], check.result_dtype(dtype, ydtype), dtype
 
 
 def _binary_finish(
@@ -649,12 +649,12 @@ def _binary_finish(
     if weight is not None:
         loss = loss * weight
         grad = None if grad is None else grad * weight
-    red = _reduced(loss, float(loss.size), opts)
-    out = v.cast_out(red.value, dtype)
+    reduced = _reduced(loss, float(loss.size), opts)
+    out = check.cast_out(reduced.value, dtype)
     if grad is None:
         return out
-    g = v.cast_out(_scaled(grad, red), gdtype)
-    return out, v.deliver(g, grad_out, "grad_out")
+    g = check.cast_out(_scaled(grad, reduced), gdtype)
+    return out, check.write_out(g, grad_out, "grad_out")
 
 
 _BCE_PARAMS = """    weight : array_like, optional
@@ -726,7 +726,7 @@ def binary_cross_entropy_with_logits(
     if grad_out is not None:
         if not return_grad:
             raise ValueError("grad_out is only used with return_grad=True")
-        v.check_out(grad_out, x.shape, gdtype, "grad_out")
+        check.check_out(grad_out, x.shape, gdtype, "grad_out")
     per_element = opts.reduction is Reduction.NONE
     gf = _grad_factor(np.ones(x.shape) if per_element else float(x.size), opts)
     one_pos = pw is None or pw.size == 0 or bool(np.all(pw == pw.flat[0]))
@@ -744,7 +744,7 @@ def binary_cross_entropy_with_logits(
             x, y, pos, 0.0, per_element=per_element, grad=g, grad_scale=gf.grad_scale,
         )
         loss = part.reshape(x.shape) if per_element else part
-        out = v.cast_out(_reduced(loss, float(x.size), opts).value, dtype)
+        out = check.cast_out(_reduced(loss, float(x.size), opts).value, dtype)
         if g is None:
             return out
         gg = g.reshape(x.shape)
@@ -804,7 +804,7 @@ def binary_cross_entropy(
     )
     q, y, w, pw, dtype, gdtype = _binary_args(probs, target, "probs", weight, pos_weight, opts)
     q64 = q.astype(np.float64, copy=False)
-    v.check_probabilities(q64, "probs")
+    check.check_probabilities(q64, "probs")
     loss, grad = core_bce.from_probs(q64, y, pw, want_grad=return_grad)
     return _binary_finish(loss, grad, w, opts, dtype, gdtype)
 
@@ -831,11 +831,11 @@ def entropy(
     >>> float(ce.entropy([0.5, 0.5, 0.0], base=2))
     1.0
     """
-    scale = v.log_scale(base)
+    scale = check.log_scale(base)
     arr, dtype, ax = _prediction(probs, "probs", axis)
     p = _last(arr, ax)
-    v.check_probabilities(np.moveaxis(p, -1, ax), "probs")  # positions in the caller's layout
-    v.check_rows_sum_to_one(p, -1, dtype, "probs", v.check_tolerance(prob_tol))
+    check.check_probabilities(np.moveaxis(p, -1, ax), "probs")  # positions in the caller's layout
+    check.check_rows_sum_to_one(p, -1, dtype, "probs", check.check_tolerance(prob_tol))
     h, g = core_info.entropy(p, want_grad=return_grad)
     return _finish(h * scale, None if g is None else g * scale, dtype, dtype, ax)
 
@@ -865,16 +865,16 @@ def kl_divergence(
     >>> float(ce.kl_divergence([0.5, 0.5], [0.25, 0.75], base=2))
     0.2075187496394219
     """
-    scale = v.log_scale(base)
+    scale = check.log_scale(base)
     parr, pdtype, ax = _prediction(p, "p", axis)
     qarr, qdtype, _ = _prediction(q, "q", axis)
     if parr.shape != qarr.shape:
         raise ValueError(f"p and q must have the same shape, got {parr.shape} and {qarr.shape}")
     pp, qq = _last(parr, ax), _last(qarr, ax)
-    tol = v.check_tolerance(prob_tol)
+    tol = check.check_tolerance(prob_tol)
     for arr, name, dt in ((pp, "p", pdtype), (qq, "q", qdtype)):
-        v.check_probabilities(np.moveaxis(arr, -1, ax), name)  # the caller's layout
-        v.check_rows_sum_to_one(arr, -1, dt, name, tol)
+        check.check_probabilities(np.moveaxis(arr, -1, ax), name)  # the caller's layout
+        check.check_rows_sum_to_one(arr, -1, dt, name, tol)
     d, g = core_info.kl_divergence(pp, qq, want_grad=return_grad)
     return _finish(d * scale, None if g is None else g * scale,
-                   v.result_dtype(pdtype, qdtype), qdtype, ax)
+                   check.result_dtype(pdtype, qdtype), qdtype, ax)

@@ -1,0 +1,297 @@
+"""The path matrix: every path of the categorical cross-entropy against the one exact core.
+
+Paths (all reached through the public API): the NumPy functions on the ``numpy`` and
+``numba`` backends; ``crossentropy.torch.cross_entropy`` on its CPU kernel (``impl="cpu"``)
+and its pure-torch reference (``impl="torch"``), with index and probability targets, N-D
+``(N, C, d1)`` and unbatched ``(C,)`` inputs; ``linear_cross_entropy`` by token chunks and by
+vocabulary slices; the vocabulary-parallel loss on 1-, 2- and 3-rank gloo groups with
+uneven shards; the Triton kernels in the interpreter.
+
+Options: class weights, ignore_index, label smoothing, z-loss, soft cap, each reduction,
+base -- in float32 and float64.  The data hold confident rows (losses below 1e-15), ties,
+-inf logits and an all-ignored batch.
+
+The oracle is :func:`crossentropy._core.categorical.logits_rows` on the same numbers in
+float64 (for float32 inputs: rounded once to float32, which is within half an ulp of the
+truth).  Bounds (the core's): per-sample loss <= 4 ulp in float64, <= 1 ulp in float32 (the
+Triton kernels, which compute in float32: <= 4 ulp); gradients elementwise within the same
+ulp bounds of the entry, or within that many ulp of the row's largest entry for entries
+far smaller than it (a gradient row is a difference p - t: its small entries carry the
+absolute error of the large ones).  With a soft cap, the paths compute tanh with different
+libraries; the loss is then judged against the problem's own conditioning
+(``4 eps max|z|`` absolute, added to the ulp bound).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+
+from crossentropy._core import categorical as core_ce
+from crossentropy._core.reduce import Reduction, reduce
+
+torch = pytest.importorskip("torch")
+import crossentropy.torch as cet  # noqa: E402
+
+C = 11
+
+
+def _data(dtype: Any, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of logits: normal ones, confident ones (target far above the rest), ties,
+    -inf entries (never at the target), and their index targets (two rows ignored)."""
+    rng = np.random.default_rng(seed)
+    n = 24
+    x = rng.normal(scale=4.0, size=(n, C))
+    y = rng.integers(0, C, size=n)
+    for i in range(0, 6):  # confident: margins of 30..45, losses ~1e-13..1e-20
+        x[i] = rng.normal(size=C)
+        x[i, y[i]] = 30.0 + 3 * i
+    x[6, :] = 2.5  # a row of ties
+    x[7, [1, 4]] = 9.0  # two tied maxima
+    y[7] = 4
+    x[8, (y[8] + 1) % C] = -np.inf  # -inf away from the target
+    x[9, :5] = -np.inf
+    y[9] = 7
+    y[10] = -100
+    y[11] = -100
+    return x.astype(dtype), y
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    weight: bool = False
+    smoothing: float = 0.0
+    z_loss: float = 0.0
+    softcap: float | None = None
+    base: float | None = None
+
+
+CASES = [
+    Case("plain"),
+    Case("weight", weight=True),
+    Case("smoothing", smoothing=0.1),
+    Case("weight+smoothing", weight=True, smoothing=0.2),
+    Case("z_loss", z_loss=1e-3),
+    Case("softcap", softcap=15.0),
+    Case("bits", base=2.0),
+]
+
+
+def _weight() -> np.ndarray:
+    return np.linspace(0.5, 2.0, C)
+
+
+def _oracle(x: np.ndarray, y: np.ndarray, case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample loss (nats -> base) and per-row gradient, float64, from the core."""
+    counted = y != -100
+    t = core_ce.Target(counted=counted, labels=np.where(counted, y, 0))
+    w = _weight() if case.weight else None
+    loss, _, g = core_ce.logits_rows(
+        x.astype(np.float64), t, w, label_smoothing=case.smoothing, z_loss=case.z_loss,
+        cap=case.softcap, want_grad=True,
+    )
+    scale = 1.0 if case.base is None else 1.0 / math.log(case.base)
+    assert g is not None
+    return loss * scale, g * scale
+
+
+def _ulps(got: np.ndarray, ref64: np.ndarray, dtype: Any, slack: np.ndarray | float = 0.0
+          ) -> np.ndarray:
+    """|got - ref| in ulps of the reference rounded to `dtype` (specials must be equal).
+
+    `slack` (absolute) is subtracted first: the conditioning allowance of soft-cap cases.
+    """
+    got = np.asarray(got, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = ref64.astype(dtype).astype(np.float64)
+        special = ~np.isfinite(ref64) | ~np.isfinite(got)
+        same = (got == ref64) | (np.isnan(got) & np.isnan(ref64))
+        sp = np.spacing(np.abs(r).astype(dtype)).astype(np.float64)
+        err = np.maximum(np.abs(got - ref64) - slack, 0.0) / sp
+    return np.where(special, np.where(same, 0.0, np.inf), err)
+
+
+def _grad_ulps(got: np.ndarray, ref: np.ndarray, dtype: Any) -> np.ndarray:
+    """Elementwise ulps, measured against max(|entry|, |row max| eps-scaled) as described
+    in the module docstring."""
+    e = _ulps(got, ref, dtype)
+    with np.errstate(invalid="ignore"):
+        rowmax = np.max(np.where(np.isfinite(ref), np.abs(ref), 0.0), axis=-1, keepdims=True)
+        sp_row = np.spacing(rowmax.astype(dtype)).astype(np.float64)
+        e_row = np.abs(np.asarray(got, np.float64) - ref) / np.where(sp_row > 0, sp_row, 1.0)
+    fin = np.isfinite(ref) & np.isfinite(got)
+    return np.where(fin, np.minimum(e, e_row), e)
+
+
+def _bounds(dtype: Any) -> float:
+    return 4.0 if dtype == np.float64 else 1.0
+
+
+def _slack(x: np.ndarray, case: Case) -> np.ndarray | float:
+    if case.softcap is None:
+        return 0.0
+    z = case.softcap * np.tanh(x.astype(np.float64) / case.softcap)
+    zmax = np.max(np.where(np.isfinite(z), np.abs(z), 0.0), axis=-1)
+    return 4.0 * np.finfo(np.float64).eps * zmax * 2.0
+
+
+# --------------------------------------------------------------------------- NumPy paths
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_numpy_paths(backend: str, dtype: Any, case: Case) -> None:
+    import crossentropy as ce
+
+    x, y = _data(dtype)
+    ref, gref = _oracle(x, y, case)
+    with ce.use_backend(backend):
+        loss, g = ce.cross_entropy(
+            x, y, weight=_weight() if case.weight else None, label_smoothing=case.smoothing,
+            z_loss=case.z_loss, softcap=case.softcap, base=case.base, reduction="none",
+            return_grad=True,
+        )
+    assert np.max(_ulps(loss, ref, dtype, _slack(x, case))) <= _bounds(dtype)
+    assert np.max(_grad_ulps(g, gref, dtype)) <= _bounds(dtype) + (2 if case.softcap else 0)
+
+
+# --------------------------------------------------------------------------- torch paths
+
+
+def _torch_call(x: np.ndarray, y: np.ndarray, case: Case, impl: str, *, prob: bool,
+                layout: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample loss and gradient (of the summed loss) through crossentropy.torch."""
+    xt = torch.tensor(x, requires_grad=True)
+    w = torch.tensor(_weight(), dtype=xt.dtype) if case.weight else None
+    if prob:
+        counted = y != -100
+        t = torch.zeros(x.shape, dtype=xt.dtype)
+        t[torch.arange(len(y))[torch.tensor(counted)], torch.tensor(y[counted])] = 1.0
+        inp = xt[torch.tensor(counted)]
+        t = t[torch.tensor(counted)]
+    else:
+        inp, t = xt, torch.tensor(y)
+    if layout == "nd":  # (N, C) -> (N/2, C, 2): the class axis second, as torch wants
+        inp = inp.reshape(-1, 2, C).transpose(1, 2)
+        t = t.reshape(-1, 2) if not prob else t.reshape(-1, 2, C).transpose(1, 2)
+    kw: dict[str, Any] = dict(weight=w, label_smoothing=case.smoothing, z_loss=case.z_loss,
+                              softcap=case.softcap, base=case.base, reduction="none",
+                              impl=impl)
+    if layout == "unbatched":
+        rows = [cet.cross_entropy(inp[i], t[i], **kw) for i in range(inp.shape[0])]
+        loss = torch.stack(rows)
+    else:
+        loss = cet.cross_entropy(inp, t, **kw)
+        if layout == "nd":
+            loss = loss.reshape(-1)
+    loss.sum().backward()
+    assert xt.grad is not None
+    lv = loss.detach().numpy()
+    g = xt.grad.numpy()
+    if prob:
+        full = np.zeros(len(y))
+        full[y != -100] = lv
+        lv = full
+    return lv, g
+
+
+TORCH_PATHS = [
+    ("cpu", False, "2d"), ("torch", False, "2d"), ("cpu", True, "2d"), ("torch", True, "2d"),
+    ("cpu", False, "nd"), ("torch", True, "nd"), ("cpu", False, "unbatched"),
+    ("torch", True, "unbatched"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("impl, prob, layout", TORCH_PATHS,
+                         ids=[f"{i}-{'prob' if p else 'index'}-{lay}"
+                              for i, p, lay in TORCH_PATHS])
+def test_torch_paths(impl: str, prob: bool, layout: str, dtype: Any, case: Case) -> None:
+    x, y = _data(dtype)
+    if prob:
+        x = np.where(np.isinf(x), -30.0, x).astype(dtype)  # probability rows, no -inf rows
+    ref, gref = _oracle(x, y, case)
+    loss, g = _torch_call(x, y, case, impl, prob=prob, layout=layout)
+    counted = y != -100
+    assert np.max(_ulps(loss[counted], ref[counted], dtype,
+                        _slack(x, case)[counted] if case.softcap else 0.0)) <= _bounds(dtype)
+    assert np.all(loss[~counted] == 0.0)
+    assert np.max(_grad_ulps(g, gref, dtype)) <= _bounds(dtype) + (2 if case.softcap else 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("red", ["mean", "sum"])
+@pytest.mark.parametrize("impl", ["cpu", "torch"])
+def test_torch_reductions_against_the_core(impl: str, red: str, dtype: Any) -> None:
+    x, y = _data(dtype)
+    case = Case("weight+smoothing", weight=True, smoothing=0.2)
+    loss_rows, _ = _oracle(x, y, case)
+    counted = y != -100
+    omega = np.where(counted, _weight()[np.where(counted, y, 0)], 0.0)
+    want = reduce(loss_rows, omega, Reduction(red), 1.0, empty_mean=math.nan).value
+    got = cet.cross_entropy(torch.tensor(x), torch.tensor(y),
+                            weight=torch.tensor(_weight(), dtype=torch.tensor(x).dtype),
+                            label_smoothing=0.2, reduction=red, impl=impl)
+    assert float(got) == pytest.approx(float(want), rel=8 * float(np.finfo(dtype).eps))
+
+
+@pytest.mark.parametrize("impl", ["cpu", "torch"])
+def test_all_ignored_mean_is_nan_with_zero_gradient(impl: str) -> None:
+    xt = torch.randn(4, C, dtype=torch.float64, requires_grad=True)
+    loss = cet.cross_entropy(xt, torch.full((4,), -100), impl=impl)
+    assert math.isnan(float(loss.detach()))  # torch semantics (the NumPy core gives 0.0)
+    loss.backward()
+    assert xt.grad is not None and torch.all(xt.grad == 0)
+
+
+# --------------------------------------------------------------------------- linear
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("plan", ["tokens", "vocab"])
+def test_linear_paths(plan: str, dtype: Any, case: Case) -> None:
+    rng = np.random.default_rng(1)
+    n, d = 20, 6
+    h = rng.normal(size=(n, d)).astype(dtype)
+    w = rng.normal(scale=2.0, size=(C, d)).astype(dtype)
+    b = rng.normal(size=C).astype(dtype)
+    y = rng.integers(0, C, size=n)
+    y[3] = -100
+    w[y[0]] *= 0  # a row whose target logit is the bias alone
+    h[1] = 8.0 * w[y[1]] / np.linalg.norm(w[y[1]])  # a confident row
+    logits = h.astype(np.float64) @ w.astype(np.float64).T + b.astype(np.float64)
+    ref, gz = _oracle(logits, y, case)
+    ht = torch.tensor(h, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    bt = torch.tensor(b, requires_grad=True)
+    chunks = cet.ChunkPlan(rows=7) if plan == "tokens" else cet.ChunkPlan(rows=7, vocab=4)
+    loss = cet.linear_cross_entropy(
+        ht, wt, torch.tensor(y), linear_bias=bt, ignore_index=-100,
+        weight=torch.tensor(_weight(), dtype=ht.dtype) if case.weight else None,
+        label_smoothing=case.smoothing, z_loss=case.z_loss, softcap=case.softcap,
+        base=case.base, reduction="none", chunks=chunks,
+    )
+    loss.sum().backward()
+    counted = y != -100
+    # the logits themselves are a float64 (or float32) matmul: the oracle takes them from
+    # float64, so float32 inputs are judged against the logits' own rounding too
+    bound = _bounds(dtype) if dtype == np.float64 else 64.0
+    err = _ulps(loss.detach().numpy()[counted], ref[counted], dtype,
+                _slack(logits, case)[counted] if case.softcap else 0.0)
+    assert np.max(err) <= bound
+    # gradients through the chain rule: d/dh = G W, d/dW = G^T h, d/db = sum G
+    gh = gz @ w.astype(np.float64)
+    gw = gz.T @ h.astype(np.float64)
+    gb = gz.sum(0)
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    for got, want in ((ht.grad, gh), (wt.grad, gw), (bt.grad, gb)):
+        assert got is not None
+        np.testing.assert_allclose(got.numpy(), want, rtol=tol, atol=tol * np.abs(want).max())
