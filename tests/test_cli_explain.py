@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -168,3 +172,73 @@ def test_main_in_process_and_python_m() -> None:
     r = subprocess.run([sys.executable, "-m", "crossentropy", "explain", "sigmoid", "0",
                         "--format", "text"], capture_output=True, text=True)
     assert r.returncode == 0 and "0.5" in r.stdout
+
+
+# --------------------------------------------------------------------------- docs/cli.md
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+_FENCE = re.compile(r'^```(\w+)(?: title="([^"]+)")?\n(.*?)^```$', re.MULTILINE | re.DOTALL)
+
+
+def docs_session(text: str, cwd: Path) -> str:
+    """`text` with the output of every ``$ crossentropy ...`` line of its ``console`` blocks
+    replaced by what the command prints (stdout, then stderr), run in-process in `cwd`.
+
+    A block titled ``title="NAME"`` is written to ``cwd/NAME`` first; ``$ echo $?`` prints
+    the exit status of the command before it.
+    """
+    status = 0
+
+    def block(m: re.Match[str]) -> str:
+        nonlocal status
+        lang, title, body = m.groups()
+        if lang != "console":
+            if title:
+                (cwd / title).write_text(body)
+            return m.group(0)
+        lines: list[str] = []
+        for line in body.splitlines():
+            if not line.startswith("$ "):
+                continue  # an old output line: replaced
+            lines.append(line)
+            if line == "$ echo $?":
+                lines.append(str(status))
+                continue
+            argv = shlex.split(line[2:], comments=True)
+            assert argv[0] == "crossentropy", line
+            out, err = io.StringIO(), io.StringIO()
+            old = os.getcwd()
+            os.chdir(cwd)
+            try:
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    status = main(argv[1:])
+            finally:
+                os.chdir(old)
+            lines += (out.getvalue() + err.getvalue()).splitlines()
+        return "```console\n" + "\n".join(lines) + "\n```"
+
+    return _FENCE.sub(block, text)
+
+
+def test_docs_cli_examples_are_real_outputs(tmp_path: Path) -> None:
+    text = DOC.read_text()
+    assert text.count("```console") >= 10
+    for sub in ("explain", "plot", "score", "calibrate"):  # every subcommand has an example
+        assert f"$ crossentropy {sub} " in text, sub
+    fresh = docs_session(text, tmp_path)
+    if fresh != text:
+        import difflib
+
+        diff = "".join(difflib.unified_diff(text.splitlines(True), fresh.splitlines(True),
+                                            "docs/cli.md", "what the commands print", n=1))
+        pytest.fail("docs/cli.md differs from the real outputs (python "
+                    f"tests/test_cli_explain.py --update-docs):\n{diff}")
+    assert (tmp_path / "figures" / "sigmoid.png").exists()  # plot all made figures/
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--update-docs"]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        DOC.write_text(docs_session(DOC.read_text(), Path(d)))
+    print(f"rewrote {DOC}")

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 
 import numpy as np
 import pytest
+from rich.cells import cell_len
 
 from crossentropy.explain import (
     article_tables,
@@ -32,7 +34,8 @@ from crossentropy.explain import (
     sigmoid_table,
     softmax_table,
 )
-from crossentropy.explain.render import to_latex, to_markdown, to_text
+from crossentropy.explain.model import Table, fmt
+from crossentropy.explain.render import render_rich, to_latex, to_markdown, to_text
 
 # mpmath values (snippet in the module docstring)
 SIG = {1.0: 0.731058578630005, 9.0: 0.999876605424014, 424.5: 1.0, -3.0: 0.0474258731775668,
@@ -209,3 +212,69 @@ def test_table_on_a_terminal_uses_rich() -> None:
     buf = _Tty()
     render([sigmoid_table([1.0])], "table", buf)
     assert "┏" in buf.getvalue() or "━" in buf.getvalue()  # rich's box drawing
+
+
+# --------------------------------------------------------------------------- rich widths
+
+_BOX = re.compile(r"[^\s\u2500-\u257f]+")  # the words of a rich table: split at box drawing
+
+
+def _wide_tables() -> list[Table]:
+    return [*article_tables(),
+            sigmoid_table([-243.0, 1e-300, -1e300, 424.5, -745.5]),
+            softmax_table([1000.0, 0.0, -1e-7], ["first", "second", "third"]),
+            bce_table([1.0, 0.0, 0.25], logits=[-40.0, 1e-8, 3.3], base=2),
+            cross_entropy_table([0.25, 0.25, 0.5], probs=[0.1, 0.2, 0.7],
+                                classes=["a long class name", "b", "c"], base=10)]
+
+
+def _render_at(tables: list[Table], width: int) -> str:
+    buf = io.StringIO()
+    render_rich(tables, buf, width=width)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("width", [40, 60, 80, 120])
+def test_rich_tables_never_cut_a_number(width: int) -> None:
+    tables = _wide_tables()
+    out = _render_at(tables, width)
+    assert "…" not in out
+    assert max(cell_len(line) for line in out.splitlines()) <= width
+    words = set(_BOX.findall(out))
+    # mpmath: sigmoid(-243) = 2.92712249651537e-106, 1 - sigmoid(424.5) = 4.385230560917e-185
+    assert {"2.927122497e-106", "4.385230561e-185"} <= words
+    for t in tables:
+        for row in t.rows:
+            for v in row:
+                s = fmt(v)
+                if not isinstance(v, str) and len(s) >= 5:  # the numbers, whole
+                    assert s in words, (t.title, s, width)
+        for c in t.checks:
+            assert fmt(c.true) in words, (c.what, width)
+
+
+def test_rich_layout_is_a_table_when_it_fits_and_vertical_when_not() -> None:
+    tables = [sigmoid_table([424.5, -243.0])]
+    wide = _render_at(tables, 120)
+    # horizontal: one line holds a whole row
+    assert any("424.5" in ln and ln.count("4.385230561e-185") == 2 for ln in wide.splitlines())
+    narrow = _render_at(tables, 40)
+    lines = narrow.splitlines()
+    assert not any("424.5" in ln and "4.385230561e-185" in ln for ln in lines)
+    # vertical: one 'column  value' line per cell
+    assert any("sigmoid(x)" in ln and "2.927122497e-106" in ln for ln in lines)
+    assert any("branch" in ln and "x < 0: e^x" in ln for ln in lines)
+
+
+@pytest.mark.parametrize("width", [20, 21, *range(24, 201, 11)])
+def test_rich_no_ellipsis_at_any_width(width: int) -> None:
+    out = _render_at(_wide_tables(), width)
+    assert "…" not in out and "..." not in out
+    assert max(cell_len(line) for line in out.splitlines()) <= width
+    assert "2.927122497e-106" in set(_BOX.findall(out))
+
+
+def test_rich_cells_are_not_markup() -> None:
+    # rich would read '[bold]' as a style and fail on '[/x]'; names print as given
+    out = _render_at([softmax_table([1.0, 2.0], ["[bold]", "[/x]"])], 100)
+    assert "[bold]" in out and "[/x]" in out

@@ -84,6 +84,9 @@ def test_plot_file(plots: Path, name: str) -> None:
             assert has_colour(img, rgb, 200)
     else:
         assert has_colour(img, C3, 20)  # the marked points are drawn
+    if name == "bce":
+        # both points whole (about 61 pixels each at 100 dpi), not half under the x axis
+        assert has_colour(img, C3, 100)
         assert has_colour(img, C0, 200)  # the curve is drawn
     assert float(np.std(img[..., :3])) > 0.05  # not a blank canvas
 
@@ -110,3 +113,16 @@ def test_reliability_diagram(tmp_path: Path) -> None:
     assert text["Title"] == "reliability diagram, ECE = 0.175"
     # bin [0.5, 1): 3 rows, mean confidence 2.3 / 3, accuracy 2 / 3
     assert "bin [0.5, 1): confidence 0.7667, accuracy 0.6667, weight 3" in text["Description"]
+
+
+def test_plot_all_creates_the_outdir(tmp_path: Path) -> None:
+    # the README's 'crossentropy plot all --outdir figures/' in a fresh directory
+    out = tmp_path / "new" / "figures"
+    r = run("plot", "all", "--outdir", f"{out}/", "--dpi", "20", cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{k}.png" for k in EXPECT)
+    # a file in the way: one line, no traceback
+    (tmp_path / "file").write_text("")
+    r = run("plot", "all", "--outdir", str(tmp_path / "file" / "sub"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("crossentropy plot: error:")

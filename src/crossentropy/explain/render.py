@@ -201,32 +201,141 @@ def to_json(tables: Sequence[Table]) -> str:
 # --------------------------------------------------------------------------- rich
 
 
-def render_rich(tables: Sequence[Table], file: TextIO) -> None:
-    """A rich terminal table per step (needs rich, the 'cli' extra)."""
-    from rich.console import Console
-    from rich.table import Table as RTable
+def _words(s: str) -> list[str]:
+    return s.split()
 
-    console = Console(file=file)
+
+def _fit_widths(natural: list[int], minimum: list[int], avail: int) -> list[int] | None:
+    """Widths between `minimum` and `natural` summing to at most `avail` (None: impossible).
+
+    The widest columns give way first (water-filling): a level L is lowered until
+    sum(max(min_j, min(natural_j, L))) fits.
+    """
+    if sum(minimum) > avail:
+        return None
+    if sum(natural) <= avail:
+        return list(natural)
+    level = max(natural)
+    while level > 0:
+        widths = [max(m, min(n, level)) for n, m in zip(natural, minimum, strict=True)]
+        if sum(widths) <= avail:
+            return widths
+        level -= 1
+    return list(minimum)  # pragma: no cover - sum(minimum) <= avail was checked
+
+
+def _rich_grid(console: Any, title: str | None, caption: str | None, header: Sequence[str],
+               rows: Sequence[Sequence[str]], *, row_styles: Sequence[str | None] | None = None,
+               cell_styles: dict[tuple[int, int], str] | None = None,
+               title_justify: str = "center") -> None:
+    """Print one table with rich, never cutting a number.
+
+    Columns holding numbers get the width of their longest number (their heading is
+    wrapped onto several lines instead) and never wrap; text columns wrap at spaces and
+    share what is left, each keeping room for its longest word (up to 24 cells).  When even
+    that does not fit the console, the table is printed vertically: one block per row,
+    one ``column  value`` line per cell.
+    """
+    import textwrap
+
+    from rich import box
+    from rich.cells import cell_len
+    from rich.table import Table as RTable
+    from rich.text import Text
+
+    styles = cell_styles or {}
+    rstyles = list(row_styles) if row_styles is not None else [None] * len(rows)
+    ncols = len(header)
+    numeric = [any(_numeric(r[j]) for r in rows) for j in range(ncols)]
+    natural, minimum = [], []
+    for j in range(ncols):
+        cells = [r[j] for r in rows]
+        widest = max((cell_len(c) for c in cells), default=0)
+        head_word = max([1] + [cell_len(x) for x in _words(header[j])])
+        natural.append(max(widest, cell_len(header[j]), 1))
+        if numeric[j]:
+            # never narrower than its longest number (or the longest word of its heading)
+            minimum.append(max(widest, head_word))
+        else:
+            longest = max([head_word] + [cell_len(x) for c in cells for x in _words(c)])
+            minimum.append(min(natural[j], max(min(longest, 24), 6)))
+    # rich's table with edges: one border cell per column plus one, and 1 cell of padding
+    # on each side of each column
+    avail = console.width - (ncols + 1) - 2 * ncols
+    widths = _fit_widths(natural, minimum, avail)
+    if widths is not None:
+        rt = RTable(title=title, caption=caption, title_justify=title_justify,  # type: ignore[arg-type]
+                    box=box.HEAVY_HEAD)
+        for j in range(ncols):
+            # the heading of a number column wraps onto several lines, never the numbers
+            head = (textwrap.fill(header[j], widths[j], break_long_words=False) or header[j]
+                    if numeric[j] else header[j])
+            rt.add_column(Text(head), justify="right" if numeric[j] else "left",
+                          width=widths[j], no_wrap=numeric[j], overflow="fold")
+        for i, r in enumerate(rows):
+            rt.add_row(*[Text(c, style=styles.get((i, j), "")) for j, c in enumerate(r)],
+                       style=rstyles[i])
+        console.print(rt)
+        return
+    # Vertical: a two-column table, one section per row of the original table.
+    vw = max((cell_len(c) for r in rows for c in r), default=1)
+    nw = max((cell_len(c) for r in rows for c in r if _numeric(c)), default=1)
+    fw = max((cell_len(h) for h in header), default=1)
+    room = max(console.width - 3 - 4, 2)  # 3 borders, 2 columns of 1-cell padding each side
+    two = nw + min(fw, 4) <= room  # else one column: the name on a line, the value below
+    vt = RTable(title=title, caption=caption, title_justify=title_justify,  # type: ignore[arg-type]
+                show_header=False, box=box.SQUARE)
+    if two:
+        # the values as wide as they are, if there is room, else as wide as the widest
+        # number (text wraps); the names of the columns wrap in what is left
+        value_w = max(min(vw, room - min(fw, 12)), nw)
+        vt.add_column(width=max(min(fw, room - value_w), 1), overflow="fold")
+        vt.add_column(width=value_w, overflow="fold", justify="right")
+    else:  # narrower than about 20 cells a number folds, but is never cut
+        vt.add_column(width=max(console.width - 4, 1), overflow="fold", justify="right")
+    for i, r in enumerate(rows):
+        for j, c in enumerate(r):
+            if not c and j:
+                continue  # an empty cell (the sum row's blanks) gets no line
+            name = Text(header[j] or ("row" if j == 0 else f"column {j + 1}"), style="dim")
+            value = Text(c, style=styles.get((i, j), ""),
+                         justify="right" if _numeric(c) else "left")
+            if two:
+                vt.add_row(name, value, style=rstyles[i])
+            else:
+                name.justify = "left"
+                vt.add_row(name, style=rstyles[i])
+                vt.add_row(value, style=rstyles[i])
+        if i < len(rows) - 1:
+            vt.add_section()
+    console.print(vt)
+
+
+def render_rich(tables: Sequence[Table], file: TextIO, *, width: int | None = None) -> None:
+    """A rich terminal table per step (needs rich, the 'cli' extra).
+
+    `width` is the console width (default: the terminal's).  No number is ever cut: a
+    table too wide for the console is printed one row per block instead (see
+    :func:`_rich_grid`).
+    """
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(file=file, width=width)
     style = {"agrees": "green", "truncated": "yellow", "wrong": "bold red", "not shown": "dim"}
     for t in tables:
-        rt = RTable(title=t.title, caption=t.formula, show_lines=False)
-        for i, c in enumerate(t.columns):
-            rt.add_column(c.text, justify="left" if i == 0 else "right")
-        for r in t.rows:
-            rt.add_row(*[fmt(v) for v in r], style="bold" if r and r[0] == "sum" else None)
-        console.print(rt)
+        rows = [[fmt(v) for v in r] for r in t.rows]
+        _rich_grid(console, t.title, t.formula, [c.text for c in t.columns], rows,
+                   row_styles=["bold" if r and r[0] == "sum" else None for r in t.rows])
         for label, value in t.summary:
-            console.print(f"[bold]{label}[/bold] = {fmt(value)}", highlight=False)
+            console.print(Text.assemble((label, "bold"), f" = {fmt(value)}"))
         for n in t.notes:
-            console.print(f"[dim]note:[/dim] {n}", highlight=False)
+            console.print(Text.assemble(("note:", "dim"), f" {n}"))
         if t.checks:
-            ct = RTable(title="What the article printed", title_justify="left")
-            for h in _CHECK_HEADER:
-                ct.add_column(h)
-            for chk, row in zip(t.checks, _check_rows(t.checks), strict=True):
-                row[3] = f"[{style[chk.verdict]}]{row[3]}[/]"
-                ct.add_row(*row)
-            console.print(ct)
+            crow = _check_rows(t.checks)
+            _rich_grid(console, "What the article printed", None, _CHECK_HEADER, crow,
+                       cell_styles={(i, 3): style[c.verdict] for i, c in enumerate(t.checks)},
+                       title_justify="left")
         console.print()
 
 
