@@ -106,3 +106,36 @@ def test_score_per_class_limit_and_infinite_loss(tmp_path: Path) -> None:
     assert table.index("c ") < table.index("b ")  # inf first, then -ln 0.5, and a left out
     assert "... and 1 more" in r.stdout
     assert "1 rows gave the true label probability 0" in r.stdout
+
+
+def test_score_json_null_for_undefined_and_new_metrics(tmp_path: Path) -> None:
+    f = tmp_path / "u.csv"
+    # class c never occurs and is never predicted: its recall and precision are undefined
+    f.write_text("a,b,c,label\n0.5,0.25,0.25,a\n0.25,0.75,0,b\n")
+    r = run("score", str(f), "--json", "--top-k", "1,2")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    c = doc["per_class"][2]
+    assert c["recall"] is None and c["precision"] is None and c["cross_entropy"] is None
+    assert '"nan"' not in r.stdout
+    # by hand: Brier = ((0.5)^2 + 0.25^2 + 0.25^2 + 0.25^2 + (0.25)^2 + 0) / 2 = 0.25
+    assert doc["brier"] == pytest.approx(0.25, rel=1e-14)
+    assert doc["top_k_accuracy"] == {"1": 1.0, "2": 1.0}
+    assert doc["reliability"][0]["confidence"] is None  # an empty bin
+    r = run("score", str(f), "--top-k", "1,2")
+    assert "top-2 accuracy 1" in r.stdout and "Brier          0.25" in r.stdout
+    r = run("score", str(f), "--top-k", "0")
+    assert r.returncode == 2 and "--top-k values must be at least 1" in r.stderr
+
+
+def test_score_parquet_split_footer_matches(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = tmp_path / "g.parquet"
+    pq.write_table(pa.table({"a": [0.5, 0.25] * 5, "b": [0.5, 0.75] * 5, "label": [0, 1] * 5}),
+                   f, row_group_size=1)
+    whole = json.loads(run("score", str(f), "--json").stdout)
+    r = run("score", str(f), "--max-footer-mb", "0.0001", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == whole

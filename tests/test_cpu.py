@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import crossentropy as ce
-from crossentropy._cpu import cross_entropy_rows
+from crossentropy._backends import cross_entropy_rows
 
 
 def cross_entropy_rows_numpy(*args: object, **kwargs: object) -> object:
@@ -296,6 +296,92 @@ def test_exp_kernel_against_mpmath() -> None:
     ref = np.array([float(mpmath.exp(mpmath.mpf(float(v)))) for v in d])  # correctly rounded
     assert _ulp_diff(got, ref) <= 1
     assert kernels.exp_le0(-np.inf) == 0.0 and kernels.exp_le0(-800.0) == 0.0
+
+
+def test_exp_f32_kernel_against_mpmath() -> None:
+    """The float32 path's exp (float64 result, fitted degree-6 polynomial) is within its
+    documented 2e-9 relative error: 0.04 ulp of float32, so rounding stays within 1 ulp."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.prec = 80
+    rng = np.random.default_rng(12)
+    # x - m for float32 x and m: exact in float64; e^-104 is below float32's subnormals
+    d = np.concatenate([-rng.uniform(0, 104, 400), -rng.uniform(0, 0.7, 300),
+                        -np.arange(0, 40) * 0.6931471805599453 * 0.5, [-0.0, -1e-30]])
+    got = np.array([kernels.exp_le0_f32(float(v)) for v in d])
+    ref = [mpmath.exp(mpmath.mpf(float(v))) for v in d]
+    rel = max(abs((mpmath.mpf(float(g)) - r) / r) for g, r in zip(got, ref, strict=True))
+    assert rel <= 2e-9
+    assert kernels.exp_le0_f32(-np.inf) < 1e-300 and kernels.exp_le0_f32(-800.0) < 1e-300
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softcap_derivative_is_exact_sech2(dtype: type) -> None:
+    """The soft cap's dz/dx = sech^2(x / c) keeps its digits where 1 - tanh^2 cancels
+    (u = 9, 12 in float32) and where cosh^2 overflows (u = 360 in float64)."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.prec = 200
+    c = 2.0
+    x = (np.array([[9.0, 12.0, 0.0, 360.0, -30.0, 1.5]]) * c).astype(dtype)
+    y = np.array([2])
+    g = np.empty_like(x)
+    with ce.use_backend("numba"):
+        cross_entropy_rows(x, y, softcap=c, grad=g)
+    # mpmath: z = c tanh(x / c), p = softmax(z), dl/dx = (p - onehot) sech^2(x / c)
+    xs = [mpmath.mpf(float(v)) for v in x[0]]
+    z = [c * mpmath.tanh(v / c) for v in xs]
+    tot = mpmath.fsum(mpmath.exp(v) for v in z)
+    want = [(mpmath.exp(zc) / tot - (1 if j == 2 else 0)) * mpmath.sech(xs[j] / c) ** 2
+            for j, zc in enumerate(z)]
+    # float64: a few roundings; float32: the float64 result rounded once
+    tol = 16 * np.finfo(np.float64).eps if dtype == np.float64 else np.finfo(np.float32).eps
+    for j, w in enumerate(want):
+        tiny = mpmath.mpf(float(np.finfo(dtype).smallest_subnormal))
+        assert abs(mpmath.mpf(float(g[0, j])) - w) <= tol * abs(w) + tiny, j
+    assert g[0, 3] != 0.0 or dtype == np.float32  # 4 e^-720 p: a subnormal in float64
+
+
+def test_streamed_and_serial_paths_give_the_same_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Large results go to memory by non-temporal stores (formed in a scratch row first),
+    small inputs run on the calling thread.  Forced either way on small arrays, every
+    kernel gives bitwise the same results, for rows of any length and alignment, in place
+    too."""
+    results = []
+    never, always = 1 << 62, 0
+    for stream_min, serial_max in ((never, 0), (always, 0), (never, never), (always, never)):
+        monkeypatch.setattr(kernels, "_STREAM_MIN_BYTES", stream_min)
+        monkeypatch.setattr(kernels, "_SERIAL_MAX", serial_max)
+        rng = np.random.default_rng(13)  # the same data every time
+        w = rng.uniform(0.2, 2.0, 301)
+        got = []
+        for dtype in (np.float32, np.float64):
+            for C in (1, 15, 16, 37, 301):
+                x = (rng.standard_normal((23, C)) * 5).astype(dtype)
+                x[1, 0] = np.inf
+                y = rng.integers(0, C, 23)
+                y[4] = -100
+                with ce.use_backend("numba"):
+                    for f in (ce.softmax, ce.log_softmax):
+                        out = np.empty_like(x)
+                        f(x, out=out)
+                        got.append(out)
+                    kw = {"weight": w[:C], "label_smoothing": 0.1} if C > 1 else {}
+                    got += list(ce.cross_entropy(x, y, return_grad=True, **kw))
+                    xi = x.copy()
+                    ce.cross_entropy(xi, y, return_grad=True, grad_out=xi, reduction="sum")
+                    got.append(xi)
+                    gc = np.empty_like(x)
+                    got += list(cross_entropy_rows(x, y, softcap=3.0, z_loss=1e-3, grad=gc))
+                    got.append(gc)
+                    got.append(ce.logsumexp(x, axis=-1))
+                    got += list(ce.sigmoid(x, return_grad=True))
+                    t = (x > 0.5).astype(dtype)
+                    got += list(ce.binary_cross_entropy_with_logits(x, t, return_grad=True))
+        results.append(got)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_results_do_not_depend_on_thread_count() -> None:

@@ -1,17 +1,26 @@
 """Vocabulary-parallel cross-entropy (crossentropy.torch.distributed) on real process groups.
 
 One group of 3 CPU processes (gloo on 127.0.0.1, a free port, a hard time limit) runs every
-case twice: on a 2-rank subgroup (ranks 0 and 1) and on the 3-rank world.  Each rank
-compares its loss and the gradient of its shard with an independent single-process
-reference on the gathered vocabulary -- ``torch.nn.functional.cross_entropy`` in float64
-plus ``z * logsumexp**2`` per counted row, differentiated by autograd -- and with the NumPy
-core ``crossentropy.cross_entropy`` where it applies.  The workers only *measure* (errors,
-exception types and messages) and write them to JSON; the assertions run here, one test
-per case, so a failure names its case.  A hang fails the fixture after the time limit.
+case on a 1-rank subgroup (rank 0), a 2-rank subgroup (ranks 0 and 1) and the 3-rank world,
+with uneven shard layouts (one with an empty shard).  The workers only *compute*: each rank
+saves its loss and the gradient of its shard (accuracy cases) or its measurements and error
+messages (mismatch and DDP/FSDP cases); the parent gathers the shards and asserts, one test
+per part, so that a failure names its case.  A hang fails the fixture after the time limit.
+
+Accuracy is measured in ulp against mpmath at 50 digits (:func:`_mp_rows`, written from the
+formula of the loss, independently of the code under test): per-row loss float64 <= 4 ulp,
+float32 <= 1 ulp; gradients likewise, plus the rounding that the subtraction
+``p_c W - a_c`` cannot avoid where the two nearly cancel (label smoothing).  The NumPy core
+``crossentropy.cross_entropy`` and ``torch.nn.functional.cross_entropy`` in float64 are
+checked on the options they share (the latter for torch's semantics: a mean over zero
+counted rows is NaN).  The data hold confident rows (losses below 1e-15), ties across
+shards, +-inf logits, rows of equal logits, a subnormal class weight and an all-ignored
+batch.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -24,6 +33,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import mpmath
 import numpy as np
 import pytest
 import torch
@@ -32,85 +42,297 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import crossentropy as ce
-import crossentropy.torch as cet
+from _reference import ref_from_mp, ulp_error
 from crossentropy.torch import distributed as vp
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 3
-TIME_LIMIT = 90.0  # seconds for the whole spawned group (it needs about 10 on 2 cores)
+TIME_LIMIT = 120.0  # seconds for the whole spawned group (it needs about 15 on 2 cores)
 V = 11
 ROWS = (3, 4)  # N = 12 rows in a 2-d leading shape
+N = 12
 D = 5
-LN2 = math.log(2.0)
+DPS = 50
 
 # Shard layouts (uneven on purpose; one with an empty shard) per group size.
-LAYOUTS = {2: [[7, 4], [5, 6]], 3: [[4, 4, 3], [5, 0, 6]]}
+LAYOUTS = {1: [[11]], 2: [[7, 4]], 3: [[4, 4, 3], [5, 0, 6]]}
 
 OPTION_SETS: dict[str, dict[str, Any]] = {
     "plain": {},
-    "weight_ignore": {"weight": True, "ignore": True},
+    "weight_ignore": {"weight": "subnormal", "ignore": True},
     "smooth_weight_ignore": {"weight": True, "ignore": True, "label_smoothing": 0.1},
-    "smooth_z_bits": {"label_smoothing": 0.25, "z_loss": 1e-3, "base": 2},
-    "everything": {"weight": True, "ignore": True, "label_smoothing": 0.1, "z_loss": 0.01,
-                   "base": 2},
+    "z_softcap_bits": {"z_loss": 1e-3, "softcap": 8.0, "base": 2},
+    "everything": {"weight": True, "ignore": True, "ignore_index": 2, "label_smoothing": 0.1,
+                   "z_loss": 0.01, "softcap": 30.0, "base": 2},
+    "normalizer": {"weight": True, "label_smoothing": 0.25, "normalizer": 7.0},
     "all_ignored": {"ignore": "all", "weight": True},
 }
 REDUCTIONS = ("none", "mean", "sum")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 COLLECTIVES = ("all_reduce", "all_gather")
+ULP_BOUND = {"float64": 4.0, "float32": 1.0}
 
 
 # --------------------------------------------------------------------------- data
 
 
 def _data(seed: int, dtype: torch.dtype, opts: dict[str, Any]) -> dict[str, Any]:
-    """The same full-vocabulary problem on every rank (fixed seed)."""
+    """Random rows (for the mismatch and DDP/FSDP cases): the same on every rank."""
     g = torch.Generator().manual_seed(seed)
-    n = math.prod(ROWS)
-    x = (torch.randn(n, V, generator=g, dtype=torch.float64) * 3.0).to(dtype)
-    # every class appears as a target, so targets fall in every shard
-    y = torch.cat([torch.randperm(V, generator=g), torch.randint(0, V, (n - V,), generator=g)])
-    y = y[torch.randperm(n, generator=g)]
+    x = (torch.randn(N, V, generator=g, dtype=torch.float64) * 3.0).to(dtype)
+    y = torch.cat([torch.randperm(V, generator=g), torch.randint(0, V, (N - V,), generator=g)])
+    y = y[torch.randperm(N, generator=g)]
+    return {"x": x.reshape(*ROWS, V), "y": y.reshape(ROWS)}
+
+
+def _ignore_index(opts: dict[str, Any]) -> int:
+    return int(opts.get("ignore_index", -100))
+
+
+def _case_data(seed: int, dtype: torch.dtype, opts: dict[str, Any]) -> dict[str, Any]:
+    """One accuracy problem: random rows plus edge rows, exactly representable in `dtype`.
+
+    Without label smoothing (and z-loss on uncapped logits) the rows hold +-inf logits too
+    (with smoothing every such row costs +inf, which would hide the others in a mean).
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, V, generator=g, dtype=torch.float64) * 3.0
+    y = torch.randint(0, V, (N,), generator=g)
+    x[0] = torch.randn(V, generator=g, dtype=torch.float64)  # confident, target in shard 0
+    x[0, 1], y[0] = 40.0, 1  # loss ~ 10 e^-40 = 4e-17
+    x[1] = torch.randn(V, generator=g, dtype=torch.float64) - 1000.0  # confident, far below 0
+    x[1, 10], y[1] = -963.5, 10  # in the last shard: loss ~ 1e-16
+    x[2, 0] = x[2, 10] = 9.0  # a tie across the first and the last shard
+    y[2] = 10
+    x[3] = 1.5  # every logit equal: loss log 11
+    y[3] = 4
+    x[4, 3], y[4] = 36.0, 3  # confident again, loss ~ 1e-15, in the middle shard
+    specials = not opts.get("label_smoothing") and not (opts.get("z_loss")
+                                                        and not opts.get("softcap"))
+    if specials:
+        x[5, 6], y[5] = math.inf, 6  # the target holds all the mass: loss 0
+        x[6, 2] = x[6, 9] = math.inf  # two +inf in different shards share the mass: log 2
+        y[6] = 9
+        x[7, 4] = x[7, 7] = -math.inf  # -inf logits get probability 0
+        y[7] = 1
+    ignore = _ignore_index(opts)
     if opts.get("ignore") == "all":
-        y[:] = -100
+        y[:] = ignore
     elif opts.get("ignore"):
-        y[torch.tensor([1, 6, 10])] = -100
-    w = torch.rand(V, generator=g, dtype=torch.float64) + 0.25 if opts.get("weight") else None
-    gout = torch.rand(ROWS, generator=g, dtype=torch.float64) + 0.5  # for reduction='none'
-    return {"x": x.reshape(*ROWS, V), "y": y.reshape(ROWS), "w": w, "gout": gout}
+        y[8] = y[10] = ignore
+    w = None
+    if opts.get("weight"):
+        w = torch.rand(V, generator=g, dtype=torch.float64) + 0.25
+        if opts["weight"] == "subnormal":
+            w[3] = 1e-310  # the target of the confident row 4 (0 in float32)
+        w = w.to(dtype).to(torch.float64)
+    gout = (torch.rand(N, generator=g, dtype=torch.float64) + 0.5).to(dtype).to(torch.float64)
+    return {"x": x.to(dtype), "y": y, "w": w, "gout": gout}
 
 
-def _reference(x64: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None,
-               opts: dict[str, Any], reduction: str) -> torch.Tensor:
-    """Single-process loss on the gathered logits: torch in float64, plus the z-loss term."""
-    eps = opts.get("label_smoothing", 0.0)
-    z = opts.get("z_loss", 0.0)
-    xf = x64.reshape(-1, V)
-    yf = y.reshape(-1)
-    per_row = F.cross_entropy(xf, yf, weight=w, ignore_index=-100, label_smoothing=eps,
-                              reduction="none")
-    counted = yf != -100
-    lse = torch.logsumexp(xf, dim=-1)
-    per_row = per_row + torch.where(counted, z * lse * lse, torch.zeros_like(lse))
-    scale = 1.0 / LN2 if opts.get("base") == 2 else 1.0
-    if reduction == "none":
-        return per_row.reshape(ROWS) * scale
-    if reduction == "sum":
-        return per_row.sum() * scale
-    omega = (w[yf.clamp(0)] if w is not None else torch.ones_like(lse)) * counted
-    if float(omega.sum()) == 0.0:  # torch's rule: NaN, with a zero gradient
-        return per_row.sum() * 0.0 + math.nan
-    return per_row.sum() / omega.sum() * scale
-
-
-def _kwargs(opts: dict[str, Any], w: torch.Tensor | None, dtype: torch.dtype) -> dict[str, Any]:
-    kw: dict[str, Any] = {}
-    for k in ("label_smoothing", "z_loss", "base"):
+def _kwargs(opts: dict[str, Any], w: torch.Tensor | None, dtype: torch.dtype,
+            reduction: str) -> dict[str, Any]:
+    kw: dict[str, Any] = {"ignore_index": _ignore_index(opts), "reduction": reduction}
+    for k in ("label_smoothing", "z_loss", "softcap", "base"):
         if k in opts:
             kw[k] = opts[k]
+    if "normalizer" in opts and reduction != "none":
+        kw["normalizer"] = opts["normalizer"]
     if w is not None:
         kw["weight"] = w.to(dtype)
     return kw
+
+
+# --------------------------------------------------------------------------- mpmath
+
+
+def _mp_rows(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, opts: dict[str, Any]
+             ) -> dict[str, list[Any]]:
+    """Per-row loss (nats), gradient d loss_i / d x_i, the magnitude |p_c W| + |a_c| of the
+    gradient's two terms, the row weight omega_i and the soft cap's error allowance
+    ('sens', 'conds'), in mpmath from the definition:
+
+    z = c tanh(x / c) (or x), lse = log sum_c e^{z_c}, a_c = (1 - eps) w_y [c = y] + eps w_c / V,
+    loss = sum_{a_c != 0} a_c (lse - z_c) + zeta lse^2, d loss / d x_c = (p_c W - a_c) z'(x_c)
+    with p = softmax(z), W = sum_c a_c + 2 zeta lse and z' = sech^2(x / c).  +inf logits
+    share the mass equally (lse = +inf, -log p = log k on them, +inf elsewhere); a row of
+    all -inf is NaN; rows whose target is ignore_index are 0.
+    """
+    eps = mpmath.mpf(opts.get("label_smoothing", 0.0))
+    zeta = mpmath.mpf(opts.get("z_loss", 0.0))
+    cap = opts.get("softcap")
+    ignore = _ignore_index(opts)
+    losses, grads, mags, omegas, sens, conds = [], [], [], [], [], []
+    with mpmath.workdps(DPS):
+        for i in range(x.shape[0]):
+            yi = int(y[i])
+            if yi == ignore:
+                losses.append(mpmath.mpf(0))
+                grads.append([mpmath.mpf(0)] * V)
+                mags.append([mpmath.mpf(0)] * V)
+                omegas.append(mpmath.mpf(0))
+                sens.append(mpmath.mpf(0))
+                conds.append(mpmath.mpf(0))
+                continue
+            xs = [mpmath.mpf(float(v)) for v in x[i]]
+            z = [cap * mpmath.tanh(v / cap) if cap else v for v in xs]
+            ws = [mpmath.mpf(1)] * V if w is None else [mpmath.mpf(float(v)) for v in w]
+            a = [(1 - eps) * ws[c] * (c == yi) + eps * ws[c] / V for c in range(V)]
+            if any(v == mpmath.inf for v in z):
+                k = sum(v == mpmath.inf for v in z)
+                p = [mpmath.mpf(1) / k if v == mpmath.inf else mpmath.mpf(0) for v in z]
+                nlp = [mpmath.log(k) if v == mpmath.inf else mpmath.inf for v in z]
+                lse = mpmath.inf
+            else:
+                m = max(z)
+                lse = m + mpmath.log(mpmath.fsum(mpmath.exp(v - m) for v in z))
+                p = [mpmath.exp(v - lse) for v in z]
+                nlp = [lse - v for v in z]
+            loss = mpmath.fsum(a[c] * nlp[c] for c in range(V) if a[c] != 0)
+            if zeta:
+                loss += zeta * lse * lse
+            W = mpmath.fsum(a) + (2 * zeta * lse if zeta else 0)
+            slope = [mpmath.sech(v / cap) ** 2 if cap else mpmath.mpf(1) for v in xs]
+            losses.append(loss)
+            # the rounding of the soft cap (tanh, x / c, e^{-2|u|}) moves z_c by about
+            # |z_c| eps: its effect is bounded by cond * eps * sum_c |d loss / d z_c|
+            # (+-inf logits are capped exactly to +-c, with slope exactly 0)
+            cond = (2 * max(abs(v) for v in z)
+                    + 2 * max(abs(v / cap) for v in xs if mpmath.isfinite(v)) + 2
+                    if cap else mpmath.mpf(0))
+            sens.append(cond * mpmath.fsum(abs(p[c] * W) + abs(a[c]) for c in range(V)))
+            conds.append(cond)
+            grads.append([(p[c] * W - a[c]) * slope[c] for c in range(V)])
+            mags.append([(abs(p[c] * W) + abs(a[c])) * slope[c] for c in range(V)])
+            omegas.append(ws[yi])
+    return {"losses": losses, "grads": grads, "mags": mags, "omegas": omegas, "sens": sens,
+            "conds": conds}
+
+
+def _seed(option_index: int, dtype_index: int) -> int:
+    return 1000 + 10 * option_index + dtype_index
+
+
+@functools.cache
+def _reference(dtype_name: str, oname: str) -> dict[str, Any]:
+    """The mpmath reference of one accuracy problem (cached: shared by every layout)."""
+    opts = OPTION_SETS[oname]
+    seed = _seed(list(OPTION_SETS).index(oname), list(DTYPES).index(dtype_name))
+    d = _case_data(seed, DTYPES[dtype_name], opts)
+    x64 = d["x"].to(torch.float64).numpy()
+    w = None if d["w"] is None else d["w"].numpy()
+    return {"data": d, **_mp_rows(x64, d["y"].numpy(), w, opts)}
+
+
+def _reduced_reference(ref: dict[str, Any], opts: dict[str, Any], red: str
+                       ) -> tuple[Any, list[list[Any]], list[list[Any]]]:
+    """(value, gradient, magnitude) of the reduced loss, mpmath, grad_out = gout (none) or
+    0.7: none -> loss scale; sum -> sum scale (/ normalizer); mean -> sum scale / sum omega
+    (/ normalizer instead when given; NaN over zero counted rows, gradient 0)."""
+    with mpmath.workdps(DPS):
+        scale = 1 / mpmath.log(opts["base"]) if opts.get("base") else mpmath.mpf(1)
+        gout = ref["data"]["gout"].tolist()
+        losses = ref["losses"]
+        if red == "none":
+            value: Any = [v * scale for v in losses]
+            factors = [mpmath.mpf(g) * scale for g in gout]
+        else:
+            total = mpmath.fsum(losses) * scale
+            if opts.get("normalizer"):
+                div = mpmath.mpf(opts["normalizer"])
+            elif red == "mean":
+                div = mpmath.fsum(ref["omegas"])
+            else:
+                div = mpmath.mpf(1)
+            value = mpmath.nan if div == 0 else total / div
+            f = mpmath.mpf(0) if div == 0 else mpmath.mpf(0.7) * scale / div
+            factors = [f] * N
+        grad = [[g * factors[i] for g in row] for i, row in enumerate(ref["grads"])]
+        mag = [[g * abs(factors[i]) for g in row] for i, row in enumerate(ref["mags"])]
+    return value, grad, mag
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def _accuracy_cases(rank: int, P: int, group: Any, raw: dict[str, Any]) -> None:
+    """Loss and shard gradient for every layout x options x dtype x reduction x collective."""
+    for li, sizes in enumerate(LAYOUTS[P]):
+        start = sum(sizes[:rank])
+        for oi, (oname, opts) in enumerate(OPTION_SETS.items()):
+            for di, (dname, dtype) in enumerate(DTYPES.items()):
+                d = _case_data(_seed(oi, di), dtype, opts)
+                for red in REDUCTIONS:
+                    gout = d["gout"].to(dtype) if red == "none" else torch.tensor(0.7, dtype=dtype)
+                    for coll in COLLECTIVES:
+                        xs = d["x"][:, start : start + sizes[rank]].clone().requires_grad_()
+                        loss = vp.cross_entropy(xs, d["y"], group=group, collective=coll,
+                                                chunk_size=5, **_kwargs(opts, d["w"], dtype, red))
+                        loss.backward(gout.reshape(loss.shape))
+                        assert xs.grad is not None
+                        key = f"logits/P{P}/layout{li}/{oname}/{dname}/{red}/{coll}"
+                        raw[key] = (loss.detach(), xs.grad)
+
+
+def _linear_data(seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(N, D, generator=g, dtype=torch.float64).to(dtype)
+    W = torch.randn(V, D, generator=g, dtype=torch.float64).to(dtype)
+    b = torch.randn(V, generator=g, dtype=torch.float64).to(dtype)
+    return h, W, b
+
+
+def _linear_cases(rank: int, P: int, group: Any, raw: dict[str, Any]) -> None:
+    sizes = LAYOUTS[P][-1]
+    start = sum(sizes[:rank])
+    for oi, oname in enumerate(("plain", "everything", "all_ignored")):
+        opts = OPTION_SETS[oname]
+        for dname, dtype in DTYPES.items():
+            d = _case_data(2000 + oi, dtype, opts)
+            h, W, b = _linear_data(2000 + oi, dtype)
+            for use_bias in (False, True):
+                for red in REDUCTIONS:
+                    gout = d["gout"].to(dtype) if red == "none" else torch.tensor(0.7, dtype=dtype)
+                    for coll in COLLECTIVES:
+                        hs = h.clone().requires_grad_()
+                        ws = W[start : start + sizes[rank]].clone().requires_grad_()
+                        bs = b[start : start + sizes[rank]].clone().requires_grad_()
+                        loss = vp.linear_cross_entropy(
+                            hs, ws, d["y"], linear_bias=bs if use_bias else None, group=group,
+                            collective=coll, chunk_size=5, **_kwargs(opts, d["w"], dtype, red))
+                        loss.backward(gout.reshape(loss.shape))
+                        key = f"linear/P{P}/{oname}/{dname}/bias{int(use_bias)}/{red}/{coll}"
+                        raw[key] = (loss.detach(), hs.grad, ws.grad,
+                                    bs.grad if use_bias else None)
+
+
+LARGE_V = 70001  # shards of 35001 and 35000: the elementwise passes run on blocks of rows
+
+
+def _large_vocab_data() -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(77)
+    h = torch.randn(N, D, generator=g)
+    W = torch.randn(LARGE_V, D, generator=g)
+    b = torch.randn(LARGE_V, generator=g)
+    y = torch.randint(0, LARGE_V, (N,), generator=g)
+    w = torch.rand(LARGE_V, generator=g) + 0.5
+    return h, W, b, y, w
+
+
+def _large_vocab_cases(rank: int, P: int, group: Any, raw: dict[str, Any]) -> None:
+    """A vocabulary larger than one block of the elementwise passes (float32)."""
+    h, W, b, y, w = _large_vocab_data()
+    start, stop = vp.shard_range(LARGE_V, rank, P)
+    kw = {"weight": w, "label_smoothing": 0.1, "group": group}
+    hs = h.clone().requires_grad_()
+    ws = W[start:stop].clone().requires_grad_()
+    loss = vp.linear_cross_entropy(hs, ws, y, linear_bias=b[start:stop], **kw)
+    loss.backward()
+    xs = (h @ W[start:stop].t() + b[start:stop]).requires_grad_()
+    loss2 = vp.cross_entropy(xs, y, **kw)
+    loss2.backward()
+    raw[f"large/P{P}"] = (loss.detach(), hs.grad, ws.grad, loss2.detach(), xs.grad,
+                          xs.detach())
 
 
 def _err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -125,126 +347,6 @@ def _err(a: torch.Tensor, b: torch.Tensor) -> float:
     if math.isnan(diff):
         return math.inf
     return diff / max(float(b64.abs().max()), 1e-300) if float(b64.abs().max()) else diff
-
-
-# --------------------------------------------------------------------------- worker
-
-
-def _logits_cases(rank: int, P: int, group: Any, out: dict[str, Any]) -> None:
-    seed = 0
-    for li, sizes in enumerate(LAYOUTS[P]):
-        start = sum(sizes[:rank])
-        for oname, opts in OPTION_SETS.items():
-            if li == 1 and oname not in ("plain", "everything"):
-                continue  # the second layout (an empty shard for P = 3) runs two option sets
-            for dname, dtype in DTYPES.items():
-                seed += 1
-                d = _data(seed, dtype, opts)
-                x64 = d["x"].to(torch.float64)
-                kw = _kwargs(opts, d["w"], dtype)
-                for red in REDUCTIONS:
-                    # independent reference (float64) and torch's own float32 error
-                    xr = x64.clone().requires_grad_()
-                    ref = _reference(xr, d["y"], d["w"], opts, red)
-                    gout = d["gout"] if red == "none" else torch.tensor(0.7, dtype=torch.float64)
-                    ref.backward(gout)
-                    sp_err = math.nan
-                    if dtype == torch.float32 and not opts.get("z_loss"):
-                        xs = d["x"].clone().requires_grad_()
-                        w32 = None if d["w"] is None else d["w"].float()
-                        sp = F.cross_entropy(xs.reshape(-1, V), d["y"].reshape(-1), weight=w32,
-                                             label_smoothing=opts.get("label_smoothing", 0.0),
-                                             reduction=red)
-                        if opts.get("base") == 2:
-                            sp = sp / LN2
-                        sp_err = _err(sp.reshape(ref.shape), ref)
-                    core = None
-                    if not opts.get("z_loss") and not (opts.get("ignore") == "all"
-                                                       and red == "mean"):
-                        # (the core returns 0.0 for a mean over nothing, torch NaN)
-                        # the NumPy core: an exact float64 implementation (0.0 for all ignored)
-                        core = ce.cross_entropy(
-                            x64.numpy(), d["y"].numpy(), weight=None if d["w"] is None
-                            else d["w"].numpy(), label_smoothing=opts.get("label_smoothing", 0.0),
-                            reduction=red, base=opts.get("base"), return_grad=True)
-                    # crossentropy.torch (the package's single-process torch loss)
-                    xc = d["x"].clone().requires_grad_()
-                    cet_loss = cet.cross_entropy(xc.reshape(-1, V), d["y"].reshape(-1),
-                                                 reduction=red, **kw)
-                    cet_loss.backward(gout.reshape(-1).to(dtype) if red == "none"
-                                      else gout.to(dtype))
-                    assert xc.grad is not None
-                    cet_grad = xc.grad[..., start : start + sizes[rank]]
-                    for coll in COLLECTIVES:
-                        xs = d["x"][..., start : start + sizes[rank]].clone().requires_grad_()
-                        loss = vp.cross_entropy(xs, d["y"], group=group, reduction=red,
-                                                collective=coll, chunk_size=5, **kw)
-                        loss.backward(gout.to(dtype))
-                        assert xs.grad is not None
-                        gref = xr.grad[..., start : start + sizes[rank]]
-                        rec: dict[str, Any] = {
-                            "value_err": _err(loss, ref), "grad_err": _err(xs.grad, gref),
-                            "dtype": dname, "sp_err": sp_err,
-                            "dtype_ok": loss.dtype == dtype and xs.grad.dtype == dtype,
-                            "cet_value_err": _err(loss, cet_loss.reshape(loss.shape)),
-                            "cet_grad_err": _err(xs.grad, cet_grad),
-                        }
-                        if core is not None:
-                            cv, cg = core
-                            rec["core_value_err"] = _err(loss, torch.as_tensor(cv))
-                            # the core's 'none' gradient is each row's own: times gout here
-                            cg_shard = torch.as_tensor(cg)[..., start : start + sizes[rank]]
-                            rec["core_grad_err"] = _err(
-                                xs.grad, cg_shard * (gout[..., None] if red == "none" else 0.7))
-                        out[f"logits/P{P}/layout{li}/{oname}/{dname}/{red}/{coll}"] = rec
-
-
-def _linear_cases(rank: int, P: int, group: Any, out: dict[str, Any]) -> None:
-    sizes = LAYOUTS[P][1]
-    start = sum(sizes[:rank])
-    seed = 100
-    for oname in ("plain", "everything", "all_ignored"):
-        opts = OPTION_SETS[oname]
-        for dname, dtype in DTYPES.items():
-            for use_bias in (False, True):
-                seed += 1
-                d = _data(seed, torch.float64, opts)
-                g = torch.Generator().manual_seed(seed)
-                h = torch.randn(*ROWS, D, generator=g, dtype=torch.float64).to(dtype)
-                W = torch.randn(V, D, generator=g, dtype=torch.float64).to(dtype)
-                b = torch.randn(V, generator=g, dtype=torch.float64).to(dtype)
-                for red in REDUCTIONS:
-                    hr = h.to(torch.float64).clone().requires_grad_()
-                    Wr_ = W.to(torch.float64).clone().requires_grad_()
-                    br = b.to(torch.float64).clone().requires_grad_()
-                    logits = hr @ Wr_.t() + (br if use_bias else 0.0)
-                    ref = _reference(logits, d["y"], d["w"], opts, red)
-                    gout = d["gout"] if red == "none" else torch.tensor(0.7, dtype=torch.float64)
-                    ref.backward(gout)
-                    for coll in COLLECTIVES:
-                        hs = h.clone().requires_grad_()
-                        ws = W[start : start + sizes[rank]].clone().requires_grad_()
-                        bs = b[start : start + sizes[rank]].clone().requires_grad_()
-                        kw = _kwargs(opts, d["w"], dtype)
-                        loss = vp.linear_cross_entropy(
-                            hs, ws, d["y"], linear_bias=bs if use_bias else None, group=group,
-                            reduction=red, collective=coll, chunk_size=5, **kw)
-                        loss.backward(gout.to(dtype))
-                        assert hs.grad is not None and ws.grad is not None
-                        assert Wr_.grad is not None and hr.grad is not None
-                        rec = {
-                            "value_err": _err(loss, ref),
-                            "grad_err": max(
-                                _err(hs.grad, hr.grad),
-                                _err(ws.grad, Wr_.grad[start : start + sizes[rank]]),
-                                _err(bs.grad, br.grad[start : start + sizes[rank]])
-                                if use_bias and bs.grad is not None and br.grad is not None
-                                else 0.0 if not use_bias else math.inf),
-                            "dtype": dname,
-                            "dtype_ok": loss.dtype == dtype and hs.grad.dtype == dtype,
-                        }
-                        key = f"linear/P{P}/{oname}/{dname}/bias{int(use_bias)}/{red}/{coll}"
-                        out[key] = rec
 
 
 def _expect_error(out: dict[str, Any], key: str, fn: Any) -> None:
@@ -320,7 +422,7 @@ def _ddp_fsdp_cases(rank: int, P: int, group: Any, out: dict[str, Any]) -> None:
     from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
     from torch.nn.parallel import DistributedDataParallel
 
-    sizes = LAYOUTS[P][1]
+    sizes = LAYOUTS[P][-1]
     start = sum(sizes[:rank])
     g = torch.Generator().manual_seed(5)
     torch.manual_seed(5)  # the same initial trunk on every rank (FSDP shards it as it is)
@@ -386,15 +488,23 @@ def _worker(rank: int, world: int, port: int, outdir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     out: dict[str, Any] = {}
+    raw: dict[str, Any] = {}
     try:
-        pair = dist.new_group([0, 1])  # every rank must take part in creating it
-        for P, group in ((2, pair), (3, None)):
-            for part in (_logits_cases, _linear_cases, _mismatch_cases, _ddp_fsdp_cases):
-                if rank >= P:  # rank 2 waits at the barrier while the pair runs
+        single = dist.new_group([0])  # every rank must take part in creating each group
+        pair = dist.new_group([0, 1])
+        for P, group in ((1, single), (2, pair), (3, None)):
+            parts: list[Any] = [_accuracy_cases, _linear_cases]
+            if P == 2:
+                parts.append(_large_vocab_cases)
+            if P > 1:
+                parts += [_mismatch_cases, _ddp_fsdp_cases]
+            for part in parts:
+                if rank >= P:  # the other ranks wait at the barrier
                     break
                 t0 = time.perf_counter()
                 try:
-                    part(rank, P, group, out)
+                    raw_part = part in (_accuracy_cases, _linear_cases, _large_vocab_cases)
+                    part(rank, P, group, raw if raw_part else out)
                 except Exception:
                     out[f"crash/P{P}/{part.__name__}"] = traceback.format_exc()
                     raise
@@ -403,6 +513,7 @@ def _worker(rank: int, world: int, port: int, outdir: str) -> None:
     finally:
         with open(os.path.join(outdir, f"rank{rank}.json"), "w") as f:
             json.dump(out, f)
+        torch.save(raw, os.path.join(outdir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
@@ -416,8 +527,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """Run the group once; merge the ranks' measurements (worst over the ranks)."""
+def group_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Run the group once; the ranks' measurements and raw results."""
     outdir = tmp_path_factory.mktemp("vp")
     ctx = mp.start_processes(_worker, args=(WORLD, _free_port(), str(outdir)), nprocs=WORLD,
                              join=False, start_method="spawn")
@@ -434,14 +545,18 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
         for p in ctx.processes:
             if p.is_alive():
                 p.kill()
-    per_rank = {}
+    per_rank, raw = {}, {}
+    times = {}
     for r in range(WORLD):
         path = outdir / f"rank{r}.json"
         per_rank[r] = json.loads(path.read_text()) if path.exists() else {}
         for key, rec in per_rank[r].items():
             if key.startswith("crash/"):  # the original error, not a peer's lost connection
                 pytest.fail(f"rank {r}: {rec}")
+        times[r] = {k: rec for k, rec in per_rank[r].items() if k.startswith("time/")}
         per_rank[r] = {k: rec for k, rec in per_rank[r].items() if not k.startswith("time/")}
+        pt = outdir / f"rank{r}.pt"
+        raw[r] = torch.load(pt) if pt.exists() else {}
     if failure:
         pytest.fail(failure)
     merged: dict[str, dict[str, Any]] = {}
@@ -456,12 +571,311 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
                 "value_err", 0
             ) + old.get("grad_err", 0):
                 merged[key] = rec
+    return {"merged": merged, "raw": raw, "times": times}
+
+
+@pytest.fixture(scope="module")
+def results(group_run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = group_run["merged"]
     return merged
 
 
+# --------------------------------------------------------------------------- accuracy
+
+EPS64 = float(np.finfo(np.float64).eps)
+WORST: dict[str, float] = {}  # (path, dtype) -> worst ulp seen, for the report
+
+
+def _np_dtype(dname: str) -> Any:
+    return np.float32 if dname == "float32" else np.float64
+
+
+def _spacing(ref: Any, dname: str) -> np.ndarray:
+    r = np.abs(ref.rounded(_np_dtype(dname)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        out: np.ndarray = np.spacing(np.where(np.isfinite(r), r, 1.0)).astype(np.float64)
+    return out
+
+
+def _f64(values: Any) -> np.ndarray:
+    return np.array([[float(v) for v in row] for row in values]) if isinstance(
+        values[0], list) else np.array([float(v) for v in values])
+
+
+def _check(bad: list[str], what: str, key: str, computed: np.ndarray, ref: Any, dname: str,
+           allowance: np.ndarray | float = 0.0) -> float:
+    """Append a failure when an entry is off by more than the bound (+ allowance, in ulp)."""
+    err = ulp_error(computed, ref, _np_dtype(dname))
+    limit = ULP_BOUND[dname] + np.asarray(allowance) / _spacing(ref, dname)
+    over = ~(err <= limit)
+    parts = key.split("/")
+    oname = next(p for p in parts if p in OPTION_SETS)
+    path = f"{parts[0]}/{parts[1]}/{oname}/{dname}/{what}"
+    finite = err[np.isfinite(err)]
+    WORST[path] = max(WORST.get(path, 0.0), float(finite.max()) if finite.size else 0.0)
+    if over.any():
+        i = np.unravel_index(int(np.argmax(np.where(over, err - limit, -np.inf))), err.shape)
+        bad.append(f"{key}: {what}{list(map(int, i))} off by {err[i]:.3g} ulp > "
+                   f"{float(np.broadcast_to(limit, err.shape)[i]):.3g} (computed "
+                   f"{computed[i]!r}, exact {float(ref.rounded(np.float64)[i])!r})")
+    return float(err.max()) if err.size else 0.0
+
+
+def _allowances(ref: dict[str, Any], opts: dict[str, Any], dname: str, red: str,
+                value: Any, grad: Any, mag: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Absolute error allowances (loss, gradient) beyond the ulp bound, float64 rounding only:
+    the soft cap's rounded tanh (cond * eps * sum |d loss / d z|), and with label smoothing
+    the cancellation in p_c W - a_c (eps * (|p_c W| + |a_c| - |g_c|))."""
+    factors = _f64(ref["data"]["gout"].tolist()) if red == "none" else None
+    sens = _f64(ref["sens"])
+    conds = _f64(ref["conds"])
+    g = np.abs(_f64(grad))
+    m = _f64(mag)
+    if red == "none":
+        scale = 1.0 / math.log(opts["base"]) if opts.get("base") else 1.0
+        assert factors is not None
+        loss_allow = 4 * EPS64 * sens * factors * scale
+    else:
+        f = float(np.max(m / np.maximum(_f64(ref["mags"]), 1e-300))) if m.any() else 0.0
+        loss_allow = np.array([4 * EPS64 * sens.sum() * f])
+    grad_allow = 4 * EPS64 * m * conds[:, None]
+    if opts.get("label_smoothing") or opts.get("z_loss"):
+        # a_c > 0 off the target, or W = sum a + 2 zeta lse below a_c: p_c W - a_c may cancel
+        grad_allow = grad_allow + 4 * EPS64 * (m - g)
+    return loss_allow, grad_allow
+
+
+def _check_logits_case(raw: dict[int, dict[str, Any]], key: str, bad: list[str]) -> None:
+    _, p_, layout, oname, dname, red, coll = key.split("/")
+    P, li = int(p_[1:]), int(layout[len("layout"):])
+    opts = OPTION_SETS[oname]
+    ref = _reference(dname, oname)
+    value, grad, mag = _reduced_reference(ref, opts, red)
+    vref = ref_from_mp(value if red == "none" else [value])
+    gref = ref_from_mp([v for row in grad for v in row], (N, V))
+    loss_allow, grad_allow = _allowances(ref, opts, dname, red, value, grad, mag)
+    dtype = DTYPES[dname]
+    shards = [raw[r][key][1] for r in range(P)]
+    assert [s.shape[-1] for s in shards] == LAYOUTS[P][li], key
+    full = torch.cat(shards, dim=-1)
+    if full.dtype != dtype or any(raw[r][key][0].dtype != dtype for r in range(P)):
+        bad.append(f"{key}: result or gradient dtype differs from the input's")
+    _check(bad, "grad", key, full.to(torch.float64).numpy(), gref, dname, grad_allow)
+    for r in range(P):
+        loss = raw[r][key][0].to(torch.float64).numpy().reshape(-1)
+        _check(bad, "loss", key, loss, vref, dname, loss_allow)
+        if coll == "all_gather" and not torch.equal(
+                raw[r][key][0].nan_to_num(), raw[0][key][0].nan_to_num()):
+            bad.append(f"{key}: rank {r}'s loss differs from rank 0's (rank-order merge)")
+
+
+def _accuracy_keys(raw: dict[int, dict[str, Any]], prefix: str) -> list[str]:
+    return sorted(k for k in raw[0] if k.startswith(prefix))
+
+
+@pytest.mark.parametrize("P", [1, 2, 3])
+def test_logits_within_ulp_bounds(group_run: dict[str, Any], P: int) -> None:
+    """Per-row loss, reduced loss and gradient of every case against mpmath: float64 <= 4 ulp,
+    float32 <= 1 ulp (plus the allowances of :func:`_allowances`, float64 only)."""
+    raw = group_run["raw"]
+    keys = _accuracy_keys(raw, f"logits/P{P}/")
+    expected = (len(LAYOUTS[P]) * len(OPTION_SETS) * len(DTYPES) * len(REDUCTIONS)
+                * len(COLLECTIVES))
+    assert len(keys) == expected
+    bad: list[str] = []
+    for key in keys:
+        _check_logits_case(raw, key, bad)
+    assert not bad, f"{len(bad)} failures:\n" + "\n".join(bad[:40])
+
+
+def test_confident_row_regression(group_run: dict[str, Any]) -> None:
+    """Issue 10: the 1-rank loss of a confident row was 0 in float64 (log S instead of
+    (m - z_y) + log1p(rest)).  Row 0 of the plain float64 data: 40 at the target.
+
+    mpmath: x = row 0; m = 40; loss = log(sum(exp(x_c - 40))) ~ 10 e^-40 (computed by _mp_rows)
+    """
+    raw = group_run["raw"]
+    loss = raw[0]["logits/P1/layout0/plain/float64/none/all_gather"][0].reshape(-1)
+    exact = float(_reference("float64", "plain")["losses"][0])
+    assert 1e-18 < exact < 1e-15
+    assert ulp_error(np.array([float(loss[0])]), ref_from_mp([exact]))[0] <= 4
+
+
+def _linear_reference(oi: int, oname: str, dname: str, use_bias: bool
+                      ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, torch.Tensor]:
+    opts = OPTION_SETS[oname]
+    dtype = DTYPES[dname]
+    d = _case_data(2000 + oi, dtype, opts)
+    h, W, b = (t.to(torch.float64) for t in _linear_data(2000 + oi, dtype))
+    z = h @ W.t() + (b if use_bias else 0.0)  # the logits in float64 (products exact for float32)
+    w = None if d["w"] is None else d["w"].numpy()
+    ref = {"data": d, **_mp_rows(z.numpy(), d["y"].numpy(), w, opts)}
+    return ref, h, W, b
+
+
+def test_linear_within_bounds(group_run: dict[str, Any]) -> None:
+    """The linear form against mpmath on the exact logits h @ W.T + b: the loss per row in
+    ulp plus the rounding of the logits, formed in the input dtype (as torch's and
+    crossentropy.torch's linear losses do): (D + 2) eps sum_c |d loss / d z_c| |z|_c with
+    |z| = |h| @ |W|.T + |b|; the gradients of h, W and b componentwise: within the ulp bound
+    plus 16 eps (|G| @ |W|) (the rounding of the logits and of the products with the
+    gradient G)."""
+    raw = group_run["raw"]
+    bad: list[str] = []
+    checked = 0
+    for P in (1, 2, 3):
+        for oi, oname in enumerate(("plain", "everything", "all_ignored")):
+            opts = OPTION_SETS[oname]
+            for dname in DTYPES:
+                for use_bias in (False, True):
+                    ref, h, W, b = _linear_reference(oi, oname, dname, use_bias)
+                    eps_mm = float(np.finfo(_np_dtype(dname)).eps)  # the matmul's dtype
+                    absz = (h.abs() @ W.abs().t() + (b.abs() if use_bias else 0.0)).numpy()
+                    for red in REDUCTIONS:
+                        value, grad, mag = _reduced_reference(ref, opts, red)
+                        vref = ref_from_mp(value if red == "none" else [value])
+                        G = _f64(grad)
+                        M = _f64(mag) * (2.0 + _f64(ref["conds"])[:, None])
+                        loss_allow, _ = _allowances(ref, opts, dname, red, value, grad, mag)
+                        logit_allow = (D + 2) * eps_mm * (M * absz).sum(axis=1)
+                        if red != "none":
+                            logit_allow = np.array([logit_allow.sum()])
+                        for coll in COLLECTIVES:
+                            key = f"linear/P{P}/{oname}/{dname}/bias{int(use_bias)}/{red}/{coll}"
+                            checked += 1
+                            for r in range(P):
+                                loss = raw[r][key][0].to(torch.float64).numpy().reshape(-1)
+                                _check(bad, "loss", key, loss, vref, dname,
+                                       loss_allow + logit_allow)
+                            gh = raw[0][key][1].to(torch.float64).numpy().reshape(N, D)
+                            gw = torch.cat([raw[r][key][2] for r in range(P)]).to(torch.float64)
+                            wanted = [("grad_h", gh, G @ W.numpy(), M @ W.abs().numpy()),
+                                      ("grad_W", gw.numpy(), G.T @ h.numpy(),
+                                       M.T @ h.abs().numpy())]
+                            if use_bias:
+                                gb = torch.cat([raw[r][key][3] for r in range(P)])
+                                wanted.append(("grad_b", gb.to(torch.float64).numpy(),
+                                               G.sum(axis=0), M.sum(axis=0)))
+                            for what, got, exact, scale in wanted:
+                                sp = np.spacing(np.abs(exact).astype(_np_dtype(dname)))
+                                limit = ULP_BOUND[dname] * sp + 16 * eps_mm * scale
+                                err = np.abs(got - exact)
+                                if not np.all(err <= limit):
+                                    i = int(np.argmax(err - limit))
+                                    bad.append(f"{key}: {what} entry {i} off by "
+                                               f"{err.flat[i]:.3g} > {limit.flat[i]:.3g}")
+    assert checked == 3 * 3 * 2 * 2 * 3 * 2
+    assert not bad, f"{len(bad)} failures:\n" + "\n".join(bad[:40])
+
+
+def test_large_vocabulary(group_run: dict[str, Any]) -> None:
+    """70001 classes on 2 ranks (more than one block of rows), float32, weights and
+    smoothing: both forms against torch.nn.functional.cross_entropy in float64 on the
+    gathered logits (the exact ones for the linear form, the ranks' float32 ones for the
+    logits form)."""
+    raw = group_run["raw"]
+    h, W, b, y, w = (t.to(torch.float64) if t.is_floating_point() else t
+                     for t in _large_vocab_data())
+    hr, Wr = h.clone().requires_grad_(), W.clone().requires_grad_()
+    ref = F.cross_entropy(hr @ Wr.t() + b, y, weight=w, label_smoothing=0.1)
+    ref.backward()
+    assert hr.grad is not None and Wr.grad is not None
+    # the logits form: the float32 logits the ranks formed, gathered
+    x = torch.cat([raw[r]["large/P2"][5] for r in range(2)], dim=1).to(torch.float64)
+    x.requires_grad_()
+    ref2 = F.cross_entropy(x, y, weight=w, label_smoothing=0.1)
+    ref2.backward()
+    assert x.grad is not None
+    sizes = vp.shard_sizes(LARGE_V, 2)
+    for r in range(2):
+        loss, gh, gw, loss2, gx, _ = raw[r]["large/P2"]
+        start = sum(sizes[:r])
+        assert abs(loss.item() - ref.item()) <= 2e-7 * ref.item()  # 1 float32 ulp
+        assert abs(loss2.item() - ref2.item()) <= 2e-7 * ref2.item()
+        # the hidden and weight gradients are float32 matmuls (over 35001 classes for the
+        # hidden one): within 1e-5 of the largest entry
+        assert _err(gh, hr.grad) <= 1e-5
+        assert _err(gw, Wr.grad[start : start + sizes[r]]) <= 1e-5
+        # the logits' gradient is the row arithmetic alone (float64, rounded once)
+        assert torch.allclose(gx.double(), x.grad[:, start : start + sizes[r]], rtol=2e-7,
+                              atol=1e-15)
+
+
+@pytest.mark.parametrize("oname", ["weight_ignore", "smooth_weight_ignore", "normalizer",
+                                   "all_ignored"])
+def test_torch_semantics(group_run: dict[str, Any], oname: str) -> None:
+    """torch.nn.functional.cross_entropy in float64 on the gathered logits (finite rows only:
+    torch gives NaN for +-inf logits): the same value and gradient to 1e-12, NaN for a mean
+    over zero counted rows with a zero gradient."""
+    raw = group_run["raw"]
+    opts = OPTION_SETS[oname]
+    d = _case_data(_seed(list(OPTION_SETS).index(oname), 1), torch.float64, opts)
+    finite = torch.isfinite(d["x"]).all(dim=1)
+    x = d["x"].clone().requires_grad_()
+    per_row = F.cross_entropy(x, d["y"], weight=d["w"], ignore_index=_ignore_index(opts),
+                              label_smoothing=opts.get("label_smoothing", 0.0), reduction="none")
+    for red in REDUCTIONS:
+        for P in (1, 2, 3):
+            key = f"logits/P{P}/layout0/{oname}/float64/{red}/all_reduce"
+            if red == "none":
+                ref = per_row
+            elif opts.get("normalizer"):
+                ref = per_row[finite].sum() / opts["normalizer"]
+            else:
+                ref = F.cross_entropy(x[finite], d["y"][finite], weight=d["w"],
+                                      ignore_index=_ignore_index(opts),
+                                      label_smoothing=opts.get("label_smoothing", 0.0),
+                                      reduction=red)
+            loss = raw[0][key][0]
+            if red == "none":
+                # (torch's own float64 loss is off by ~1e-16 absolute: 0 for a 7e-17 loss)
+                assert torch.allclose(loss[finite], ref[finite].detach(), rtol=1e-12, atol=1e-14)
+            elif not finite.all():
+                continue  # the reduced value includes the non-finite rows
+            elif oname == "all_ignored" and red == "mean":
+                assert torch.isnan(loss) and torch.isnan(ref)
+                g = torch.cat([raw[r][key][1] for r in range(P)], dim=-1)
+                assert torch.equal(g, torch.zeros_like(g))
+            else:
+                assert torch.allclose(loss, ref.detach(), rtol=1e-12, atol=1e-14), (key, loss, ref)
+                gref, = torch.autograd.grad(ref * 0.7, x, retain_graph=True)
+                g = torch.cat([raw[r][key][1] for r in range(P)], dim=-1)
+                assert torch.allclose(g, gref, rtol=1e-10, atol=1e-15), key
+
+
+@pytest.mark.parametrize("oname", ["plain", "weight_ignore", "smooth_weight_ignore"])
+def test_agrees_with_numpy_core(group_run: dict[str, Any], oname: str) -> None:
+    """The NumPy core (``reduction='none', return_grad=True``) on the gathered logits: each
+    per-row loss and gradient entry within twice the ulp bound of the distributed result
+    (both are within the bound of the exact value)."""
+    raw = group_run["raw"]
+    opts = OPTION_SETS[oname]
+    for di, dname in enumerate(DTYPES):
+        d = _case_data(_seed(list(OPTION_SETS).index(oname), di), DTYPES[dname], opts)
+        loss, grad = ce.cross_entropy(
+            d["x"].numpy(), d["y"].numpy(), weight=None if d["w"] is None
+            else d["w"].to(DTYPES[dname]).numpy(), ignore_index=_ignore_index(opts),
+            label_smoothing=opts.get("label_smoothing", 0.0), reduction="none",
+            return_grad=True)
+        for P in (1, 3):
+            key = f"logits/P{P}/layout0/{oname}/{dname}/none/all_gather"
+            mine = raw[0][key][0].to(torch.float64).numpy()
+            gout = d["gout"].numpy()[:, None]
+            g = torch.cat([raw[r][key][1] for r in range(P)], dim=-1).to(torch.float64).numpy()
+            bound = 2 * ULP_BOUND[dname] + (0 if dname == "float64" else 1)
+            smooth = bool(opts.get("label_smoothing"))
+            e1 = ulp_error(np.asarray(loss, np.float64), ref_from_mp(mine.tolist()),
+                           _np_dtype(dname))
+            assert np.all(e1 <= bound), (key, e1.max())
+            gg = np.asarray(grad, np.float64) * gout
+            e2 = ulp_error(gg.astype(_np_dtype(dname)),
+                           ref_from_mp(g.reshape(-1).tolist(), g.shape), _np_dtype(dname))
+            if not smooth:  # with smoothing p_c W - a_c can cancel: compared with mpmath above
+                assert np.all(e2 <= bound + 1), (key, e2.max())
+
+
 def _tol(dtype: str) -> float:
-    # float32: a few ulp of the float32 inputs' exact loss, times a log V growth factor;
-    # float64: the same in float64.  Relative to the largest reference entry.
+    # the DDP/FSDP and check=False cases: a few ulp times a log V growth factor
     return 64 * float(np.finfo(np.float32 if dtype == "float32" else np.float64).eps)
 
 
@@ -470,41 +884,24 @@ def _keys(results: dict[str, dict[str, Any]], prefix: str) -> list[str]:
 
 
 def test_every_case_ran(results: dict[str, dict[str, Any]]) -> None:
-    n_logits = 2 * (len(OPTION_SETS) + 2) * len(DTYPES) * len(REDUCTIONS) * len(COLLECTIVES)
-    assert len(_keys(results, "logits/")) == n_logits
-    assert len(_keys(results, "linear/")) == 2 * 3 * 2 * 2 * 3 * 2
     assert len(_keys(results, "wrap/")) == 2 * 4
     assert len(_keys(results, "err/")) == 2 * 11
+    assert len(_keys(results, "nocheck/")) == 2
 
 
-@pytest.mark.parametrize("part", ["logits/P2", "logits/P3", "linear/P2", "linear/P3",
-                                  "wrap/P2", "wrap/P3", "nocheck/"])
-def test_matches_single_process(results: dict[str, dict[str, Any]], part: str) -> None:
+@pytest.mark.parametrize("part", ["wrap/P2", "wrap/P3", "nocheck/"])
+def test_wrapped_models_match_single_process(results: dict[str, dict[str, Any]],
+                                             part: str) -> None:
+    """DDP, FSDP1, FSDP2 trunks with a vocabulary-parallel head, and check=False."""
     bad = []
     for key in _keys(results, part):
         rec = results[key]
         tol = _tol(rec["dtype"])
-        for what in ("value_err", "grad_err", "core_value_err", "core_grad_err",
-                     "cet_value_err", "cet_grad_err"):
+        for what in ("value_err", "grad_err"):
             if what in rec and not rec[what] <= tol:
                 bad.append(f"{key}: {what} = {rec[what]:.3g} > {tol:.3g} (rank {rec['rank']})")
-        if rec.get("dtype_ok") is False:
-            bad.append(f"{key}: result or gradient dtype differs from the input's")
     assert _keys(results, part), part
     assert not bad, "\n".join(bad)
-
-
-def test_float32_within_single_process_error(results: dict[str, dict[str, Any]]) -> None:
-    """In float32 the distributed loss is no less accurate than torch's own float32 loss
-    (both measured against the float64 reference), up to a couple of ulp."""
-    eps32 = float(np.finfo(np.float32).eps)
-    checked = 0
-    for key in _keys(results, "logits/"):
-        rec = results[key]
-        if rec["dtype"] == "float32" and not math.isnan(rec["sp_err"]):
-            checked += 1
-            assert rec["value_err"] <= 2 * rec["sp_err"] + 4 * eps32, (key, rec)
-    assert checked > 50
 
 
 ERRORS = {

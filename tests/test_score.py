@@ -340,3 +340,248 @@ def test_fuzz_npz(tmp_path: Path, cut: int, flip: int, byte: int, compressed: bo
     for v in variants:
         f.write_bytes(v)
         _reader_outcome(f, chunk_rows=2)
+
+
+# --------------------------------------------------------------------------- metrics against
+# torchmetrics and scikit-learn (the conventions are in crossentropy.score.metrics and
+# docs/evaluation.md)
+
+
+def _probs_npy(tmp_path: Path, p: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
+               **kw: object) -> dict[str, object]:
+    np.save(tmp_path / "p.npy", p)
+    np.save(tmp_path / "y.npy", y)
+    weight = None
+    if w is not None:
+        np.save(tmp_path / "w.npy", w)
+        weight = str(tmp_path / "w.npy")
+    spec = ColumnSpec(label=str(tmp_path / "y.npy"), weight=weight)
+    return score_file(str(tmp_path / "p.npy"), ScoreOptions(columns=spec, **kw))  # type: ignore[arg-type]
+
+
+def test_ece_and_mce_match_torchmetrics(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    # a test-only dependency (the 'test' extra): skipped, and said so, where it is missing
+    tmc = pytest.importorskip("torchmetrics.functional.classification")
+    multiclass_calibration_error = tmc.multiclass_calibration_error
+
+    rng = np.random.default_rng(21)
+    p = rng.dirichlet(np.ones(5) * 0.5, size=700)
+    y = rng.integers(0, 5, size=700)
+    rep = _probs_npy(tmp_path, p, y, bins=10, chunk_rows=64)
+    pt, yt = torch.from_numpy(p), torch.from_numpy(y)
+    for key, norm in (("ece", "l1"), ("mce", "max")):
+        want = float(multiclass_calibration_error(pt, yt, num_classes=5, n_bins=10, norm=norm))
+        # torchmetrics sums in float32 whatever the input's dtype: agreement to its rounding
+        assert rep[key] == pytest.approx(want, rel=1e-6), key
+
+
+def test_confidence_one_is_in_the_last_bin_unlike_torchmetrics(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    # a test-only dependency (the 'test' extra): skipped, and said so, where it is missing
+    tmc = pytest.importorskip("torchmetrics.functional.classification")
+    multiclass_calibration_error = tmc.multiclass_calibration_error
+
+    # rows (confidence, right?): (1.0, wrong), (0.95, right), (0.3 -> top 0.4, right)
+    p = np.array([[1.0, 0.0, 0.0], [0.95, 0.05, 0.0], [0.3, 0.4, 0.3]])
+    y = np.array([1, 0, 1])
+    rep = _probs_npy(tmp_path, p, y, bins=10)
+    # ours: bin [0.9, 1] holds 1.0 and 0.95: |1 - 1.95| = 0.95; bin [0.4, 0.5): |1 - 0.4|
+    # ECE = (0.95 + 0.6) / 3
+    assert rep["ece"] == pytest.approx((0.95 + 0.6) / 3, rel=1e-14)
+    assert rep["reliability"][9]["weight"] == 2.0
+    # torchmetrics puts a confidence of exactly 1.0 in an 11th bin of its own (its issue
+    # #3510): |0 - 1| + |1 - 0.95| + |1 - 0.4| = 1.65, / 3
+    want_tm = float(multiclass_calibration_error(torch.from_numpy(p), torch.from_numpy(y),
+                                                 num_classes=3, n_bins=10))
+    assert want_tm == pytest.approx(1.65 / 3, rel=1e-6)
+    assert rep["ece"] != pytest.approx(want_tm)
+    # confidence exactly 0 (multi-label P(label = 1) = 0) is in bin 0
+    f = tmp_path / "m.csv"
+    f.write_text("p,y\n0,0\n0.05,1\n")
+    m = score_file(str(f), ScoreOptions(columns=ColumnSpec(pred="p", targets="y",
+                                                          multilabel=True), bins=10))
+    assert m["reliability"][0]["weight"] == 2.0
+    assert m["ece"] == pytest.approx(abs(1 - 0.05) / 2, rel=1e-14)
+
+
+def test_reliability_bins_match_sklearn_calibration_curve(tmp_path: Path) -> None:
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(22)
+    # binary (one label): the table is sklearn's calibration_curve on the same data
+    q = rng.uniform(0, 1, size=400)
+    t = (rng.random(400) < q**1.5).astype(float)
+    np.savez(tmp_path / "b.npz", probs=q[:, None], targets=t[:, None])
+    rep = score_file(str(tmp_path / "b.npz"), ScoreOptions(
+        columns=ColumnSpec(targets="targets", multilabel=True), bins=8))
+    prob_true, prob_pred = calibration_curve(t, q, n_bins=8, strategy="uniform")
+    full = [b for b in rep["reliability"] if b["weight"] > 0]
+    np.testing.assert_allclose([b["accuracy"] for b in full], prob_true, rtol=1e-12)
+    np.testing.assert_allclose([b["confidence"] for b in full], prob_pred, rtol=1e-12)
+    # multi-class, top label: calibration_curve of (right?, top-class confidence)
+    p = rng.dirichlet(np.ones(4), size=300)
+    y = rng.integers(0, 4, size=300)
+    rep = _probs_npy(tmp_path, p, y, bins=6)
+    hit = (p.argmax(axis=1) == y).astype(float)
+    prob_true, prob_pred = calibration_curve(hit, p.max(axis=1), n_bins=6)
+    full = [b for b in rep["reliability"] if b["weight"] > 0]
+    np.testing.assert_allclose([b["accuracy"] for b in full], prob_true, rtol=1e-12)
+    np.testing.assert_allclose([b["confidence"] for b in full], prob_pred, rtol=1e-12)
+
+
+def test_brier_and_top_k_match_sklearn(tmp_path: Path) -> None:
+    from sklearn.metrics import brier_score_loss, top_k_accuracy_score
+
+    rng = np.random.default_rng(23)
+    z = rng.normal(size=(250, 6))
+    y = rng.integers(0, 6, size=250)
+    w = rng.uniform(0, 2, size=250)
+    np.savez(tmp_path / "z.npz", logits=z, labels=y, w=w)
+    rep = score_file(str(tmp_path / "z.npz"), ScoreOptions(
+        columns=ColumnSpec(weight="w"), logits=True, top_k=(1, 2, 5), chunk_rows=30))
+    p = scipy.special.softmax(z, axis=1)
+    # multi-class Brier: mean over rows of sum_c (p_c - onehot_c)^2 (not halved)
+    want = brier_score_loss(y, p, labels=list(range(6)), sample_weight=w,
+                            scale_by_half=False)
+    assert rep["brier"] == pytest.approx(want, rel=1e-12)
+    for k in (1, 2, 5):
+        want_k = top_k_accuracy_score(y, z, k=k, labels=list(range(6)), sample_weight=w)
+        assert rep["top_k_accuracy"][str(k)] == pytest.approx(want_k, rel=1e-12)
+    assert rep["top_k_accuracy"]["1"] == pytest.approx(rep["accuracy"], rel=1e-15)
+    # multi-label Brier: the binary Brier score of every (row, label) entry
+    q = rng.uniform(size=(100, 3))
+    t = (rng.random((100, 3)) < q).astype(float)
+    np.savez(tmp_path / "m.npz", probs=q, targets=t)
+    m = score_file(str(tmp_path / "m.npz"), ScoreOptions(
+        columns=ColumnSpec(targets="targets", multilabel=True)))
+    assert m["brier"] == pytest.approx(brier_score_loss(t.ravel(), q.ravel()), rel=1e-12)
+
+
+def test_adaptive_and_classwise_ece_against_references(tmp_path: Path) -> None:
+    rng = np.random.default_rng(24)
+    n, c, nb = 600, 4, 10  # n divisible by the bins: equal-mass bins of exactly 60 rows
+    p = rng.dirichlet(np.ones(c), size=n)
+    y = rng.integers(0, c, size=n)
+    w = rng.uniform(0.5, 1.5, size=n)
+    rep = _probs_npy(tmp_path, p, y, bins=nb, chunk_rows=50)
+    conf, hit = p.max(axis=1), (p.argmax(axis=1) == y).astype(float)
+    order = np.argsort(conf)
+    want = sum(abs(hit[b].sum() - conf[b].sum()) for b in np.array_split(order, nb)) / n
+    assert rep["adaptive_ece"] == pytest.approx(want, rel=1e-12)
+    assert [b["weight"] for b in rep["reliability_adaptive"]] == [60.0] * nb
+    # classwise ECE (Kull et al. 2019) from np.histogram, whose last bin is closed like ours
+    edges = np.linspace(0, 1, nb + 1)
+    per = []
+    for j in range(c):
+        wt, _ = np.histogram(p[:, j], edges)
+        sp, _ = np.histogram(p[:, j], edges, weights=p[:, j])
+        sy, _ = np.histogram(p[:, j], edges, weights=(y == j).astype(float))
+        assert wt.sum() == n
+        per.append(np.sum(np.abs(sy - sp)) / n)
+    assert rep["classwise_ece"] == pytest.approx(np.mean(per), rel=1e-12)
+    for j in range(c):
+        assert rep["per_class"][j]["ece"] == pytest.approx(per[j], rel=1e-12)
+    # with weights: each row counts with its weight, in ECE and the classwise ECE
+    rw = _probs_npy(tmp_path, p, y, w, bins=nb)
+    cnt, _ = np.histogram(conf, edges, weights=w)
+    sc, _ = np.histogram(conf, edges, weights=w * conf)
+    sh, _ = np.histogram(conf, edges, weights=w * hit)
+    assert rw["ece"] == pytest.approx(np.sum(np.abs(sh - sc)) / w.sum(), rel=1e-12)
+    full = cnt > 0
+    assert rw["mce"] == pytest.approx(np.max(np.abs(sh - sc)[full] / cnt[full]), rel=1e-12)
+
+
+def test_adaptive_ece_keeps_ties_together(tmp_path: Path) -> None:
+    # four rows of confidence 0.5 (two right) and two of 0.9 (both right), 2 bins: the tie
+    # group's midpoint (2 of 6) is in bin 0, so bin 0 holds all four: |2 - 2| = 0,
+    # bin 1: |2 - 1.8| = 0.2; ECE = 0.2 / 6, whatever the order of the rows
+    f = tmp_path / "t.csv"
+    rows = ["0.5,0.5,0", "0.5,0.5,1", "0.5,0.5,0", "0.5,0.5,1", "0.9,0.1,0", "0.9,0.1,0"]
+    for order in (rows, rows[::-1]):
+        f.write_text("a,b,label\n" + "\n".join(order) + "\n")
+        rep = score_file(str(f), ScoreOptions(bins=2))
+        assert rep["adaptive_ece"] == pytest.approx(0.2 / 6, rel=1e-14)
+
+
+def test_parquet_large_footer_is_read_group_by_group(tmp_path: Path) -> None:
+    # over --max-footer-mb the footer is split into one per row group: the same report
+    p, y, w = _data(45)
+    t = pa.table({**{n: p[:, j] for j, n in enumerate(NAMES)},
+                  "label": [NAMES[v] for v in y], "w": w})
+    f = tmp_path / "small_groups.parquet"
+    pq.write_table(t, f, row_group_size=4)  # 12 row groups
+    opts = {"columns": ColumnSpec(weight="w"), "chunk_rows": 3}
+    whole = score_file(str(f), ScoreOptions(**opts))  # type: ignore[arg-type]
+    split = score_file(str(f), ScoreOptions(max_footer_mb=1e-6, **opts))  # type: ignore[arg-type]
+    assert split == whole
+    assert split["cross_entropy"] == pytest.approx(_reference(p, y, w)["ce"], rel=1e-12)
+    # a missing value is still found, in the right row group
+    t2 = pa.table({"a": [0.5, 0.5, None, 0.5], "b": [0.5] * 4, "label": [0, 1, 0, 1]})
+    pq.write_table(t2, f, row_group_size=2)
+    with pytest.raises(ScoreError, match=r"row group 1, row 0, column 'a': missing value"):
+        score_file(str(f), ScoreOptions(max_footer_mb=1e-6))
+
+
+def test_parquet_footer_that_cannot_be_split_names_the_workaround(tmp_path: Path) -> None:
+    f = tmp_path / "bad_footer.parquet"
+    pq.write_table(pa.table({"a": [0.5] * 4, "b": [0.5] * 4, "label": [0, 1] * 2}), f,
+                   row_group_size=1)
+    data = bytearray(f.read_bytes())
+    n = int.from_bytes(data[-8:-4], "little")
+    data[len(data) - 8 - n] = 0x1D  # the first field header's type: 13, not a Thrift type
+    f.write_bytes(bytes(data))
+    with pytest.raises(ScoreError, match=r"the Parquet footer \(metadata\) is 0\.0\d* MB, over "
+                                         r"1e-06 MB, and could not be split by row group.*"
+                                         r"row_group_size=100_000"):
+        score_file(str(f), ScoreOptions(max_footer_mb=1e-6))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=_FIXTURE)
+@given(cut=st.integers(0, 2000), flip=st.integers(0, 2000), byte=st.integers(1, 255))
+def test_fuzz_parquet_split_footer(tmp_path: Path, cut: int, flip: int, byte: int) -> None:
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"a": [0.5, 0.25, 0.5], "b": [0.5, 0.75, 0.5],
+                             "label": [0, 1, 1]}), buf, row_group_size=1)
+    good = bytearray(buf.getvalue())
+    f = tmp_path / "fuzz.parquet"
+    variants = [bytes(good[:cut])]
+    if flip < len(good):
+        bad = bytearray(good)
+        bad[flip] ^= byte
+        variants.append(bytes(bad))
+    for v in variants:
+        f.write_bytes(v)
+        _reader_outcome(f, chunk_rows=1, max_footer_mb=1e-9)
+
+
+def test_probability_on_a_bin_edge_is_binned_as_written(tmp_path: Path) -> None:
+    # p = 0.2 and 0.8 exactly: with 10 bins, 0.2 * 10 = 2 and 0.8 * 10 = 8 in float64, so
+    # the bins [0.2, 0.3) and [0.8, 0.9) (the classwise bins of each class's p_c)
+    f = tmp_path / "edge.csv"
+    f.write_text("a,b,label\n0.8,0.2,0\n")
+    rep = score_file(str(f), ScoreOptions(bins=10))
+    assert rep["reliability"][8]["weight"] == 1.0
+    # classwise: class a: p = 0.8, y = 1 -> |1 - 0.8|; class b: p = 0.2, y = 0 -> |0 - 0.2|
+    assert rep["per_class"][0]["ece"] == pytest.approx(0.2, rel=1e-15)
+    assert rep["per_class"][1]["ece"] == pytest.approx(0.2, rel=1e-15)
+    assert rep["brier"] == pytest.approx(0.2**2 + 0.2**2, rel=1e-15)
+    # class b's p = 0.2 (its label) and 0.25 (not): one bin [0.2, 0.3) -> |1 - 0.45| / 2;
+    # recovering p_b as (0.2 - 1) + 1 = 0.19999999999999996 would split them (1.05 / 2)
+    f.write_text("a,b,label\n0.8,0.2,b\n0.75,0.25,a\n")
+    rep = score_file(str(f), ScoreOptions(bins=10))
+    assert rep["per_class"][1]["ece"] == pytest.approx(0.55 / 2, rel=1e-14)
+
+
+def test_adaptive_ece_is_null_past_its_memory_limit(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import crossentropy.score.metrics as metrics
+
+    p, y, _ = _data(40)
+    _write_csv(tmp_path / "a.csv", p, y)
+    full = score_file(str(tmp_path / "a.csv"), ScoreOptions(chunk_rows=8))
+    assert isinstance(full["adaptive_ece"], float)
+    monkeypatch.setattr(metrics, "ADAPTIVE_LIMIT", 30)  # fewer than the 40 rows
+    rep = score_file(str(tmp_path / "a.csv"), ScoreOptions(chunk_rows=8))
+    assert rep["adaptive_ece"] is None and rep["reliability_adaptive"] == []
+    assert rep["ece"] == full["ece"]  # the equal-width metrics are still there

@@ -66,3 +66,27 @@ def test_small_path_when_x_minus_max_overflows() -> None:
     # 1e308 - (-1e308) overflows to -inf in the shift; the result is still [1, 0].
     np.testing.assert_array_equal(ce.softmax([1e308, -1e308]), [1.0, 0.0])
     np.testing.assert_array_equal(ce.log_softmax([1e308, -1e308]), [0.0, -np.inf])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_small_cross_entropy_agrees_with_the_core_and_mpmath(seed: int) -> None:
+    from crossentropy._core import categorical as core_ce
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 10, (4, 7))
+    x[0, 2] = 60.0  # a confident row: loss ~1e-26
+    y = np.array([2, 0, 6, 3])
+    assert x.size <= _small.SMALL
+    got = ce.cross_entropy(x, y, reduction="none")
+    t = core_ce.Target(counted=np.ones(4, dtype=bool), labels=y)
+    want, _, _ = core_ce.logits_rows(x, t)
+    assert _ulps(got, want) <= 2.0
+    with mp.workdps(50):
+        for i in range(4):
+            lse = mp.log(mp.fsum(mp.exp(mp.mpf(float(v))) for v in x[i]))
+            exact = float(lse - mp.mpf(float(x[i, y[i]])))  # -log softmax(x_i)[y_i]
+            assert abs(got[i] - exact) <= 2 * np.spacing(abs(exact))
+    # ignored rows and the mean take the same route
+    y2 = np.array([2, -100, 6, 3])
+    assert float(ce.cross_entropy(x, y2)) == pytest.approx(float(np.mean(want[[0, 2, 3]])),
+                                                          rel=4e-16)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import crossentropy as ce
 import crossentropy.torch as cet
-from crossentropy._cpu import cross_entropy_rows
+from crossentropy._backends import cross_entropy_rows
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 SHAPES = ((7,), (5, 7), (3, 5, 3), (3, 5, 3, 2))  # (C), (N, C), (N, C, d1), (N, C, d1, d2)
@@ -155,7 +155,7 @@ def test_gradcheck_float64():
 
 def test_cpu_gradient_is_computed_in_forward(monkeypatch):
     """The fused kernel runs once (forward); backward only scales its gradient."""
-    import crossentropy._cpu as cpu
+    import crossentropy._backends as cpu
 
     calls = []
 

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 import crossentropy as ce
 import crossentropy.torch as cet
 from _torch_reference import linear_ce_reference as _reference
-from crossentropy._cpu import cross_entropy_rows
-from crossentropy.torch import _ops
+from crossentropy._backends import cross_entropy_rows
+from crossentropy._options import CrossEntropyOptions
+from crossentropy.torch import _chunks
 
 N, D, V = 37, 6, 13  # odd sizes: chunks of 8 leave a remainder
 
@@ -144,7 +145,7 @@ def test_bfloat16_weight_gradient_is_accumulated_in_float32():
 
 def test_gradients_computed_in_forward(monkeypatch):
     """mean/sum: one kernel call per chunk in forward, none in backward."""
-    import crossentropy._cpu as cpu
+    import crossentropy._backends as cpu
 
     calls = []
 
@@ -173,11 +174,13 @@ def test_numba_kernel_and_torch_rows_agree():
     t = t.repeat(8)
     cwr = cw.repeat(10).double()
     res = []
-    for rows_fn in (_ops._cpu_rows, _ops._torch_rows):
+    opts = CrossEntropyOptions.create(label_smoothing=0.1, z_loss=1e-3, softcap=5.0)
+    plan = _chunks.ChunkPlan(rows=64).resolve(h.shape[0], W.shape[0], 4)
+    for rows_fn in (_chunks.cpu_rows, _chunks.torch_rows):
         with ce.use_backend("numba"):
-            res.append(_ops.linear_chunks(
-                h, W, t, None, cwr, -100, 0.1, 1e-3, 5.0, 64, grad_scale=0.5, row_scale=None,
-                g_lse=None, need_gh=True, need_gw=True, need_gb=False, rows_fn=rows_fn))
+            res.append(_chunks.linear_chunks(
+                h, W, t, None, cwr, opts, plan, grad_scale=0.5, row_scale=None,
+                g_lse=None, need=(True, True, False), rows_fn=rows_fn))
     for a, b2 in zip(res[0][:4], res[1][:4], strict=True):
         torch.testing.assert_close(a, b2, rtol=2e-5, atol=2e-6)
 

@@ -1,13 +1,13 @@
-"""crossentropy.triton: the Triton kernels run in the Triton interpreter on CPU tensors.
+"""crossentropy.triton: the seam and the public functions, kernels in the Triton interpreter.
 
 ``TRITON_INTERPRET=1`` is set for this module (and restored afterwards); the kernels module
-is (re)imported in that mode by the launchers.  Every kernel result is judged against the
-float64 pure-PyTorch reference (``_reference``), which is itself checked against
-``torch.nn.functional.cross_entropy`` in float64 and against the exact NumPy core.
-Low-precision results must be no worse than PyTorch's own result in the same dtype, plus a
-small tolerance.  Shapes are small and odd (the interpreter is ~10^4x slower than a GPU)
-and never multiples of the interpreter block sizes (BLOCK_C 64, BLOCK_N 16, BLOCK_V 32,
-BLOCK_D 16).
+is (re)imported in that mode by the launchers.  Every result is judged against an
+independent float64 reference: ``torch.nn.functional.cross_entropy`` in float64 on the same
+(float32) logits, soft-capped in float64, plus the z-loss from ``torch.logsumexp``; rows
+with losses of 1e-18 against mpmath.  Low-precision results must be no worse than
+PyTorch's own result in the same dtype, plus half an ulp of that dtype.  Shapes are small
+and odd (the interpreter is ~10^4x slower than a GPU) and never multiples of the
+interpreter block sizes (BLOCK_C 64, BLOCK_N 16, BLOCK_V 32, BLOCK_D 16).
 """
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 # The interpreter mode is fixed when triton is first imported (its own @triton.jit helpers
 # such as tl.max are decorated then), so set it before importing triton; if another test
-# module imported triton in compiled mode already, import a fresh copy in interpreter mode.
+# module (or doctest collection) imported triton in compiled mode already, import a fresh
+# copy in interpreter mode.
 _OLD_INTERPRET = os.environ.get("TRITON_INTERPRET")
 os.environ["TRITON_INTERPRET"] = "1"
 if "triton" in sys.modules:
@@ -39,27 +41,28 @@ if "triton" in sys.modules:
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton.language")  # decorated in interpreter mode from here on
-# The other test modules run without the variable; the fixture below sets it for this one.
 if _OLD_INTERPRET is None:
     del os.environ["TRITON_INTERPRET"]
 else:
     os.environ["TRITON_INTERPRET"] = _OLD_INTERPRET
 F = torch.nn.functional
 
-import crossentropy as ce  # noqa: E402
+import mpmath  # noqa: E402
+
+from crossentropy._options import CrossEntropyOptions  # noqa: E402
 from crossentropy.triton import (  # noqa: E402
-    _autograd,
+    TritonUnavailable,
     _launch,
     cross_entropy,
+    cross_entropy_2d,
     is_available,
     linear_cross_entropy,
-)
-from crossentropy.triton._reference import (  # noqa: E402
-    cross_entropy_reference,
-    linear_cross_entropy_reference,
+    linear_cross_entropy_2d,
+    supports,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+U32 = 2.0**-24  # float32 unit roundoff
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -71,243 +74,320 @@ def _interpreter() -> Iterator[None]:
     kernels = sys.modules.get("crossentropy.triton._kernels")
     if kernels is not None and not isinstance(kernels.ce_fwd_kernel, InterpretedFunction):
         importlib.reload(kernels)  # imported (e.g. by doctest collection) in compiled mode
-    try:
-        yield
-    finally:
-        if _OLD_INTERPRET is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = _OLD_INTERPRET
+    # no inf - inf, 0 * inf, x / 0 or overflow inside a kernel (underflow is legitimate)
+    with np.errstate(invalid="raise", divide="raise", over="raise"):
+        try:
+            yield
+        finally:
+            if _OLD_INTERPRET is None:
+                os.environ.pop("TRITON_INTERPRET", None)
+            else:
+                os.environ["TRITON_INTERPRET"] = _OLD_INTERPRET
 
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _data(n: int, c: int, seed: int, scale: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = _gen(seed)
-    x = torch.randn(n, c, generator=g) * scale
-    t = torch.randint(0, c, (n,), generator=g)
-    return x, t
-
-
-def _as64(kw: dict[str, object]) -> dict[str, object]:
-    return {k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+def _opts(**kw: Any) -> CrossEntropyOptions:
+    return CrossEntropyOptions.create(semantics="torch", **kw)
 
 
 def _upstream(out: torch.Tensor, seed: int = 99) -> torch.Tensor:
     """A non-trivial incoming gradient (so backward's scaling is exercised)."""
     if out.dim() == 0:
-        return torch.tensor(1.75, dtype=out.dtype)
-    return torch.rand(out.shape, generator=_gen(seed), dtype=torch.float64).to(out.dtype) + 0.5
+        return torch.tensor(1.75, dtype=torch.float64)
+    return torch.rand(out.shape, generator=_gen(seed), dtype=torch.float64) + 0.5
 
 
-# --------------------------------------------------------------------- the reference
-
-
-def test_reference_matches_torch_float64() -> None:
-    x, t = _data(23, 11, 0)
-    t[[2, 7]] = -100
-    w = torch.rand(11, generator=_gen(1), dtype=torch.float64) + 0.25
-    for kw in (
-        {},
-        {"weight": w},
-        {"label_smoothing": 0.2},
-        {"weight": w, "label_smoothing": 0.3, "reduction": "sum"},
-        {"weight": w, "label_smoothing": 0.1, "reduction": "none"},
-    ):
-        a = x.double().requires_grad_()
-        b = x.double().requires_grad_()
-        ours = cross_entropy_reference(a, t, **kw)  # type: ignore[arg-type]
-        want = F.cross_entropy(b, t, **kw)  # type: ignore[arg-type]
-        torch.testing.assert_close(ours, want, rtol=1e-13, atol=1e-13)
-        up = _upstream(want)
-        ours.backward(up)
-        want.backward(up)
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-13, atol=1e-13)
-
-
-def test_reference_base_softcap_zloss_against_independent_formulas() -> None:
-    x, t = _data(9, 7, 2)
-    x64 = x.double()
-    # base 2 against the exact NumPy core
-    bits = cross_entropy_reference(x64, t, base=2)
-    exact = float(ce.cross_entropy(x64.numpy(), t.numpy(), base=2))
-    assert float(bits) == pytest.approx(exact, rel=1e-14)
-    # softcap: the loss of the capped logits
-    capped = 2.5 * torch.tanh(x64 / 2.5)
-    assert float(cross_entropy_reference(x64, t, softcap=2.5)) == pytest.approx(
-        float(F.cross_entropy(capped, t)), rel=1e-14
+def truth(
+    z: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    *,
+    ignore_index: int | None = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    base: float | None = None,
+    normalizer: float | None = None,
+) -> torch.Tensor:
+    """The float64 reference, built from torch's own float64 cross-entropy (differentiable
+    in z, which the caller passes as float64)."""
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    w = weight.double() if weight is not None else None
+    prob = target.dtype.is_floating_point
+    ign = -100 if ignore_index is None or prob else ignore_index
+    rows = F.cross_entropy(
+        z, target.double() if prob else target, weight=w, ignore_index=ign,
+        reduction="none", label_smoothing=label_smoothing,
     )
-    # z-loss: mean cross-entropy + lambda * mean(lse^2), lse from the NumPy core
-    lse = ce.logsumexp(x64.numpy(), axis=-1)
-    want = float(F.cross_entropy(x64, t)) + 1e-2 * float(np.mean(lse**2))
-    assert float(cross_entropy_reference(x64, t, z_loss=1e-2)) == pytest.approx(want, rel=1e-14)
+    counted = torch.ones_like(rows, dtype=torch.bool) if prob else target != ign
+    if z_loss:
+        rows = rows + torch.where(counted, z_loss * torch.logsumexp(z, dim=1) ** 2, 0.0)
+    scale = 1.0 if base is None else 1.0 / math.log(base)
+    if reduction == "none":
+        return rows * scale
+    total = rows.sum() * scale
+    if normalizer is not None:
+        return total / normalizer
+    if reduction == "sum":
+        return total
+    if prob:
+        return total / rows.shape[0]
+    wy = counted.double() if w is None else torch.where(counted, w[target.clamp(min=0)], 0.0)
+    return total / wy.sum()
 
 
-def test_weighted_zloss_agrees_with_the_torch_layer_and_cpu_kernel() -> None:
-    """With class weights, z-loss adds z * lse^2 per counted row, unweighted, in every
-    backend (it once was z * w_y * lse^2 here only)."""
-    import crossentropy.torch as cet
-
-    x, t = _data(11, 9, 21)
-    x64 = x.double()
-    t[3] = -100
-    w = torch.rand(9, generator=_gen(22), dtype=torch.float64) + 0.5
-    for red in ("none", "mean", "sum"):
-        kw = {"weight": w, "z_loss": 0.05, "label_smoothing": 0.1, "reduction": red}
-        a = x64.clone().requires_grad_()
-        b = x64.clone().requires_grad_()
-        ours = cross_entropy_reference(a, t, **kw)
-        layer = cet.cross_entropy(b, t, **kw)
-        torch.testing.assert_close(ours, layer, rtol=1e-13, atol=1e-13)
-        ours.sum().backward()
-        layer.sum().backward()
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-13)
-    # independent: the unweighted z-term on top of F.cross_entropy's weighted sum
-    lse = torch.logsumexp(x64, -1)
-    keep = t != -100
-    want = F.cross_entropy(x64, t, weight=w, reduction="sum") + 0.05 * (lse[keep] ** 2).sum()
-    got = cross_entropy_reference(x64, t, weight=w, z_loss=0.05, reduction="sum")
-    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+def _spacing32(want: torch.Tensor) -> torch.Tensor:
+    """The float32 ulp at each value of `want` (as float64)."""
+    w32 = np.atleast_1d(want.detach().float().abs().numpy())
+    return torch.from_numpy(np.spacing(w32).astype(np.float64)).reshape(want.shape)
 
 
-def test_reference_all_ignored_is_nan_with_zero_grad_like_torch() -> None:
-    x, _ = _data(5, 4, 3)
-    t = torch.full((5,), -100)
-    a = x.clone().requires_grad_()
-    out = cross_entropy_reference(a, t, label_smoothing=0.1)
-    assert torch.isnan(out)
-    out.backward()
-    assert a.grad is not None and torch.equal(a.grad, torch.zeros_like(x))
+def _ulps(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+    """|got - want| in float32 ulps of want (spacing of want rounded to float32)."""
+    sp = _spacing32(want)
+    return (got.double() - want).abs() / sp
+
+
+def _mp_loss(row: torch.Tensor, y: int) -> float:
+    """-log softmax(row)[y] to 40 digits (mpmath), row's float values taken exactly."""
+    with mpmath.workdps(40):
+        zs = [mpmath.mpf(float(v)) for v in row]
+        lse = mpmath.log(mpmath.fsum(mpmath.exp(z) for z in zs))
+        return float(lse - zs[y])
+
+
+# --------------------------------------------------------------------- availability
+
+
+def test_importable_without_triton_and_says_so() -> None:
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, crossentropy.triton as T\n"
+        "from crossentropy._options import CrossEntropyOptions as O\n"
+        "assert T.is_available() is False\n"
+        "print(T.supports(torch.zeros(2, 3)))\n"
+        "try:\n"
+        "    T.cross_entropy_2d(torch.zeros(2, 3), torch.tensor([0, 1]), None, O())\n"
+        "except T.TritonUnavailable as e:\n"
+        "    print('raised', e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("triton is not installed") == 2, run.stdout
+
+
+def test_is_available_supports_and_no_silent_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert is_available() is True
+    assert supports(torch.zeros(2, 3)) is None
+    assert "float64" in (supports(torch.zeros(2, 3, dtype=torch.float64)) or "")
+    assert "int64" in (supports(torch.zeros(2, 3, dtype=torch.int64)) or "")
+    x, t = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(TritonUnavailable, match="float64"):
+        cross_entropy(x.double(), t)
+    with pytest.raises(TritonUnavailable, match="float64"):
+        linear_cross_entropy(x.double(), torch.randn(7, 5, dtype=torch.float64), t)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # CPU tensors, no interpreter: no kernels
+    assert is_available() is torch.cuda.is_available()
+    assert supports(x) is not None
+    with pytest.raises(TritonUnavailable, match="TRITON_INTERPRET"):
+        cross_entropy_2d(x, t, None, _opts())
+    with pytest.raises(TritonUnavailable):
+        linear_cross_entropy_2d(x, torch.randn(7, 5), None, t, None, _opts())
 
 
 # --------------------------------------------------------------------- kernel 1
 
+N1, C1 = 13, 150  # 150 = 2 * 64 + 22: the last block of each row is partial
 
-CE_CASES = [
+CE_CASES: list[dict[str, Any]] = [
     {},
-    {"reduction": "sum"},
-    {"reduction": "none", "ignore": True},
-    {"weight": True, "label_smoothing": 0.15, "ignore": True},
-    {"weight": True, "label_smoothing": 0.1, "reduction": "none", "z_loss": 1e-3},
-    {"softcap": 4.0, "base": 2, "z_loss": 2e-3, "ignore": True},
+    {"reduction": "sum", "weight": True, "label_smoothing": 0.15, "ignore": True},
+    {"reduction": "none", "z_loss": 1e-2, "softcap": 4.0, "base": 2, "ignore": True,
+     "weight": True},
+    {"prob": True, "weight": True, "label_smoothing": 0.1},
+    {"prob": True, "reduction": "none", "z_loss": 2e-3},
+    {"ignore_index": None, "normalizer": 7.5, "weight": True, "seam": True},
+    {"prob": True, "reduction": "sum", "softcap": 3.0, "weight": True, "seam": True},
 ]
 
 
+def _ce_inputs(case: dict[str, Any], n: int, c: int, seed: int) -> tuple[Any, ...]:
+    g = _gen(seed)
+    x = torch.randn(n, c, generator=g) * 3
+    if case.get("prob"):
+        t = torch.softmax(torch.randn(n, c, generator=g) * 2, dim=1)
+    else:
+        t = torch.randint(0, c, (n,), generator=g)
+        if case.get("ignore"):
+            t[[0, 5, n - 1]] = -100
+    w = torch.rand(c, generator=g) + 0.5 if case.get("weight") else None
+    kw = {k: v for k, v in case.items() if k not in ("prob", "ignore", "weight", "seam")}
+    return x, t, w, kw
+
+
+def _check_float32(out: torch.Tensor, want: torch.Tensor, softcap: float | None,
+                   zmax: float) -> None:
+    """float32 value within 4 ulp of the float64 truth of the same logits (with a soft
+    cap, the rounding of each capped logit to float32, 2 ulp of max|z'|, is added)."""
+    err = (out.double() - want).abs()
+    bound = 4 * _spacing32(want)
+    if softcap is not None:
+        bound = bound + 4 * U32 * zmax * (1 + want.abs())
+    assert bool((err <= bound).all()), float((err / bound).max())
+
+
 @pytest.mark.parametrize("case", CE_CASES, ids=lambda c: ",".join(sorted(c)) or "plain")
-def test_cross_entropy_kernel_float32_matches_float64(case: dict[str, object]) -> None:
-    n, c = 37, 301  # 301 = 4 * 64 + 45: the last block of each row is partial
-    x, t = _data(n, c, 10)
-    kw = {k: v for k, v in case.items() if k not in ("weight", "ignore")}
-    if case.get("ignore"):
-        t[[0, 5, 36]] = -100
-    if case.get("weight"):
-        kw["weight"] = torch.rand(c, generator=_gen(11)) + 0.5
+def test_cross_entropy_float32_against_float64(case: dict[str, Any]) -> None:
+    x, t, w, kw = _ce_inputs(case, N1, C1, 10)
     a = x.clone().requires_grad_()
-    out, lse = cross_entropy(a, t, return_lse=True, **kw)
+    if case.get("seam"):
+        out, lse = cross_entropy_2d(a, t, w, _opts(**kw))
+    else:
+        out, lse = cross_entropy(a, t, weight=w, return_lse=True, **kw)
     b = x.double().requires_grad_()
-    want = cross_entropy_reference(b, t, **_as64(kw))
-    assert out.dtype == torch.float32 and out.shape == want.shape
-    torch.testing.assert_close(out.double(), want, rtol=2e-6, atol=2e-6)
-    cap = case.get("softcap")
+    want = truth(b, t, w, **kw)
+    assert out.dtype == torch.float32 and out.shape == want.shape and lse.shape == (N1,)
+    cap = kw.get("softcap")
     z64 = x.double() if cap is None else cap * torch.tanh(x.double() / cap)
-    torch.testing.assert_close(lse.double(), torch.logsumexp(z64, -1), rtol=1e-6, atol=1e-6)
+    _check_float32(out.detach(), want.detach(), cap, float(z64.abs().max()))
+    torch.testing.assert_close(lse.double(), torch.logsumexp(z64, -1), rtol=4 * U32, atol=0)
     up = _upstream(want)
     out.backward(up.float())
     want.backward(up)
     assert a.grad is not None and b.grad is not None
-    torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-5, atol=1e-7)
+    scale = float(b.grad.abs().max())
+    torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-5, atol=16 * U32 * scale)
 
 
-def test_cross_entropy_kernel_matches_torch_functional() -> None:
-    x, t = _data(19, 130, 12)
-    t[4] = -100
-    w = torch.rand(130, generator=_gen(13)) + 0.2
+def test_confident_rows_within_4_ulp_of_mpmath() -> None:
+    # Target = argmax by a margin of 8..40: the loss is log1p(sum of tiny terms), down to
+    # ~1e-17, where lse - z_y in float32 gives 0 (torch's float32 result) and float64
+    # F.cross_entropy is off by 1e-16.  Index and one-hot probability targets, the
+    # materialised kernel and the fused linear kernel (one-hot hidden rows: the logits are
+    # W's columns, exactly).
+    n, c = 12, 90
+    g = _gen(27)
+    x = torch.randn(n, c, generator=g)
+    t = torch.randint(0, c, (n,), generator=g)
+    conf = torch.arange(10)
+    x[conf, t[conf]] = torch.linspace(8.0, 40.0, 10) + x[conf].max(dim=1).values
+    want = torch.tensor([_mp_loss(x[i], int(t[i])) for i in range(n)], dtype=torch.float64)
+    assert float(want.min()) < 1e-15
+    assert float(F.cross_entropy(x, t, reduction="none").min()) == 0.0  # torch float32
+    one_hot = F.one_hot(t, c).float()
+    h = torch.eye(n, 20)
+    W = torch.zeros(c, 20)
+    W[:, :n] = x.T
+    for out in (
+        cross_entropy(x, t, reduction="none"),
+        cross_entropy(x, one_hot, reduction="none"),
+        linear_cross_entropy(h, W, t, reduction="none"),
+    ):
+        assert float(_ulps(out, want).max()) <= 4.0
+    # the gradient at the argmax, -s / (1 + s), keeps its relative accuracy too
     a = x.clone().requires_grad_()
-    b = x.clone().requires_grad_()
-    ours = cross_entropy(a, t, weight=w, label_smoothing=0.05)
-    want = F.cross_entropy(b, t, weight=w, label_smoothing=0.05)
-    torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-6)
-    ours.backward()
-    want.backward()
-    torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-7)
+    cross_entropy(a, t, reduction="sum").backward()
+    assert a.grad is not None
+    with mpmath.workdps(40):
+        for i in (0, 9):
+            zs = [mpmath.mpf(float(v)) for v in x[i]]
+            y = int(t[i])
+            rest = mpmath.fsum(mpmath.exp(z - zs[y]) for j, z in enumerate(zs) if j != y)
+            g_exact = float(-rest / (1 + rest))
+            assert abs(float(a.grad[i, y]) - g_exact) <= 8 * U32 * abs(g_exact)
 
 
-def test_cross_entropy_kernel_all_ignored() -> None:
-    x, _ = _data(6, 70, 14)
+def test_softcap_gradient_is_the_exact_sech2_far_out() -> None:
+    # d/dx cap tanh(x/cap) = sech^2(x/cap): 1.5e-10 at x/cap = 12, where float32
+    # (1 - t)(1 + t) gives 0 and 1 - t^2 is off by 2x at 9.  Reference: float64 autograd.
+    x = torch.tensor([[12.0, 0.3, -0.2, 9.0, -12.5, 1.0]])
+    t = torch.tensor([0])
+    a = x.clone().requires_grad_()
+    cross_entropy(a, t, softcap=1.0, reduction="sum").backward()
+    b = x.double().requires_grad_()
+    truth(b, t, softcap=1.0, reduction="sum").backward()
+    assert a.grad is not None and b.grad is not None
+    assert float(a.grad[0, 0]) != 0.0
+    torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-5, atol=0)
+
+
+def test_empty_mean_is_nan_with_zero_gradient_like_torch() -> None:
+    x = torch.randn(6, 70, generator=_gen(14))
     t = torch.full((6,), -1)
     a = x.clone().requires_grad_()
     out = cross_entropy(a, t, ignore_index=-1, label_smoothing=0.2)
-    assert torch.isnan(out)  # 0 / 0, as torch
+    assert torch.isnan(out)  # torch semantics (opts.empty_mean)
+    assert torch.isnan(F.cross_entropy(x, t, ignore_index=-1, label_smoothing=0.2))
     out.backward()
-    assert a.grad is not None and torch.equal(a.grad, torch.zeros_like(x))  # as torch
+    assert a.grad is not None and torch.equal(a.grad, torch.zeros_like(x))
     assert torch.equal(cross_entropy(x, t, ignore_index=-1, reduction="sum"), torch.tensor(0.0))
     assert torch.equal(cross_entropy(x, t, ignore_index=-1, reduction="none"), torch.zeros(6))
+    h = torch.randn(9, 20, generator=_gen(22)).requires_grad_()
+    W = torch.randn(45, 20, generator=_gen(23)).requires_grad_()
+    out_l = linear_cross_entropy(h, W, torch.full((9,), -100), z_loss=1e-2)
+    assert torch.isnan(out_l)
+    out_l.backward()
+    assert h.grad is not None and W.grad is not None
+    assert torch.equal(h.grad, torch.zeros_like(h)) and torch.equal(W.grad, torch.zeros_like(W))
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_cross_entropy_kernel_low_precision_no_worse_than_torch(dtype: str) -> None:
+def test_cross_entropy_low_precision_no_worse_than_torch(dtype: str) -> None:
     dt = getattr(torch, dtype)
-    x, t = _data(29, 203, 15, scale=4.0)
-    x = x.to(dt)
+    g = _gen(15)
+    x = (torch.randn(19, 133, generator=g) * 4).to(dt)
+    t = torch.randint(0, 133, (19,), generator=g)
     t[3] = -100
-    w = (torch.rand(203, generator=_gen(16)) + 0.5).to(dt)  # torch wants the input's dtype
-    kw = {"weight": w, "label_smoothing": 0.1, "reduction": "none"}
+    w = (torch.rand(133, generator=g) + 0.5).to(dt)  # torch wants the input's dtype
+    kw: dict[str, Any] = {"weight": w, "label_smoothing": 0.1, "reduction": "none"}
     a = x.clone().requires_grad_()
     ours = cross_entropy(a, t, **kw)
     b = x.clone().requires_grad_()
     theirs = F.cross_entropy(b, t, **kw)
     r = x.double().requires_grad_()
-    truth = cross_entropy_reference(r, t, **_as64(kw))
+    want = truth(r, t, w, label_smoothing=0.1, reduction="none")
     assert ours.dtype == dt
-    up = _upstream(truth)
+    up = _upstream(want)
     ours.backward(up.to(dt))
     theirs.backward(up.to(dt))
-    truth.backward(up)
+    want.backward(up)
     assert a.grad is not None and b.grad is not None and r.grad is not None
     assert a.grad.dtype == dt
-    ulp = float(torch.finfo(dt).eps)
-    err_ours = (ours.double() - truth).abs().max()
-    err_theirs = (theirs.double() - truth).abs().max()
-    assert err_ours <= err_theirs + ulp * truth.abs().max()
+    half_ulp = float(torch.finfo(dt).eps) / 2
+    err_ours = (ours.double() - want).abs().max()
+    err_theirs = (theirs.double() - want).abs().max()
+    assert err_ours <= err_theirs + half_ulp * want.abs().max()
     gerr_ours = (a.grad.double() - r.grad).abs().max()
     gerr_theirs = (b.grad.double() - r.grad).abs().max()
-    assert gerr_ours <= gerr_theirs + ulp * r.grad.abs().max()
+    assert gerr_ours <= gerr_theirs + half_ulp * r.grad.abs().max()
 
 
-def test_confident_predictions_keep_relative_accuracy() -> None:
-    # Target = argmax by a margin of 20..34: the loss is log1p(sum of tiny terms), down to
-    # ~1e-13.  lse - z_y in float32 would round it to 0 (torch's float32 result is 0 here);
-    # (m - z_y) + log1p(r) keeps it to float32 relative accuracy.
-    x, t = _data(20, 150, 27, scale=1.0)
-    margin = torch.linspace(20.0, 34.0, 20)
-    x[torch.arange(20), t] = margin
-    want = cross_entropy_reference(x.double(), t, reduction="none")
-    assert float(want.min()) < 1e-12
-    assert float(F.cross_entropy(x, t, reduction="none").min()) == 0.0  # torch float32
-    ours = cross_entropy(x, t, reduction="none")
-    torch.testing.assert_close(ours.double(), want, rtol=1e-5, atol=0)
-    # the fused linear kernel: hidden = one-hot rows, so the logits are W's columns
-    h = torch.eye(20, 24)
-    W = torch.zeros(150, 24)
-    W[:, :20] = x.T
-    want_l = linear_cross_entropy_reference(h.double(), W.double(), t, reduction="none")
-    ours_l = linear_cross_entropy(h, W, t, reduction="none")
-    torch.testing.assert_close(ours_l.double(), want_l, rtol=1e-5, atol=0)
-
-
-def test_cross_entropy_inplace_grad() -> None:
-    x, t = _data(21, 100, 17)
+def test_inplace_grad_and_backward_twice() -> None:
+    x = torch.randn(13, 100, generator=_gen(17))
+    t = torch.randint(0, 100, (13,), generator=_gen(18))
     a = x.clone().requires_grad_()
-    cross_entropy(a, t, z_loss=1e-3).backward()
+    out = cross_entropy(a, t, z_loss=1e-3)
+    out.backward(retain_graph=True)
+    assert a.grad is not None
+    once = a.grad.clone()
+    out.backward()  # the gradient is computed in backward: a second one adds the same
+    torch.testing.assert_close(a.grad, 2 * once, rtol=0, atol=0)
     leaf = x.clone().requires_grad_()
     logits = leaf * 1.0  # a non-leaf whose memory the kernel may reuse
-    out = cross_entropy(logits, t, z_loss=1e-3, inplace_grad=True)
+    out2 = cross_entropy(logits, t, z_loss=1e-3, inplace_grad=True)
+    out2.backward(retain_graph=True)
     assert not torch.equal(logits.detach(), x)  # the logits now hold the gradient
-    out.backward()
-    assert leaf.grad is not None and a.grad is not None
-    torch.testing.assert_close(leaf.grad, a.grad, rtol=0, atol=0)
+    assert leaf.grad is not None
+    torch.testing.assert_close(leaf.grad, once, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        out2.backward()
     # a node that saved the logits must refuse to run on the overwritten values
     src = x.clone().requires_grad_()
     e = torch.exp(src)  # exp saves its output for backward
@@ -316,16 +396,7 @@ def test_cross_entropy_inplace_grad() -> None:
         loss.backward()
 
 
-def test_cross_entropy_backward_twice_raises() -> None:
-    x, t = _data(4, 10, 18)
-    a = x.clone().requires_grad_()
-    out = cross_entropy(a, t)
-    out.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="backward ran twice"):
-        out.backward()
-
-
-def test_empty_batch_like_torch() -> None:
+def test_empty_batch_and_out_of_range_target() -> None:
     x = torch.zeros(0, 7, requires_grad=True)
     t = torch.zeros(0, dtype=torch.long)
     assert torch.isnan(cross_entropy(x, t))  # mean over nothing, as torch
@@ -338,160 +409,130 @@ def test_empty_batch_like_torch() -> None:
     out_l.backward()
     assert float(out_l.detach()) == 0.0 and W.grad is not None
     assert torch.equal(W.grad, torch.zeros(7, 5))
-
-
-def test_out_of_range_target_gives_nan_on_the_device_path() -> None:
-    # On a GPU the targets are not read on the host; the kernel marks the row NaN.
-    x, t = _data(5, 33, 19)
-    t[2] = 40
-    loss, _ = _autograd.CrossEntropyFunction.apply(
-        x.clone().requires_grad_(), t, None, -100, "none", 0.0, 1.0, 0.0, None, False
-    )
+    # On a GPU the targets are not read on the host: the seam marks the row NaN.
+    x2 = torch.randn(5, 33, generator=_gen(19)).requires_grad_()
+    t2 = torch.tensor([1, 2, 40, 3, 4])
+    loss, _ = cross_entropy_2d(x2, t2, None, _opts(reduction="none"))
     assert torch.isnan(loss[2]) and torch.isfinite(loss[[0, 1, 3, 4]]).all()
+    loss.sum().backward()
+    assert x2.grad is not None and torch.isnan(x2.grad[2]).all()
+    assert torch.isfinite(x2.grad[[0, 1, 3, 4]]).all()
 
 
 # --------------------------------------------------------------------- kernel 2
 
-
-LCE_CASES = [
-    {},
+LCE_CASES: list[dict[str, Any]] = [
     {"bias": True, "weight": True, "label_smoothing": 0.1, "ignore": True},
-    {"softcap": 3.0, "z_loss": 1e-3, "reduction": "none", "base": 2},
-    {"reduction": "sum", "bias": True, "chunks": True, "frozen_hidden": True},
+    {"softcap": 3.0, "z_loss": 1e-2, "reduction": "none", "base": 2, "weight": True},
+    {"prob": True, "bias": True, "label_smoothing": 0.2, "reduction": "sum", "weight": True},
+    {"ignore_index": None, "normalizer": 11.0, "bias": True, "chunks": True,
+     "frozen_hidden": True, "seam": True},
 ]
 
 
-@pytest.mark.parametrize("case", LCE_CASES, ids=lambda c: ",".join(sorted(c)) or "plain")
-def test_linear_cross_entropy_kernel_float32_matches_float64(
-    case: dict[str, object], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("case", LCE_CASES, ids=lambda c: ",".join(sorted(c)))
+def test_linear_cross_entropy_float32_against_float64(
+    case: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     n, d, v = 37, 40, 150  # none a multiple of BLOCK_N 16, BLOCK_D 16, BLOCK_V 32
     g = _gen(20)
     h = torch.randn(n, d, generator=g)
     W = torch.randn(v, d, generator=g) * 0.4
     bias = torch.randn(v, generator=g) * 0.2
-    t = torch.randint(0, v, (n,), generator=g)
+    if case.get("prob"):
+        t = torch.softmax(torch.randn(n, v, generator=g) * 2, dim=1)
+    else:
+        t = torch.randint(0, v, (n,), generator=g)
     if case.get("chunks"):
         # three vocabulary ranges in the forward, backward in chunks of 64 columns
         monkeypatch.setitem(_launch.INTERPRETER_BLOCKS, "SPLIT", 3)
         monkeypatch.setitem(_launch.INTERPRETER_BLOCKS, "V_CHUNK", 64)
-    special = ("weight", "ignore", "bias", "chunks", "frozen_hidden")
+    special = ("weight", "ignore", "bias", "chunks", "frozen_hidden", "prob", "seam")
     kw = {k: val for k, val in case.items() if k not in special}
     if case.get("ignore"):
         t[[1, 30]] = -100
-    if case.get("weight"):
-        kw["weight"] = torch.rand(v, generator=g) + 0.5
-    frozen = bool(case.get("frozen_hidden"))  # no grad_hidden: the kernel skips that product
-    leaves = [h.clone().requires_grad_(not frozen), W.clone().requires_grad_()]
-    leaves64 = [h.double().requires_grad_(not frozen), W.double().requires_grad_()]
-    if case.get("bias"):
-        leaves.append(bias.clone().requires_grad_())
-        leaves64.append(bias.double().requires_grad_())
-    b_ours = leaves[2] if len(leaves) > 2 else None
-    b_ref = leaves64[2] if len(leaves64) > 2 else None
-    out, lse = linear_cross_entropy(
-        leaves[0], leaves[1], t, linear_bias=b_ours, return_lse=True, **kw
-    )
-    want, lse64 = linear_cross_entropy_reference(
-        leaves64[0], leaves64[1], t, linear_bias=b_ref, return_lse=True, **_as64(kw)
-    )
-    torch.testing.assert_close(out.double(), want, rtol=2e-6, atol=2e-6)
-    torch.testing.assert_close(lse.double(), lse64, rtol=1e-6, atol=1e-6)
+    w = torch.rand(v, generator=g) + 0.5 if case.get("weight") else None
+    frozen = bool(case.get("frozen_hidden"))  # no grad_hidden: that kernel does not run
+    hh, WW = h.clone().requires_grad_(not frozen), W.clone().requires_grad_()
+    bb = bias.clone().requires_grad_() if case.get("bias") else None
+    h64, W64 = h.double().requires_grad_(not frozen), W.double().requires_grad_()
+    b64 = bias.double().requires_grad_() if case.get("bias") else None
+    if case.get("seam"):
+        out, lse = linear_cross_entropy_2d(hh, WW, bb, t, w, _opts(**kw))
+    else:
+        out, lse = linear_cross_entropy(hh, WW, t, linear_bias=bb, weight=w, return_lse=True,
+                                        **kw)
+    z64 = h64 @ W64.T + (b64 if b64 is not None else 0.0)
+    want = truth(z64, t, w, **kw)
+    # float32 logits carry the rounding of a D-term dot product: judge against the error
+    # of torch's own float32 materialised logits (sqrt-free bound: D u max|h||w|)
+    zerr = d * U32 * float((h.abs() @ W.abs().T).max())
+    torch.testing.assert_close(out.double(), want.detach(), rtol=4 * zerr, atol=4 * zerr)
+    cap = kw.get("softcap")
+    zc = z64.detach() if cap is None else cap * torch.tanh(z64.detach() / cap)
+    torch.testing.assert_close(lse.double(), torch.logsumexp(zc, -1), rtol=0, atol=4 * zerr)
     up = _upstream(want)
     out.backward(up.float())
     want.backward(up)
+    pairs = [(WW, W64)] + ([(bb, b64)] if bb is not None else [])
     if frozen:
-        assert leaves[0].grad is None
-        leaves, leaves64 = leaves[1:], leaves64[1:]
-    for ours, ref in zip(leaves, leaves64, strict=True):
+        assert hh.grad is None
+    else:
+        pairs.append((hh, h64))
+    for ours, ref in pairs:
+        assert ours is not None and ref is not None
         assert ours.grad is not None and ref.grad is not None
-        torch.testing.assert_close(ours.grad.double(), ref.grad, rtol=1e-5, atol=1e-6)
+        scale = float(ref.grad.abs().max())
+        torch.testing.assert_close(ours.grad.double(), ref.grad, rtol=1e-4, atol=1e-4 * scale)
 
 
-def test_linear_cross_entropy_kernel_bf16_no_worse_than_torch() -> None:
+def test_linear_cross_entropy_bf16_no_worse_than_torch() -> None:
     n, d, v = 29, 48, 133
     g = _gen(21)
     h = torch.randn(n, d, generator=g).bfloat16()
     W = (torch.randn(v, d, generator=g) * 0.3).bfloat16()
+    b = (torch.randn(v, generator=g) * 0.1).bfloat16()
     t = torch.randint(0, v, (n,), generator=g)
     t[7] = -100
-    kw = {"label_smoothing": 0.1, "softcap": 5.0}
-    ours_in = [h.clone().requires_grad_(), W.clone().requires_grad_()]
-    torch_in = [h.clone().requires_grad_(), W.clone().requires_grad_()]
-    ref_in = [h.double().requires_grad_(), W.double().requires_grad_()]
-    ours = linear_cross_entropy(*ours_in, t, **kw)
+    ours_in = [h.clone().requires_grad_(), W.clone().requires_grad_(), b.clone().requires_grad_()]
+    torch_in = [h.clone().requires_grad_(), W.clone().requires_grad_(), b.clone().requires_grad_()]
+    ref_in = [h.double().requires_grad_(), W.double().requires_grad_(), b.double().requires_grad_()]
+    ours = linear_cross_entropy(ours_in[0], ours_in[1], t, linear_bias=ours_in[2],
+                                label_smoothing=0.1, softcap=5.0)
     logits = F.linear(*torch_in)
     theirs = F.cross_entropy(5.0 * torch.tanh(logits / 5.0), t, label_smoothing=0.1)
-    truth = linear_cross_entropy_reference(*ref_in, t, **kw)
+    want = truth(F.linear(*ref_in), t, label_smoothing=0.1, softcap=5.0)
     assert ours.dtype == torch.bfloat16
-    for out in (ours, theirs, truth):
+    for out in (ours, theirs, want):
         out.backward()
-    ulp = float(torch.finfo(torch.bfloat16).eps)
-    o, th, tr = (float(x.detach()) for x in (ours, theirs, truth))
-    assert abs(o - tr) <= abs(th - tr) + ulp * abs(tr)
-    for a, b, r in zip(ours_in, torch_in, ref_in, strict=True):
-        assert a.grad is not None and b.grad is not None and r.grad is not None
+    half_ulp = float(torch.finfo(torch.bfloat16).eps) / 2
+    o, th, tr = (float(x.detach()) for x in (ours, theirs, want))
+    assert abs(o - tr) <= abs(th - tr) + half_ulp * abs(tr)
+    for a, bt, r in zip(ours_in, torch_in, ref_in, strict=True):
+        assert a.grad is not None and bt.grad is not None and r.grad is not None
         assert a.grad.dtype == torch.bfloat16
         e_ours = (a.grad.double() - r.grad).abs().max()
-        e_theirs = (b.grad.double() - r.grad).abs().max()
-        assert e_ours <= e_theirs + ulp * r.grad.abs().max()
+        e_theirs = (bt.grad.double() - r.grad).abs().max()
+        assert e_ours <= e_theirs + half_ulp * r.grad.abs().max()
 
 
-def test_linear_cross_entropy_kernel_all_ignored() -> None:
-    g = _gen(22)
-    h = torch.randn(9, 20, generator=g).requires_grad_()
-    W = torch.randn(45, 20, generator=g).requires_grad_()
-    t = torch.full((9,), -100)
-    out = linear_cross_entropy(h, W, t)
-    assert torch.isnan(out)
-    out.backward()
-    assert h.grad is not None and W.grad is not None
-    assert torch.equal(h.grad, torch.zeros_like(h)) and torch.equal(W.grad, torch.zeros_like(W))
-
-
-# --------------------------------------------------------------------- dispatch, checks
-
-
-def test_is_available_under_the_interpreter() -> None:
-    assert is_available() is True
-
-
-def test_fallback_without_interpreter_matches_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    x, t = _data(8, 9, 23)
-    a = x.clone().requires_grad_()
-    out = cross_entropy(a, t, label_smoothing=0.1)
-    out.backward()
-    b = x.clone().requires_grad_()
-    want = F.cross_entropy(b, t, label_smoothing=0.1)
-    want.backward()
-    torch.testing.assert_close(out, want)
-    torch.testing.assert_close(a.grad, b.grad)
-    g = _gen(24)
-    h, W = torch.randn(8, 5, generator=g), torch.randn(9, 5, generator=g)
-    torch.testing.assert_close(linear_cross_entropy(h, W, t), F.cross_entropy(h @ W.T, t))
-
-
-def test_float64_takes_the_exact_path() -> None:
-    x, t = _data(6, 7, 25)
-    out = cross_entropy(x.double(), t, base=2)
-    assert out.dtype == torch.float64
-    exact = float(ce.cross_entropy(x.double().numpy(), t.numpy(), base=2))
-    assert float(out) == pytest.approx(exact, rel=1e-14)
+# --------------------------------------------------------------------- the public checks
 
 
 def test_bad_arguments_raise_naming_them() -> None:
-    x, t = _data(4, 5, 26)
+    x, t = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
     with pytest.raises(ValueError, match=r"target\[2\] = 7"):
         cross_entropy(x, torch.tensor([0, 1, 7, 9]))
-    with pytest.raises(TypeError, match="target"):
-        cross_entropy(x, t.float())
+    with pytest.raises(ValueError, match="probability targets"):
+        cross_entropy(x, torch.rand(4, 6))
     with pytest.raises(ValueError, match="target"):
         cross_entropy(x, t[:3])
+    with pytest.raises(TypeError, match="target"):
+        cross_entropy(x, t.bool())
     with pytest.raises(ValueError, match="input"):
         cross_entropy(x[0], t[0])
     with pytest.raises(TypeError, match="input"):
-        cross_entropy(x.numpy(), t)
+        cross_entropy(x.numpy(), t)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="reduction"):
         cross_entropy(x, t, reduction="avg")
     with pytest.raises(ValueError, match="label_smoothing"):
@@ -502,87 +543,49 @@ def test_bad_arguments_raise_naming_them() -> None:
         cross_entropy(x, t, z_loss=-1.0)
     with pytest.raises(ValueError, match="softcap"):
         cross_entropy(x, t, softcap=0.0)
+    with pytest.raises(ValueError, match="normalizer"):
+        cross_entropy(x, t, normalizer=2.0, reduction="none")
     with pytest.raises(ValueError, match="weight"):
         cross_entropy(x, t, weight=torch.ones(4))
     h = torch.randn(4, 3)
     with pytest.raises(ValueError, match="linear_weight"):
         linear_cross_entropy(h, torch.randn(5, 2), t)
     with pytest.raises(TypeError, match="same dtype"):
-        linear_cross_entropy(h, torch.randn(5, 3).double(), t)
+        linear_cross_entropy(h, torch.randn(5, 3).half(), t)
     with pytest.raises(ValueError, match="linear_bias"):
         linear_cross_entropy(h, torch.randn(5, 3), t, linear_bias=torch.ones(4))
-    assert math.isfinite(float(linear_cross_entropy(h, torch.randn(5, 3), t)))
 
 
-_COMPILE_SCRIPT = '''
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from crossentropy.triton import _kernels as K, _launch as L
+# --------------------------------------------------------------------- GPU build, bench
 
-target = GPUTarget("cuda", 90, 32)  # H100; no GPU needed to compile
-ptr = {"h_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*fp32", "target_ptr": "*i64",
-       "cw_ptr": "*fp32"}
-every = {"HAS_BIAS": True, "HAS_WEIGHT": True, "HAS_SMOOTHING": True, "HAS_SOFTCAP": True}
-dot = {"UPCAST_DOT": False, "DOT_PRECISION": "tf32"}
-
-def build(fn, sig, consts, warps, stages):
-    sig = {**sig, **{k: "constexpr" for k in consts}}
-    src = ASTSource(fn=fn, signature=sig, constexprs=consts)
-    k = triton.compile(src, target=target, options={"num_warps": warps, "num_stages": stages})
-    assert k.asm["cubin"], fn.__name__
-    print("compiled", fn.__name__)
-
-build(K.ce_fwd_kernel,
-      {"logits_ptr": "*bf16", "stride_row": "i32", "target_ptr": "*i64", "weight_ptr": "*fp32",
-       "loss_ptr": "*fp32", "lse_ptr": "*fp32", "grad_ptr": "*bf16", "stride_grad_row": "i32",
-       "scale_ptr": "*fp32", "C": "i32", "ignore_index": "i32", "eps": "fp32",
-       "z_loss": "fp32", "softcap": "fp32"},
-      {"BLOCK_C": 8192, "HAS_WEIGHT": True, "HAS_SMOOTHING": True, "HAS_SOFTCAP": True,
-       "HAS_ZLOSS": True, "WRITE_GRAD": True}, 16, 3)
-n, v, d, w, s = L.LCE_FWD_CONFIGS[0]
-build(K.lce_fwd_kernel,
-      {**ptr, "m_ptr": "*fp32", "r_ptr": "*fp32", "zy_ptr": "*fp32", "sz_ptr": "*fp32",
-       "N": "i32", "V": "i32", "D": "i32", "stride_h": "i32", "stride_w": "i32",
-       "softcap": "fp32"},
-      {"SPLIT": 4, "BLOCK_N": n, "BLOCK_V": v, "BLOCK_D": d, **every, **dot}, w, s)
-n, v, d, w, s = L.LCE_BWD_CONFIGS[0]
-build(K.lce_bwd_kernel,
-      {**ptr, "lse_ptr": "*fp32", "a_ptr": "*fp32", "bcoef_ptr": "*fp32", "c_ptr": "*fp32",
-       "dh_ptr": "*fp32", "dw_ptr": "*fp32", "db_ptr": "*fp32", "N": "i32", "V": "i32",
-       "D": "i32", "v_lo": "i32", "v_hi": "i32", "stride_h": "i32", "stride_w": "i32",
-       "softcap": "fp32"},
-      {"BLOCK_N": n, "BLOCK_V": v, "BLOCK_D": d, **every, "COMPUTE_DH": True,
-       "COMPUTE_DW": True, "COMPUTE_DB": True, **dot}, w, s)
-'''
+_COMPILE = ROOT / "bench" / "gpu.py"
 
 
-def test_kernels_compile_for_h100_without_a_gpu(tmp_path: Path) -> None:
+def test_kernels_compile_for_sm90_without_a_gpu(tmp_path: Path) -> None:
     # The interpreter cannot catch what only the compiler sees (types of loop-carried
-    # values, tl.dot shapes and dtypes, layouts): compile every kernel, every option on,
-    # to an sm_90 cubin with the ptxas bundled in the triton wheel, in a fresh process
-    # without TRITON_INTERPRET.
+    # values, tl.dot shapes and dtypes, layouts, float64 lowering): compile every kernel,
+    # every option on, index and probability targets, to sm_90 cubins with the ptxas
+    # bundled in the triton wheel, in a fresh process without TRITON_INTERPRET.
     env = {k: val for k, val in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"  # triton 3.9 warns when it is unset
     env["TRITON_CACHE_DIR"] = str(tmp_path)  # a fresh cache: really compile
     run = subprocess.run(
-        [sys.executable, "-W", "error", "-c", _COMPILE_SCRIPT],
-        capture_output=True, text=True, env=env, timeout=300,
+        [sys.executable, "-W", "error", str(_COMPILE), "--compile-only"],
+        capture_output=True, text=True, env=env, timeout=400,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("compiled") == 3
+    assert run.stdout.count("compiled") == 10, run.stdout
 
 
-def test_bench_gpu_script_parses_and_dry_runs() -> None:
-    env = {k: val for k, val in os.environ.items() if k != "TRITON_INTERPRET"}
-    script = str(ROOT / "bench" / "gpu.py")
-    help_ = subprocess.run(
-        [sys.executable, script, "--help"], capture_output=True, text=True, env=env, timeout=120
+def test_bench_gpu_dry_run_in_the_interpreter(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.csv"
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu.py"), "--dry-run", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=120,
     )
-    assert help_.returncode == 0, help_.stderr
-    assert "--out" in help_.stdout
-    dry = subprocess.run(
-        [sys.executable, script, "--dry-run"], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert dry.returncode == 0, dry.stderr
-    assert "gemma2" in dry.stdout and "not yet measured" in dry.stdout
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "check" in run.stdout and "PASS" in run.stdout and "FAIL" not in run.stdout
+    text = out.read_text()
+    assert "ours" in text and "gemm-floor" in text and "copy" in text
+    assert "not measured" in text  # a dry run measures nothing on a GPU

@@ -5,6 +5,7 @@ The NumPy functions here are the exact reference; faster backends (``crossentrop
 """
 
 from crossentropy._backends import PerformanceHint, warm_up
+from crossentropy._options import BinaryOptions, CrossEntropyOptions, Reduction
 from crossentropy._config import (
     get_backend,
     get_num_threads,
@@ -36,7 +37,10 @@ from crossentropy.targets import one_hot
 __version__ = "0.1.0"
 
 __all__ = [
+    "BinaryOptions",
+    "CrossEntropyOptions",
     "PerformanceHint",
+    "Reduction",
     "__version__",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",

@@ -34,10 +34,12 @@ import warnings
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from crossentropy import _config
+from crossentropy._core import categorical as core_ce
 
-__all__ = ["PerformanceHint", "kernels_ready", "use_numba", "warm_up"]
+__all__ = ["PerformanceHint", "cross_entropy_rows", "kernels_ready", "use_numba", "warm_up"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _hinted: list[bool] = []
@@ -131,3 +133,82 @@ def warm_up() -> bool:
     if not _ready.is_set():
         _compile()
     return True
+
+
+F64 = npt.NDArray[np.float64]
+
+
+def cross_entropy_rows(
+    logits: npt.NDArray[np.floating],
+    target: npt.NDArray[np.integer],
+    *,
+    weight: F64 | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    grad: npt.NDArray[np.floating] | None = None,
+    grad_scale: float = 1.0,
+) -> tuple[F64, F64]:
+    r"""Per-row cross-entropy and log-sum-exp of (N, C) logits, optionally the gradient.
+
+    .. math::
+
+        z = c \tanh(x / c) \text{ (if softcap } c\text{)}, \quad
+        \mathrm{lse}_i = \log\sum_c e^{z_{ic}}, \quad
+        \ell_i = \sum_c w_c t'_{ic} (\mathrm{lse}_i - z_{ic}) + \zeta\, \mathrm{lse}_i^2
+
+    with :math:`t' = (1-\varepsilon)\,\mathrm{onehot}(y_i) + \varepsilon / C`; computed as in
+    :func:`crossentropy._core.categorical.logits_rows` (the kernels when the backend setting
+    allows, else that core function itself).
+
+    Parameters
+    ----------
+    logits : (N, C) float32 or float64, C-contiguous.
+    target : (N,) int64 class indices in [0, C) or equal to `ignore_index` (not checked).
+    weight : (C,) float64 class weights, or None.
+    ignore_index, label_smoothing, z_loss, softcap : as in the torch layer.
+    grad : None (value only) or an (N, C) array of the logits' dtype into which
+        ``grad_scale * d loss[i] / d logits[i]`` is written (ignored rows get 0).  It may be
+        `logits` itself.
+    grad_scale : factor applied to the gradient (e.g. 1 / sum of weights for a mean).
+
+    Returns
+    -------
+    loss : float64[N] per-row loss in nats (0 for ignored rows); lse : float64[N].
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crossentropy._backends import cross_entropy_rows
+    >>> x = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    >>> g = np.empty_like(x)
+    >>> loss, lse = cross_entropy_rows(x, np.array([2, -100]), grad=g)
+    >>> loss
+    array([0.40760596, 0.        ])
+    >>> lse
+    array([3.40760596, 1.09861229])
+    >>> g
+    array([[ 0.09003057,  0.24472847, -0.33475904],
+           [ 0.        ,  0.        ,  0.        ]])
+    """
+    if logits.size and use_numba(logits):
+        from crossentropy import _cpu
+
+        return _cpu.ce_rows_kernel(logits, target, weight, ignore_index, label_smoothing,
+                                   z_loss, softcap, grad, grad_scale)
+    counted = target != ignore_index
+    N, C = logits.shape
+    if N == 0 or C == 0:
+        if grad is not None:
+            grad[...] = 0
+        return np.where(counted, np.nan, 0.0), np.full(N, -np.inf)
+    labels = np.where(counted, target, 0).astype(np.intp)
+    t = core_ce.Target(counted=counted, labels=labels)
+    loss, lse, g = core_ce.logits_rows(
+        np.array(logits, dtype=np.float64), t, weight, label_smoothing=label_smoothing,
+        z_loss=z_loss, cap=softcap, want_grad=grad is not None,
+    )
+    if grad is not None and g is not None:
+        grad[...] = g * grad_scale
+    return loss, lse

@@ -10,7 +10,11 @@ activations._Rows:
 * s, the sum of the terms other than the first maximum, is summed by ``math.fsum``
   (correctly rounded), and log-sum-exp = m + log1p(s);
 * softmax = e / (1 + s) with the rounding error of 1 + s put back;
-* log-softmax = (dh - log1p(s)) + dl.
+* log-softmax = (dh - log1p(s)) + dl, and the cross-entropy of an index target
+  -log softmax_y = (log1p(s) - dh_y) - dl_y, as in ``crossentropy._core``.
+
+This is the plain-Python backend of the public functions for tiny inputs; it is tested
+against the core (tests/test_small.py).
 """
 
 from __future__ import annotations
@@ -70,3 +74,12 @@ def log_softmax_rows(rows: list[list[float]]) -> list[list[float]]:
 
 def logsumexp_rows(rows: list[list[float]]) -> list[float]:
     return [max(row) + math.log1p(_parts(row)[4]) for row in rows]
+
+
+def cross_entropy_rows(rows: list[list[float]], labels: list[int]) -> list[float]:
+    """-log softmax(row)[y] = (log1p(s) - dh_y) - dl_y per row (labels in range)."""
+    out = []
+    for row, y in zip(rows, labels, strict=True):
+        _, dh, dl, _, s = _parts(row)
+        out.append((math.log1p(s) - dh[y]) - dl[y])
+    return out

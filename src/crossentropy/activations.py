@@ -11,6 +11,7 @@ whole range, subnormal results included.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -65,7 +66,7 @@ def _moved(x: np.ndarray, axes: tuple[int, ...] | None) -> np.ndarray:
         return np.ascontiguousarray(x)  # (moveaxis costs ~3 us)
     k = len(axes)
     moved = np.moveaxis(x, axes, tuple(range(x.ndim - k, x.ndim)))
-    classes = int(np.prod(moved.shape[x.ndim - k :]))
+    classes = math.prod(moved.shape[x.ndim - k :])
     return np.ascontiguousarray(moved).reshape(*moved.shape[: x.ndim - k], classes)
 
 
@@ -120,6 +121,14 @@ def _small_rows(x: F64) -> list[list[float]] | None:
 def _softmax_like(x: Any, axis: Any, out: Any, where: Any, *, log: bool) -> Any:
     arr, dtype = real_array(x, "x")
     axes = _axes(axis, arr.ndim)
+    if out is None and where is None and 0 < arr.size <= _small.SMALL:
+        # a few numbers (the article's vectors): plain Python floats, no NumPy overhead
+        xm = _moved(arr, axes)
+        rows = xm.reshape(-1, xm.shape[-1]).tolist()
+        if xm.shape[-1] and _small.finite(rows):
+            plain = _small.log_softmax_rows if log else _small.softmax_rows
+            res = np.array(plain(rows)).reshape(xm.shape)
+            return cast_out(_back(res, arr.shape, axes), dtype)
     if out is not None:
         check_out(out, arr.shape, dtype)
     arr, mask = _masked(arr, where)
@@ -385,6 +394,12 @@ def logsumexp(
     """
     arr, dtype = real_array(x, "x")
     axes = _axes(axis, arr.ndim)
+    if b is None and where is None and not keepdims and not return_sign and (
+            0 < arr.size <= _small.SMALL and arr.ndim == 1):
+        # a few numbers: plain Python floats, no NumPy overhead
+        row = arr.tolist()
+        if _small.finite([row]):
+            return cast_out(np.asarray(_small.logsumexp_rows([row])[0]), dtype)
     arr, _ = _masked(arr, where)
     if b is None:
         out = _logsumexp_rows(arr, axes)

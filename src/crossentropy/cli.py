@@ -12,10 +12,11 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 __all__ = ["build_parser", "main"]
 
@@ -29,6 +30,8 @@ commands:
             cross-entropy, with the article's example points labelled
   score     cross-entropy, perplexity, accuracy, per-class breakdown and
             calibration (ECE, reliability diagram) of a file of predictions
+  calibrate fit a temperature (or Platt scaling) to a file of predictions, report
+            the metrics before and after, write the calibrated predictions
 
 examples:
   crossentropy explain                       # the article's whole worked example
@@ -82,10 +85,13 @@ label, labels, y, target or class); the prediction columns are all the others un
 Labels are class indices (0-based) or class names (the prediction column names, or --classes).
 
 what it prints: cross-entropy (--base: nats by default, 2 for bits), perplexity
-exp(mean cross-entropy in nats), accuracy, expected calibration error over --bins
-equal-width confidence bins, and a per-class table (support, recall, precision, mean
-cross-entropy).  With --multilabel: binary cross-entropy per label against 0/1 target
-columns (--targets), accuracy at 0.5, exact-match ratio.
+exp(mean cross-entropy in nats), accuracy, top-k accuracy (--top-k), Brier score,
+expected calibration error over --bins equal-width confidence bins (confidence 1 in the
+last bin; empty bins add nothing), the same over equal-mass bins (adaptive ECE), the
+maximum calibration error (MCE), the classwise ECE, and a per-class table (support,
+recall, precision, mean cross-entropy = NLL per class).  With --multilabel: binary
+cross-entropy per label against 0/1 target columns (--targets), accuracy at 0.5,
+exact-match ratio.  In JSON an undefined value (an empty bin's accuracy) is null.
 
 The file is read in chunks (constant memory, any size).  Malformed input (a missing
 column, a non-numeric cell, probabilities outside [0, 1] or rows not summing to 1, an
@@ -106,8 +112,35 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         super().__init__(prog, max_help_position=32, width=100)
 
 
-def _fmt_parent(default: Any) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+#: A number written with a leading minus: -3, -1.5, -.5, -1e9, -1E+9, -inf, -nan.  argparse
+#: itself takes only -3 and -1.5 for numbers, and anything else that starts with '-' for an
+#: option ("-inf: unrecognized argument").  None of our options looks like a number.
+_NEGATIVE_NUMBER = re.compile(
+    r"^-(?:(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:e[-+]?\d+)?|inf|infinity|nan)$",
+    re.IGNORECASE)
+
+
+def _one_line(text: str) -> str:
+    """`text` with every line break and other unprintable character escaped (as repr does):
+    an error message is always exactly one line."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with negative numbers of every spelling taken as values, and usage errors
+    printed as one line (``PROG: error: MESSAGE``) instead of the usage block."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse asks this pattern whether '-x' is a negative number rather than an option
+        self._negative_number_matcher = _NEGATIVE_NUMBER
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')\n")
+
+
+def _fmt_parent(default: Any) -> _Parser:
+    p = _Parser(add_help=False)
     p.add_argument("--format", "-f", choices=_EXPLAIN_FORMATS, default=default,
                    help="output format (default: table: rich on a terminal if installed, "
                         "else plain text)")
@@ -127,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``crossentropy`` command (all subcommands)."""
     from crossentropy import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="crossentropy",
         description="Sigmoid, softmax and cross-entropy, worked by hand and applied to files.",
         epilog=_MAIN_EPILOG, formatter_class=_Formatter)
@@ -219,10 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
                "  softmax        bars of softmax([3, 0.6, 6.3]) and softmax([9.8, 3.7, 0.2])\n"
                "  bce            -log2 p and -log2(1 - p) with the cat and the dog\n"
                "  cross-entropy  -log2 q of the true class with the cat image's q marked\n"
-               "  all            all four, into --outdir\n\n"
+               "  all            all four, into --outdir\n"
+               "  reliability    the reliability diagram of a saved score or calibrate JSON\n"
+               "                 report (--report), with per-bin counts\n\n"
                "example: crossentropy plot sigmoid -o sigmoid.png")
-    pl.add_argument("what", choices=["sigmoid", "softmax", "bce", "cross-entropy", "all"],
-                    help="which plot")
+    pl.add_argument("what", choices=["sigmoid", "softmax", "bce", "cross-entropy", "all",
+                                     "reliability"],
+                    help="which plot ('reliability': from a saved JSON report, --report)")
+    pl.add_argument("--report", metavar="REPORT.json",
+                    help="for 'reliability': a JSON report of score (-o) or calibrate "
+                         "(--report); a calibrate report gives the before/after figure")
     pl.add_argument("--output", "-o", metavar="FILE.png",
                     help="output file (default: WHAT.png in --outdir)")
     pl.add_argument("--outdir", default=".", metavar="DIR",
@@ -268,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--sum-tolerance", type=float, default=1e-3, metavar="TOL",
                     help="probability rows must sum to 1 within TOL (default: 1e-3, for "
                          "rounded probabilities); each row is then divided by its sum")
-    sc.add_argument("--delimiter", default=",", help="CSV delimiter (default: ',')")
+    sc.add_argument("--delimiter", default=",",
+                    help="CSV delimiter, one character; 'tab' or '\\t' for a tab (default: ',', "
+                         "a tab for .tsv)")
     sc.add_argument("--file-format", choices=["csv", "parquet", "npy", "npz"],
                     help="read FILE as this format, whatever its suffix")
     sc.add_argument("--chunk-rows", type=int, metavar="N",
@@ -278,6 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="show a progress bar on standard error (default: only on a terminal)")
     prog.add_argument("--no-progress", dest="progress", action="store_false",
                       help="never show a progress bar")
+    sc.add_argument("--top-k", metavar="K[,K...]",
+                    help="also report top-k accuracy for each K (e.g. 1,5)")
+    sc.add_argument("--max-footer-mb", type=float, default=20.0, metavar="MB",
+                    help="largest Parquet footer that pyarrow decodes whole (default: 20; "
+                         "it needs ~10x that); a larger one is read row group by row group")
+
+    # ----------------------------------------------------------------- calibrate
+    from crossentropy.score.command import add_calibrate_parser
+
+    add_calibrate_parser(sub, _Formatter, _base_arg)
     return parser
 
 
@@ -304,6 +355,21 @@ def _base(text: str) -> float | None:
         return parse_base(text)
     except (ValueError, TypeError) as exc:
         raise _UsageError(str(exc)) from None
+
+
+def _check_unit_interval(values: Sequence[float], option: str, hint: str = "") -> None:
+    """Each value in [0, 1] (NaN is not): a one-line error naming the option and position."""
+    for i, v in enumerate(values):
+        if not 0.0 <= v <= 1.0:
+            pos = f" (value {i + 1} of {len(values)})" if len(values) > 1 else ""
+            raise _UsageError(f"{option} {v!r}{pos} is not in [0, 1]{hint}")
+
+
+def _check_sums_to_one(values: Sequence[float], option: str, hint: str) -> None:
+    # fsum is exact: a sum of decimals meant to be 1 lands within a few ulps of 1
+    s = math.fsum(values)
+    if abs(s - 1.0) > 16 * 2.0**-52 * max(len(values), 16):
+        raise _UsageError(f"{option} sum to {s!r}, not 1; a distribution must sum to 1{hint}")
 
 
 def _atomic_write(path: str, text: str) -> None:
@@ -365,13 +431,16 @@ def _explain_tables(args: argparse.Namespace) -> list[Any]:
             if len(target) != c:
                 raise _UsageError(f"--target-probs has {len(target)} entries, the prediction "
                                   f"{c}")
+            _check_unit_interval(target, "--target-probs")
+            _check_sums_to_one(target, "--target-probs", " (a one-hot target: --target CLASS)")
         base = _base(args.base)
-        if args.probs is not None and not args.normalize:
-            s = math.fsum(args.probs)
-            if abs(s - 1.0) > 16 * 2.0**-52 * max(c, 16):
-                raise _UsageError(
-                    f"--probs sum to {s!r}, not 1; a distribution must sum to 1 (pass "
-                    "--normalize to divide by the sum, or give --scores)")
+        if args.probs is not None:
+            _check_unit_interval(args.probs, "--probs", " (for scores use --scores)")
+            if args.normalize and not math.fsum(args.probs) > 0.0:
+                raise _UsageError("--normalize needs --probs with a positive sum")
+            if not args.normalize:
+                _check_sums_to_one(args.probs, "--probs", " (pass --normalize to divide by "
+                                   "the sum, or give --scores)")
         return [cross_entropy_table(target, scores=args.scores, probs=args.probs,
                                     classes=classes, base=base, normalize=args.normalize)]
     if topic in ("bce", "binary-cross-entropy"):
@@ -382,6 +451,9 @@ def _explain_tables(args: argparse.Namespace) -> list[Any]:
         names = _split_names(args.names)
         if names is not None and len(names) != len(pred):
             raise _UsageError(f"--names gives {len(names)} names for {len(pred)} rows")
+        if args.prob is not None:
+            _check_unit_interval(args.prob, "--prob", " (for scores use --logit)")
+        _check_unit_interval(args.label, "--label", ": a label is 0, 1 or a soft label between")
         return [bce_table(args.label, probs=args.prob, logits=args.logit, names=names,
                           base=_base(args.base))]
     raise _UsageError(f"unknown topic {topic!r}")  # pragma: no cover - argparse guards it
@@ -390,7 +462,10 @@ def _explain_tables(args: argparse.Namespace) -> list[Any]:
 def _cmd_explain(args: argparse.Namespace) -> int:
     from crossentropy.explain import render
 
-    tables = _explain_tables(args)
+    try:
+        tables = _explain_tables(args)
+    except (ValueError, TypeError) as exc:  # the library's own checks of the values given
+        raise _UsageError(str(exc)) from None
     if args.output and args.output != "-":
         import io
 
@@ -408,9 +483,21 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from crossentropy.plot import PLOTS
 
+    if args.what == "reliability" or args.report:
+        from crossentropy.score.command import UsageError, plot_report
+
+        try:
+            print(plot_report(args))
+        except UsageError as exc:
+            raise _UsageError(str(exc)) from None
+        return 0
     names = list(PLOTS) if args.what == "all" else [args.what]
     if args.output and len(names) > 1:
         raise _UsageError("--output names one file; for 'all' use --outdir")
+    if not 10 <= args.dpi <= 600:
+        raise _UsageError(f"--dpi must be between 10 and 600, got {args.dpi}")
+    if not args.output:
+        os.makedirs(args.outdir, exist_ok=True)  # 'plot all --outdir figures/' makes figures/
     for name in names:
         path = args.output or os.path.join(args.outdir, f"{name}.png")
         PLOTS[name](path, dpi=args.dpi)
@@ -446,7 +533,7 @@ class _Progress:
         self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self.last:  # erase the bar, if one was drawn
             self.stream.write("\r\033[K")
             self.stream.flush()
 
@@ -474,6 +561,9 @@ def _score_text(rep: dict[str, Any], per_class: str) -> str:
     if rep["task"] == "multilabel":
         lines.append(f"exact match    {_fmt(rep['exact_match'])}")
     lines.append(f"ECE            {_fmt(rep['ece'])} ({rep['bins']} bins)")
+    from crossentropy.score.command import metric_lines
+
+    lines += metric_lines(rep)
     if "weight_column" in rep:
         lines.append(f"weights        column {rep['weight_column']!r}, total "
                      f"{_fmt(rep['weight_total'])}")
@@ -508,21 +598,42 @@ def _score_text(rep: dict[str, Any], per_class: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: spellings of the tab for --delimiter (a shell passes '\t' as backslash + t)
+_DELIMITERS = {"\\t": "\t", "tab": "\t", "TAB": "\t"}
+
+
 def _json_safe(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_json_safe(x) for x in v]
-    return v
+    """NaN (an undefined value) becomes null; +-inf the strings "inf", "-inf"."""
+    from crossentropy.score.command import json_safe
+
+    return json_safe(v)
+
+
+def _top_k(text: str | None) -> tuple[int, ...]:
+    from crossentropy.score.command import UsageError, parse_top_k
+
+    try:
+        return parse_top_k(text)
+    except UsageError as exc:
+        raise _UsageError(str(exc)) from None
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from crossentropy.score.command import UsageError, run_calibrate
+
+    args.delimiter = _DELIMITERS.get(args.delimiter, args.delimiter)
+    try:
+        return run_calibrate(args, _base(args.base),
+                             lambda label: _Progress(True, label, sys.stderr), _atomic_write)
+    except UsageError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from crossentropy.score import ColumnSpec, ScoreOptions, score_file
 
-    if args.bins < 1:
-        raise _UsageError("--bins must be at least 1")
+    if not 1 <= args.bins <= 10_000:
+        raise _UsageError(f"--bins must be between 1 and 10000, got {args.bins}")
     if args.chunk_rows is not None and args.chunk_rows < 1:
         raise _UsageError("--chunk-rows must be at least 1")
     if not (args.sum_tolerance >= 0.0):
@@ -531,6 +642,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         raise _UsageError("--per-class takes a number or 'all'")
     if args.targets is not None and not args.multilabel:
         raise _UsageError("--targets goes with --multilabel")
+    if args.top_k is not None and args.multilabel:
+        raise _UsageError("--top-k is for multi-class files")
     if args.reliability:
         try:
             import matplotlib  # noqa: F401
@@ -540,10 +653,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
     opts = ScoreOptions(
         columns=ColumnSpec(pred=args.columns, label=args.label, targets=args.targets,
                            weight=args.weight, multilabel=args.multilabel,
-                           delimiter=args.delimiter),
+                           delimiter=_DELIMITERS.get(args.delimiter, args.delimiter)),
         logits=args.logits, classes=_split_names(args.classes), base=_base(args.base),
         bins=args.bins, sum_tolerance=args.sum_tolerance, chunk_rows=args.chunk_rows,
-        file_format=args.file_format)
+        file_format=args.file_format, top_k=_top_k(args.top_k),
+        max_footer_mb=args.max_footer_mb)
     show = args.progress if args.progress is not None else sys.stderr.isatty()
     bar = _Progress(bool(show), os.path.basename(args.file), sys.stderr)
     try:
@@ -585,22 +699,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from crossentropy.score.readers import ScoreError
 
-    cmd = {"explain": _cmd_explain, "plot": _cmd_plot, "score": _cmd_score}[args.command]
+    cmd = {"explain": _cmd_explain, "plot": _cmd_plot, "score": _cmd_score,
+           "calibrate": _cmd_calibrate}[args.command]
     prog = f"crossentropy {args.command}"
+
+    def fail(message: str, status: int) -> int:
+        print(f"{prog}: error: {_one_line(message)}", file=sys.stderr)
+        return status
+
     try:
         return cmd(args)
     except _UsageError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc), 2)
     except ScoreError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
+        return fail(str(exc), 1)
     except ImportError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
+        return fail(str(exc), 1)
     except BrokenPipeError:  # e.g. piped into head: not an error
         return 0
     except OSError as exc:
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"{prog}: error:{where}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        where = f" {exc.filename}:" if exc.filename else ""
+        return fail(f"{where} {exc.strerror or exc}".lstrip(), 1)
+    except MemoryError:
+        return fail("out of memory (try a smaller --chunk-rows)", 1)
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+    except Exception as exc:  # never a traceback: one line naming the problem
+        if os.environ.get("CROSSENTROPY_DEBUG"):
+            raise
+        return fail(f"{type(exc).__name__}: {exc} (unexpected: please report it, with the "
+                    "command; CROSSENTROPY_DEBUG=1 shows the traceback)", 1)

@@ -37,12 +37,14 @@ no update.  (PyTorch returns NaN.)
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
+from crossentropy import _small
 from crossentropy import _validate as check
 from crossentropy._backends import use_numba
 from crossentropy._core import binary as core_bce
@@ -72,7 +74,7 @@ def _prediction(x: Any, name: str, axis: Any) -> tuple[np.ndarray, np.dtype[Any]
     """``(arr, result dtype, class axis)`` of a prediction; `arr` keeps a float dtype."""
     arr, dtype = check.real_array(x, name)
     ax = check.check_axis(axis, arr.ndim)
-    if arr.shape[ax] == 0 and int(np.prod(np.delete(arr.shape, ax))) > 0:
+    if arr.shape[ax] == 0 and math.prod(arr.shape[:ax] + arr.shape[ax + 1 :]) > 0:
         # rows with no classes hold no distribution (an empty batch of rows is fine)
         raise ValueError(
             f"{name} has rows but no classes: axis={axis} has length 0 in shape {arr.shape}"
@@ -94,7 +96,7 @@ def _rows2d(arr: np.ndarray, ax: int) -> np.ndarray:
     """`arr` as (rows, classes), class axis last, in its own dtype (a view when possible)."""
     C = arr.shape[ax]
     moved = np.moveaxis(arr, ax, -1)
-    return np.ascontiguousarray(moved).reshape(int(np.prod(moved.shape[:-1])), C)
+    return np.ascontiguousarray(moved).reshape(math.prod(moved.shape[:-1]), C)
 
 
 def _from_rows2d(a2: np.ndarray, shape: tuple[int, ...], ax: int) -> np.ndarray:
@@ -363,10 +365,24 @@ def cross_entropy(
     omega = _omega(tg, w, opts)
     if sw is not None:  # sample weights scale each loss and its share of the mean
         omega = omega * sw
-    gf = _grad_factor(omega, opts)
+    plain = (not return_grad and tg.labels is not None and w is None and sw is None
+             and classes is None and not opts.label_smoothing and not opts.z_loss
+             and opts.softcap is None and 0 < arr.size <= _small.SMALL)
+    if plain:  # a few numbers (the article's vectors): plain Python floats, no overhead
+        x2 = _rows2d(arr, ax)
+        rows = x2.tolist()
+        if _small.finite(rows):
+            assert tg.labels is not None
+            counted = tg.counted.reshape(-1)
+            labels = tg.labels.reshape(-1).tolist()
+            per = _small.cross_entropy_rows(rows, labels)
+            loss = np.where(counted, np.array(per), 0.0).reshape(tg.counted.shape)
+            return _finish(_reduced(loss, omega, opts).value, None, dtype, gdtype, None)
+    gf = _grad_factor(omega, opts) if return_grad else None
     fused = (
         tg.labels is not None and arr.ndim > 0 and arr.size > 0 and classes is None
-        and np.isfinite(gf.grad_scale)  # a subnormal summed weight: the core divides last
+        # a subnormal summed weight overflows factor / divisor: the core divides last
+        and (gf is None or np.isfinite(gf.grad_scale))
     )
     if use_numba(arr, supported=fused):  # the numba kernels (crossentropy._cpu)
         from crossentropy import _cpu
@@ -375,7 +391,7 @@ def cross_entropy(
         loss, g = _cpu.categorical(
             arr, ax, tg.labels, tg.counted, w, label_smoothing=opts.label_smoothing,
             z_loss=opts.z_loss, softcap=opts.softcap, grad_out=grad_out,
-            want_grad=return_grad, grad_scale=gf.grad_scale,
+            want_grad=return_grad, grad_scale=1.0 if gf is None else gf.grad_scale,
         )
         if sw is not None:
             loss = loss * sw
@@ -396,7 +412,7 @@ def cross_entropy(
             loss_b = loss_b * sw2[sl]
             g_b = None if g_b is None else g_b * sw2[sl, None]
         loss2[sl] = loss_b
-        if g2 is not None and g_b is not None:
+        if g2 is not None and g_b is not None and gf is not None:
             with np.errstate(over="ignore"):  # beyond float16's range: +-inf, as rounded
                 g2[sl] = _scaled(g_b, gf)
     rows = tg.counted.shape

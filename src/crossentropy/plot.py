@@ -17,7 +17,7 @@ import numpy as np
 import crossentropy as ce
 
 __all__ = ["PLOTS", "plot_bce", "plot_cross_entropy", "plot_sigmoid", "plot_softmax",
-           "reliability_diagram"]
+           "reliability_before_after", "reliability_diagram", "reliability_from_report"]
 
 
 def _figure(ncols: int = 1, width: float = 7.0) -> tuple[Any, Any]:
@@ -53,11 +53,14 @@ def plot_sigmoid(path: str, *, dpi: int = 100) -> str:
     x = np.linspace(-10, 10, 801)
     a.plot(x, ce.sigmoid(x), color="C0", label="sigmoid(x)")
     labels = []
+    # label offsets (points) that keep each label off the curve: above-left of x = 1 and
+    # x = -3 (where the curve is lower), below-left of x = 9 (where it is flat at 1)
+    offsets = {1.0: (-62, 10), 9.0: (-60, -28), -3.0: (-40, 22)}
     for xi in (1.0, 9.0, -3.0):
         s = float(ce.sigmoid(xi))
         a.plot([xi], [s], "o", color="C3")
         a.annotate(f"x = {xi:g}\nσ = {s:.4g}", (xi, s), textcoords="offset points",
-                   xytext=(-60 if xi > 5 else 8, -28 if xi > 5 else 8), fontsize=9)
+                   xytext=offsets[xi], fontsize=9)
         labels.append(f"sigmoid({xi:g}) = {s:.6g}")
     a.set_xlabel("x")
     a.set_ylabel("sigmoid(x)")
@@ -73,10 +76,11 @@ def plot_sigmoid(path: str, *, dpi: int = 100) -> str:
         text = (f"x = {xi:g}: σ = {s:.3g}" if xi < 0 else f"x = {xi:g}: 1 - σ = {sc:.3g}")
         b.plot([xi], [y], "o", color="C3")
         b.annotate(text, (xi, y), textcoords="offset points",
-                   xytext=(-150 if xi > 0 else 10, 10), fontsize=9)
+                   xytext=(-190 if xi > 0 else 10, 10), fontsize=9,
+                   arrowprops={"arrowstyle": "->"} if xi > 0 else None)
         labels.append(f"sigmoid({xi:g}) = {s:.6g}, 1 - sigmoid = {sc:.6g}")
     b.set_xlabel("x")
-    b.set_ylabel("log10")
+    b.set_ylabel("log10 of the probability")
     b.set_title("the tails: σ(-243) ≈ 2.93e-106, not 2.99e-98")
     b.legend(fontsize=8)
     b.grid(alpha=0.3)
@@ -115,7 +119,8 @@ def plot_bce(path: str, *, dpi: int = 100) -> str:
     labels = []
     for name, pi, yi, off in (("cat", 0.997694, 1.0, (-150, 30)), ("dog", 0.002237, 0.0, (10, 30))):
         loss = float(ce.binary_cross_entropy(pi, yi, base=2))
-        a.plot([pi], [loss], "o", color="C3")
+        # the loss is about 0.003 bits, on the axis: drawn over it, not half cut off
+        a.plot([pi], [loss], "o", color="C3", clip_on=False, zorder=5)
         a.annotate(f"{name}: p = {pi}, y = {yi:g}\nloss = {loss:.4g} bits", (pi, loss),
                    textcoords="offset points", xytext=off, fontsize=9,
                    arrowprops={"arrowstyle": "->"})
@@ -137,12 +142,13 @@ def plot_cross_entropy(path: str, *, dpi: int = 100) -> str:
     z = [9.8, 3.7, 0.2]
     probs = np.asarray(ce.softmax(z))
     labels = []
-    for j, (name, off) in enumerate((("cat", (-170, 25)), ("dog", (10, 15)),
+    for j, (name, off) in enumerate((("cat", (-250, 22)), ("dog", (10, 15)),
                                      ("bird", (10, 15)))):
         loss = float(ce.cross_entropy(z, j, base=2))
         a.plot([probs[j]], [loss], "o", color="C3")
         a.annotate(f"true class {name}: q = {probs[j]:.4g}\nH = {loss:.4g} bits",
-                   (probs[j], loss), textcoords="offset points", xytext=off, fontsize=9)
+                   (probs[j], loss), textcoords="offset points", xytext=off, fontsize=9,
+                   arrowprops={"arrowstyle": "->"} if name == "cat" else None)
         labels.append(f"if the image were a {name}: q = {probs[j]:.6g}, H = {loss:.6g} bits")
     a.set_xlabel("predicted probability of the true class q")
     a.set_ylabel("cross-entropy (bits)")
@@ -152,32 +158,116 @@ def plot_cross_entropy(path: str, *, dpi: int = 100) -> str:
     return _save(fig, path, "cross-entropy", labels, dpi)
 
 
-def reliability_diagram(report: dict[str, Any], path: str, *, dpi: int = 100) -> str:
-    """The reliability diagram of a ``score`` report: accuracy against confidence per bin."""
-    fig, (a,) = _figure(1, 6.0)
+def _num(v: Any) -> float:
+    """A report value as a float: null (undefined, from a saved JSON) and "nan" are NaN."""
+    if v is None:
+        return float("nan")
+    return float(v)
+
+
+def _reliability_panel(a: Any, h: Any, report: dict[str, Any], title: str) -> list[str]:
+    """Accuracy against confidence per bin on `a`, the per-bin weight histogram on `h`."""
     bins = report["reliability"]
-    lo = np.array([b["lo"] for b in bins])
-    hi = np.array([b["hi"] for b in bins])
-    acc = np.array([b["accuracy"] for b in bins])
-    conf = np.array([b["confidence"] for b in bins])
+    lo = np.array([_num(b["lo"]) for b in bins])
+    hi = np.array([_num(b["hi"]) for b in bins])
+    acc = np.array([_num(b["accuracy"]) for b in bins])
+    conf = np.array([_num(b["confidence"]) for b in bins])
+    weight = np.array([_num(b["weight"]) for b in bins])
     keep = np.isfinite(acc)
     width = hi - lo
     a.bar(lo[keep], acc[keep], width=width[keep], align="edge", color="C0", edgecolor="k",
           label="observed accuracy")
+    # the gap from the accuracy to the mean confidence, hatched so that it reads the same
+    # above the bar (over-confident) and inside it (under-confident)
     a.bar(lo[keep], conf[keep] - acc[keep], bottom=acc[keep], width=width[keep], align="edge",
-          color="C3", alpha=0.35, label="gap to confidence")
+          facecolor=(0.84, 0.15, 0.16, 0.25), edgecolor="C3", hatch="//", linewidth=0.8,
+          label="gap to mean confidence")
     a.plot([0, 1], [0, 1], "k--", label="perfect calibration")
     a.set_xlim(0, 1)
     a.set_ylim(0, 1)
-    what = "top-class confidence" if report["task"] == "multiclass" else "predicted P(label = 1)"
-    a.set_xlabel(what)
-    a.set_ylabel("accuracy" if report["task"] == "multiclass" else "fraction positive")
-    a.set_title(f"reliability: ECE = {report['ece']:.4f} ({report['rows']} rows)")
-    a.legend(loc="upper left")
-    points = [f"bin [{b['lo']:.3g}, {b['hi']:.3g}): confidence {b['confidence']:.4g}, "
-              f"accuracy {b['accuracy']:.4g}, weight {b['weight']:g}"
-              for b in bins if b["weight"] > 0]
-    return _save(fig, path, f"reliability diagram, ECE = {report['ece']:.6g}", points, dpi)
+    multiclass = report["task"] == "multiclass"
+    a.set_ylabel("accuracy" if multiclass else "fraction positive")
+    a.set_title(title)
+    a.legend(loc="upper left", fontsize=8)
+    a.tick_params(labelbottom=False)
+    total = float(np.sum(weight))
+    share = weight / total if total else weight
+    h.bar(lo, share, width=width, align="edge", color="C7", edgecolor="k")
+    for x, sh, n in zip(lo + width / 2, share, weight, strict=True):
+        if n > 0:
+            h.annotate(f"{n:.0f}" if n == round(n) else f"{n:.3g}", (x, sh), ha="center",
+                       va="bottom", fontsize=7)
+    h.set_xlim(0, 1)
+    h.set_ylim(0, max(float(np.max(share)) * 1.3, 1e-9) if share.size else 1)
+    h.set_xlabel("top-class confidence" if multiclass else "predicted P(label = 1)")
+    h.set_ylabel("share of rows" if multiclass else "share of entries")
+    return [f"bin [{_num(b['lo']):.3g}, {_num(b['hi']):.3g}): confidence "
+            f"{_num(b['confidence']):.4g}, accuracy {_num(b['accuracy']):.4g}, weight "
+            f"{_num(b['weight']):g}" for b in bins if _num(b["weight"]) > 0]
+
+
+def _reliability_figure(ncols: int) -> tuple[Any, Any]:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install 'crossentropy[plot]'") from None
+    fig = Figure(figsize=(5.5 * ncols, 6.0), dpi=100, layout="constrained")
+    axes = fig.subplots(2, ncols, squeeze=False, sharex="col",
+                        gridspec_kw={"height_ratios": [3, 1]})
+    return fig, axes
+
+
+def reliability_diagram(report: dict[str, Any], path: str, *, dpi: int = 100) -> str:
+    """The reliability diagram of a ``score`` report: accuracy against confidence per bin,
+    above a histogram of the share of rows (their weight) in each bin, counts labelled."""
+    fig, axes = _reliability_figure(1)
+    ece = _num(report["ece"])
+    points = _reliability_panel(axes[0, 0], axes[1, 0], report,
+                                f"reliability: ECE = {ece:.4f} ({report['rows']} rows)")
+    return _save(fig, path, f"reliability diagram, ECE = {ece:.6g}", points, dpi)
+
+
+def reliability_before_after(report: dict[str, Any], path: str, *, dpi: int = 100) -> str:
+    """Reliability diagrams before and after calibration, side by side, from a
+    ``calibrate`` report (its ``before`` and ``after`` score reports)."""
+    fig, axes = _reliability_figure(2)
+    if report.get("method") == "temperature":
+        what = f"T = {_num(report['temperature']):.4g}"
+    else:
+        a, b = report["platt"]["a"], report["platt"]["b"]
+        what = (f"Platt a = {_num(a[0]):.4g}, b = {_num(b[0]):.4g}" if len(a) == 1
+                else f"Platt scaling, {len(a)} labels")
+    points = []
+    for col, key, head in ((0, "before", "before"), (1, "after", "after")):
+        rep = report[key]
+        ece = _num(rep["ece"])
+        ce_ = _num(rep["cross_entropy"])
+        title = f"{head}: ECE = {ece:.4f}, CE = {ce_:.4g} {report.get('unit', '')}"
+        points += [f"{key} {p}" for p in _reliability_panel(axes[0, col], axes[1, col], rep,
+                                                            title)]
+    fig.suptitle(f"{report.get('applied_to', report.get('file', ''))}: calibration, {what}")
+    eb, ea = _num(report["before"]["ece"]), _num(report["after"]["ece"])
+    return _save(fig, path, f"reliability before/after, ECE {eb:.6g} -> {ea:.6g}", points, dpi)
+
+
+def reliability_from_report(report_path: str, path: str, *, dpi: int = 100) -> str:
+    """Draw the reliability diagram of a saved JSON report: a ``calibrate`` report gives
+    the before/after figure, a ``score`` report the single diagram."""
+    import json
+
+    try:
+        with open(report_path, encoding="utf-8") as f:
+            report = json.load(f)
+    except ValueError as exc:
+        raise ValueError(f"{report_path}: not a JSON report: {exc}") from None
+    if not isinstance(report, dict):
+        raise ValueError(f"{report_path}: not a score or calibrate report")
+    if "before" in report and "after" in report:
+        return reliability_before_after(report, path, dpi=dpi)
+    if "reliability" in report and "task" in report:
+        return reliability_diagram(report, path, dpi=dpi)
+    raise ValueError(f"{report_path}: not a score or calibrate report (no 'reliability' "
+                     "bins)")
 
 
 PLOTS = {"sigmoid": plot_sigmoid, "softmax": plot_softmax, "bce": plot_bce,

@@ -22,6 +22,7 @@ Nothing here validates: callers pass float64 arrays, labels already checked agai
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +69,7 @@ class Target:
             if a is None:
                 return None
             lead = a.shape[: a.ndim - extra]
-            return a.reshape(int(np.prod(lead)), *a.shape[a.ndim - extra :])[sl]
+            return a.reshape(math.prod(lead), *a.shape[a.ndim - extra :])[sl]
         return Target(counted=cut(self.counted, 0), labels=cut(self.labels, 0),
                       probs=cut(self.probs, 1), classes=cut(self.classes, 1))
 

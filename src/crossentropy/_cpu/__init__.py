@@ -9,8 +9,9 @@ the arrays out as C-contiguous ``(rows, classes)`` and writes results where the 
 them.  The kernels are deterministic: the result does not depend on the number of threads
 (each row is reduced by one thread in a fixed order).
 
-:func:`cross_entropy_rows` is also the per-row entry point of the torch layer's CPU path;
-it runs the kernels when the backend setting allows, else the exact core.
+The per-row entry point of the torch layer's CPU path,
+:func:`crossentropy._backends.cross_entropy_rows`, runs :func:`ce_rows_kernel` when the
+backend setting allows, else the exact core.
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from crossentropy import _backends, _config
-from crossentropy._core import categorical as core_ce
+from crossentropy import _config
 
 __all__ = [
     "bce_with_logits",
     "categorical",
-    "cross_entropy_rows",
+    "ce_rows_kernel",
     "kernels",
     "logsumexp",
     "sigmoid",
@@ -66,7 +66,7 @@ def compile_all() -> None:
             k.softmax_rows(x, dt == np.float64, log, np.empty_like(x), 1)
         k.logsumexp_rows(x, dt == np.float64, np.empty(2), 1)
         for want in (False, True):
-            _ce_kernel(x, t, None, -100, 0.0, 0.0, None, g if want else None, 1.0)
+            ce_rows_kernel(x, t, None, -100, 0.0, 0.0, None, g if want else None, 1.0)
         flat = x.reshape(-1)
         for log in (False, True):
             k.sigmoid_flat(flat, np.empty_like(flat), np.empty_like(flat), True, log)
@@ -167,7 +167,7 @@ def sigmoid(x: np.ndarray, *, log: bool, return_grad: bool, out: Any = None) -> 
 # --------------------------------------------------------------------------- cross-entropy
 
 
-def _ce_kernel(
+def ce_rows_kernel(
     x2: np.ndarray,
     target: np.ndarray,
     weight: F64 | None,
@@ -215,7 +215,7 @@ def categorical(
     into_out = False
     if want_grad:
         buf, into_out = _result_buffer(x2, x, grad_out, direct)
-    loss, _ = _ce_kernel(x2, t, weight, -1, label_smoothing, z_loss, softcap, buf, grad_scale)
+    loss, _ = ce_rows_kernel(x2, t, weight, -1, label_smoothing, z_loss, softcap, buf, grad_scale)
     rows = counted.shape
     if buf is None:
         return loss.reshape(rows), None
@@ -245,77 +245,3 @@ def bce_with_logits(
     k.bce_logits_flat(xf, yf, pos_weight, label_smoothing, per_element, loss,
                       grad is not None, g, grad_scale, partial)
     return loss if per_element else partial
-
-
-def cross_entropy_rows(
-    logits: npt.NDArray[np.floating],
-    target: npt.NDArray[np.integer],
-    *,
-    weight: F64 | None = None,
-    ignore_index: int = -100,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-    grad: npt.NDArray[np.floating] | None = None,
-    grad_scale: float = 1.0,
-) -> tuple[F64, F64]:
-    r"""Per-row cross-entropy and log-sum-exp of (N, C) logits, optionally the gradient.
-
-    .. math::
-
-        z = c \tanh(x / c) \text{ (if softcap } c\text{)}, \quad
-        \mathrm{lse}_i = \log\sum_c e^{z_{ic}}, \quad
-        \ell_i = \sum_c w_c t'_{ic} (\mathrm{lse}_i - z_{ic}) + \zeta\, \mathrm{lse}_i^2
-
-    with :math:`t' = (1-\varepsilon)\,\mathrm{onehot}(y_i) + \varepsilon / C`; computed as in
-    :func:`crossentropy._core.categorical.logits_rows` (the kernels when the backend setting
-    allows, else that core function itself).
-
-    Parameters
-    ----------
-    logits : (N, C) float32 or float64, C-contiguous.
-    target : (N,) int64 class indices in [0, C) or equal to `ignore_index` (not checked).
-    weight : (C,) float64 class weights, or None.
-    ignore_index, label_smoothing, z_loss, softcap : as in the torch layer.
-    grad : None (value only) or an (N, C) array of the logits' dtype into which
-        ``grad_scale * d loss[i] / d logits[i]`` is written (ignored rows get 0).  It may be
-        `logits` itself.
-    grad_scale : factor applied to the gradient (e.g. 1 / sum of weights for a mean).
-
-    Returns
-    -------
-    loss : float64[N] per-row loss in nats (0 for ignored rows); lse : float64[N].
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from crossentropy._cpu import cross_entropy_rows
-    >>> x = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
-    >>> g = np.empty_like(x)
-    >>> loss, lse = cross_entropy_rows(x, np.array([2, -100]), grad=g)
-    >>> loss
-    array([0.40760596, 0.        ])
-    >>> lse
-    array([3.40760596, 1.09861229])
-    >>> g
-    array([[ 0.09003057,  0.24472847, -0.33475904],
-           [ 0.        ,  0.        ,  0.        ]])
-    """
-    if logits.size and _backends.use_numba(logits):
-        return _ce_kernel(logits, target, weight, ignore_index, label_smoothing, z_loss,
-                          softcap, grad, grad_scale)
-    counted = target != ignore_index
-    N, C = logits.shape
-    if N == 0 or C == 0:
-        if grad is not None:
-            grad[...] = 0
-        return np.where(counted, np.nan, 0.0), np.full(N, -np.inf)
-    labels = np.where(counted, target, 0).astype(np.intp)
-    t = core_ce.Target(counted=counted, labels=labels)
-    loss, lse, g = core_ce.logits_rows(
-        np.array(logits, dtype=np.float64), t, weight, label_smoothing=label_smoothing,
-        z_loss=z_loss, cap=softcap, want_grad=grad is not None,
-    )
-    if grad is not None and g is not None:
-        grad[...] = g * grad_scale
-    return loss, lse

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import numpy as np
 
 import crossentropy as ce
-from crossentropy._validate import log_scale
 from crossentropy.explain.model import Cell, Column, Table
 
 __all__ = [
@@ -30,6 +29,21 @@ __all__ = [
 #: exp(x) overflows float64 above this (log of the largest double).
 _EXP_MAX = math.log(np.finfo(np.float64).max)
 _LN2 = math.log(2.0)
+
+
+def log_scale(base: float | None) -> float:
+    """1 / ln(base), the factor from nats to units of `base` (1.0 for None, e); ValueError
+    for a base that is not a finite positive number other than 1.
+
+    >>> log_scale(None), round(log_scale(2.0), 12)
+    (1.0, 1.442695040889)
+    """
+    if base is None:
+        return 1.0
+    b = float(base)
+    if not math.isfinite(b) or b <= 0.0 or b == 1.0:
+        raise ValueError(f"base must be a finite positive number other than 1, got {base!r}")
+    return 1.0 if b == math.e else 1.0 / math.log(b)
 
 
 def parse_base(text: str) -> float | None:

@@ -8,21 +8,32 @@ classes, weights >= 0), converted, and added to a running accumulator
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from crossentropy._validate import log_scale
 from crossentropy.explain.steps import base_name
 from crossentropy.score.metrics import Categorical, MultiLabel
 from crossentropy.score.readers import Batch, ColumnSpec, Reader, ScoreError, open_reader
 
-__all__ = ["ScoreOptions", "default_chunk_rows", "labels_to_index", "score_file"]
+__all__ = ["Chunk", "ScoreOptions", "check_totals", "default_chunk_rows", "iter_chunks",
+           "labels_to_index", "log_scale", "new_accumulator", "open_checked", "report_head",
+           "score_file"]
 
 F64 = npt.NDArray[np.float64]
+
+
+def log_scale(base: float | None) -> float:
+    """The factor that turns nats into the unit of `base`: 1 / ln(base) (1 for nats).
+
+    >>> log_scale(None), round(log_scale(2.0), 12)
+    (1.0, 1.442695040889)
+    """
+    return 1.0 if base is None else 1.0 / math.log(base)
 
 
 @dataclass
@@ -37,6 +48,8 @@ class ScoreOptions:
     sum_tolerance: float = 1e-3
     chunk_rows: int | None = None
     file_format: str | None = None
+    top_k: tuple[int, ...] = ()
+    max_footer_mb: float = 20.0
 
 
 def default_chunk_rows(num_columns: int) -> int:
@@ -113,6 +126,15 @@ def _check_batch(b: Batch, reader: Reader, opts: ScoreOptions, multilabel: bool)
         if out.any():
             r, c = _first_bad(out)
             hint = "; are these logits? then pass --logits" if pred[r, c] > 1.0 else ""
+            col = pred[:, c]
+            if pred[r, c] > 1.0 and np.all(col == np.round(col)):
+                # Whole numbers above 1 (0, 1, 2, ... or 1017, 1018, ...) are an id or row
+                # index, not scores: --logits would score the id as a class.
+                others = [n for n in names if n != names[c]]
+                hint = (f"; column {names[c]!r} holds whole numbers, like an id or a row "
+                        "index: leave it out by naming the prediction columns with --columns"
+                        + (f" (e.g. --columns {','.join(others)})" if 0 < len(others) <= 4
+                           else " (names, a:b index ranges or globs like 'p_*')"))
             raise ScoreError(f"{path}: {b.locate(r)}, column {names[c]!r}: probability "
                              f"{float(pred[r, c])!r} is outside [0, 1]{hint}")
         if not multilabel:
@@ -143,15 +165,24 @@ def _check_batch(b: Batch, reader: Reader, opts: ScoreOptions, multilabel: bool)
                              f"{float(w[r])!r} must be finite and >= 0")
 
 
-def score_file(path: str, opts: ScoreOptions,
-               on_chunk: Callable[[float, int], None] | None = None) -> dict[str, Any]:
-    """Read `path` chunk by chunk and return the report (a JSON-ready dict).
+@dataclass
+class Chunk:
+    """A checked chunk: predictions (probability rows divided by their sums), class indices
+    (multi-class) or targets (multi-label), weights (ones when the file has none)."""
 
-    `on_chunk(fraction_done, rows_so_far)` is called after each chunk (the progress bar).
-    Raises :class:`ScoreError` for malformed input, naming file, place and column.
-    """
+    pred: F64
+    y: npt.NDArray[np.intp] | None
+    targets: F64 | None
+    w: F64
+    batch: Batch
+
+
+def open_checked(path: str, opts: ScoreOptions) -> tuple[Reader, list[str]]:
+    """Open `path` and check its columns against the options; return the reader and the
+    class names.  The caller closes the reader."""
     multilabel = opts.columns.multilabel
-    reader = open_reader(path, opts.columns, logits=opts.logits, file_format=opts.file_format)
+    reader = open_reader(path, opts.columns, logits=opts.logits, file_format=opts.file_format,
+                         max_footer_mb=opts.max_footer_mb)
     try:
         names = reader.pred_names
         c = len(names)
@@ -162,48 +193,89 @@ def score_file(path: str, opts: ScoreOptions,
         if not multilabel and c < 2:
             raise ScoreError(f"{path}: multi-class scoring needs at least 2 prediction columns, "
                              f"got {c} ({names}); for one binary column use --multilabel")
-        acc: Categorical | MultiLabel
+    except BaseException:
+        reader.close()
+        raise
+    return reader, classes
+
+
+def iter_chunks(reader: Reader, opts: ScoreOptions, classes: list[str]) -> Iterator[Chunk]:
+    """The reader's batches, checked (ScoreError on the first bad cell) and converted."""
+    multilabel = opts.columns.multilabel
+    chunk = opts.chunk_rows or default_chunk_rows(len(classes))
+    for b in reader.batches(chunk):
+        _check_batch(b, reader, opts, multilabel)
+        n = b.pred.shape[0]
+        w = b.weight if b.weight is not None else np.ones(n)
         if multilabel:
-            acc = MultiLabel(c, logits=opts.logits, nbins=opts.bins)
-        else:
-            acc = Categorical(c, logits=opts.logits, nbins=opts.bins)
-        chunk = opts.chunk_rows or default_chunk_rows(c)
-        for b in reader.batches(chunk):
-            _check_batch(b, reader, opts, multilabel)
-            n = b.pred.shape[0]
-            w = b.weight if b.weight is not None else np.ones(n)
+            assert b.targets is not None
+            yield Chunk(b.pred, None, b.targets, w, b)
+            continue
+        assert b.labels is not None
+        y = labels_to_index(b.labels, classes, b.locate, reader.label_name or "label",
+                            reader.path)
+        pred = b.pred
+        if not opts.logits:
+            # A row of rounded probabilities (within --sum-tolerance of 1) is scored
+            # as the distribution it stands for: divided by its sum.
+            pred = pred / np.sum(pred, axis=1, keepdims=True)
+        yield Chunk(pred, y, None, w, b)
+
+
+def check_totals(path: str, acc: Categorical | MultiLabel) -> None:
+    """ScoreError when nothing was read or every weight is 0."""
+    if acc.rows == 0:
+        raise ScoreError(f"{path}: no data rows")
+    if acc.wsum == 0.0:
+        raise ScoreError(f"{path}: every weight is 0, so there is nothing to average")
+
+
+def report_head(path: str, reader: Reader, opts: ScoreOptions) -> dict[str, Any]:
+    """The report's first keys: file, format, input, unit, bins, label and weight columns."""
+    head: dict[str, Any] = {
+        "file": path,
+        "format": reader.kind,
+        "input": "logits" if opts.logits else "probabilities",
+        "unit": base_name(opts.base)[0],
+        "bins": opts.bins,
+    }
+    if reader.label_name is not None:
+        head["label_column"] = reader.label_name
+    if reader.weight_name is not None:
+        head["weight_column"] = reader.weight_name
+    return head
+
+
+def new_accumulator(opts: ScoreOptions, c: int, *, logits: bool | None = None
+                    ) -> Categorical | MultiLabel:
+    """The accumulator for the task: multi-label or multi-class (with the top-k list)."""
+    lg = opts.logits if logits is None else logits
+    if opts.columns.multilabel:
+        return MultiLabel(c, logits=lg, nbins=opts.bins)
+    return Categorical(c, logits=lg, nbins=opts.bins, top_k=opts.top_k)
+
+
+def score_file(path: str, opts: ScoreOptions,
+               on_chunk: Callable[[float, int], None] | None = None) -> dict[str, Any]:
+    """Read `path` chunk by chunk and return the report (a JSON-ready dict).
+
+    `on_chunk(fraction_done, rows_so_far)` is called after each chunk (the progress bar).
+    Raises :class:`ScoreError` for malformed input, naming file, place and column.
+    """
+    reader, classes = open_checked(path, opts)
+    try:
+        acc = new_accumulator(opts, len(classes))
+        for ch in iter_chunks(reader, opts, classes):
             if isinstance(acc, MultiLabel):
-                assert b.targets is not None
-                acc.update(b.pred, b.targets, w)
+                assert ch.targets is not None
+                acc.update(ch.pred, ch.targets, ch.w)
             else:
-                assert b.labels is not None
-                y = labels_to_index(b.labels, classes, b.locate,
-                                    reader.label_name or "label", path)
-                pred = b.pred
-                if not opts.logits:
-                    # A row of rounded probabilities (within --sum-tolerance of 1) is scored
-                    # as the distribution it stands for: divided by its sum.
-                    pred = pred / np.sum(pred, axis=1, keepdims=True)
-                acc.update(pred, y, w)
+                assert ch.y is not None
+                acc.update(ch.pred, ch.y, ch.w)
             if on_chunk is not None:
                 on_chunk(reader.progress(), acc.rows)
-        if acc.rows == 0:
-            raise ScoreError(f"{path}: no data rows")
-        if acc.wsum == 0.0:
-            raise ScoreError(f"{path}: every weight is 0, so there is nothing to average")
-        unit = base_name(opts.base)[0]
+        check_totals(path, acc)
         rep = acc.report(classes, log_scale(opts.base))
-        head = {
-            "file": path,
-            "format": reader.kind,
-            "input": "logits" if opts.logits else "probabilities",
-            "unit": unit,
-            "bins": opts.bins,
-        }
-        if reader.label_name is not None:
-            head["label_column"] = reader.label_name
-        if reader.weight_name is not None:
-            head["weight_column"] = reader.weight_name
-        return {**head, **rep}
+        return {**report_head(path, reader, opts), **rep}
     finally:
         reader.close()

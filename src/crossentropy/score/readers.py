@@ -201,6 +201,9 @@ class CsvReader(Reader):
     def __init__(self, path: str, spec: ColumnSpec) -> None:
         self.path = path
         self.delim = spec.delimiter
+        if len(self.delim) != 1 or self.delim in '"\r\n':
+            raise self.err(f"--delimiter must be one character, not a quote or a line break; "
+                           f"got {self.delim!r}")
         self.size = max(os.path.getsize(path), 1)
         self.done = 0
         self.f: IO[str] = open(path, encoding="utf-8-sig", newline="")
@@ -243,14 +246,24 @@ class CsvReader(Reader):
     def batches(self, chunk_rows: int) -> Iterator[Batch]:
         line_no = 2  # the first data line
         ncols = len(self.names)
+        held: list[str] = []  # blank lines at the end of the last chunk
         while True:
             try:
                 lines = list(itertools.islice(self.f, chunk_rows))
             except UnicodeDecodeError as exc:
                 raise self.err(f"near line {line_no}: not UTF-8 text ({exc.reason})") from None
             if not lines:
-                return
+                return  # blank lines at the end of the file are ignored
             self.done += sum(map(len, lines))
+            # Blank lines at the end of a chunk are held back: at the end of the file they
+            # are ignored; followed by a record they are an error (empty line) as before.
+            lines = held + lines
+            k = len(lines)
+            while k and not lines[k - 1].strip():
+                k -= 1
+            lines, held = lines[:k], lines[k:]
+            if not lines:
+                continue
             start = line_no
             line_no += len(lines)
             yield self._parse(lines, start, ncols)
@@ -338,11 +351,13 @@ class CsvReader(Reader):
 
 
 class ParquetReader(Reader):
-    """Parquet via pyarrow, one row group at a time, in batches of at most ``chunk_rows``."""
+    """Parquet via pyarrow, one row group at a time, in batches of at most ``chunk_rows``;
+    a footer over ``max_footer_mb`` is split into one per row group
+    (:mod:`crossentropy.score.parquet_footer`), so that it is never decoded whole."""
 
     kind = "Parquet"
 
-    def __init__(self, path: str, spec: ColumnSpec) -> None:
+    def __init__(self, path: str, spec: ColumnSpec, max_footer_mb: float = 20.0) -> None:
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -351,9 +366,21 @@ class ParquetReader(Reader):
                               ) from None
         self.path = path
         self.pa = pa
+        self.pq = pq
+        self.split: Any = None
+        if self._footer_too_large(max_footer_mb):
+            # One small footer per row group instead of the whole (see parquet_footer)
+            from crossentropy.score.parquet_footer import split_cached
+
+            try:
+                self.split = split_cached(path)
+            except (ValueError, IndexError, OSError, RecursionError) as exc:
+                raise self.err(self._footer_message(max_footer_mb, exc)) from None
         try:
-            self.pf = pq.ParquetFile(path)
+            self.pf = self._group_file(0) if self.split is not None else pq.ParquetFile(path)
             schema = self.pf.schema_arrow
+        except ScoreError:
+            raise
         except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... on garbage
             raise self.err(f"not a readable Parquet file: {exc}") from None
         self.names = list(schema.names)
@@ -362,6 +389,48 @@ class ParquetReader(Reader):
         except BaseException:
             self.pf.close()
             raise
+
+    def _footer_too_large(self, max_mb: float) -> bool:
+        """Whether the footer is over `max_mb` MB.
+
+        The footer (the file's metadata: one entry per column per row group) sits at the
+        end of the file: its length is the 4-byte little-endian number before the closing
+        ``PAR1``.  pyarrow decodes all of it when the file is opened, at about ten times its
+        size on disk (measured: a 57.7 MB footer, 600 row groups x 1,001 columns, took
+        557 MB), before a single row is read, so a file of many small row groups at many
+        columns would need that memory however small its chunks are.  Above the limit the
+        reader splits the footer into one per row group instead (57.7 MB: 134 MB peak).
+        """
+        self.footer = 0
+        try:
+            size = os.path.getsize(self.path)
+            with open(self.path, "rb") as f:
+                if size < 12:
+                    return False  # pyarrow reports the broken file
+                f.seek(size - 8)
+                tail = f.read(8)
+        except OSError:
+            return False
+        if tail[4:] != b"PAR1":
+            return False
+        self.footer = int.from_bytes(tail[:4], "little")
+        # small enough, or a corrupt length that pyarrow reports
+        return max_mb * 1e6 < self.footer <= size - 12
+
+    def _footer_message(self, max_mb: float, exc: BaseException) -> str:
+        return (
+            f"the Parquet footer (metadata) is {self.footer / 1e6:.1f} MB, over "
+            f"{max_mb:g} MB, and could not be split by row group ({exc}); pyarrow would "
+            f"decode all of it before reading a row, at about 10x that "
+            f"(~{self.footer * 10 / 2**20:,.0f} MB of memory): it grows with row groups x "
+            "columns, so rewrite the file with larger row groups (pyarrow.parquet."
+            "write_table(table, path, row_group_size=100_000)) or as .npy, or pass "
+            "--max-footer-mb to let pyarrow read it whole")
+
+    def _group_file(self, g: int) -> Any:
+        """A ParquetFile of row group `g` alone, from its own small footer."""
+        md = self.pq.read_metadata(self.pa.BufferReader(self.split.file_bytes(g)))
+        return self.pq.ParquetFile(self.path, metadata=md)
 
     def _open(self, spec: ColumnSpec, schema: Any) -> None:
         pa, path = self.pa, self.path
@@ -381,7 +450,9 @@ class ParquetReader(Reader):
         self.label_name = None if label is None else self.names[label]
         self.target_names = None if targets is None else [self.names[i] for i in targets]
         self.weight_name = None if weight is None else self.names[weight]
-        self.total: int = max(int(self.pf.metadata.num_rows), 1)
+        rows = (sum(r for _, _, r in self.split.groups) if self.split is not None
+                else int(self.pf.metadata.num_rows))
+        self.total: int = max(rows, 1)
         self.done = 0
 
     def progress(self) -> float:
@@ -405,10 +476,19 @@ class ParquetReader(Reader):
         wanted = [self.names[i] for i in
                   self.pred + (self.targets or [])
                   + [i for i in (self.label, self.weight) if i is not None]]
-        for rg in range(self.pf.num_row_groups):
+        groups = len(self.split.groups) if self.split is not None else self.pf.num_row_groups
+        for rg in range(groups):
             row0 = 0
             try:
-                it = self.pf.iter_batches(batch_size=chunk_rows, row_groups=[rg], columns=wanted)
+                if self.split is not None:  # row group rg through its own small footer
+                    if rg:
+                        self.pf.close()
+                        self.pf = self._group_file(rg)
+                    it = self.pf.iter_batches(batch_size=chunk_rows, row_groups=[0],
+                                              columns=wanted)
+                else:
+                    it = self.pf.iter_batches(batch_size=chunk_rows, row_groups=[rg],
+                                              columns=wanted)
                 for b in it:
                     yield self._batch(b, rg, row0)
                     row0 += b.num_rows
@@ -646,8 +726,11 @@ def _row_locator(row0: int) -> Callable[[int], str]:
 
 
 def open_reader(path: str, spec: ColumnSpec, *, logits: bool = False,
-                file_format: str | None = None) -> Reader:
-    """Open `path` with the reader for its format (from the suffix, or `file_format`)."""
+                file_format: str | None = None, max_footer_mb: float = 20.0) -> Reader:
+    """Open `path` with the reader for its format (from the suffix, or `file_format`).
+
+    `max_footer_mb`: the largest Parquet footer accepted (see ``ParquetReader``).
+    """
     fmt = file_format
     if fmt is None:
         low = path.lower()
@@ -669,7 +752,7 @@ def open_reader(path: str, spec: ColumnSpec, *, logits: bool = False,
     if fmt == "csv":
         return CsvReader(path, spec)
     if fmt == "parquet":
-        return ParquetReader(path, spec)
+        return ParquetReader(path, spec, max_footer_mb)
     if fmt in ("npy", "npz"):
         return NpyReader(path, spec, logits)
     raise ValueError(f"unknown format {file_format!r}")

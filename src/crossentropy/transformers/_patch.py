@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 import crossentropy.torch as cet
-from crossentropy._options import CrossEntropyOptions
+from crossentropy import CrossEntropyOptions
 
 __all__ = ["SUPPORTED", "UnsupportedModelError", "patch", "unpatch"]
 

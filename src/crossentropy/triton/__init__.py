@@ -1,74 +1,270 @@
 r"""Triton GPU kernels for cross-entropy and fused linear cross-entropy.
 
 Four layers, each in its own module: raw ``@triton.jit`` kernels (``_kernels``), typed
-launchers (``_launch``), ``torch.autograd.Function`` classes (``_autograd``) and the public
-functions here, which validate their arguments and dispatch.  ``crossentropy.torch`` sends
-CUDA tensors here.
+launchers (``_launch``), ``torch.autograd.Function`` classes (``_autograd``) and the
+functions here.  This module imports without Triton (and without torch).
 
-Dispatch: float16/bfloat16/float32 tensors on a CUDA device run the Triton kernels; so do
-CPU tensors when ``TRITON_INTERPRET=1`` (the Triton interpreter, used by the tests).
-Anything else (CPU tensors without the interpreter, float64, or Triton not installed) runs
-the pure-PyTorch implementation in ``_reference`` (float32, or float64 for float64 input),
-which has the same semantics.
+The seam used by :mod:`crossentropy.torch` (``impl="triton"``, and ``impl="auto"`` on CUDA),
+after it has validated the arguments into a :class:`~crossentropy._options.CrossEntropyOptions`
+and reshaped the inputs to 2-D:
 
-Loss of token *i* (logits ``z``, target ``y``, class weights ``w``, smoothing ``eps``, ``C``
-classes, z-loss ``lambda``, optional soft-capping ``z' = s tanh(z / s)``):
+* :func:`is_available` -- Triton imports and a CUDA device is there, or
+  ``TRITON_INTERPRET=1`` selects the CPU interpreter;
+* :func:`supports` -- None when the kernels can take tensors like ``x``, else the reason;
+* :func:`cross_entropy_2d`, :func:`linear_cross_entropy_2d` -- the kernels, or
+  :class:`TritonUnavailable` with the reason (never a silent fallback).
+
+The user-facing :func:`cross_entropy` and :func:`linear_cross_entropy` check their
+arguments, build the options with torch semantics and call the seam.
+
+Loss of row *i* (logits ``z``, soft-capped ``z' = s tanh(z / s)`` when ``softcap=s``; index
+target ``y`` or probability row ``t``; class weights ``w``; label smoothing ``eps`` over
+``C`` classes; z-loss ``zeta``):
 
 .. math::
 
     \ell_i = (1-\varepsilon) w_{y} (\mathrm{lse}_i - z'_{iy})
       + \tfrac{\varepsilon}{C} \textstyle\sum_c w_c (\mathrm{lse}_i - z'_{ic})
-      + \lambda\, w_{y}\, \mathrm{lse}_i^2
+      + \zeta\, \mathrm{lse}_i^2
+    \quad\text{or}\quad
+    \ell_i = \textstyle\sum_c w_c \big((1-\varepsilon) t_{ic} + \tfrac{\varepsilon}{C}\big)
+      (\mathrm{lse}_i - z'_{ic}) + \zeta\, \mathrm{lse}_i^2
 
-which is :func:`torch.nn.functional.cross_entropy` (index targets) plus the z-loss; the
-z-loss of a token carries its target weight, so that 'mean' (``sum_i l_i / sum_i w_{y_i}``
-over the counted tokens) averages it over the same tokens.  Ignored tokens add nothing; a
-mean over none is NaN, as in PyTorch.  ``base`` divides the whole loss by ``ln(base)``.
+which is :func:`torch.nn.functional.cross_entropy` plus the z-loss (``zeta lse^2`` per
+counted row, not weighted).  ``lse - z`` is never formed: the kernels keep
+``lse - z_c = (m - z_c) + log1p(rest)`` (two terms >= 0), so a confident row keeps its
+relative accuracy (float32 per-row loss within 4 ulp of the float64 value of the same
+float32 logits, rows with losses of 1e-18 included; see ``_kernels``).  ``base`` divides the
+loss by ``ln(base)``.  float64 tensors are refused (:func:`supports` says so): the kernels
+compute in float32, and the torch path is exact in float64.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import math
-import numbers
 from typing import TYPE_CHECKING, Any
-
-from crossentropy import _validate as v
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["cross_entropy", "is_available", "linear_cross_entropy"]
+    from crossentropy._options import CrossEntropyOptions
+
+__all__ = [
+    "TritonUnavailable",
+    "cross_entropy",
+    "cross_entropy_2d",
+    "is_available",
+    "linear_cross_entropy",
+    "linear_cross_entropy_2d",
+    "supports",
+]
+
+
+class TritonUnavailable(RuntimeError):
+    """The Triton kernels cannot take this call; the message says why.
+
+    >>> issubclass(TritonUnavailable, RuntimeError)
+    True
+    """
+
+
+def _triton_reason() -> str | None:
+    """None when triton imports and kernels can run here (a GPU or the interpreter)."""
+    if importlib.util.find_spec("torch") is None:
+        return "torch is not installed"
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # a broken installation
+        return f"triton does not import ({type(exc).__name__}: {exc})"
+    from crossentropy.triton._launch import interpreting
+
+    if interpreting():
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on the CPU)"
+    return None
 
 
 def is_available() -> bool:
-    """True when the Triton kernels can run here: Triton is installed and either a CUDA
-    device is present or ``TRITON_INTERPRET=1`` selects the CPU interpreter.
+    """True when the Triton kernels can run here: Triton imports and either a CUDA device
+    is present or ``TRITON_INTERPRET=1`` selects the CPU interpreter.
 
     >>> isinstance(is_available(), bool)
     True
     """
-    if importlib.util.find_spec("triton") is None or importlib.util.find_spec("torch") is None:
-        return False
-    from crossentropy.triton._launch import interpreting
+    return _triton_reason() is None
 
-    if interpreting():
-        return True
+
+def supports(x: torch.Tensor) -> str | None:
+    """None if the kernels can take tensors like `x`, else the reason (one sentence).
+
+    Kernels take float16, bfloat16 and float32 tensors on a CUDA device, or on the CPU
+    under ``TRITON_INTERPRET=1``.  float64 is refused: the kernels compute in float32
+    (the torch path is exact in float64).
+
+    >>> import torch
+    >>> supports(torch.zeros(2, 3, dtype=torch.float64))
+    'float64 tensors: the Triton kernels compute in float32'
+    """
     import torch
 
-    return bool(torch.cuda.is_available())
-
-
-def _use_kernels(t: torch.Tensor) -> bool:
-    import torch
-
-    if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        return False
-    if importlib.util.find_spec("triton") is None:
-        return False
+    if x.dtype == torch.float64:
+        return "float64 tensors: the Triton kernels compute in float32"  # torch path: exact
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"the Triton kernels take float16, bfloat16 or float32 tensors, not {x.dtype}"
+    reason = _triton_reason()
+    if reason is not None:
+        return reason
     from crossentropy.triton._launch import interpreting
 
-    return t.is_cuda or (t.device.type == "cpu" and interpreting())
+    if x.device.type == "cuda":
+        return None
+    if x.device.type == "cpu" and interpreting():
+        return None
+    return (
+        f"tensors on {x.device} cannot run the Triton kernels "
+        "(CUDA, or CPU under TRITON_INTERPRET=1)"
+    )
+
+
+def _require(x: torch.Tensor) -> None:
+    reason = supports(x)
+    if reason is not None:
+        raise TritonUnavailable(reason)
+
+
+def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dim() < 2 or t.shape[1] <= 1 or t.stride(1) == 1 else t.contiguous()
+
+
+def cross_entropy_2d(
+    x: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    opts: CrossEntropyOptions,
+    *,
+    inplace_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The seam: cross-entropy of 2-D logits with validated options, on the kernels.
+
+    .. math:: \ell_i = \sum_c a_{ic} \big((m_i - z'_{ic}) + \operatorname{log1p}(s_i)\big)
+              + \zeta\,\mathrm{lse}_i^2, \qquad
+              \frac{\partial \ell_i}{\partial z'_{ic}} = P_i\, p_{ic} - a_{ic}
+
+    (``a_ic`` the target weights of class ``c``, ``P_i = sum_c a_ic + 2 zeta lse_i``).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        (N, C) float16/bfloat16/float32 logits (rows are made contiguous if needed).
+    target : torch.Tensor
+        int64 [N] class indices, or floating [N, C] probability rows (not differentiated).
+    weight : torch.Tensor or None
+        [C] class weights.
+    opts : CrossEntropyOptions
+        Validated options (not checked again).
+    inplace_grad : bool
+        Write the gradient into ``x``'s memory during backward (the logits are destroyed;
+        ignored for a leaf tensor and for logits without contiguous rows).
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        The loss reduced per ``opts`` in x's dtype (shape [N] for 'none') and the float32
+        lse [N] (of the soft-capped logits, nats, not differentiable).  Autograd-capable;
+        no host synchronisation.  Raises :class:`TritonUnavailable` (why) when the
+        kernels cannot take the call.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from crossentropy._options import CrossEntropyOptions
+    >>> o = CrossEntropyOptions.create(semantics="torch")
+    >>> x = torch.zeros(2, 3, dtype=torch.float64)
+    >>> cross_entropy_2d(x, torch.tensor([0, 1]), None, o)
+    Traceback (most recent call last):
+    ...
+    crossentropy.triton.TritonUnavailable: float64 tensors: the Triton kernels compute in float32
+    """
+    _require(x)
+    from crossentropy.triton._autograd import CrossEntropyFunction
+
+    xc = _rows_contiguous(x)
+    inplace = bool(inplace_grad) and xc is x and not x.is_leaf  # never a leaf's own memory
+    t = target.contiguous() if target.dim() == 1 else _rows_contiguous(target)
+    w = weight.contiguous() if weight is not None else None
+    loss, lse = CrossEntropyFunction.apply(xc, t, w, opts, inplace)  # type: ignore[no-untyped-call]
+    return loss, lse
+
+
+def linear_cross_entropy_2d(
+    h: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    opts: CrossEntropyOptions,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The seam: fused ``cross_entropy_2d(h @ w.T + b, target, weight, opts)``.
+
+    .. math:: z = h W^\top + b, \qquad
+              \frac{\partial L}{\partial h} = G W, \quad
+              \frac{\partial L}{\partial W} = G^\top h, \quad
+              \frac{\partial L}{\partial b} = \textstyle\sum_i G_i
+
+    with ``G = dL/dz``.  The logits never exist in memory: the forward folds each on-chip
+    tile into the row statistics; the backward recomputes them one vocabulary chunk at a
+    time, writes that chunk of ``G`` once and forms both gradients by GEMMs (no atomics;
+    ``docs/gpu.md`` has the roofline).  Logits and products accumulate in float32.
+
+    Parameters
+    ----------
+    h : torch.Tensor
+        (N, D) hidden states, float16/bfloat16/float32.
+    w : torch.Tensor
+        (V, D) classifier weight, same dtype and device.
+    b : torch.Tensor or None
+        (V,) classifier bias.
+    target, weight, opts
+        As for :func:`cross_entropy_2d` (with ``C = V``); probability targets are [N, V].
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        Loss (h's dtype, reduced per ``opts``) and float32 lse [N].
+
+    Examples
+    --------
+    >>> import torch
+    >>> from crossentropy._options import CrossEntropyOptions
+    >>> o = CrossEntropyOptions.create(ignore_index=None, semantics="torch")
+    >>> h = torch.zeros(2, 4, dtype=torch.float64)
+    >>> linear_cross_entropy_2d(h, torch.zeros(5, 4, dtype=torch.float64), None,
+    ...                         torch.tensor([0, 1]), None, o)
+    Traceback (most recent call last):
+    ...
+    crossentropy.triton.TritonUnavailable: float64 tensors: the Triton kernels compute in float32
+    """
+    _require(h)
+    from crossentropy.triton._autograd import LinearCrossEntropyFunction
+
+    t = target.contiguous() if target.dim() == 1 else _rows_contiguous(target)
+    loss, lse = LinearCrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
+        _rows_contiguous(h),
+        _rows_contiguous(w),
+        b.contiguous() if b is not None else None,
+        t,
+        weight.contiguous() if weight is not None else None,
+        opts,
+    )
+    return loss, lse
+
+
+# ----------------------------------------------------------------------------- public
 
 
 def _check_tensor(x: Any, name: str) -> None:
@@ -78,45 +274,43 @@ def _check_tensor(x: Any, name: str) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
 
 
-def _check_options(
-    reduction: Any, label_smoothing: Any, base: Any, z_loss: Any, softcap: Any, ignore_index: Any
-) -> tuple[str, float, float, float, float | None, int]:
-    red = v.check_reduction(reduction)
-    eps = v.check_unit_interval(label_smoothing, "label_smoothing")
-    inv_ln = v.log_scale(base)
-    if isinstance(z_loss, bool) or not isinstance(z_loss, numbers.Real):
-        raise TypeError(f"z_loss must be a real number >= 0, got {z_loss!r}")
-    if not (math.isfinite(float(z_loss)) and float(z_loss) >= 0.0):
-        raise ValueError(f"z_loss must be finite and >= 0, got {z_loss!r}")
-    cap: float | None = None
-    if softcap is not None:
-        if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
-            raise TypeError(f"softcap must be None or a real number > 0, got {softcap!r}")
-        cap = float(softcap)
-        if not (math.isfinite(cap) and cap > 0.0):
-            raise ValueError(f"softcap must be finite and > 0, got {softcap!r}")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
-    return red, eps, inv_ln, float(z_loss), cap, int(ignore_index)
+def _check_matrix(x: Any, name: str) -> None:
+    _check_tensor(x, name)
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-d, got shape {tuple(x.shape)}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
 
 
-def _check_target(target: Any, n: int, num_classes: int, ignore_index: int, device: Any) -> None:
-    """Shape, dtype and device of the targets; on the CPU also their values (first bad
-    position named).  On a GPU the values are not read (no host synchronisation): a target
+def _check_target(target: Any, n: int, num_classes: int, ignore_index: int | None,
+                  device: Any) -> None:
+    """Shape, dtype and device of the targets; on the CPU also the values of index targets
+    (first bad position named).  On a GPU the values are not read (no host sync): an index
     outside ``[0, C)`` that is not ``ignore_index`` gives a NaN loss and gradient row."""
     import torch
 
     _check_tensor(target, "target")
-    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    if target.device != device:
+        raise ValueError(f"target is on {target.device} but the input is on {device}")
+    if target.dtype.is_floating_point:
+        if target.shape != (n, num_classes):
+            raise ValueError(
+                f"probability targets must have shape ({n}, {num_classes}), "
+                f"got {tuple(target.shape)}"
+            )
+        return
+    if target.dtype.is_complex or target.dtype == torch.bool:
+        raise TypeError(
+            f"target must hold integer class indices or probabilities, got dtype {target.dtype}"
+        )
     if target.shape != (n,):
         raise ValueError(
             f"target must have shape ({n},) (one class index per row), got {tuple(target.shape)}"
         )
-    if target.device != device:
-        raise ValueError(f"target is on {target.device} but the input is on {device}")
     if target.device.type == "cpu" and n:
-        bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
+        bad = (target < 0) | (target >= num_classes)
+        if ignore_index is not None:
+            bad &= target != ignore_index
         if bool(bad.any()):
             i = int(torch.nonzero(bad)[0, 0])
             raise ValueError(
@@ -137,12 +331,10 @@ def _check_vector(x: Any, name: str, size: int, device: Any) -> None:
         raise ValueError(f"{name} is on {x.device} but the input is on {device}")
 
 
-def _check_matrix(x: Any, name: str) -> None:
-    _check_tensor(x, name)
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be 2-d, got shape {tuple(x.shape)}")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+def _long(target: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return target if target.dtype.is_floating_point else target.to(torch.int64)
 
 
 def cross_entropy(
@@ -150,57 +342,58 @@ def cross_entropy(
     target: torch.Tensor,
     *,
     weight: torch.Tensor | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     base: float | None = None,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    normalizer: float | None = None,
     return_lse: bool = False,
     inplace_grad: bool = False,
 ) -> Any:
-    r"""Cross-entropy of logits ``input`` [N, C] against class indices ``target`` [N].
+    r"""Cross-entropy of logits ``input`` [N, C] on the Triton kernels.
 
     .. math:: \ell_i = (1-\varepsilon) w_y (\mathrm{lse}_i - z'_{iy})
               + \tfrac{\varepsilon}{C}\textstyle\sum_c w_c (\mathrm{lse}_i - z'_{ic})
-              + \lambda w_y \mathrm{lse}_i^2, \qquad
-              \frac{\partial \ell_i}{\partial z'_{ic}} = p_{ic} \Big[(1-\varepsilon) w_y
-              + \tfrac{\varepsilon}{C} \textstyle\sum_{c'} w_{c'} + 2\lambda w_y
-              \mathrm{lse}_i\Big] - (1-\varepsilon) w_y [c = y] - \tfrac{\varepsilon}{C} w_c
+              + \zeta\,\mathrm{lse}_i^2
 
-    Same values as ``torch.nn.functional.cross_entropy(input, target, weight=weight,
-    ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)``
-    when ``z_loss=0``, ``softcap=None`` and ``base=None``.  On the GPU the kernel reads each
-    row once for the loss (online log-sum-exp) and, when the input requires a gradient,
-    once more to write the gradient during the forward pass; backward only scales it.
+    (for probability targets ``t``: ``sum_c w_c ((1-eps) t_c + eps/C)(lse - z'_c)``).
+    Same values as ``torch.nn.functional.cross_entropy`` when ``z_loss=0``,
+    ``softcap=None`` and ``base=None``.  The forward kernel reads each row once; the
+    backward kernel reads it once more and writes the gradient once (three passes over
+    the logits in all).  Raises :class:`TritonUnavailable` when the kernels cannot run
+    (use ``crossentropy.torch.cross_entropy`` for automatic dispatch).
 
     Parameters
     ----------
     input : torch.Tensor
-        Logits, shape [N, C], float16/bfloat16/float32 (float64 runs the PyTorch path).
-        Rows must be contiguous for the kernels (a copy is made otherwise).
+        Logits [N, C], float16/bfloat16/float32 (float64 is refused).
     target : torch.Tensor
-        Integer class indices, shape [N].
+        Integer class indices [N], or probability rows [N, C] (floating).
     weight : torch.Tensor, optional
-        Class weights, shape [C].
-    ignore_index : int
-        Targets equal to it contribute nothing (default -100).
+        Class weights [C].
+    ignore_index : int or None
+        Index targets equal to it contribute nothing (default -100; None: none ignored).
     reduction : {'mean', 'sum', 'none'}
-        'mean' divides by the summed weight of the counted targets (NaN when there is none).
+        'mean' divides by the summed weight of the counted targets (probability targets:
+        by N); NaN over nothing, with a zero gradient, as torch.
     label_smoothing : float
         In [0, 1], PyTorch's definition (weighted by ``w_c`` when weights are given).
     base : float, optional
-        Unit: None for nats, 2 for bits (the whole loss is divided by ``ln(base)``).
+        Unit: None for nats, 2 for bits (the loss is divided by ``ln(base)``).
     z_loss : float
-        Coefficient of ``w_y lse^2`` (auxiliary z-loss; 0 disables).
+        Coefficient ``zeta`` of ``lse^2`` per counted row (unweighted; 0 disables).
     softcap : float, optional
         Logits are replaced by ``softcap * tanh(logits / softcap)`` first.
+    normalizer : float, optional
+        Divides the summed loss instead of the mean's divisor ('sum'/'mean' only).
     return_lse : bool
-        Also return the float32 log-sum-exp of each row (of the soft-capped logits, in
-        nats; not differentiable).
+        Also return the float32 log-sum-exp of each row (not differentiable).
     inplace_grad : bool
-        Write the gradient into ``input``'s memory (saves one [N, C] buffer; the logits are
-        destroyed, and autograd refuses to reuse them elsewhere).  Kernel path only.
+        Write the gradient into ``input``'s memory during backward (saves one [N, C]
+        buffer; the logits are destroyed, and autograd refuses to reuse them elsewhere;
+        ignored for a leaf tensor).
 
     Returns
     -------
@@ -210,33 +403,26 @@ def cross_entropy(
     Examples
     --------
     >>> import torch
-    >>> from crossentropy.triton import cross_entropy
-    >>> x = torch.tensor([[9.8, 3.7, 0.2]])
-    >>> round(float(cross_entropy(x, torch.tensor([0]), base=2)), 7)  # the article's cat image
-    0.0033296
+    >>> from crossentropy.triton import cross_entropy, supports
+    >>> x = torch.tensor([[9.8, 3.7, 0.2]])  # the article's cat image
+    >>> x = x.cuda() if torch.cuda.is_available() else x
+    >>> runs = supports(x) is None  # a GPU, or TRITON_INTERPRET=1
+    >>> t = torch.tensor([0], device=x.device)
+    >>> bits = float(cross_entropy(x, t, base=2)) if runs else None
+    >>> bits is None or round(bits, 7) == 0.0033296
+    True
     """
+    from crossentropy._options import CrossEntropyOptions
+
     _check_matrix(input, "input")
-    red, eps, inv_ln, zl, cap, ign = _check_options(
-        reduction, label_smoothing, base, z_loss, softcap, ignore_index
+    opts = CrossEntropyOptions.create(
+        reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        z_loss=z_loss, softcap=softcap, base=base, normalizer=normalizer, semantics="torch",
     )
     N, C = input.shape
-    _check_target(target, N, C, ign, input.device)
+    _check_target(target, N, C, opts.ignore_index, input.device)
     _check_vector(weight, "weight", C, input.device)
-    if not _use_kernels(input):
-        from crossentropy.triton._reference import cross_entropy_reference
-
-        return cross_entropy_reference(
-            input, target, weight=weight, ignore_index=ign, reduction=red,
-            label_smoothing=eps, base=base, z_loss=zl, softcap=cap, return_lse=return_lse,
-        )
-    from crossentropy.triton._autograd import CrossEntropyFunction
-
-    x = input if input.stride(-1) == 1 else input.contiguous()
-    inplace = bool(inplace_grad) and x is input
-    w = weight.contiguous() if weight is not None else None
-    loss, lse = CrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
-        x, target.contiguous(), w, ign, red, eps, inv_ln, zl, cap, inplace
-    )
+    loss, lse = cross_entropy_2d(input, _long(target), weight, opts, inplace_grad=inplace_grad)
     return (loss, lse) if return_lse else loss
 
 
@@ -247,26 +433,22 @@ def linear_cross_entropy(
     *,
     linear_bias: torch.Tensor | None = None,
     weight: torch.Tensor | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     base: float | None = None,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    normalizer: float | None = None,
     return_lse: bool = False,
 ) -> Any:
     r"""Fused ``cross_entropy(hidden @ linear_weight.T + linear_bias, target, ...)``.
 
-    .. math:: z = h W^\top + b, \qquad \ell_i \text{ as in } :func:`cross_entropy`, \qquad
-              \frac{\partial L}{\partial h} = G W, \quad
-              \frac{\partial L}{\partial W} = G^\top h, \quad
-              \frac{\partial L}{\partial b} = \textstyle\sum_i G_i
+    .. math:: z = h W^\top + b, \qquad \ell_i \text{ as in } :func:`cross_entropy`
 
-    with ``G = dL/dz``.  On the GPU the logits are never written to memory: the forward
-    folds each on-chip tile into a running log-sum-exp and picks the target logit; the
-    backward recomputes each tile and forms ``G`` on chip.  Exact (no tile skipping);
-    logits are accumulated in float32, so it is more accurate than materialising bfloat16
-    logits.
+    The logits never exist in memory (see :func:`linear_cross_entropy_2d`); they are
+    accumulated in float32, so the result is more accurate than materialising bfloat16
+    logits.  Raises :class:`TritonUnavailable` when the kernels cannot run.
 
     Parameters
     ----------
@@ -275,25 +457,30 @@ def linear_cross_entropy(
     linear_weight : torch.Tensor
         [V, D] classifier (the ``weight`` of ``torch.nn.Linear(D, V)``), same dtype.
     target : torch.Tensor
-        Integer class indices, shape [N].
+        Integer class indices [N] or probability rows [N, V].
     linear_bias : torch.Tensor, optional
         [V] classifier bias.
-    weight, ignore_index, reduction, label_smoothing, base, z_loss, softcap, return_lse
+    weight, ignore_index, reduction, label_smoothing, base, z_loss, softcap, normalizer, return_lse
         As for :func:`cross_entropy` (with ``C = V``).
 
     Examples
     --------
     >>> import torch
-    >>> from crossentropy.triton import linear_cross_entropy
+    >>> from crossentropy.triton import linear_cross_entropy, supports
     >>> h = torch.tensor([[1.0, 0.0]])
     >>> W = torch.tensor([[9.8, 0.0], [3.7, 0.0], [0.2, 0.0]])
-    >>> round(float(linear_cross_entropy(h, W, torch.tensor([0]), base=2)), 7)
-    0.0033296
+    >>> runs = supports(h) is None  # CPU tensors: only under TRITON_INTERPRET=1
+    >>> bits = float(linear_cross_entropy(h, W, torch.tensor([0]), base=2)) if runs else None
+    >>> bits is None or round(bits, 7) == 0.0033296
+    True
     """
+    from crossentropy._options import CrossEntropyOptions
+
     _check_matrix(hidden, "hidden")
     _check_matrix(linear_weight, "linear_weight")
-    red, eps, inv_ln, zl, cap, ign = _check_options(
-        reduction, label_smoothing, base, z_loss, softcap, ignore_index
+    opts = CrossEntropyOptions.create(
+        reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        z_loss=z_loss, softcap=softcap, base=base, normalizer=normalizer, semantics="torch",
     )
     N, D = hidden.shape
     V = linear_weight.shape[0]
@@ -311,30 +498,10 @@ def linear_cross_entropy(
         raise ValueError(
             f"linear_weight is on {linear_weight.device} but hidden is on {hidden.device}"
         )
-    _check_target(target, N, V, ign, hidden.device)
+    _check_target(target, N, V, opts.ignore_index, hidden.device)
     _check_vector(weight, "weight", V, hidden.device)
     _check_vector(linear_bias, "linear_bias", V, hidden.device)
-    if not _use_kernels(hidden):
-        from crossentropy.triton._reference import linear_cross_entropy_reference
-
-        return linear_cross_entropy_reference(
-            hidden, linear_weight, target, linear_bias=linear_bias, weight=weight,
-            ignore_index=ign, reduction=red, label_smoothing=eps, base=base, z_loss=zl,
-            softcap=cap, return_lse=return_lse,
-        )
-    from crossentropy.triton._autograd import LinearCrossEntropyFunction
-
-    loss, lse = LinearCrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
-        hidden if hidden.stride(-1) == 1 else hidden.contiguous(),
-        linear_weight if linear_weight.stride(-1) == 1 else linear_weight.contiguous(),
-        linear_bias.contiguous() if linear_bias is not None else None,
-        target.contiguous(),
-        weight.contiguous() if weight is not None else None,
-        ign,
-        red,
-        eps,
-        inv_ln,
-        zl,
-        cap,
+    loss, lse = linear_cross_entropy_2d(
+        hidden, linear_weight, linear_bias, _long(target), weight, opts
     )
     return (loss, lse) if return_lse else loss

@@ -2,8 +2,10 @@
 
 No function here reads a device value on the host: weight sums, means and the scale of the
 gradient stay tensors on the device (no ``.item()``), so a step can be captured in a CUDA
-graph.  A mean over zero counted targets is ``0 / 0 = NaN`` (as in PyTorch) with a zero
-gradient (as in PyTorch).
+graph.  The per-row loss is finished from the kernels' row statistics in float64 (a few
+[N] vectors), the reduction is :func:`crossentropy.torch._reference.reduce_rows` (a mean
+over zero counted rows is ``opts.empty_mean``, NaN for torch semantics, with a zero
+gradient).  Probability targets are not differentiated (their gradient is None).
 """
 
 from __future__ import annotations
@@ -13,44 +15,94 @@ from typing import Any
 
 import torch
 
+from crossentropy._options import CrossEntropyOptions, Reduction
 from crossentropy.triton import _launch
+from crossentropy.triton._launch import RowStats
 
-__all__ = ["CrossEntropyFunction", "LinearCrossEntropyFunction"]
+__all__ = ["CrossEntropyFunction", "LinearCrossEntropyFunction", "finish_rows"]
 
 
-def _target_weights(
-    target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int, num_classes: int
+def _index_rows(
+    target: torch.Tensor, weight: torch.Tensor | None, opts: CrossEntropyOptions, C: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(counted, in_range, w_y)``: float32 ``w_y`` is 0 for ignored targets."""
-    counted = target != ignore_index
-    in_range = (target >= 0) & (target < num_classes)
+    """``(counted, bad, w_y)`` of index targets: ``w_y`` float64, 0 where not counted;
+    ``bad``: counted but outside ``[0, C)`` (a NaN row, found without a host sync)."""
+    if opts.ignore_index is None:
+        counted = torch.ones_like(target, dtype=torch.bool)
+    else:
+        counted = target != opts.ignore_index
+    in_range = (target >= 0) & (target < C)
     y = torch.where(in_range, target, 0)
     if weight is None:
-        wy = counted.to(torch.float32)
+        wy = counted.to(torch.float64)
     else:
-        wy = torch.where(counted, weight.to(torch.float32)[y], 0.0)
-    return counted, in_range, wy
+        wy = torch.where(counted, weight.to(torch.float64)[y], 0.0)
+    return counted, counted & ~in_range, wy
 
 
-def _reduce(
-    loss: torch.Tensor, wy: torch.Tensor, reduction: str, inv_ln: float, dtype: torch.dtype
-) -> torch.Tensor:
-    """Per-row nats -> the requested reduction in units of the base, in `dtype`."""
-    if reduction == "none":
-        return (loss * inv_ln).to(dtype)
-    total = loss.sum() * inv_ln
-    if reduction == "sum":
-        return total.to(dtype)
-    return (total / wy.sum()).to(dtype)  # 0 / 0 = NaN when nothing is counted
+def finish_rows(
+    st: RowStats, target: torch.Tensor, weight: torch.Tensor | None,
+    opts: CrossEntropyOptions, C: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row loss (float64, nats, no scale) and lse (float32) from the row statistics.
+
+    ``L = log1p(s)``, ``lse = m + L``; index targets: ``(1 - eps) w_y ((m - z'_y) + L) +
+    (B + A L)`` on counted rows (``finish`` of crossentropy/torch/_merge.py); probability
+    targets: ``B + A L``; plus ``z_loss lse^2`` per counted row (unweighted).  Every
+    term is >= 0: nothing cancels, and the float64 arithmetic on float32 statistics adds
+    no error of its own.
+    """
+    m = st.m.double()
+    L = torch.log1p(st.s)
+    lse = m + L
+    if target.dim() == 2:
+        loss = st.B + st.A * L
+        if opts.z_loss > 0.0:
+            loss = loss + opts.z_loss * lse * lse
+        return loss, lse.float()
+    counted, bad, wy = _index_rows(target, weight, opts, C)
+    main = (1.0 - opts.label_smoothing) * wy * ((m - st.zy.double()) + L)
+    loss = torch.where(counted, main, 0.0)
+    if opts.label_smoothing > 0.0:
+        loss = loss + torch.where(counted, st.B + st.A * L, 0.0)
+    if opts.z_loss > 0.0:
+        loss = loss + torch.where(counted, opts.z_loss * lse * lse, 0.0)
+    return torch.where(bad, math.nan, loss), lse.float()
+
+
+def _grad_scale(
+    target: torch.Tensor, weight: torch.Tensor | None, opts: CrossEntropyOptions, C: int
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(omega, gscale)``: the mean's row weights (None unless a mean divides by them) and
+    ``d value / d loss_i`` as a float32 tensor of one element, on the device (0 for a mean
+    over nothing: the empty mean has a zero gradient)."""
+    from crossentropy.torch._reference import row_weights
+
+    dev = target.device
+    if opts.reduction is not Reduction.MEAN or opts.normalizer is not None:
+        div = opts.normalizer if opts.normalizer is not None else 1.0
+        return None, torch.full((1,), opts.scale / div, dtype=torch.float32, device=dev)
+    omega = row_weights(target, weight, opts, C, torch.float64)
+    denom = omega.sum()
+    safe = torch.where(denom == 0, 1.0, denom)
+    return omega, torch.where(denom == 0, 0.0, opts.scale / safe).reshape(1).float()
+
+
+def _value(loss: torch.Tensor, omega: torch.Tensor | None, opts: CrossEntropyOptions) -> Any:
+    from crossentropy.torch._reference import reduce_rows
+
+    return reduce_rows(loss, omega, opts)
 
 
 class CrossEntropyFunction(torch.autograd.Function):
-    """Cross-entropy over materialised logits; the gradient is written in the forward pass.
+    """Cross-entropy over materialised logits.
 
-    The forward kernel writes ``dloss/dlogits`` (already divided by ``sum w_y`` for 'mean'
-    and by ``ln(base)``) into a buffer, or into the logits themselves with
-    ``inplace_grad``; backward only multiplies it by the incoming gradient, in place.  So
-    backward may run once per forward (a second call raises).
+    Forward reads each row once (the row statistics) and keeps ``[N]`` vectors; backward
+    reads the logits once more and writes the gradient once, with the incoming gradient
+    and ``d value / d loss_i`` read on the device: three passes over ``[N, C]`` in all, no
+    extra scaling pass.  With ``inplace_grad`` the gradient is written into the logits'
+    own memory (the logits are destroyed, so backward may run once; any other node that
+    saved them refuses to run: their version counter is bumped).
     """
 
     @staticmethod
@@ -59,67 +111,49 @@ class CrossEntropyFunction(torch.autograd.Function):
         logits: torch.Tensor,
         target: torch.Tensor,
         weight: torch.Tensor | None,
-        ignore_index: int,
-        reduction: str,
-        label_smoothing: float,
-        inv_ln: float,
-        z_loss: float,
-        softcap: float | None,
+        opts: CrossEntropyOptions,
         inplace_grad: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        wy = _target_weights(target, weight, ignore_index, logits.shape[1])[2]
-        if reduction == "mean":
-            scale = (inv_ln / wy.sum()).reshape(1)  # on the device: no host sync
-        else:
-            scale = torch.full((1,), inv_ln, dtype=torch.float32, device=logits.device)
-        grad_buf = None
-        if ctx.needs_input_grad[0]:
-            grad_buf = logits if inplace_grad else torch.empty_like(logits)
-        loss, lse = _launch.ce_forward(
-            logits,
-            target,
-            weight,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            z_loss=z_loss,
-            softcap=softcap,
-            grad_out=grad_buf,
-            grad_scale=scale.to(torch.float32),
-        )
-        if grad_buf is not None and inplace_grad:
-            # The kernel wrote through a raw pointer: bump the version counter so that any
-            # other autograd node that saved these logits refuses to use the overwritten values.
-            torch.autograd.graph.increment_version(logits)
-        ctx.grad_buf = grad_buf
-        ctx.reduction = reduction
+        C = logits.shape[1]
+        st = _launch.ce_forward(logits, target, weight, opts)
+        loss, lse = finish_rows(st, target, weight, opts, C)
+        omega, gscale = _grad_scale(target, weight, opts, C)
+        value = _value(loss, omega, opts)
+        ctx.save_for_backward(logits, target, weight, st.m, st.s, st.k, st.A, gscale)
+        ctx.opts = opts
+        ctx.inplace = inplace_grad
         ctx.used = False
         ctx.mark_non_differentiable(lse)
-        return _reduce(loss, wy, reduction, inv_ln, logits.dtype), lse
+        return value.to(logits.dtype), lse
 
     @staticmethod
     def backward(ctx: Any, grad_value: torch.Tensor, grad_lse: Any) -> Any:
-        if ctx.used:
+        if grad_value is None or not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        if ctx.inplace and ctx.used:
             raise RuntimeError(
-                "crossentropy.triton.cross_entropy: backward ran twice through the same "
-                "forward; its gradient buffer is scaled in place, so run the forward again"
+                "crossentropy.triton.cross_entropy(inplace_grad=True): backward ran twice "
+                "through the same forward; the logits were overwritten by the first"
             )
         ctx.used = True
-        buf = ctx.grad_buf
-        ctx.grad_buf = None
-        if buf is None:
-            return (None,) * 10
-        if ctx.reduction == "none":
-            buf.mul_(grad_value[:, None])
-        else:
-            buf.mul_(grad_value)
-        return (buf,) + (None,) * 9
+        logits, target, weight, m, s, k, A, gscale = ctx.saved_tensors
+        opts: CrossEntropyOptions = ctx.opts
+        scale = (grad_value.to(torch.float32) * gscale).contiguous()  # [1] or [N] ('none')
+        st = RowStats(m=m, s=s, k=k, A=A, B=A, zy=m)
+        out = logits if ctx.inplace else torch.empty_like(logits)
+        _launch.ce_backward(logits, target, weight, opts, st, scale, out)
+        if ctx.inplace:
+            # The kernel wrote through a raw pointer: bump the version counter so that any
+            # other autograd node that saved these logits refuses to use the overwritten values.
+            torch.autograd.graph.increment_version(logits)
+        return out, None, None, None, None
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):
     """Fused ``cross_entropy(hidden @ linear_weight.T + linear_bias, target)``.
 
-    Forward keeps only float32 [N] vectors (lse, target logit, weights); backward recomputes
-    the logits tile by tile.  The logits never exist in global memory.
+    Forward keeps only [N] vectors (row statistics, lse); backward recomputes the logits
+    chunk by chunk (``_launch.lce_backward``).  The full logits never exist in memory.
     """
 
     @staticmethod
@@ -130,86 +164,58 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         linear_bias: torch.Tensor | None,
         target: torch.Tensor,
         weight: torch.Tensor | None,
-        ignore_index: int,
-        reduction: str,
-        label_smoothing: float,
-        inv_ln: float,
-        z_loss: float,
-        softcap: float | None,
+        opts: CrossEntropyOptions,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         V = linear_weight.shape[0]
-        counted, in_range, wy = _target_weights(target, weight, ignore_index, V)
-        mx, rest, zy, sz = _launch.lce_forward(
-            hidden,
-            linear_weight,
-            linear_bias,
-            target,
-            weight,
-            label_smoothing=label_smoothing,
-            softcap=softcap,
+        st = _launch.lce_forward(hidden, linear_weight, linear_bias, target, weight, opts)
+        loss, lse = finish_rows(st, target, weight, opts, V)
+        omega, gscale = _grad_scale(target, weight, opts, V)
+        value = _value(loss, omega, opts)
+        ctx.save_for_backward(
+            hidden, linear_weight, linear_bias, target, weight, st.m, st.s, st.k, st.A,
+            lse, gscale,
         )
-        eps = label_smoothing
-        l1p = torch.log1p(rest)
-        lse = mx + l1p
-        # lse - z'_y = (m - z'_y) + log1p(r): two terms >= 0, no cancellation
-        loss = (1.0 - eps) * wy * ((mx - zy) + l1p)
-        wtot: torch.Tensor | float = float(V)
-        if eps > 0.0:
-            wtot = weight.to(torch.float32).sum() if weight is not None else float(V)
-            # (eps / V) sum_c w_c (lse - z'_c) = (eps / V) (W lse - sum_c w_c z'_c)
-            loss = loss + torch.where(counted, (eps / V) * (wtot * lse - sz), 0.0)
-        if z_loss > 0.0:
-            loss = loss + torch.where(counted, z_loss * lse * lse, 0.0)  # not weighted
-        bad = counted & ~in_range
-        loss = torch.where(bad, math.nan, loss)
-        ctx.save_for_backward(hidden, linear_weight, linear_bias, target, weight, lse, wy)
-        ctx.opts = (reduction, eps, inv_ln, z_loss, softcap, wtot)
-        ctx.ignore_index = ignore_index
+        ctx.opts = opts
         ctx.mark_non_differentiable(lse)
-        return _reduce(loss, wy, reduction, inv_ln, hidden.dtype), lse
+        return value.to(hidden.dtype), lse
 
     @staticmethod
     def backward(ctx: Any, grad_value: torch.Tensor, grad_lse: Any) -> Any:
-        hidden, linear_weight, linear_bias, target, weight, lse, wy = ctx.saved_tensors
-        reduction, eps, inv_ln, z_loss, softcap, wtot = ctx.opts
+        (hidden, linear_weight, linear_bias, target, weight, m, s, k, A, lse,
+         gscale) = ctx.saved_tensors
+        opts: CrossEntropyOptions = ctx.opts
         V = linear_weight.shape[0]
-        counted = target != ctx.ignore_index
-        bad = counted & ~((target >= 0) & (target < V))
-        g = grad_value.to(torch.float32)
-        if reduction == "mean":
-            g = g * inv_ln / wy.sum()
+        N = hidden.shape[0]
+        f32 = torch.float32
+        if grad_value is None:
+            grad_value = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
+        r = grad_value.to(f32) * gscale  # d L / d loss_i: [N] ('none') or [1]
+        r = r.expand(N) if r.numel() == 1 else r
+        # dl/dz_c = P p_c - (T [c = y] + a_c), P = T + A + 2 zl lse (see _kernels)
+        P = A.to(f32)
+        if target.dim() == 2:
+            T = torch.zeros(N, dtype=f32, device=hidden.device)
         else:
-            g = g * inv_ln
-        scale = g.expand(lse.shape)
-        # dl/dz'_c = a p_c - b [c = y] - c w_c (see crossentropy.triton._kernels)
-        a = (1.0 - eps) * wy
-        if eps > 0.0:
-            a = a + counted * ((eps / V) * wtot)
-        if z_loss > 0.0:
-            a = a + 2.0 * z_loss * lse  # (ignored rows are masked below)
-        coef_a = torch.where(counted, scale * a, 0.0)
-        coef_a = torch.where(bad, math.nan, coef_a).contiguous()
-        coef_b = torch.where(counted, scale * (1.0 - eps) * wy, 0.0).contiguous()
-        coef_c = torch.where(counted, scale * (eps / V), 0.0).contiguous()
+            counted, bad, wy = _index_rows(target, weight, opts, V)
+            T = ((1.0 - opts.label_smoothing) * wy).to(f32)
+            P = P + T
+            r = torch.where(counted, r, 0.0)
+            r = torch.where(bad, math.nan, r)
+        if opts.z_loss > 0.0:
+            P = P + 2.0 * opts.z_loss * lse
         need = ctx.needs_input_grad
         dh, dw, db = _launch.lce_backward(
-            hidden,
-            linear_weight,
-            linear_bias,
-            target,
-            weight,
-            lse,
-            coef_a,
-            coef_b,
-            coef_c,
-            softcap=softcap,
-            smoothing=eps > 0.0,
-            need_hidden=need[0],
-            need_weight=need[1],
+            hidden, linear_weight, linear_bias, target, weight,
+            RowStats(m=m, s=s, k=k, A=A, B=A, zy=m),
+            (r * P).contiguous(), (r * T).contiguous(), r.contiguous(), opts,
+            need_hidden=need[0], need_weight=need[1],
             need_bias=linear_bias is not None and need[2],
         )
         return (
             dh.to(hidden.dtype) if dh is not None else None,
             dw,
-            db.to(linear_bias.dtype) if db is not None else None,
-        ) + (None,) * 8
+            db.to(linear_bias.dtype) if db is not None and linear_bias is not None else None,
+            None,
+            None,
+            None,
+        )

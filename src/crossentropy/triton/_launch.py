@@ -1,8 +1,9 @@
 """Typed launchers (layer 2 of 4): check shapes and strides, allocate outputs, pick blocks.
 
 On a GPU the fused linear cross-entropy kernels are autotuned over a few Hopper-sized tile
-configurations; the cross-entropy kernel uses a fixed heuristic (autotuning it would rerun
-a kernel that may overwrite its own input).  Under the Triton interpreter
+configurations (all of them pure writers: autotuning reruns them safely, except the
+accumulating grad-hidden kernel, which is not autotuned); the cross-entropy kernel uses a
+fixed heuristic (it may overwrite its own input).  Under the Triton interpreter
 (``TRITON_INTERPRET=1``, CPU tensors) every kernel runs once with the small blocks in
 :data:`INTERPRETER_BLOCKS`, which tests may change to exercise several tilings.
 """
@@ -12,14 +13,19 @@ from __future__ import annotations
 import importlib
 import math
 import os
+from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
+    from crossentropy._options import CrossEntropyOptions
+
 __all__ = [
     "INTERPRETER_BLOCKS",
+    "RowStats",
+    "ce_backward",
     "ce_forward",
     "interpreting",
     "lce_backward",
@@ -27,8 +33,8 @@ __all__ = [
 ]
 
 #: Block sizes used under the interpreter (small: the interpreter runs each program in
-#: NumPy, about 10^4 times slower than the GPU).  Not powers of two of the test shapes on
-#: purpose: tests use sizes that are not multiples of them.
+#: NumPy, about 10^4 times slower than the GPU).  Tests use sizes that are not multiples
+#: of them.
 INTERPRETER_BLOCKS: dict[str, int] = {
     "BLOCK_C": 64,
     "BLOCK_N": 16,
@@ -38,32 +44,29 @@ INTERPRETER_BLOCKS: dict[str, int] = {
     "V_CHUNK": 0,  # vocabulary chunk of the backward (0: all of it at once)
 }
 
-#: Bytes of the float32 scratch that accumulates one chunk of grad_weight on the GPU.
-GRAD_WEIGHT_CHUNK_BYTES = 128 * 2**20
+#: Bytes of the gradient-of-the-logits chunk buffer of the fused backward on the GPU
+#: (``N x V_chunk`` in the storage dtype; 128 MiB gives V_chunk = 8192 at N = 8192 bf16).
+GRAD_CHUNK_BYTES = 128 * 2**20
 
 _cache: dict[str, Any] = {}
 
-#: Autotuning candidates on the GPU: (BLOCK_N, BLOCK_V, BLOCK_D, num_warps, num_stages).
-#: Chosen for Hopper from what ptxas reports when the kernels are compiled for sm_90a
-#: without a GPU (bf16, smoothing and class weights on, with and without softcap): spill
-#: stores of 0 bytes (64-row tiles), 20-48 bytes (forward 128 x 128) and 32-308 bytes
-#: (backward 128 x 128 and 64 x 256), against 1-4 KiB for 128 x 256 x 64 tiles, which were
-#: dropped.  None of them has been timed on a GPU yet.
-LCE_FWD_CONFIGS: list[tuple[int, int, int, int, int]] = [
-    (64, 256, 32, 8, 3),
-    (128, 128, 32, 8, 3),
-    (64, 256, 32, 8, 4),
-    (128, 128, 32, 8, 4),
-]
-LCE_BWD_CONFIGS: list[tuple[int, int, int, int, int]] = [
-    (64, 128, 32, 8, 3),
-    (128, 128, 32, 8, 3),
-    (64, 256, 32, 8, 3),
-    (64, 128, 32, 8, 4),
-]
+#: GPU tile configurations (BLOCK_N, BLOCK_V, BLOCK_D, num_warps, num_stages) per kernel;
+#: the first entry is used without autotuning.  Chosen from what ptxas (bundled with the
+#: triton wheel) reports when the kernels are compiled for sm_90a without a GPU (bf16,
+#: every option on): spill stores of 0-8 bytes (backward logits, grad-weight 64x128x256),
+#: 72 bytes (grad-hidden 128x32x128), 600 bytes (forward 64x256x32, index targets; 6 KB
+#: with probability targets).  None has been timed on a GPU yet.
+CONFIGS: dict[str, list[tuple[int, int, int, int, int]]] = {
+    "lce_fwd_kernel": [(64, 256, 32, 8, 3), (128, 128, 32, 8, 3), (128, 128, 64, 8, 3)],
+    "lce_bwd_logits_kernel": [(64, 128, 32, 8, 3), (128, 128, 32, 8, 3), (64, 256, 32, 8, 3)],
+    # (BLOCK_N = the K step over rows, BLOCK_V, BLOCK_D)
+    "lce_bwd_weight_kernel": [(64, 128, 256, 8, 3), (32, 128, 128, 4, 4), (64, 128, 128, 8, 3)],
+    # (BLOCK_N, BLOCK_V = the K step over the chunk, BLOCK_D); not autotuned (accumulates)
+    "lce_bwd_hidden_kernel": [(128, 32, 128, 8, 3)],
+}
 
 #: False: use the first entry of each table above without autotuning (no benchmarking
-#: runs, one compilation per kernel variant; ``bench/gpu.py --no-autotune``).
+#: runs, one compilation per kernel variant; what ``bench/gpu.py`` uses unless ``--autotune``).
 AUTOTUNE = True
 
 
@@ -90,97 +93,200 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-def _lce_autotuned(
-    name: str, reset: list[str] | None = None, restore: list[str] | None = None
-) -> Any:
-    """The autotuned GPU wrapper of a fused linear cross-entropy kernel (built once)."""
+def _launch(name: str, grid: Any, args: tuple[Any, ...], flags: dict[str, Any],
+            tiles: tuple[str, str, str] = ("BLOCK_N", "BLOCK_V", "BLOCK_D")) -> None:
+    """Run kernel `name`: interpreter blocks, one fixed GPU config, or the autotuner.
+
+    `grid` is a callable of the block-size dict.
+    """
+    kern = getattr(_kernels(), name)
+    if interpreting():
+        b = INTERPRETER_BLOCKS
+        meta = {t: b[t] for t in tiles}
+        kern[grid(meta)](*args, **meta, **flags)
+        return
+    table = CONFIGS[name]
+    if not AUTOTUNE or len(table) == 1:
+        n, v, d, w, st = table[0]
+        meta = dict(zip(tiles, (n, v, d), strict=True))
+        kern[grid(meta)](*args, **meta, **flags, num_warps=w, num_stages=st)
+        return
     import triton
 
-    key = f"tuned_{name}_{AUTOTUNE}"
+    key = f"tuned_{name}"
     if key not in _cache:
-        table = LCE_FWD_CONFIGS if name == "lce_fwd_kernel" else LCE_BWD_CONFIGS
         configs = [
-            triton.Config({"BLOCK_N": n, "BLOCK_V": v, "BLOCK_D": d}, num_warps=w, num_stages=s)
-            for n, v, d, w, s in (table if AUTOTUNE else table[:1])
+            triton.Config(dict(zip(tiles, (n, v, d), strict=True)), num_warps=w, num_stages=st)
+            for n, v, d, w, st in table
         ]
-        _cache[key] = triton.autotune(
-            configs=configs, key=["N", "V", "D"], reset_to_zero=reset, restore_value=restore
-        )(getattr(_kernels(), name))
-    return _cache[key]
+        keys = ["N", "D"] if name == "lce_bwd_weight_kernel" else ["N", "V", "D"]
+        _cache[key] = triton.autotune(configs=configs, key=keys)(kern)
+    _cache[key][grid](*args, **flags)
+
+
+def _round_bf16(t: torch.Tensor) -> bool:
+    """Round float32 to bfloat16 in-kernel (the interpreter's own cast truncates)."""
+    import torch
+
+    return interpreting() and t.dtype == torch.bfloat16
 
 
 def _check_rows(t: torch.Tensor, name: str) -> None:
-    if t.dim() != 2 or t.stride(1) != 1:
+    if t.dim() != 2 or (t.shape[1] > 1 and t.stride(1) != 1):
         raise ValueError(f"{name} must be 2-d with contiguous rows, got strides {t.stride()}")
+
+
+@dataclass
+class RowStats:
+    """Per-row statistics of the whole row (module notes of ``_kernels``), all [N].
+
+    ``m`` float32 maximum, ``k`` int32 its first column, ``s`` float64 rest sum,
+    ``A``/``B`` float64 soft-target sums, ``zy`` float32 target logit (index targets).
+    """
+
+    m: torch.Tensor
+    s: torch.Tensor
+    k: torch.Tensor
+    A: torch.Tensor
+    B: torch.Tensor
+    zy: torch.Tensor
+
+
+def _empty_stats(n: int, dev: Any, split: int | None = None) -> RowStats:
+    import torch
+
+    shape = (n,) if split is None else (split, n)
+    f32, f64 = torch.float32, torch.float64
+    return RowStats(
+        m=torch.empty(shape, dtype=f32, device=dev),
+        s=torch.empty(shape, dtype=f64, device=dev),
+        k=torch.empty(shape, dtype=torch.int32, device=dev),
+        A=torch.zeros(shape, dtype=f64, device=dev),
+        B=torch.zeros(shape, dtype=f64, device=dev),
+        zy=torch.zeros(shape, dtype=f32, device=dev),
+    )
+
+
+def _flags(target: torch.Tensor, weight: torch.Tensor | None,
+           opts: CrossEntropyOptions) -> dict[str, Any]:
+    prob = target.dim() == 2
+    return {
+        "IS_PROB": prob,
+        "HAS_WEIGHT": weight is not None,
+        "HAS_SOFT": prob or opts.label_smoothing > 0.0,
+        "HAS_SOFTCAP": opts.softcap is not None,
+    }
+
+
+def _check_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
+              ) -> tuple[int, int]:
+    _check_rows(logits, "logits")
+    N, C = logits.shape
+    if target.dim() == 2:
+        _check_rows(target, "target")
+        if target.shape != (N, C):
+            raise ValueError(f"probability targets must have shape ({N}, {C})")
+    elif target.shape != (N,) or not target.is_contiguous():
+        raise ValueError(f"target must be a contiguous tensor of shape ({N},)")
+    if weight is not None and (weight.shape != (C,) or not weight.is_contiguous()):
+        raise ValueError(f"weight must be a contiguous tensor of shape ({C},)")
+    return N, C
+
+
+def _ce_blocks(logits: torch.Tensor, C: int) -> tuple[int, int]:
+    if interpreting():
+        return INTERPRETER_BLOCKS["BLOCK_C"], 4
+    # A few KiB of each row per iteration; 16 warps keep enough loads in flight.
+    cap = 8192 if logits.element_size() <= 2 else 4096
+    block_c = min(cap, max(128, 1 << (C - 1).bit_length()))
+    return block_c, (16 if block_c >= 4096 else 8)
 
 
 def ce_forward(
     logits: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None,
-    *,
-    ignore_index: int,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
-    grad_out: torch.Tensor | None,
-    grad_scale: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the cross-entropy kernel; return float32 ``(loss_per_row, lse)``, both [N].
+    opts: CrossEntropyOptions,
+) -> RowStats:
+    """Launch the cross-entropy forward kernel (one read of each row); the row statistics.
 
-    ``loss_per_row`` is in nats, unreduced.  When ``grad_out`` (same shape as ``logits``,
-    may be ``logits`` itself) is given, ``grad_scale * dloss_row/dlogits`` is written into
-    it (``grad_scale``: a float32 tensor with one element, read on the device).
+    `target` is int64 [N] or a [N, C] tensor of probability rows (contiguous rows).
     """
-    import torch
-
-    _check_rows(logits, "logits")
-    N, C = logits.shape
-    if target.shape != (N,) or not target.is_contiguous():
-        raise ValueError(f"target must be a contiguous tensor of shape ({N},)")
-    if weight is not None and (weight.shape != (C,) or not weight.is_contiguous()):
-        raise ValueError(f"weight must be a contiguous tensor of shape ({C},)")
-    if grad_out is not None:
-        _check_rows(grad_out, "grad_out")
-        if grad_out.shape != logits.shape:
-            raise ValueError("grad_out must have the shape of logits")
-    kern = _kernels().ce_fwd_kernel
-    loss = torch.empty(N, dtype=torch.float32, device=logits.device)
-    lse = torch.empty(N, dtype=torch.float32, device=logits.device)
+    N, C = _check_ce(logits, target, weight)
+    st = _empty_stats(N, logits.device)
     if N == 0:
-        return loss, lse
-    if interpreting():
-        block_c, warps = INTERPRETER_BLOCKS["BLOCK_C"], 4
-    else:
-        # A few KiB of each row per iteration; 16 warps keep enough loads in flight.
-        cap = 8192 if logits.element_size() <= 2 else 4096
-        block_c = min(cap, max(128, 1 << (C - 1).bit_length()))
-        warps = 16 if block_c >= 4096 else 8
-    dummy = loss  # a valid pointer for absent optional tensors (never read)
-    kern[(N,)](
+        return st
+    block_c, warps = _ce_blocks(logits, C)
+    _kernels().ce_fwd_kernel[(N,)](
         logits,
         logits.stride(0),
         target,
-        weight if weight is not None else dummy,
-        loss,
-        lse,
-        grad_out if grad_out is not None else dummy,
-        grad_out.stride(0) if grad_out is not None else 0,
-        grad_scale,
+        target.stride(0) if target.dim() == 2 else 0,
+        weight if weight is not None else st.m,  # a valid pointer, never read
+        st.m,
+        st.s,
+        st.k,
+        st.A,
+        st.B,
+        st.zy,
         C,
-        ignore_index,
-        float(label_smoothing),
-        float(z_loss),
-        float(softcap) if softcap is not None else 1.0,
+        float(opts.label_smoothing),
+        float(opts.softcap) if opts.softcap is not None else 1.0,
         BLOCK_C=block_c,
-        HAS_WEIGHT=weight is not None,
-        HAS_SMOOTHING=label_smoothing > 0.0,
-        HAS_SOFTCAP=softcap is not None,
-        HAS_ZLOSS=z_loss > 0.0,
-        WRITE_GRAD=grad_out is not None,
+        **_flags(target, weight, opts),
         num_warps=warps,
     )
-    return loss, lse
+    return st
+
+
+def ce_backward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    opts: CrossEntropyOptions,
+    st: RowStats,
+    grad_scale: torch.Tensor,
+    grad_out: torch.Tensor,
+) -> torch.Tensor:
+    """Launch the cross-entropy gradient kernel: ``grad_out = grad_scale * dloss/dlogits``.
+
+    ``grad_scale`` is float32 with one element (every row) or N (one per row), read on the
+    device; ``grad_out`` has the shape of ``logits`` and may be ``logits`` itself.
+    """
+    N, C = _check_ce(logits, target, weight)
+    _check_rows(grad_out, "grad_out")
+    if grad_out.shape != logits.shape:
+        raise ValueError("grad_out must have the shape of logits")
+    if N == 0:
+        return grad_out
+    block_c, warps = _ce_blocks(logits, C)
+    _kernels().ce_bwd_kernel[(N,)](
+        logits,
+        logits.stride(0),
+        target,
+        target.stride(0) if target.dim() == 2 else 0,
+        weight if weight is not None else st.m,
+        st.m,
+        st.s,
+        st.k,
+        st.A,
+        grad_out,
+        grad_out.stride(0),
+        grad_scale,
+        1 if grad_scale.numel() > 1 else 0,
+        C,
+        opts.ignore_index if opts.ignore_index is not None else 0,
+        float(opts.label_smoothing),
+        float(opts.z_loss),
+        float(opts.softcap) if opts.softcap is not None else 1.0,
+        BLOCK_C=block_c,
+        **_flags(target, weight, opts),
+        HAS_ZLOSS=opts.z_loss > 0.0,
+        HAS_IGNORE=opts.ignore_index is not None,
+        ROUND_BF16=_round_bf16(logits),
+        num_warps=warps,
+    )
+    return grad_out
 
 
 def _check_linear(
@@ -196,7 +302,11 @@ def _check_linear(
     V = linear_weight.shape[0]
     if linear_weight.shape[1] != D:
         raise ValueError(f"linear_weight must have {D} columns, got shape {linear_weight.shape}")
-    if target.shape != (N,) or not target.is_contiguous():
+    if target.dim() == 2:
+        _check_rows(target, "target")
+        if target.shape != (N, V):
+            raise ValueError(f"probability targets must have shape ({N}, {V})")
+    elif target.shape != (N,) or not target.is_contiguous():
         raise ValueError(f"target must be a contiguous tensor of shape ({N},)")
     for t, name in ((linear_bias, "linear_bias"), (weight, "weight")):
         if t is not None and (t.shape != (V,) or not t.is_contiguous()):
@@ -210,17 +320,12 @@ def lce_forward(
     linear_bias: torch.Tensor | None,
     target: torch.Tensor,
     weight: torch.Tensor | None,
-    *,
-    label_smoothing: float,
-    softcap: float | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch the fused forward; return float32 ``(m, r, z'_y, sum_c w_c z'_c)``, each [N].
+    opts: CrossEntropyOptions,
+) -> RowStats:
+    """Launch the fused forward; return the row statistics of ``hidden @ W^T + b``.
 
-    ``m`` is the row maximum of the (soft-capped) logits and ``r`` the sum of ``exp(z' - m)``
-    over all classes but one maximal one, so ``lse = m + log1p(r)`` and ``lse - z'_y =
-    (m - z'_y) + log1p(r)`` without cancellation.  The last is zeros without label
-    smoothing.  Targets outside ``[0, V)`` give
-    ``z'_y = 0`` (the caller marks their loss NaN).
+    The kernel leaves the statistics of SPLIT vocabulary ranges; they are merged here, on
+    the device, in float64 and in range order (the merge rule of ``_kernels``).
     """
     import torch
 
@@ -233,58 +338,68 @@ def lce_forward(
         # enough programs to fill the GPU: rows blocks x vocabulary ranges >= 2 per SM
         sms = torch.cuda.get_device_properties(dev).multi_processor_count
         split = max(1, min(32, math.ceil(2 * sms / max(1, math.ceil(N / 128)))))
-    m = torch.empty((split, N), dtype=torch.float32, device=dev)
-    r = torch.empty_like(m)
-    zy = torch.empty_like(m)
-    sz = torch.zeros_like(m)
     if N == 0:
-        z = torch.zeros(N, dtype=torch.float32, device=dev)
-        return z, z, z, z
-    dummy = m
+        return _empty_stats(0, dev)
+    part = _empty_stats(N, dev, split)
+    dummy = part.m
     args = (
         hidden,
         linear_weight,
         linear_bias if linear_bias is not None else dummy,
         target,
+        target.stride(0) if target.dim() == 2 else 0,
         weight if weight is not None else dummy,
-        m,
-        r,
-        zy,
-        sz,
+        part.m,
+        part.s,
+        part.k,
+        part.A,
+        part.B,
+        part.zy,
         N,
         V,
         D,
         hidden.stride(0),
         linear_weight.stride(0),
-        float(softcap) if softcap is not None else 1.0,
+        float(opts.label_smoothing),
+        float(opts.softcap) if opts.softcap is not None else 1.0,
     )
     flags = {
         "SPLIT": split,
         "HAS_BIAS": linear_bias is not None,
-        "HAS_WEIGHT": weight is not None,
-        "HAS_SMOOTHING": label_smoothing > 0.0,
-        "HAS_SOFTCAP": softcap is not None,
+        **_flags(target, weight, opts),
         "UPCAST_DOT": interp,
         "DOT_PRECISION": _dot_precision(hidden.dtype),
     }
-    if interp:
-        b = INTERPRETER_BLOCKS
-        grid = (math.ceil(N / b["BLOCK_N"]), split)
-        _kernels().lce_fwd_kernel[grid](
-            *args, BLOCK_N=b["BLOCK_N"], BLOCK_V=b["BLOCK_V"], BLOCK_D=b["BLOCK_D"], **flags
-        )
-    else:
-        _lce_autotuned("lce_fwd_kernel")[lambda meta: (math.ceil(N / meta["BLOCK_N"]), split)](
-            *args, **flags
-        )
-    # Combine the SPLIT partials (m_j, r_j) in a fixed order, on the device.  With
-    # M = max_j m_j reached at j*: R = r_j* + sum_{j != j*} exp(m_j - M) (1 + r_j), the
-    # maximal element of range j* staying out of the rest sum.  (A range with no column
-    # has m_j = -inf and adds 0.)
-    top = m.max(dim=0)
-    terms = torch.exp(m - top.values) * (1.0 + r)
-    terms.scatter_(0, top.indices[None, :], r.gather(0, top.indices[None, :]))
-    return top.values, terms.sum(dim=0), zy.sum(dim=0), sz.sum(dim=0)
+    _launch("lce_fwd_kernel", lambda meta: (math.ceil(N / meta["BLOCK_N"]), split), args, flags)
+    return _merge_ranges(part)
+
+
+def _merge_ranges(p: RowStats) -> RowStats:
+    """Merge the ``[SPLIT, N]`` statistics of contiguous vocabulary ranges (float64).
+
+    With ``M = max_j m_j`` reached first at range ``j*``: ``s = s_j* + sum_{j != j*}
+    e^{m_j - M} (1 + s_j)`` (the maximal element of range ``j*`` stays out of the rest),
+    ``B = sum_j B_j + A_j (M - m_j)``, ``A = sum_j A_j``; a range without columns has
+    ``m_j = -inf`` and adds 0.  (``merge`` of crossentropy/torch/_merge.py, in bulk.)
+    """
+    import torch
+
+    top = p.m.max(dim=0)
+    jstar = top.indices[None, :]
+    m64 = p.m.double()
+    M = top.values.double()
+    f = torch.exp(m64 - M)  # exact difference in float64; 0 for empty ranges
+    terms = f * (1.0 + p.s)
+    terms = terms.scatter(0, jstar, p.s.gather(0, jstar))
+    shift = torch.where(p.A == 0.0, 0.0, p.A * (M - m64))
+    return RowStats(
+        m=top.values,
+        s=terms.sum(dim=0),
+        k=p.k.gather(0, jstar)[0],
+        A=p.A.sum(dim=0),
+        B=(p.B + shift).sum(dim=0),
+        zy=p.zy.sum(dim=0),
+    )
 
 
 def lce_backward(
@@ -293,106 +408,94 @@ def lce_backward(
     linear_bias: torch.Tensor | None,
     target: torch.Tensor,
     weight: torch.Tensor | None,
-    lse: torch.Tensor,
+    stats: RowStats,
+    coef_p: torch.Tensor,
+    coef_t: torch.Tensor,
     coef_a: torch.Tensor,
-    coef_b: torch.Tensor,
-    coef_c: torch.Tensor,
+    opts: CrossEntropyOptions,
     *,
-    softcap: float | None,
-    smoothing: bool,
     need_hidden: bool,
     need_weight: bool,
     need_bias: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Launch the fused backward; return ``(grad_hidden, grad_weight, grad_bias)``.
 
-    The gradient of the logits is ``G = a p - b [c = y] - c w`` per row (float32 [N]
-    coefficients ``coef_a``, ``coef_b``, ``coef_c``); it is never stored.  Accumulation is
-    in float32 with atomic adds (the order of the additions, hence the last bits, may vary
-    between runs on a GPU); grad_weight is accumulated one vocabulary chunk at a time in a
-    float32 scratch of at most :data:`GRAD_WEIGHT_CHUNK_BYTES` and then rounded once to its
-    dtype.
+    For each vocabulary chunk ``[v_lo, v_hi)`` (``GRAD_CHUNK_BYTES`` of ``G`` in the storage
+    dtype): kernel 1 recomputes the logits tiles and writes ``G = dL/dlogits`` of the chunk
+    (per-row float32 coefficients ``coef_p``, ``coef_t``, ``coef_a``, see
+    ``lce_bwd_logits_kernel``); kernel 2 writes ``grad_weight[v_lo:v_hi] = G^T h`` (and the
+    bias gradient), complete, in one rounding from float32; kernel 3 adds ``G W[v_lo:v_hi]``
+    into a float32 grad_hidden.  No atomics; deterministic.
     """
     import torch
 
     N, D, V = _check_linear(hidden, linear_weight, linear_bias, target, weight)
     dev = hidden.device
     interp = interpreting()
-    dh = torch.zeros((N, D), dtype=torch.float32, device=dev) if need_hidden else None
-    dw = torch.empty_like(linear_weight) if need_weight else None
-    db = torch.empty(V, dtype=torch.float32, device=dev) if need_bias else None
-    if N == 0 or V == 0:
-        if dw is not None:
-            dw.zero_()
-        if db is not None:
-            db.zero_()
+    f32 = torch.float32
+    dh = torch.zeros((N, D), dtype=f32, device=dev) if need_hidden else None
+    dw = torch.zeros_like(linear_weight) if need_weight else None
+    db = torch.zeros(V, dtype=f32, device=dev) if need_bias else None
+    if N == 0 or V == 0 or not (need_hidden or need_weight or need_bias):
         return dh, dw, db
     if interp:
         chunk = INTERPRETER_BLOCKS.get("V_CHUNK", V) or V
     else:
-        chunk = max(256, (GRAD_WEIGHT_CHUNK_BYTES // (4 * max(D, 1))) // 256 * 256)
-    dummy = lse
+        per = GRAD_CHUNK_BYTES // (hidden.element_size() * N)
+        chunk = max(256, per // 256 * 256)
+    chunk = min(chunk, V)
+    gbuf = torch.empty(N * chunk, dtype=hidden.dtype, device=dev)
+    dummy = stats.s
     flags = {
         "HAS_BIAS": linear_bias is not None,
-        "HAS_WEIGHT": weight is not None,
-        "HAS_SMOOTHING": smoothing,
-        "HAS_SOFTCAP": softcap is not None,
-        "COMPUTE_DH": need_hidden,
-        "COMPUTE_DW": need_weight,
-        "COMPUTE_DB": need_bias,
+        **_flags(target, weight, opts),
         "UPCAST_DOT": interp,
         "DOT_PRECISION": _dot_precision(hidden.dtype),
     }
+    dot = {"UPCAST_DOT": interp, "DOT_PRECISION": _dot_precision(hidden.dtype)}
+    rne = {"ROUND_BF16": _round_bf16(hidden)}
+    m32 = stats.m.contiguous()
+    s32 = stats.s.to(f32).contiguous()
     for v_lo in range(0, V, chunk):
         v_hi = min(V, v_lo + chunk)
-        # float32 accumulators.  dh accumulates over all chunks: autotuning (first call
-        # only) restores it after each trial run; the chunk's dw and db are zeroed instead.
-        # An absent output gets its own 1-element scratch (the autotuner's hooks write to
-        # whatever tensor is passed, which must not be an input).
-        f32 = torch.float32
-        dh_c = dh if dh is not None else torch.zeros((1, D), dtype=f32, device=dev)
-        dw_c = torch.zeros(((v_hi - v_lo) if need_weight else 1, D), dtype=f32, device=dev)
-        db_c = torch.zeros((v_hi - v_lo) if need_bias else 1, dtype=f32, device=dev)
+        width = v_hi - v_lo
+        g = gbuf[: N * width]
         args = (
-            hidden,
-            linear_weight,
+            hidden, linear_weight,
             linear_bias if linear_bias is not None else dummy,
             target,
+            target.stride(0) if target.dim() == 2 else 0,
             weight if weight is not None else dummy,
-            lse,
-            coef_a,
-            coef_b,
-            coef_c,
-            dh_c,
-            dw_c,
-            db_c,
-            N,
-            V,
-            D,
-            v_lo,
-            v_hi,
-            hidden.stride(0),
-            linear_weight.stride(0),
-            float(softcap) if softcap is not None else 1.0,
+            m32, s32, stats.k, coef_p, coef_t, coef_a, g,
+            N, V, D, v_lo, v_hi, hidden.stride(0), linear_weight.stride(0),
+            float(opts.label_smoothing),
+            float(opts.softcap) if opts.softcap is not None else 1.0,
         )
-        if interp:
-            b = INTERPRETER_BLOCKS
-            grid_i = (math.ceil(N / b["BLOCK_N"]), math.ceil((v_hi - v_lo) / b["BLOCK_V"]))
-            _kernels().lce_bwd_kernel[grid_i](
-                *args, BLOCK_N=b["BLOCK_N"], BLOCK_V=b["BLOCK_V"], BLOCK_D=b["BLOCK_D"], **flags
-            )
-        else:
-            width = v_hi - v_lo
 
-            def grid(meta: dict[str, int], w: int = width) -> tuple[int, int]:
-                return math.ceil(N / meta["BLOCK_N"]), math.ceil(w / meta["BLOCK_V"])
+        def grid_g(meta: dict[str, int], w: int = width) -> tuple[int, int]:
+            return math.ceil(N / meta["BLOCK_N"]), math.ceil(w / meta["BLOCK_V"])
 
-            tuned = _lce_autotuned(
-                "lce_bwd_kernel", reset=["dw_ptr", "db_ptr"], restore=["dh_ptr"]
+        _launch("lce_bwd_logits_kernel", grid_g, args, {**flags, **rne})
+        if need_weight or need_bias:
+
+            def grid_w(meta: dict[str, int], w: int = width) -> tuple[int, int]:
+                cols = math.ceil(w / meta["BLOCK_V"])
+                return cols, (math.ceil(D / meta["BLOCK_D"]) if need_weight else 1)
+
+            _launch(
+                "lce_bwd_weight_kernel", grid_w,
+                (g, hidden, dw if dw is not None else dummy, db if db is not None else dummy,
+                 N, D, v_lo, v_hi, hidden.stride(0)),
+                {"HAS_DW": need_weight, "HAS_BIAS": need_bias, **dot, **rne},
             )
-            tuned[grid](*args, **flags)
-        if dw is not None:
-            dw[v_lo:v_hi].copy_(dw_c)  # one rounding from the float32 sum
-        if db is not None:
-            db[v_lo:v_hi].copy_(db_c)
+        if dh is not None:
+
+            def grid_h(meta: dict[str, int]) -> tuple[int, int]:
+                return math.ceil(N / meta["BLOCK_N"]), math.ceil(D / meta["BLOCK_D"])
+
+            _launch(
+                "lce_bwd_hidden_kernel", grid_h,
+                (g, linear_weight, dh, N, D, v_lo, v_hi, linear_weight.stride(0)),
+                {"FIRST": v_lo == 0, **dot},
+            )
     return dh, dw, db
