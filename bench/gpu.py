@@ -596,7 +596,8 @@ def compile_sm90(report: bool) -> int:
         n, v, d, w, s = L.CONFIGS["lce_bwd_logits_kernel"][0]
         build(K.lce_bwd_logits_kernel,
               {**lin, "m_ptr": "*fp32", "s_ptr": "*fp32", "k_ptr": "*i32", "cP_ptr": "*fp32",
-               "cT_ptr": "*fp32", "cA_ptr": "*fp32", "g_ptr": "*bf16", "N": "i32", "V": "i32",
+               "cT_ptr": "*fp32", "cA_ptr": "*fp32", "cK_ptr": "*fp32", "g_ptr": "*bf16",
+               "N": "i32", "V": "i32",
                "D": "i32", "v_lo": "i32", "v_hi": "i32", "stride_h": "i32", "stride_w": "i32",
                "eps": "fp32", "softcap": "fp32"},
               {"BLOCK_N": n, "BLOCK_V": v, "BLOCK_D": d, "IS_PROB": prob, "HAS_BIAS": True,

@@ -434,6 +434,33 @@ for case in m.CASES:
         out[key + "/loss"] = float(np.max(m._ulps(lv[counted], ref[counted], np.float32,
                                    slack[counted] if case.softcap else 0.0)))
         out[key + "/grad"] = float(np.max(m._grad_ulps(xt.grad.numpy(), gref, np.float32)))
+# the fused linear loss: logits formed in float32 tiles, so judged like the CPU linear path
+rng = np.random.default_rng(1)
+h = rng.normal(size=(20, 6)).astype(np.float32)
+W = rng.normal(scale=2.0, size=(m.C, 6)).astype(np.float32)
+b = rng.normal(size=m.C).astype(np.float32)
+yl = rng.integers(0, m.C, size=20)
+yl[3] = -100
+h[1] = 8.0 * W[yl[1]] / np.linalg.norm(W[yl[1]])  # a confident row
+z64 = h.astype(np.float64) @ W.astype(np.float64).T + b.astype(np.float64)
+for case in m.CASES:
+    ref, gz = m._oracle(z64, yl, case)
+    ht = torch.tensor(h, requires_grad=True)
+    Wt = torch.tensor(W, requires_grad=True)
+    w = torch.tensor(m._weight(), dtype=torch.float32) if case.weight else None
+    loss = cet.linear_cross_entropy(ht, Wt, torch.tensor(yl), linear_bias=torch.tensor(b),
+                                    ignore_index=-100, weight=w, label_smoothing=case.smoothing,
+                                    z_loss=case.z_loss, softcap=case.softcap, base=case.base,
+                                    reduction="none", impl="triton")
+    loss.sum().backward()
+    c = yl != -100
+    out[f"linear/{case.name}/loss"] = float(np.max(m._ulps(
+        loss.detach().numpy().astype(np.float64)[c], ref[c], np.float32,
+        m._slack(z64, case, np.float32)[c] if case.softcap else 0.0)))
+    gh, gw = gz @ W.astype(np.float64), gz.T @ h.astype(np.float64)
+    out[f"linear/{case.name}/grad"] = float(max(
+        np.max(np.abs(ht.grad.numpy() - gh)) / np.abs(gh).max(),
+        np.max(np.abs(Wt.grad.numpy() - gw)) / np.abs(gw).max()))
 print(json.dumps(out))
 """
 
@@ -464,3 +491,11 @@ def test_triton_paths(triton_errors: dict[str, float], case: Case, target: str) 
     extra = 2.0 * case.softcap if case.softcap else 0.0
     assert triton_errors[key + "/loss"] <= 4.0, triton_errors[key + "/loss"]
     assert triton_errors[key + "/grad"] <= 4.0 + extra, triton_errors[key + "/grad"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_triton_linear_paths(triton_errors: dict[str, float], case: Case) -> None:
+    """The fused linear kernels: the loss within the float32 logits' own rounding (as the
+    CPU linear path, 64 ulp), the gradients of h and W to 1e-4 of their largest entry."""
+    assert triton_errors[f"linear/{case.name}/loss"] <= 64.0
+    assert triton_errors[f"linear/{case.name}/grad"] <= 1e-4

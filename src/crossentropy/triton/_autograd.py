@@ -201,13 +201,31 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             P = P + T
             r = torch.where(counted, r, 0.0)
             r = torch.where(bad, math.nan, r)
+        # P - tgt_k = sum_{c != k} tgt_c + 2 zl lse, summed directly: P - tgt_k itself
+        # cancels for a confident row (P ~ tgt_k) under smoothing or z-loss
+        kk = k.long().clamp(0, max(V - 1, 0))
+        eps = opts.label_smoothing
+        if target.dim() == 2:  # probability rows: a_c = w_c ((1 - eps) t_c + eps / V)
+            t64 = target.to(torch.float64)
+            w64 = None if weight is None else weight.to(torch.float64)
+            a = (1.0 - eps) * t64 + eps / V
+            a = a if w64 is None else a * w64
+            rest = torch.where(torch.arange(V, device=a.device) == kk[:, None], 0.0, a).sum(-1)
+        else:
+            wtot = float(V) if weight is None else weight.to(torch.float64).sum()
+            wk = 1.0 if weight is None else weight.to(torch.float64)[kk]
+            # sum_{c != k} a_c = T [y != k] + (eps / V) (sum_c w_c - w_k)
+            rest = torch.where(target != kk, T.to(torch.float64), 0.0)
+            rest = rest + (eps / V) * (wtot - wk) if eps else rest
         if opts.z_loss > 0.0:
             P = P + 2.0 * opts.z_loss * lse
+            rest = rest + 2.0 * opts.z_loss * lse.to(torch.float64)
         need = ctx.needs_input_grad
         dh, dw, db = _launch.lce_backward(
             hidden, linear_weight, linear_bias, target, weight,
             RowStats(m=m, s=s, k=k, A=A, B=A, zy=m),
-            (r * P).contiguous(), (r * T).contiguous(), r.contiguous(), opts,
+            (r * P).contiguous(), (r * T).contiguous(), r.contiguous(),
+            (r * rest.to(f32)).contiguous(), opts,
             need_hidden=need[0], need_weight=need[1],
             need_bias=linear_bias is not None and need[2],
         )

@@ -564,6 +564,7 @@ def lce_bwd_logits_kernel(
     cP_ptr,
     cT_ptr,
     cA_ptr,
+    cK_ptr,
     g_ptr,
     N,
     V,
@@ -590,7 +591,8 @@ def lce_bwd_logits_kernel(
 
     Recomputes the logits tile and writes ``G = dL/dx`` (module notes; the per-row
     coefficients ``cP = g P``, ``cT = g T``, ``cA = g`` already hold the reduction, the base
-    and the incoming gradient ``g``) into the chunk buffer ``g_ptr`` ``[N, v_hi - v_lo]``
+    and the incoming gradient ``g``; ``cK = g (P - tgt_k)``, formed by the launcher without
+    the cancellation of ``P - tgt_k``, gives the argmax entry) into the chunk buffer ``g_ptr`` ``[N, v_hi - v_lo]``
     in the storage dtype.  Each element is written once: no atomics.
     """
     pid_n = tl.program_id(0)
@@ -632,7 +634,8 @@ def lce_bwd_logits_kernel(
         tgt += cA[:, None] * a
     g = cP[:, None] * p - tgt
     at_k = cols[None, :] == kk[:, None]
-    g = tl.where(at_k, ((cP[:, None] - tgt) - tgt * s[:, None]) * inv[:, None], g)
+    cK = tl.load(cK_ptr + rows, mask=rmask, other=0.0)
+    g = tl.where(at_k, (cK[:, None] - tgt * s[:, None]) * inv[:, None], g)
     if HAS_SOFTCAP:
         g = g * dcap
     g = tl.where(rmask[:, None] & cmask[None, :], g, 0.0)
