@@ -36,6 +36,8 @@ def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 # inductor itself (not this package) calls the deprecated torch.jit.script_method
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+# dynamo itself instantiates torch.autograd.Function when it traces one (torch 2.13)
+@pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
 def test_compile_fullgraph_matches_eager():
     torch.manual_seed(0)
     model = _Tiny()
@@ -76,3 +78,35 @@ def test_autocast_bfloat16():
     fp32 = _Tiny()
     fp32.load_state_dict(model.state_dict())
     torch.testing.assert_close(loss, fp32(x, t, y), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
+def test_compile_new_options_one_graph_for_every_normalizer():
+    """normalizer= (a 0-d tensor), shift=True and impl='torch' compile without a graph
+    break, and a new normalizer value reuses the graph (no recompilation)."""
+    from torch._dynamo.testing import CompileCounter
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(2, 5, 9, generator=g)
+    labels = torch.randint(0, 9, (2, 5), generator=g)
+    h, W = torch.randn(2, 5, 4, generator=g), torch.randn(9, 4, generator=g)
+
+    def f(z, labels, h, W, n):
+        a = cet.cross_entropy(z, labels, shift=True, normalizer=n)
+        b = cet.linear_cross_entropy(h, W, labels, shift=True, normalizer=n)
+        c = cet.cross_entropy(z.reshape(-1, 9), labels.reshape(-1), impl="torch")
+        return a + b + c
+
+    torch._dynamo.reset()
+    cnt = CompileCounter()
+    compiled = torch.compile(f, backend=cnt, fullgraph=True)
+    for n in (3.0, 7.0):
+        nt = torch.tensor(n)
+        torch.testing.assert_close(compiled(z, labels, h, W, nt), f(z, labels, h, W, nt))
+    assert cnt.frame_count == 1
+    # the value against torch: HF-style shifted labels, the sum divided by n
+    shifted = F.pad(labels, (0, 1), value=-100)[:, 1:].reshape(-1)
+    want = F.cross_entropy(z.reshape(-1, 9), shifted, reduction="sum") / 7.0
+    got = cet.cross_entropy(z, labels, shift=True, normalizer=torch.tensor(7.0))
+    torch.testing.assert_close(got, want)

@@ -1,7 +1,7 @@
 """linear_cross_entropy with the vocabulary cut into slices (online log-sum-exp).
 
-Each case runs three ways: forced vocabulary slices (``_ops.VOCAB_CHUNK``), the token-only
-chunked path (whole logit rows through the fused kernel), and the materialised logits
+Each case runs three ways: forced vocabulary slices (``chunks=ChunkPlan(vocab=...)``), the
+token-only chunked path (whole logit rows through the fused kernel), and the materialised logits
 through ``torch.nn.functional.cross_entropy`` and ``crossentropy.torch.cross_entropy``.
 """
 
@@ -14,7 +14,7 @@ import torch
 
 import crossentropy.torch as cet
 from _torch_reference import linear_ce_reference
-from crossentropy.torch import _ops
+from crossentropy.torch import ChunkPlan, _chunks
 
 N, D = 29, 5  # odd: token chunks of 8 leave a remainder
 
@@ -33,15 +33,17 @@ def _inputs(V, dtype=torch.float64, seed=0, all_ignored=False):
     return h, W, b, t, cw
 
 
-def _run(h, W, b, t, cw, *, vocab_chunk, reduction, eps, zl, cap, chunk, monkeypatch):
+def _run(h, W, b, t, cw, *, vocab_chunk, reduction, eps, zl, cap, chunk, budget=None):
     """(out, lse, grads of h, W, b) from linear_cross_entropy, with an upstream gradient
     that differs per row and a gradient through lse."""
-    monkeypatch.setattr(_ops, "VOCAB_CHUNK", vocab_chunk)
+    plan = ChunkPlan(vocab=vocab_chunk) if budget is None else ChunkPlan(
+        vocab=vocab_chunk, budget_bytes=budget)
     args = [x.clone().requires_grad_() for x in (h, W, b)]
     opts = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk)
     out, lse = cet.linear_cross_entropy(
         args[0], args[1], t, linear_bias=args[2], weight=cw, reduction=reduction,
         label_smoothing=eps, z_loss=zl, softcap=cap, options=opts, return_lse=True,
+        chunks=plan,
     )
     return out, lse, _grads(out, lse, args)
 
@@ -88,12 +90,12 @@ CASES = [
 
 
 @pytest.mark.parametrize(("reduction", "weighted", "eps", "zl", "cap", "vc", "V"), CASES)
-def test_vocab_slices_float64(reduction, weighted, eps, zl, cap, vc, V, monkeypatch):
+def test_vocab_slices_float64(reduction, weighted, eps, zl, cap, vc, V):
     h, W, b, t, cw = _inputs(V)
     cw = cw if weighted else None
     opt = {"reduction": reduction, "eps": eps, "zl": zl, "cap": cap}
-    got = _run(h, W, b, t, cw, vocab_chunk=vc, chunk=8, monkeypatch=monkeypatch, **opt)
-    rows = _run(h, W, b, t, cw, vocab_chunk=None, chunk=8, monkeypatch=monkeypatch, **opt)
+    got = _run(h, W, b, t, cw, vocab_chunk=vc, chunk=8, **opt)
+    rows = _run(h, W, b, t, cw, vocab_chunk=None, chunk=8, **opt)
     # float64 everywhere: only the summation order differs (online vs one-pass lse)
     _close(got, rows, 1e-12, 1e-12)
     _close(got, _materialised(h, W, b, t, cw, use_torch=True, **opt), 1e-11, 1e-12)
@@ -101,11 +103,11 @@ def test_vocab_slices_float64(reduction, weighted, eps, zl, cap, vc, V, monkeypa
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_vocab_slices_all_ignored(reduction, monkeypatch):
+def test_vocab_slices_all_ignored(reduction):
     h, W, b, t, cw = _inputs(151, all_ignored=True)
     opt = {"reduction": reduction, "eps": 0.1, "zl": 1e-2, "cap": None}
-    got = _run(h, W, b, t, cw, vocab_chunk=7, chunk=8, monkeypatch=monkeypatch, **opt)
-    rows = _run(h, W, b, t, cw, vocab_chunk=None, chunk=8, monkeypatch=monkeypatch, **opt)
+    got = _run(h, W, b, t, cw, vocab_chunk=7, chunk=8, **opt)
+    rows = _run(h, W, b, t, cw, vocab_chunk=None, chunk=8, **opt)
     _close(got, rows, 1e-12, 1e-12)  # mean: NaN (0/0) in both, as torch
     if reduction == "mean":
         assert torch.isnan(got[0])
@@ -114,7 +116,7 @@ def test_vocab_slices_all_ignored(reduction, monkeypatch):
 
 
 @pytest.mark.parametrize(("weighted", "eps", "cap"), [(False, 0.0, None), (True, 0.1, 3.0)])
-def test_vocab_slices_float32_and_bf16(weighted, eps, cap, monkeypatch):
+def test_vocab_slices_float32_and_bf16(weighted, eps, cap):
     V = 203
     h, W, b, t, cw = _inputs(V, seed=1)
     cw = cw if weighted else None
@@ -125,8 +127,8 @@ def test_vocab_slices_float32_and_bf16(weighted, eps, cap, monkeypatch):
         # bfloat16: the outputs are rounded to 8 bits (relative 4e-3) once, the products
         # and sums are float32, so 2e-2 leaves room for a few bf16 roundings of the result
         x = [v.to(dt) for v in (h, W, b)]
-        got = _run(*x, t, cw, vocab_chunk=7, chunk=8, monkeypatch=monkeypatch, **opt)
-        rows = _run(*x, t, cw, vocab_chunk=None, chunk=8, monkeypatch=monkeypatch, **opt)
+        got = _run(*x, t, cw, vocab_chunk=7, chunk=8, **opt)
+        rows = _run(*x, t, cw, vocab_chunk=None, chunk=8, **opt)
         ref64 = _materialised(*(v.double() for v in x), t, cw, use_torch=True, **opt)
         for res in (got, rows):
             assert res[0].dtype == dt and res[2][1].dtype == dt
@@ -140,11 +142,10 @@ def _as64(res):
     return out.double(), lse.double(), tuple(g.double() for g in grads)
 
 
-def test_bf16_accumulates_in_float32(monkeypatch):
+def test_bf16_accumulates_in_float32():
     """Many slices adding into one bf16 weight-gradient row would lose the small terms;
     the accumulation is float32 and rounded once, so the bf16 gradients are exactly the
     float32 run's (same float32 operations on the same, exactly widened, inputs) rounded."""
-    monkeypatch.setattr(_ops, "VOCAB_CHUNK", 64)
     h, W, b, t, _ = _inputs(301, seed=2)
     x16 = [v.to(torch.bfloat16) for v in (h, W, b)]
     res = []
@@ -153,36 +154,35 @@ def test_bf16_accumulates_in_float32(monkeypatch):
         out = cet.linear_cross_entropy(args[0], args[1], t, linear_bias=args[2],
                                        reduction="sum", label_smoothing=0.1,
                                        options=torch.nn.LinearCrossEntropyOptions(
-                                           batch_chunk_size=8))
+                                           batch_chunk_size=8), chunks=ChunkPlan(vocab=64))
         res.append(torch.autograd.grad(out, args))
     for a, r in zip(*res, strict=True):
         assert a.dtype == torch.bfloat16
         torch.testing.assert_close(a, r.to(torch.bfloat16), rtol=0, atol=0)
 
 
-def test_default_picks_vocab_slices_when_v_is_huge(monkeypatch):
+def test_default_picks_vocab_slices_when_v_is_huge():
     """With the budget shrunk so that 16 rows of V logits do not fit, the default path cuts
     the vocabulary, every logits buffer it allocates stays within the budget, and the result
     is the same as whole rows."""
     V = 301
     h, W, b, t, cw = _inputs(V)
     opt = {"reduction": "none", "eps": 0.1, "zl": 1e-2, "cap": 3.0}
-    shapes: list[tuple[int, int]] = []
-    monkeypatch.setattr(_ops, "BUFFER_HOOK", shapes.append)
-    rows = _run(h, W, b, t, cw, vocab_chunk=None, chunk=None, monkeypatch=monkeypatch, **opt)
+    with _chunks.watch_buffers() as shapes:
+        rows = _run(h, W, b, t, cw, vocab_chunk=None, chunk=None, **opt)
     assert shapes and all(s == (N, V) for s in shapes)  # budget 32 MiB: whole rows
-    shapes.clear()
     budget = 16 * 100 * 8  # bytes: 16 float64 rows of 100 classes < V
-    monkeypatch.setattr(_ops, "CHUNK_BYTES", budget)
-    got = _run(h, W, b, t, cw, vocab_chunk=None, chunk=None, monkeypatch=monkeypatch, **opt)
+    with _chunks.watch_buffers() as shapes:
+        got = _run(h, W, b, t, cw, vocab_chunk=None, chunk=None, budget=budget, **opt)
     assert shapes  # forward and backward ('none' recomputes) both allocate
     for r, c in shapes:
         assert r == 16 and c < V and r * c * 8 <= budget
     _close(got, rows, 1e-12, 1e-12)
 
 
-def test_large_budget_keeps_token_only_path(monkeypatch):
-    assert _ops.vocab_slice(16, 1000, 4) is None
-    assert _ops.vocab_slice(16, 1 << 20, 4) == (32 << 20) // (16 * 4)
-    monkeypatch.setattr(_ops, "VOCAB_CHUNK", 7)
-    assert _ops.vocab_slice(16, 1000, 4) == 7
+def test_large_budget_keeps_token_only_path():
+    assert ChunkPlan(rows=16).resolve(100, 1000, 4).vocab is None
+    assert ChunkPlan(rows=16).resolve(100, 1 << 20, 4).vocab == (32 << 20) // (16 * 4)
+    assert ChunkPlan(rows=16, vocab=7).resolve(100, 1000, 4).vocab == 7
+    with pytest.raises(ValueError, match=r"ChunkPlan\.vocab"):
+        ChunkPlan(vocab=0)

@@ -52,8 +52,12 @@ class PerformanceHint(UserWarning):
     """A call ran on the slower NumPy path although a faster one could be installed."""
 
 
-def use_numba(x: Any, *, supported: bool = True) -> bool:
-    """Should this call run on the numba kernels?  `x` is the prediction array."""
+def use_numba(x: Any, *, supported: bool = True, min_size: int | None = None) -> bool:
+    """Should this call run on the numba kernels?  `x` is the prediction array.
+
+    `min_size` replaces ``FAST_MIN_SIZE`` under "auto" (the torch layer passes 0: its
+    per-call costs are its own, so the kernels pay off at every size).
+    """
     backend = _config.get_backend()
     if backend == "numpy" or not supported:
         return False
@@ -61,7 +65,7 @@ def use_numba(x: Any, *, supported: bool = True) -> bool:
         return False
     if backend == "numba":
         return True
-    if x.size < _config.FAST_MIN_SIZE:
+    if x.size < (_config.FAST_MIN_SIZE if min_size is None else min_size):
         return False
     if _config.numba_available():
         return _ready.is_set() or _start_kernels()
@@ -192,7 +196,7 @@ def cross_entropy_rows(
     array([[ 0.09003057,  0.24472847, -0.33475904],
            [ 0.        ,  0.        ,  0.        ]])
     """
-    if logits.size and use_numba(logits):
+    if logits.size and use_numba(logits, min_size=0):
         from crossentropy import _cpu
 
         return _cpu.ce_rows_kernel(logits, target, weight, ignore_index, label_smoothing,

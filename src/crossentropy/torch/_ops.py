@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 from crossentropy._options import CrossEntropyOptions, Reduction
 from crossentropy.torch._chunks import ChunkPlan, linear_chunks, rows_for
@@ -244,17 +245,23 @@ class _IndexEager(torch.autograd.Function):
     """The index operator without the ``torch.library`` dispatch (eager mode: the operator's
     wrapping costs more than the kernel on small inputs); same body, same backward."""
 
+    # the classic forward(ctx, ...) form: Function.apply binds a setup_context-style
+    # signature with inspect on every call (torch.func never sees this class: transformed
+    # inputs decompose into the reference before they get here)
     @staticmethod
-    def forward(*inputs: Any) -> tuple[Tensor, Tensor, Tensor]:
-        return _index_forward(*inputs)
+    def forward(ctx: Any, *inputs: Any) -> tuple[Tensor, Tensor, Tensor]:
+        out = _index_forward(*inputs)
+        _index_setup(ctx, inputs, out)
+        return out
 
-    setup_context = staticmethod(_index_setup)
     backward = staticmethod(_index_backward)
 
 
 def cross_entropy_index_call(*inputs: Any) -> tuple[Tensor, Tensor, Tensor]:
-    """The index operator; in eager mode its body in a plain autograd.Function."""
-    if torch.compiler.is_compiling():
+    """The index operator; on real tensors in eager mode its body in a plain
+    autograd.Function (meta and fake tensors take the operator and its fake kernel)."""
+    x = inputs[0]
+    if torch.compiler.is_compiling() or x.device.type == "meta" or is_fake(x):
         out: tuple[Tensor, Tensor, Tensor] = torch.ops.crossentropy.cross_entropy_index(*inputs)
         return out
     res: tuple[Tensor, Tensor, Tensor] = _IndexEager.apply(*inputs)  # type: ignore[no-untyped-call]

@@ -6,25 +6,41 @@ Same signatures and semantics as torch 2.13, plus keyword-only options:
 * ``z_loss``: coefficient :math:`\zeta` of :math:`\mathrm{lse}^2` added to each counted
   row's loss (PaLM's z-loss, which keeps the softmax normaliser near 1);
 * ``softcap``: logits are replaced by :math:`c \tanh(x / c)` first (Gemma 2);
-* ``return_lse``: also return the log-sum-exp of each row (of the soft-capped logits).
+* ``return_lse``: also return the log-sum-exp of each row (of the soft-capped logits);
+* ``impl``: ``"auto"`` (default), ``"triton"``, ``"torch"`` or ``"cpu"`` (see
+  :func:`cross_entropy`);
+* ``normalizer``: divide the summed loss by this count (a number or a 0-d tensor) instead
+  of the mean's own divisor (gradient accumulation, data-parallel ranks);
+* ``shift``: next-token prediction (position t predicts label t + 1).
 
 Where torch's numbers are wrong we give the true value (see the README, section torch).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import numbers
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
-from crossentropy._validate import log_scale
+from crossentropy._options import BinaryOptions, CrossEntropyOptions, Reduction
 from crossentropy.torch import _ops
-from crossentropy.torch._rows import reference_rows
+from crossentropy.torch._chunks import ChunkPlan, resolve_plan
+from crossentropy.torch._reference import (
+    categorical_rows,
+    entropy_rows,
+    reduce_rows,
+    row_weights,
+)
 
 __all__ = [
+    "LinearCrossEntropyOutput",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
@@ -32,6 +48,7 @@ __all__ = [
 ]
 
 _LOW = (torch.bfloat16, torch.float16)
+_IMPLS = ("auto", "triton", "torch", "cpu")
 _warned: set[str] = set()
 
 
@@ -44,55 +61,147 @@ def _legacy_reduction(size_average: Any, reduce: Any, reduction: str) -> str:
     return reduction
 
 
-def _options(
-    reduction: Any, label_smoothing: Any, z_loss: Any, softcap: Any, base: Any
-) -> tuple[int, float, float, float | None, float]:
-    if reduction not in _ops.REDUCTIONS:
-        raise ValueError(f"reduction must be one of 'none', 'mean', 'sum'; got {reduction!r}")
-    eps = float(label_smoothing)
-    if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
-    zl = float(z_loss)
-    if not (math.isfinite(zl) and zl >= 0.0):
-        raise ValueError(f"z_loss must be a finite number >= 0, got {z_loss!r}")
-    cap = None if softcap is None else float(softcap)
-    if cap is not None and not (math.isfinite(cap) and cap > 0.0):
-        raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
-    return _ops.REDUCTIONS[reduction], eps, zl, cap, log_scale(base)
+@functools.lru_cache(maxsize=512)
+def _ce_options_cached(key: tuple[Any, ...], types: tuple[type, ...]) -> CrossEntropyOptions:
+    r, ii, eps, zl, cap, base, norm = key
+    return CrossEntropyOptions.create(
+        reduction=r, ignore_index=ii, label_smoothing=eps, z_loss=zl, softcap=cap,
+        base=base, normalizer=norm, semantics="torch",
+    )
 
 
-def _eager() -> bool:
-    return not torch.compiler.is_compiling()
-
-
-def _gpu_kernel(name: str, x: Tensor) -> Any:
-    """``crossentropy.triton.<name>`` for CUDA tensors when triton and a GPU are there;
-    None otherwise (with a one-time warning for CUDA tensors)."""
-    if x.device.type != "cuda":
-        return None
-    fn = None
-    try:
-        import crossentropy.triton as tr
-
-        fn = getattr(tr, name, None)
-    except ImportError:
-        fn = None
-    if fn is None and name not in _warned:
-        _warned.add(name)
-        warnings.warn(
-            f"crossentropy.torch.{name}: the Triton kernels are not available, running the "
-            "chunked torch path on the GPU instead",
-            RuntimeWarning,
-            stacklevel=3,
+def _ce_options(reduction: Any, ignore_index: Any, label_smoothing: Any, z_loss: Any,
+                softcap: Any, base: Any, normalizer: Any) -> CrossEntropyOptions:
+    """The validated options, cached on the arguments (validation is per-call overhead)."""
+    key = (reduction, ignore_index, label_smoothing, z_loss, softcap, base, normalizer)
+    if torch.compiler.is_compiling():  # traced once per graph: no cache needed
+        return CrossEntropyOptions.create(
+            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+            z_loss=z_loss, softcap=softcap, base=base, normalizer=normalizer,
+            semantics="torch",
         )
-    return fn
+    try:
+        # the types are part of the key: 1, 1.0 and True hash alike but validate differently
+        return _ce_options_cached(key, tuple(type(k) for k in key))
+    except TypeError:  # unhashable argument: validate it (and raise) without the cache
+        return CrossEntropyOptions.create(
+            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+            z_loss=z_loss, softcap=softcap, base=base, normalizer=normalizer,
+            semantics="torch",
+        )
+
+
+def _split_normalizer(normalizer: Any, reduction: str) -> tuple[Any, Tensor | None]:
+    """(number or None for the options, 0-d tensor or None)."""
+    if isinstance(normalizer, Tensor):
+        if normalizer.dim() != 0:
+            raise ValueError(f"normalizer must be a number or a 0-d tensor, got shape "
+                             f"{tuple(normalizer.shape)}")
+        if Reduction.of(reduction) is Reduction.NONE:
+            raise ValueError("normalizer divides a summed loss: it needs reduction='sum' or "
+                             "'mean'")
+        return None, normalizer.detach()
+    return normalizer, None
+
+
+def _check_impl(impl: Any) -> str:
+    if impl not in _IMPLS:
+        raise ValueError(f"impl must be one of 'auto', 'triton', 'torch', 'cpu'; got {impl!r}")
+    return str(impl)
+
+
+def _transformed(*ts: Tensor | None) -> bool:
+    """True when a torch.func transform (grad, vmap, jacrev...) wraps one of the tensors."""
+    if torch.compiler.is_compiling():
+        return False
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return any(t is not None and wrapped(t) for t in ts)
+
+
+def _real(*ts: Tensor | None) -> bool:
+    """True when the tensors hold real data we may read (no meta / fake / functorch tensor,
+    not tracing): only then do value checks run (no host synchronisation otherwise)."""
+    if torch.compiler.is_compiling():
+        return False
+    for t in ts:
+        if t is None:
+            continue
+        if t.device.type == "meta" or is_fake(t) or _transformed(t):
+            return False
+    return True
+
+
+def _triton() -> Any:
+    import crossentropy.triton as tr
+
+    return tr
+
+
+def _triton_reason(x: Tensor) -> str | None:
+    """None when the Triton kernels can take tensors like `x`, else why not."""
+    try:
+        tr = _triton()
+    except ImportError as exc:  # pragma: no cover - the package is part of the wheel
+        return f"crossentropy.triton cannot be imported ({exc})"
+    if not tr.is_available():
+        return ("Triton is not installed, or there is no CUDA device and TRITON_INTERPRET=1 "
+                "is not set")
+    reason: str | None = tr.supports(x)
+    return reason
+
+
+def _resolve_impl(impl: str, x: Tensor, name: str, *others: Tensor | None) -> str:
+    """'triton', 'torch' or 'cpu' for this call (impl checked by :func:`_check_impl`)."""
+    if impl == "auto":
+        if _transformed(x, *others):
+            return "torch"  # torch.func: the custom ops decompose into the reference
+        if x.device.type == "cuda":
+            reason = _triton_reason(x)
+            if reason is None:
+                return "triton"
+            if name not in _warned:
+                _warned.add(name)
+                warnings.warn(
+                    f"crossentropy.torch.{name}: the Triton kernels cannot run ({reason}); "
+                    "using the pure-torch path on the GPU instead",
+                    RuntimeWarning, stacklevel=3,
+                )
+            return "torch"
+        return "cpu" if x.device.type == "cpu" else "torch"
+    if impl == "triton":
+        reason = _triton_reason(x)
+        if reason is not None:
+            raise _triton().TritonUnavailable(
+                f"crossentropy.torch.{name}(impl='triton'): {reason}")
+        return "triton"
+    if impl == "cpu":
+        if x.device.type not in ("cpu", "meta"):
+            raise ValueError(f"impl='cpu' needs CPU tensors; the input is on {x.device}")
+        return "torch" if _transformed(x, *others) else "cpu"
+    return "torch"
+
+
+def _no_autocast(x: Tensor) -> Any:
+    """Autocast off for the loss (it runs in float32 or float64 itself); meta tensors have
+    no autocast."""
+    if x.device.type == "meta" or not torch.is_autocast_enabled(x.device.type):
+        return contextlib.nullcontext()  # nothing to switch off (and no enter/exit cost)
+    return torch.autocast(x.device.type, enabled=False)
 
 
 def _out_dtype(x: Tensor) -> torch.dtype:
     """torch.autocast runs losses in float32: bf16/fp16 inputs give float32 results."""
-    if x.dtype in _LOW and torch.is_autocast_enabled(x.device.type):
+    if x.dtype in _LOW and x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):
         return torch.float32
     return x.dtype
+
+
+def _ref_dtype(x: Tensor) -> torch.dtype:
+    """Float64 on the CPU (the core's bounds: computed in float64, rounded once); else
+    float32, or float64 for float64 inputs."""
+    if x.device.type == "cpu" or x.dtype == torch.float64:
+        return torch.float64
+    return torch.float32
 
 
 # --------------------------------------------------------------------------- cross_entropy
@@ -112,12 +221,7 @@ def _flatten(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, tuple[int, 
     C = input.shape[0] if input.dim() == 1 else input.shape[1]
     batch: tuple[int, ...] = () if input.dim() == 1 else (input.shape[0], *input.shape[2:])
     if not prob:
-        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise TypeError(
-                f"target holds class indices (its shape {tuple(target.shape)} is not the "
-                f"input's {tuple(input.shape)}), so it must be an integer tensor; got "
-                f"dtype {target.dtype}"
-            )
+        _check_index_dtype(target, input)
         if tuple(target.shape) != batch:
             raise ValueError(
                 f"target holds class indices, so its shape must be the input's shape without "
@@ -129,8 +233,34 @@ def _flatten(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, tuple[int, 
         x = x.movedim(1, -1).reshape(-1, C)
         t = t.movedim(1, -1).reshape(-1, C) if prob else t
     if not prob:
-        t = t.reshape(-1).to(torch.int64)
+        t = t.reshape(-1)
+        if t.dtype != torch.int64:
+            t = t.to(torch.int64)
     return x, t, batch, prob
+
+
+def _check_index_dtype(target: Tensor, input: Tensor) -> None:
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(
+            f"target holds class indices (its shape {tuple(target.shape)} is not the "
+            f"input's {tuple(input.shape)}), so it must be an integer tensor; got "
+            f"dtype {target.dtype}"
+        )
+
+
+def _shifted(input: Tensor, target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """Next-token rows: (..., T, C) logits (class axis last) -> (M, C); labels [..., T]
+    shifted left by one, the last position padded with ignore_index (the labels are
+    copied, never the logits)."""
+    if input.dim() < 2 or tuple(target.shape) != tuple(input.shape[:-1]):
+        raise ValueError(
+            f"shift=True takes logits (..., T, C) (class axis last) and labels (..., T); got "
+            f"input {tuple(input.shape)} and target {tuple(target.shape)}"
+        )
+    _check_index_dtype(target, input)
+    # position t predicts label t + 1 (as transformers' ForCausalLMLoss)
+    t = torch.nn.functional.pad(target[..., 1:], (0, 1), value=ignore_index)
+    return input.reshape(-1, input.shape[-1]), t.reshape(-1).to(torch.int64)
 
 
 def _check_weight(weight: Tensor | None, C: int) -> None:
@@ -138,6 +268,37 @@ def _check_weight(weight: Tensor | None, C: int) -> None:
         raise ValueError(
             f"weight must have shape ({C},) (one per class), got {tuple(weight.shape)}"
         )
+
+
+def _with_reduction(opts: CrossEntropyOptions, red: Reduction) -> CrossEntropyOptions:
+    import dataclasses
+
+    return dataclasses.replace(opts, reduction=red, normalizer=None)
+
+
+def _rows_2d(
+    x: Tensor, t: Tensor, weight: Tensor | None, opts: CrossEntropyOptions, impl: str,
+    norm_t: Tensor | None, prob: bool,
+) -> tuple[Tensor, Tensor]:
+    """(out, lse) of 2-D rows on the chosen implementation."""
+    if impl == "triton":
+        o = opts if norm_t is None else _with_reduction(opts, Reduction.SUM)
+        out, lse = _triton().cross_entropy_2d(x, t, weight, o)
+        return (out if norm_t is None else out / norm_t.to(out.dtype)), lse
+    if impl == "cpu" and not prob:
+        xk = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        need = xk.requires_grad and torch.is_grad_enabled()
+        o = opts if norm_t is None else _with_reduction(opts, Reduction.SUM)
+        out, lse, _ = _ops.cross_entropy_index_call(xk, t, weight, *_ops.pieces(o), need)
+        return (out if norm_t is None else out / norm_t.to(out.dtype)), lse
+    cdt = _ref_dtype(x)
+    tt = t.to(cdt) if prob else t
+    w = None if weight is None else weight.to(cdt)
+    # TwoSum only where nothing was widened (float32 in float64 needs no correction)
+    loss, lse = categorical_rows(x.to(cdt), tt, w, opts, compensate=x.dtype == cdt)
+    omega = row_weights(tt, w, opts, x.shape[1], cdt) if opts.reduction is Reduction.MEAN \
+        else None
+    return reduce_rows(loss, omega, opts, norm_t), lse
 
 
 def cross_entropy(
@@ -154,6 +315,9 @@ def cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     return_lse: bool = False,
+    normalizer: float | Tensor | None = None,
+    shift: bool = False,
+    impl: str = "auto",
 ) -> Any:
     r"""Cross-entropy between logits and class indices or class probabilities (as torch's).
 
@@ -167,10 +331,22 @@ def cross_entropy(
     the number of rows for probability targets (torch's rule); a batch with every target
     ignored gives NaN, as in torch.  The result is divided by :math:`\ln(\text{base})`.
 
-    Parameters are those of :func:`torch.nn.functional.cross_entropy`, plus ``base``,
-    ``z_loss``, ``softcap`` and ``return_lse`` (then ``(loss, lse)`` is returned, lse with
-    the batch shape).  On the CPU, index targets go to the fused kernel, which computes the
-    gradient in the forward pass; backward only scales it.
+    Parameters are those of :func:`torch.nn.functional.cross_entropy`, plus:
+
+    * ``base``, ``z_loss``, ``softcap``; ``return_lse`` (then ``(loss, lse)`` is returned,
+      lse with the batch shape);
+    * ``normalizer``: 'sum' or 'mean' divide the summed loss by it (a number, or a 0-d
+      tensor: no host synchronisation, no recompilation per value);
+    * ``shift=True``: next-token prediction on ``(..., T, C)`` logits (class axis *last*)
+      and labels ``(..., T)``: position t is scored against label t + 1, the last position
+      of each sequence is ignored (the labels are shifted, the logits never copied);
+    * ``impl``: ``"auto"`` (the Triton kernels for CUDA tensors when they can run, with a
+      one-time warning when they cannot; the CPU path otherwise), ``"triton"`` (the kernels,
+      or an error saying why not; CPU tensors run in the Triton interpreter when
+      ``TRITON_INTERPRET=1``), ``"torch"`` (the pure-torch reference, float64 on the CPU)
+      or ``"cpu"`` (the fused numba kernel for index targets, which computes the gradient
+      in the forward pass).  Under ``torch.func`` transforms every implementation but
+      ``"triton"`` runs the reference.
 
     Examples
     --------
@@ -182,53 +358,36 @@ def cross_entropy(
     >>> loss, lse = cet.cross_entropy(x, torch.tensor([0]), return_lse=True)
     >>> round(float(lse[0]), 6)
     9.802309
+    >>> logits = torch.zeros(1, 3, 4, dtype=torch.float64)  # (B, T, C)
+    >>> float(cet.cross_entropy(logits, torch.tensor([[5, 1, 2]]), shift=True))  # log 4
+    1.3862943611198906
     """
     reduction = _legacy_reduction(size_average, reduce, reduction)
-    red, eps, zl, cap, scale = _options(reduction, label_smoothing, z_loss, softcap, base)
-    gpu = _gpu_kernel("cross_entropy", input)
-    if gpu is not None:
-        return gpu(
-            input, target, weight, ignore_index=ignore_index, reduction=reduction,
-            label_smoothing=label_smoothing, base=base, z_loss=z_loss, softcap=softcap,
-            return_lse=return_lse,
-        )
-    x, t, batch, prob = _flatten(input, target)
+    norm_n, norm_t = _split_normalizer(normalizer, reduction)
+    opts = _ce_options(reduction, ignore_index, label_smoothing, z_loss, softcap, base, norm_n)
+    impl = _check_impl(impl)
+    if shift:
+        x, t = _shifted(input, target, ignore_index)
+        batch, prob = tuple(target.shape), False
+    else:
+        x, t, batch, prob = _flatten(input, target)
     if prob and ignore_index != -100:
         raise ValueError("ignore_index is not supported for probability targets (as in torch)")
     C = x.shape[1]
     _check_weight(weight, C)
     out_dtype = _out_dtype(input)
-    if not prob and _eager():
-        _ops.check_index_target(target, C, ignore_index)
-    with torch.autocast(input.device.type, enabled=False):
-        if not prob and x.device.type == "cpu":
-            xk = x if x.dtype in (torch.float32, torch.float64) else x.float()
-            need = xk.requires_grad and torch.is_grad_enabled()
-            out, lse, _ = torch.ops.crossentropy.cross_entropy_index(
-                xk, t, weight, ignore_index, eps, zl, cap, scale, red, need
-            )
-        else:
-            cdt = torch.float64 if x.device.type == "cpu" else torch.float32
-            if x.dtype == torch.float64:
-                cdt = torch.float64
-            loss, lse = reference_rows(
-                x.to(cdt), t, prob=prob, weight=weight, ignore_index=ignore_index,
-                label_smoothing=eps, z_loss=zl, softcap=cap,
-            )
-            if red == 0:
-                out = loss * scale
-            elif red == 1:
-                out = loss.sum() * scale
-            elif prob:
-                out = loss.sum() * scale / x.shape[0]  # torch: probability targets / N
-            else:
-                counted = t != ignore_index
-                wy = counted.to(cdt)
-                if weight is not None:
-                    wy = weight.to(cdt)[torch.where(counted, t, 0)] * wy
-                out = loss.sum() * scale / wy.sum()
-    out = out.to(out_dtype)
-    if red == 0:
+    which = _resolve_impl(impl, x, "cross_entropy", t, weight)
+    # the CPU operator checks 2-D targets itself (same positions): no second pass
+    own_check = which == "cpu" and input.dim() == 2 and not shift
+    if not prob and not own_check and _real(x, target):
+        # with shift=True the first label of each sequence is never a target
+        used = target[..., 1:] if shift else target
+        _ops.check_index_target(used, C, ignore_index, last_offset=1 if shift else 0)
+    with _no_autocast(input):
+        out, lse = _rows_2d(x, t, weight, opts, which, norm_t, prob)
+    if out.dtype != out_dtype:
+        out = out.to(out_dtype)
+    if opts.reduction is Reduction.NONE:
         out = out.reshape(batch)
     if return_lse:
         return out, lse.to(out_dtype).reshape(batch)
@@ -238,38 +397,57 @@ def cross_entropy(
 # --------------------------------------------------------------------------- binary
 
 
+@functools.lru_cache(maxsize=64)
+def _binary_options(reduction: str, base: Any, kinds: tuple[type, type]) -> BinaryOptions:
+    return BinaryOptions.create(reduction=reduction, base=base, semantics="torch")
+
+
 def _binary_prep(
-    input: Tensor, target: Tensor, reduction: str, base: Any
-) -> tuple[Tensor, Tensor, float, torch.dtype]:
-    if reduction not in _ops.REDUCTIONS:
-        raise ValueError(f"reduction must be one of 'none', 'mean', 'sum'; got {reduction!r}")
+    input: Tensor, target: Tensor, reduction: str, base: Any, impl: str, name: str
+) -> tuple[Tensor, Tensor, BinaryOptions, torch.dtype]:
+    try:
+        if torch.compiler.is_compiling():
+            raise TypeError  # traced once per graph: no cache
+        opts = _binary_options(reduction, base, (type(reduction), type(base)))
+    except TypeError:
+        opts = BinaryOptions.create(reduction=reduction, base=base, semantics="torch")
+    impl = _check_impl(impl)
+    if impl == "triton":
+        raise _triton().TritonUnavailable(
+            f"crossentropy.torch.{name}(impl='triton'): there is no Triton kernel for the "
+            "binary losses (elementwise: the torch path is already one fused pass); use "
+            "impl='auto' or 'torch'")
+    if impl == "cpu" and input.device.type not in ("cpu", "meta"):
+        raise ValueError(f"impl='cpu' needs CPU tensors; the input is on {input.device}")
     if target.shape != input.shape:
         raise ValueError(
             f"target must have the shape of input {tuple(input.shape)}, got "
             f"{tuple(target.shape)}"
         )
     out_dtype = _out_dtype(input)
-    cdt = torch.float64 if input.dtype == torch.float64 else torch.float32
-    return input.to(cdt), target.to(cdt), log_scale(base), out_dtype
+    cdt = torch.float64 if (input.dtype == torch.float64 or input.device.type == "cpu") \
+        else torch.float32
+    return input.to(cdt), target.to(cdt), opts, out_dtype
 
 
 def _binary_finish(
-    loss: Tensor, weight: Tensor | None, reduction: str, scale: float, dtype: torch.dtype
+    loss: Tensor, weight: Tensor | None, opts: BinaryOptions, dtype: torch.dtype
 ) -> Tensor:
     if weight is not None:
         loss = loss * weight.to(loss.dtype)
-    if reduction == "sum":
+    if opts.reduction is Reduction.SUM:
         loss = loss.sum()
-    elif reduction == "mean":
-        loss = loss.mean()
-    if scale != 1.0:
-        loss = loss * scale
+    elif opts.reduction is Reduction.MEAN:
+        loss = loss.mean()  # NaN for no elements, as torch
+    if opts.scale != 1.0:
+        loss = loss * opts.scale
     return loss.to(dtype)
 
 
 def _term(coef: Tensor, value: Tensor) -> Tensor:
     """coef * value, exactly 0 where coef is 0 (a label with no mass adds nothing)."""
-    return torch.where(coef == 0, torch.zeros_like(value), coef * value)
+    safe = torch.where(coef == 0, torch.zeros_like(value), value)  # no 0 * inf in grad
+    return coef * safe
 
 
 def binary_cross_entropy_with_logits(
@@ -282,6 +460,7 @@ def binary_cross_entropy_with_logits(
     pos_weight: Tensor | None = None,
     *,
     base: float | None = None,
+    impl: str = "auto",
 ) -> Tensor:
     r"""Binary cross-entropy from logits (as torch's), with no underflow to 0.
 
@@ -289,7 +468,8 @@ def binary_cross_entropy_with_logits(
               \qquad \operatorname{softplus}(x) = -\log\sigma(-x)
 
     (p the pos_weight).  Two non-negative terms: no cancellation, so ``x = -40, y = 0``
-    gives 4.25e-18 where torch gives 0.
+    gives 4.25e-18 where torch gives 0.  ``impl`` is accepted for symmetry: every choice
+    but ``"triton"`` (which raises: there is no kernel) runs the same torch operations.
 
     Examples
     --------
@@ -300,13 +480,14 @@ def binary_cross_entropy_with_logits(
     4.248354255291589e-18
     """
     reduction = _legacy_reduction(size_average, reduce, reduction)
-    x, y, scale, dtype = _binary_prep(input, target, reduction, base)
-    with torch.autocast(input.device.type, enabled=False):
+    x, y, opts, dtype = _binary_prep(input, target, reduction, base, impl,
+                                     "binary_cross_entropy_with_logits")
+    with _no_autocast(input):
         py = y if pos_weight is None else pos_weight.to(x.dtype) * y
         logsig = torch.nn.functional.logsigmoid
         # softplus(-x) = -log sigmoid(x),  softplus(x) = -log sigmoid(-x)
         loss = _term(py, -logsig(x)) + _term(1.0 - y, -logsig(-x))
-        return _binary_finish(loss, weight, reduction, scale, dtype)
+        return _binary_finish(loss, weight, opts, dtype)
 
 
 def binary_cross_entropy(
@@ -318,6 +499,7 @@ def binary_cross_entropy(
     reduction: str = "mean",
     *,
     base: float | None = None,
+    impl: str = "auto",
 ) -> Tensor:
     r"""Binary cross-entropy from probabilities (as torch's), without the log clamp at -100.
 
@@ -325,7 +507,8 @@ def binary_cross_entropy(
               \frac{\partial\ell}{\partial q} = \frac{1-y}{1-q} - \frac{y}{q}
 
     A term whose coefficient is 0 adds exactly 0 (q = 0, y = 0 gives 0 and gradient 1).
-    ``q = 1e-300, y = 1`` gives 690.78 (torch: 100).
+    ``q = 1e-300, y = 1`` gives 690.78 (torch: 100).  ``impl`` as for
+    :func:`binary_cross_entropy_with_logits`.
 
     Examples
     --------
@@ -336,8 +519,9 @@ def binary_cross_entropy(
     690.7755278982137
     """
     reduction = _legacy_reduction(size_average, reduce, reduction)
-    q, y, scale, dtype = _binary_prep(input, target, reduction, base)
-    if _eager():
+    q, y, opts, dtype = _binary_prep(input, target, reduction, base, impl,
+                                     "binary_cross_entropy")
+    if _real(input):
         bad = (q < 0) | (q > 1)
         if bool(bad.any()):
             flat = int(torch.nonzero(bad.reshape(-1))[0, 0])
@@ -345,7 +529,7 @@ def binary_cross_entropy(
                 f"input must hold probabilities in [0, 1]; element {flat} (flat index) is "
                 f"{float(q.reshape(-1)[flat])!r}"
             )
-    with torch.autocast(input.device.type, enabled=False):
+    with _no_autocast(input):
         ny = 1.0 - y
         one = torch.ones_like(q)
         # the log's argument is replaced by 1 where its coefficient is 0, so that neither
@@ -353,10 +537,46 @@ def binary_cross_entropy(
         lq = torch.log(torch.where(y == 0, one, q))
         l1q = torch.log1p(-torch.where(ny == 0, torch.zeros_like(q), q))
         loss = -(_term(y, lq) + _term(ny, l1q))
-        return _binary_finish(loss, weight, reduction, scale, dtype)
+        return _binary_finish(loss, weight, opts, dtype)
 
 
 # --------------------------------------------------------------------------- linear
+
+
+class LinearCrossEntropyOutput(NamedTuple):
+    """What :func:`linear_cross_entropy` returns when per-token outputs are asked for.
+
+    ``loss`` (reduced as asked), ``lse`` (per token), ``logprobs`` (per token
+    ``log softmax(z / temperature)_y``, 0 at ignored positions) and ``entropy`` (per token
+    entropy of ``softmax(z / temperature)``); a field not asked for is None.  All in the
+    loss's unit (``base``) and differentiable.
+    """
+
+    loss: Tensor
+    lse: Tensor | None
+    logprobs: Tensor | None
+    entropy: Tensor | None
+
+
+def _check_linear(input: Tensor, linear_weight: Tensor, linear_bias: Tensor | None,
+                  ) -> tuple[int, int, tuple[int, ...]]:
+    if input.dim() < 1:
+        raise ValueError(f"input must have shape (..., in_features), got {tuple(input.shape)}")
+    if linear_weight.dim() < 2:
+        raise ValueError("linear_weight must have shape (C, in_features) or "
+                         f"(C, d1, ..., in_features), got {tuple(linear_weight.shape)}")
+    D = input.shape[-1]
+    if linear_weight.shape[-1] != D:
+        raise ValueError(f"input has in_features={D} but linear_weight has "
+                         f"{linear_weight.shape[-1]}")
+    C = linear_weight.shape[0]
+    out_features = tuple(linear_weight.shape[1:-1])
+    if linear_bias is not None and tuple(linear_bias.shape) != (C, *out_features):
+        raise ValueError(f"linear_bias must have shape {(C, *out_features)}, got "
+                         f"{tuple(linear_bias.shape)}")
+    if out_features and input.dim() != 2:
+        raise ValueError("a K-dimensional linear_weight needs input of shape (N, in_features)")
+    return D, C, out_features
 
 
 def linear_cross_entropy(
@@ -374,20 +594,38 @@ def linear_cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     return_lse: bool = False,
+    normalizer: float | Tensor | None = None,
+    shift: bool = False,
+    chunks: ChunkPlan | None = None,
+    temperature: float = 1.0,
+    return_logprobs: bool = False,
+    return_entropy: bool = False,
+    impl: str = "auto",
 ) -> Any:
     r"""``cross_entropy(input @ linear_weight.T + linear_bias, target, ...)`` without the logits.
 
     .. math:: z = h W^\top + b, \qquad \ell_i = \text{cross\_entropy}(z_i, y_i)
 
     Same signature and semantics as torch 2.13's ``F.linear_cross_entropy``
-    (``ignore_index=None`` means -100 for index targets).  The (N, V) logits are never
-    materialised: tokens are processed in chunks (``options.batch_chunk_size`` when given,
-    else about 32 MiB of logits per chunk), each chunk's gradient is computed by the fused
-    kernel and multiplied straight into grad_input and grad_weight, accumulated in float32
-    for bfloat16 inputs.  ``reduction='none'`` recomputes the chunks in backward, so the
-    weight gradient is right for any per-row upstream gradient.  Probability targets and
-    K-dimensional ``linear_weight`` (shape (C, d1, ..., in_features)) compute the logits
-    and call :func:`cross_entropy`.
+    (``ignore_index=None`` means -100 for index targets), with ``input`` of any shape
+    ``(..., in_features)`` and ``target`` ``(...)``.  The (N, V) logits are never
+    materialised: tokens are processed in chunks (``options.batch_chunk_size`` or
+    ``chunks.rows`` when given, else about 32 MiB of logits per chunk), and the vocabulary is
+    cut into slices when ``chunks.vocab`` is set or 16 rows do not fit the budget
+    (:class:`~crossentropy.torch.ChunkPlan`).  Each chunk's gradient is computed by the
+    fused kernel and multiplied straight into grad_input and grad_weight (float32
+    accumulation for bf16).  ``reduction='none'`` recomputes the chunks in backward.
+    Probability targets and K-dimensional ``linear_weight`` (shape (C, d1, ..., in_features))
+    compute the logits and call :func:`cross_entropy`.
+
+    Extra keywords: ``base``, ``z_loss``, ``softcap``, ``return_lse``, ``normalizer``,
+    ``shift`` and ``impl`` as in :func:`cross_entropy` (``shift=True`` takes hidden states
+    ``(..., T, in_features)`` and labels ``(..., T)``).  For reinforcement learning:
+    ``temperature`` (every output is that of ``softmax(softcap(z) / temperature)``),
+    ``return_logprobs`` and ``return_entropy``: then a :class:`LinearCrossEntropyOutput`
+    ``(loss, lse, logprobs, entropy)`` is returned, per-token fields with the target's shape,
+    each differentiable (these run the pure-torch reference chunk by chunk under activation
+    checkpointing, so the logits of one chunk exist at a time, in forward and backward).
 
     Examples
     --------
@@ -398,75 +636,183 @@ def linear_cross_entropy(
     >>> loss = cet.linear_cross_entropy(h, W, torch.tensor([0, 2]), reduction="none")
     >>> [round(v, 6) for v in loss.tolist()]  # log(e^2 + 2) - 2 and log(e^2 + 2) - 0
     [0.239545, 2.239545]
+    >>> out = cet.linear_cross_entropy(h, W, torch.tensor([0, 2]), return_entropy=True,
+    ...                                return_logprobs=True)
+    >>> [round(v, 6) for v in out.logprobs.tolist()]
+    [-0.239545, -2.239545]
     """
-    red, eps, zl, cap, scale = _options(reduction, label_smoothing, z_loss, softcap, base)
-    if input.dim() not in (1, 2):
-        raise ValueError(f"input must have shape (in_features) or (N, in_features), got "
-                         f"{tuple(input.shape)}")
-    if linear_weight.dim() < 2:
-        raise ValueError("linear_weight must have shape (C, in_features) or "
-                         f"(C, d1, ..., in_features), got {tuple(linear_weight.shape)}")
-    D = input.shape[-1]
-    if linear_weight.shape[-1] != D:
-        raise ValueError(f"input has in_features={D} but linear_weight has "
-                         f"{linear_weight.shape[-1]}")
-    C = linear_weight.shape[0]
-    out_features = tuple(linear_weight.shape[1:-1])
-    if linear_bias is not None and tuple(linear_bias.shape) != (C, *out_features):
-        raise ValueError(f"linear_bias must have shape {(C, *out_features)}, got "
-                         f"{tuple(linear_bias.shape)}")
-    if out_features and input.dim() == 1:
-        raise ValueError("a K-dimensional linear_weight needs batched input (N, in_features)")
+    norm_n, norm_t = _split_normalizer(normalizer, reduction)
+    ii = -100 if ignore_index is None else ignore_index
+    impl = _check_impl(impl)
+    tau = _check_temperature(temperature)
+    rl = return_logprobs or return_entropy or tau != 1.0
+    D, C, out_features = _check_linear(input, linear_weight, linear_bias)
     logits_shape = (*input.shape[:-1], C, *out_features)
-    prob = tuple(target.shape) == logits_shape
+    prob = not shift and tuple(target.shape) == logits_shape and target.is_floating_point()
     if prob and ignore_index is not None:
         raise ValueError("ignore_index cannot be given when target holds probabilities")
-    ii = -100 if ignore_index is None else int(ignore_index)
-    extra: dict[str, Any] = {"base": base, "z_loss": z_loss, "softcap": softcap,
-                             "return_lse": return_lse}
-    gpu = _gpu_kernel("linear_cross_entropy", input)
-    if gpu is not None:
-        return gpu(
-            input, linear_weight, target, linear_bias=linear_bias, weight=weight,
-            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
-            options=options, **extra,
-        )
-    if prob or out_features:
+    if (prob or out_features) and not rl:
         # materialise the logits (documented): the chunked path takes index targets
         W2 = linear_weight.reshape(-1, D)
         b2 = None if linear_bias is None else linear_bias.reshape(-1)
         logits = torch.nn.functional.linear(input, W2, b2).reshape(logits_shape)
         return cross_entropy(logits, target, weight, ignore_index=ii, reduction=reduction,
-                             label_smoothing=label_smoothing, **extra)
+                             label_smoothing=label_smoothing, base=base, z_loss=z_loss,
+                             softcap=softcap, return_lse=return_lse, normalizer=normalizer,
+                             impl=impl)
+    if prob or out_features:
+        raise ValueError("temperature, return_logprobs and return_entropy take index targets "
+                         "and a 2-D linear_weight")
+    opts = _ce_options(reduction, ii, label_smoothing, z_loss, softcap, base, norm_n)
     _check_weight(weight, C)
-    if target.is_floating_point() or target.dtype == torch.bool:
-        raise TypeError(f"target holds class indices, so it must be an integer tensor; got "
-                        f"dtype {target.dtype}")
-    batch = tuple(input.shape[:-1])
-    if tuple(target.shape) != batch:
-        raise ValueError(f"target must have shape {batch}, got {tuple(target.shape)}")
+    _check_index_dtype(target, input)
+    if shift:
+        if input.dim() < 2 or tuple(target.shape) != tuple(input.shape[:-1]):
+            raise ValueError(
+                f"shift=True takes hidden states (..., T, in_features) and labels (..., T); "
+                f"got input {tuple(input.shape)} and target {tuple(target.shape)}")
+        t = torch.nn.functional.pad(target[..., 1:], (0, 1), value=ii)  # label t+1 at t
+    else:
+        if tuple(target.shape) != tuple(input.shape[:-1]):
+            raise ValueError(f"target must have shape {tuple(input.shape[:-1])}, got "
+                             f"{tuple(target.shape)}")
+        t = target
+    batch = tuple(target.shape)
+    t = t.reshape(-1)
+    if t.dtype != torch.int64:
+        t = t.to(torch.int64)
     out_dtype = _out_dtype(input)
     h, Wm, b = input.reshape(-1, D), linear_weight, linear_bias
-    if torch.is_autocast_enabled(input.device.type):
+    if input.device.type != "meta" and torch.is_autocast_enabled(input.device.type):
         adt = torch.get_autocast_dtype(input.device.type)
         h, Wm = h.to(adt), Wm.to(adt)
         b = None if b is None else b.to(adt)
         out_dtype = torch.float32 if adt in _LOW else out_dtype
-    t = target.reshape(-1).to(torch.int64)
-    if _eager():
-        _ops.check_index_target(target, C, ii)
-    N = h.shape[0]
-    chunk = getattr(options, "batch_chunk_size", None) or _ops.default_chunk_rows(N, C)
-    grad_on = torch.is_grad_enabled()
-    with torch.autocast(input.device.type, enabled=False):
-        out, lse, *_ = torch.ops.crossentropy.linear_cross_entropy(
-            h, Wm, t, b, weight, ii, eps, zl, cap, scale, red, int(chunk),
-            h.requires_grad and grad_on, Wm.requires_grad and grad_on,
-            b is not None and b.requires_grad and grad_on,
-        )
+    if _real(h, target):
+        used = target[..., 1:] if shift else target
+        _ops.check_index_target(used, C, ii, last_offset=1 if shift else 0)
+    which = _resolve_impl(impl, h, "linear_cross_entropy", Wm, t, b, weight)
+    cdt = torch.float32 if h.dtype in _LOW else h.dtype
+    rows = getattr(options, "batch_chunk_size", None)
+    plan = chunks if chunks is not None else ChunkPlan()
+    if rows is not None and plan.rows is None:
+        plan = ChunkPlan(int(rows), plan.vocab, plan.budget_bytes)
+    plan = resolve_plan(plan, h.shape[0], C, cdt)
+    extras: tuple[Tensor | None, ...] = ()
+    with _no_autocast(input):
+        if rl:
+            out, lse, lp, ent = _linear_rl(h, Wm, b, t, weight, opts, plan, tau, norm_t,
+                                           return_logprobs, return_entropy)
+            extras = (lp, ent)
+        elif which == "triton":
+            o = opts if norm_t is None else _with_reduction(opts, Reduction.SUM)
+            out, lse = _triton().linear_cross_entropy_2d(h, Wm, b, t, weight, o)
+            if norm_t is not None:
+                out = out / norm_t.to(out.dtype)
+        elif which == "torch":
+            out, lse = _linear_reference(h, Wm, b, t, weight, opts, plan, norm_t)
+        else:
+            out, lse = _linear_op(h, Wm, b, t, weight, opts, plan, norm_t)
     out = out.to(out_dtype)
-    if red == 0:
+    if opts.reduction is Reduction.NONE:
         out = out.reshape(batch)
+    lse_out = lse.to(out_dtype).reshape(batch)
+    if rl:
+        lp, ent = (None if e is None else e.to(out_dtype).reshape(batch) for e in extras)
+        return LinearCrossEntropyOutput(out, lse_out if return_lse else None, lp, ent)
     if return_lse:
-        return out, lse.to(out_dtype).reshape(batch)
+        return out, lse_out
     return out
+
+
+def _check_temperature(temperature: Any) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature must be a real number > 0, got {temperature!r}")
+    tau = float(temperature)
+    if not (math.isfinite(tau) and tau > 0.0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    return tau
+
+
+def _linear_op(h: Tensor, Wm: Tensor, b: Tensor | None, t: Tensor, weight: Tensor | None,
+               opts: CrossEntropyOptions, plan: ChunkPlan, norm_t: Tensor | None,
+               ) -> tuple[Tensor, Tensor]:
+    """The chunked custom operator (CPU kernel on the CPU, torch row functions elsewhere)."""
+    grad_on = torch.is_grad_enabled()
+    o = opts if norm_t is None else _with_reduction(opts, Reduction.SUM)
+    out, lse, *_ = torch.ops.crossentropy.linear_cross_entropy(
+        h, Wm, t, b, weight, *_ops.pieces(o), int(plan.rows or 1), int(plan.vocab or 0),
+        h.requires_grad and grad_on, Wm.requires_grad and grad_on,
+        b is not None and b.requires_grad and grad_on,
+    )
+    return (out if norm_t is None else out / norm_t.to(out.dtype)), lse
+
+
+def _chunk_logits(hc: Tensor, Wm: Tensor, b: Tensor | None) -> Tensor:
+    """One chunk's logits in the matmul dtype, then float64 on the CPU for the row math."""
+    mdt = torch.float32 if hc.dtype in _LOW else hc.dtype
+    z = torch.nn.functional.linear(hc.to(mdt), Wm.to(mdt), None if b is None else b.to(mdt))
+    return z.to(_ref_dtype(z))
+
+
+def _linear_reference(h: Tensor, Wm: Tensor, b: Tensor | None, t: Tensor,
+                      weight: Tensor | None, opts: CrossEntropyOptions, plan: ChunkPlan,
+                      norm_t: Tensor | None) -> tuple[Tensor, Tensor]:
+    """impl='torch': the reference, chunk by chunk (checkpointed when grad is on)."""
+    out, lse, _, _ = _linear_rl(h, Wm, b, t, weight, opts, plan, 1.0, norm_t, False, False)
+    return out, lse
+
+
+def _linear_rl(
+    h: Tensor, Wm: Tensor, b: Tensor | None, t: Tensor, weight: Tensor | None,
+    opts: CrossEntropyOptions, plan: ChunkPlan, tau: float, norm_t: Tensor | None,
+    want_lp: bool, want_ent: bool,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Loss, lse, target log-probabilities and entropies of softmax(softcap(z) / tau),
+    chunk by chunk with the pure-torch reference; each chunk is checkpointed, so backward
+    recomputes its logits instead of keeping them."""
+    import dataclasses
+
+    from torch.utils.checkpoint import checkpoint
+
+    cdt = _ref_dtype(h)
+    comp = cdt == (torch.float32 if h.dtype in _LOW else h.dtype)  # nothing widened
+    w = None if weight is None else weight.to(cdt)
+    plain = dataclasses.replace(CrossEntropyOptions(), ignore_index=opts.ignore_index,
+                                softcap=opts.softcap, reduction=Reduction.NONE)
+
+    def rows(hc: Tensor, tc: Tensor) -> tuple[Tensor, ...]:
+        z = _chunk_logits(hc, Wm, b)
+        loss, lse = categorical_rows(z, tc, w, opts, temperature=tau, compensate=comp)
+        outs = [loss, lse]
+        if want_lp:
+            nll, _ = categorical_rows(z, tc, None, plain, temperature=tau, compensate=comp)
+            outs.append(-nll)
+        if want_ent:
+            outs.append(entropy_rows(z, opts.softcap, tau, comp))
+        return tuple(outs)
+
+    # checkpointing keeps one chunk's logits; under torch.func the transform owns the graph
+    grad = torch.is_grad_enabled() and not _transformed(h, Wm, b) and any(
+        x is not None and x.requires_grad for x in (h, Wm, b))
+    pieces: list[tuple[Tensor, ...]] = []
+    N = h.shape[0]
+    step = plan.rows or max(1, N)
+    for s in range(0, max(N, 1), step):
+        hc, tc = h[s:s + step], t[s:s + step]
+        if grad and N > step:
+            pieces.append(checkpoint(rows, hc, tc, use_reentrant=False))
+        else:
+            pieces.append(rows(hc, tc))
+    cols = [torch.cat([p[i] for p in pieces]) for i in range(len(pieces[0]))]
+    loss, lse = cols[0], cols[1]
+    omega = row_weights(t, w, opts, Wm.shape[0], cdt) if opts.reduction is Reduction.MEAN \
+        else None
+    out = reduce_rows(loss, omega, opts, norm_t)
+    i = 2
+    lp = ent = None
+    if want_lp:
+        lp, i = cols[i] * opts.scale, i + 1
+    if want_ent:
+        ent = cols[i] * opts.scale
+    return out, lse, lp, ent

@@ -1,8 +1,8 @@
 """Loss modules: subclasses of torch's, whose forward calls :mod:`crossentropy.torch.functional`.
 
 They take the same constructor arguments as torch's modules (so state dicts, ``isinstance``
-checks and ``repr`` are unchanged) plus the keyword-only options ``base``, ``z_loss`` and
-``softcap`` where they apply.
+checks and ``repr`` are unchanged) plus the keyword-only options ``base``, ``z_loss``,
+``softcap`` where they apply, and ``impl`` (see :func:`crossentropy.torch.cross_entropy`).
 """
 
 from __future__ import annotations
@@ -41,15 +41,16 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
         base: float | None = None,
         z_loss: float = 0.0,
         softcap: float | None = None,
+        impl: str = "auto",
     ) -> None:
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
-        self.base, self.z_loss, self.softcap = base, z_loss, softcap
+        self.base, self.z_loss, self.softcap, self.impl = base, z_loss, softcap, impl
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         out: Tensor = F.cross_entropy(
             input, target, self.weight, ignore_index=self.ignore_index,
             reduction=self.reduction, label_smoothing=self.label_smoothing, base=self.base,
-            z_loss=self.z_loss, softcap=self.softcap,
+            z_loss=self.z_loss, softcap=self.softcap, impl=self.impl,
         )
         return out
 
@@ -73,13 +74,15 @@ class BCELoss(torch.nn.BCELoss):
         reduction: str = "mean",
         *,
         base: float | None = None,
+        impl: str = "auto",
     ) -> None:
         super().__init__(weight, size_average, reduce, reduction)
-        self.base = base
+        self.base, self.impl = base, impl
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy(
-            input, target, self.weight, reduction=self.reduction, base=self.base
+            input, target, self.weight, reduction=self.reduction, base=self.base,
+            impl=self.impl,
         )
 
 
@@ -104,14 +107,15 @@ class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
         pos_weight: Tensor | None = None,
         *,
         base: float | None = None,
+        impl: str = "auto",
     ) -> None:
         super().__init__(weight, size_average, reduce, reduction, pos_weight)
-        self.base = base
+        self.base, self.impl = base, impl
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(
             input, target, self.weight, reduction=self.reduction,
-            pos_weight=self.pos_weight, base=self.base,
+            pos_weight=self.pos_weight, base=self.base, impl=self.impl,
         )
 
 
@@ -138,10 +142,11 @@ class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
         base: float | None = None,
         z_loss: float = 0.0,
         softcap: float | None = None,
+        impl: str = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(in_features, num_classes, **kwargs)
-        self.base, self.z_loss, self.softcap = base, z_loss, softcap
+        self.base, self.z_loss, self.softcap, self.impl = base, z_loss, softcap, impl
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         linear_weight = self.linear.weight.reshape(
@@ -154,6 +159,6 @@ class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
             input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
             reduction=self.reduction, ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing, options=self.options, base=self.base,
-            z_loss=self.z_loss, softcap=self.softcap,
+            z_loss=self.z_loss, softcap=self.softcap, impl=self.impl,
         )
         return out

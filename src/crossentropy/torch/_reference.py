@@ -1,0 +1,456 @@
+r"""The one pure-torch categorical cross-entropy: fallback, oracle, and what torch.func sees.
+
+Every option of the kernels (soft cap, temperature, label smoothing, class weights,
+``ignore_index``, z-loss) in the *log1p form* of the NumPy core, with an explicit exact
+gradient in a :class:`torch.autograd.Function` (``setup_context`` + ``generate_vmap_rule``, so
+``torch.func.grad``, ``jacrev`` and ``vmap`` work) whose backward is itself written in
+differentiable torch operations (second derivatives are exact too).
+
+For a row ``x`` (soft cap ``c``, temperature ``tau``):
+
+.. math::
+
+    z = c\tanh(x/c)/\tau, \quad m = \max_c z_c = z_k, \quad
+    s = \sum_{c\neq k} e^{z_c - m}, \quad L = \operatorname{log1p}(s), \quad
+    \mathrm{lse} = m + L,
+
+    \ell = \sum_c a_c\,\big((L - h_c) - l_c\big) + \zeta\,\mathrm{lse}^2, \qquad
+    a_c = w_c\,\big((1-\varepsilon) t_c + \varepsilon / C\big)
+
+where ``h_c + l_c = z_c - m`` exactly (``h_c = fl(z_c - m)``, ``l_c`` its rounding error,
+TwoSum) and ``e^{z_c - m} = e^{h_c}(1 + l_c)``.  Every term ``L``, ``-h_c``, ``-l_c``-corrected
+is ``>= 0``: a confident row (``x = [40, 0, 0]``, target 0) gives ``log1p(2 e^{-40}) =
+8.4967e-18`` where ``lse - z_y`` gives 0.  The gradient is
+
+.. math::
+
+    \frac{\partial \ell}{\partial z_c} = p_c W' - a_c \;(c \neq k), \qquad
+    \frac{\partial \ell}{\partial z_k} = \frac{(W' - a_k) - a_k s}{1 + s}, \qquad
+    W' = \textstyle\sum_c a_c + 2\zeta\,\mathrm{lse}
+
+(``p_k = 1/(1+s)``, written so that an index row with ``y = k`` has no cancellation), times
+``dz/dx = \operatorname{sech}^2(x/c) / \tau``.
+
+Public pieces (see ``docs/torch.md``): :func:`categorical_rows`, :func:`entropy_rows`,
+:func:`row_weights`, :func:`reduce_rows`, :func:`softcap_derivative`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from crossentropy._options import CrossEntropyOptions, Reduction
+
+__all__ = [
+    "categorical_rows",
+    "entropy_rows",
+    "reduce_rows",
+    "row_weights",
+    "softcap",
+    "softcap_derivative",
+]
+
+
+# --------------------------------------------------------------------------- soft cap
+
+
+def softcap(x: Tensor, cap: float | None) -> Tensor:
+    """``cap * tanh(x / cap)`` (Gemma 2 soft capping); `x` itself when cap is None."""
+    if cap is None:
+        return x
+    return torch.tanh(x / cap) * cap
+
+
+def softcap_derivative(x: Tensor, cap: float) -> Tensor:
+    r"""``d/dx [c tanh(x/c)] = sech^2(x/c)``, exactly.
+
+    .. math:: \operatorname{sech}^2 u = \frac{4 e^{-2|u|}}{(1 + e^{-2|u|})^2}
+
+    has no cancellation and no overflow (``(1 - t)(1 + t)`` with ``t = tanh u`` is off by 2x
+    at u = 9 in float32 and gives 0 at u = 12).
+
+    >>> import torch
+    >>> float(softcap_derivative(torch.tensor([12.0]), 1.0)[0])  # 4 e^-24 / (1 + e^-24)^2
+    1.5100537487100496e-10
+    """
+    t = torch.exp(-2.0 * torch.abs(x / cap))
+    return 4.0 * t / ((1.0 + t) * (1.0 + t))
+
+
+# --------------------------------------------------------------------------- the row decomposition
+
+
+class _Rows:
+    """The log1p decomposition of (N, C) logits (see the module docstring).
+
+    ``compensate`` adds the TwoSum error ``dl`` of ``z - m``: needed for float64 inputs;
+    float32 inputs computed in float64 have ``z - m`` rounded far below their final
+    rounding (then ``dl`` is None and counts as 0).
+    """
+
+    __slots__ = ("L", "bad", "dh", "dl", "e", "k", "lse", "m", "s", "z")
+
+    def __init__(self, x: Tensor, cap: float | None, temperature: float,
+                 compensate: bool = True) -> None:
+        z = softcap(x, cap)
+        if temperature != 1.0:
+            z = z / temperature
+        m, k = z.max(dim=1, keepdim=True)
+        # fl(z - m).  +inf logits share the mass equally (the limit of softmax([t, t, 0]) as
+        # t -> inf): with m = +inf, inf - inf = NaN becomes 0 (e^0 = 1 each) and every finite
+        # logit is -inf.  Rows of NaN or of all -inf give NaN here too; they are patched
+        # per row (`bad`) since nan_to_num cannot tell them apart.
+        dh = torch.nan_to_num(z - m, nan=0.0, posinf=math.inf, neginf=-math.inf)
+        dl: Tensor | None = None
+        if compensate:
+            # TwoSum (Knuth): z - m = dh + dl exactly; 0 where a term is not finite
+            bb = dh - z
+            dl = ((z - (dh - bb)) + (-m - bb)).nan_to_num_(0.0, 0.0, 0.0)
+            # e^{z_c - m} = e^{dh} (1 + dl) to within dl^2 / 2 (|dl| <= ulp(m) / 2)
+            e = torch.exp(dh) * (1.0 + dl)
+        else:
+            e = torch.exp(dh)
+        e = e.scatter(1, k, 0.0)  # one maximal element stays out of the sum
+        S = e.sum(dim=1, keepdim=True)
+        L = torch.log1p(S)
+        # a NaN row is NaN; a row of all -inf has no distribution (NaN loss, lse -inf)
+        bad = torch.isnan(m) | (m == -math.inf)
+        lse = torch.where(torch.isposinf(m), m, m + L)
+        self.z, self.m, self.k, self.dh, self.dl, self.bad = z, m, k, dh, dl, bad
+        self.e, self.s, self.L, self.lse = e, S, L, lse
+
+    def neg_log_p(self) -> Tensor:
+        """``-log softmax(z) = (L - dh) - dl``, every term >= 0 (one per class)."""
+        nl = self.L - self.dh
+        return nl if self.dl is None else nl - self.dl
+
+    def neg_log_p_at(self, idx: Tensor) -> Tensor:
+        """``-log softmax(z)`` at one column per row (`idx` [N, 1]), shape [N, 1]."""
+        nl = self.L - self.dh.gather(1, idx)
+        return nl if self.dl is None else nl - self.dl.gather(1, idx)
+
+    def probs(self) -> Tensor:
+        """``softmax(z)``: ``e_c / (1 + s)``, and ``1 / (1 + s)`` at the kept maximum."""
+        p = self.e / (1.0 + self.s)
+        return p.scatter(1, self.k, 1.0 / (1.0 + self.s))
+
+
+def _counted(target: Tensor, opts: CrossEntropyOptions) -> Tensor:
+    """[N, 1] bool: the rows that count (index targets not equal to ignore_index)."""
+    if target.dim() == 2 or opts.ignore_index is None:
+        return torch.ones((target.shape[0], 1), dtype=torch.bool, device=target.device)
+    return (target != opts.ignore_index).unsqueeze(1)
+
+
+def _prob_coefficients(target: Tensor, weight: Tensor | None, opts: CrossEntropyOptions,
+                       like: Tensor) -> Tensor:
+    """Dense ``a[i, c] = w_c t'_ic`` of probability rows, ``t' = (1 - eps) t + eps / C``."""
+    eps, C = opts.label_smoothing, like.shape[1]
+    t = target.to(like.dtype)
+    if eps:
+        t = t * (1.0 - eps) + eps / C  # label smoothing
+    if weight is not None:
+        t = t * weight.to(like.dtype)
+    return t
+
+
+def _weighted_nll(a: Tensor, nl: Tensor) -> Tensor:
+    """``sum_c a_c nl_c`` with ``0 * inf = 0`` (a class without target mass adds exactly 0)."""
+    return torch.where(a == 0, torch.zeros_like(nl), a * nl).sum(dim=1)
+
+
+def _index_parts(target: Tensor, weight: Tensor | None, opts: CrossEntropyOptions,
+                 like: Tensor, counted: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(safe target [N, 1], ``(1 - eps) w_y`` on counted rows [N, 1], w or None)."""
+    safe = torch.where(counted, target.unsqueeze(1), torch.zeros_like(target).unsqueeze(1))
+    w = None if weight is None else weight.to(like.dtype)
+    wy = torch.ones_like(safe, dtype=like.dtype) if w is None else w[safe]
+    ay = torch.where(counted, (1.0 - opts.label_smoothing) * wy, 0.0)
+    return safe, ay, w
+
+
+def _smooth_sum(nl: Tensor, w: Tensor | None) -> Tensor:
+    """``sum_c w_c nl_c`` [N] (0 * inf = 0 for a weight-0 class)."""
+    if w is None:
+        return nl.sum(dim=1)
+    return torch.where(w == 0, torch.zeros_like(nl), nl * w).sum(dim=1)
+
+
+def _forward_rows(
+    x: Tensor, target: Tensor, weight: Tensor | None, opts: CrossEntropyOptions,
+    temperature: float, compensate: bool = True,
+) -> tuple[Tensor, Tensor]:
+    r = _Rows(x, opts.softcap, temperature, compensate)
+    counted = _counted(target, opts)
+    eps = opts.label_smoothing
+    if target.dim() == 2:
+        loss = _weighted_nll(_prob_coefficients(target, weight, opts, r.z), r.neg_log_p())
+    else:
+        safe, ay, w = _index_parts(target, weight, opts, r.z, counted)
+        # (1 - eps) w_y [(m - z_y) + log1p(s)]; a weight-0 target adds 0 (even at inf)
+        loss = torch.where(ay == 0, 0.0, ay * r.neg_log_p_at(safe)).squeeze(1)
+        if eps:
+            # + eps / C * sum_c w_c (-log p_c)
+            sm = (eps / x.shape[1]) * _smooth_sum(r.neg_log_p(), w)
+            loss = loss + torch.where(counted.squeeze(1), sm, 0.0)
+    lse = r.lse.squeeze(1)
+    if opts.z_loss:
+        # PaLM z-loss: z_loss * lse^2 per counted row, not weighted by w_y
+        loss = loss + torch.where(counted.squeeze(1), opts.z_loss * lse * lse, 0.0)
+    bad = (r.bad & counted).squeeze(1)
+    loss = torch.where(bad, math.nan, loss)
+    return loss, lse
+
+
+def _grad_rows(
+    x: Tensor, target: Tensor, weight: Tensor | None, opts: CrossEntropyOptions,
+    temperature: float, g_loss: Tensor | None, g_lse: Tensor | None,
+    compensate: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """``g_loss d loss/dx + g_lse d lse/dx`` (and d loss/d target rows for probability targets)."""
+    r = _Rows(x, opts.softcap, temperature, compensate)
+    counted = _counted(target, opts)
+    N, C = r.z.shape
+    eps = opts.label_smoothing
+    gl = torch.zeros((N, 1), dtype=x.dtype, device=x.device) if g_loss is None \
+        else g_loss.unsqueeze(1).to(x.dtype)
+    gs = None if g_lse is None else g_lse.unsqueeze(1).to(x.dtype)
+    glc = torch.where(counted, gl, 0.0)  # ignored rows carry no loss gradient
+    prob = target.dim() == 2
+    # W = sum_c a_c and W - a_k, the latter summed from its own terms (W rounded first and
+    # a_k subtracted would cancel: with z-loss, (1 + 2 zeta lse) - 1 loses 2 zeta lse's digits)
+    if prob:
+        a = _prob_coefficients(target, weight, opts, r.z)
+        W = a.sum(dim=1, keepdim=True)
+        ak = a.gather(1, r.k)
+        w_minus = a.scatter(1, r.k, 0.0).sum(dim=1, keepdim=True)
+    else:
+        safe, ay, w = _index_parts(target, weight, opts, r.z, counted)
+        wtot = float(C) if w is None else w.sum()
+        W = torch.where(counted, ay + (eps / C) * wtot, 0.0)
+        wk = torch.ones_like(ay) if w is None else w[r.k]  # a tensor: keeps the dtype
+        k_is_y = r.k == safe
+        ak = torch.where(k_is_y, ay, 0.0) + torch.where(counted, (eps / C) * wk, 0.0)
+        # W - a_k = (1 - eps) w_y [k != y] + (eps / C)(sum_c w_c - w_k)
+        w_minus = torch.where(k_is_y, 0.0, ay)
+        if eps:
+            w_minus = w_minus + torch.where(counted, (eps / C) * (wtot - wk), 0.0)
+    if opts.z_loss:
+        zt = torch.where(counted, 2.0 * opts.z_loss * r.lse, 0.0)  # d zeta lse^2 = 2 zeta lse p
+        W = W + zt
+        w_minus = w_minus + zt
+    one_s = 1.0 + r.s
+    coef = glc * W if gs is None else glc * W + gs  # d lse / dz = p
+    # c != k: p_c coef - g a_c, p_c = e_c / (1 + s)
+    g = r.e * (coef / one_s)
+    if prob:
+        g = g - glc * a
+    else:
+        if eps:
+            sm = glc * (eps / C)
+            g = g - (sm if w is None else sm * w)
+        g = g.scatter_add(1, safe, -glc * ay)
+    # c = k: p_k = 1 / (1 + s), so p_k coef - g a_k = ((coef - g a_k) - g a_k s) / (1 + s)
+    # with coef - g a_k = g (W - a_k) (+ g_lse)
+    ck = glc * w_minus if gs is None else glc * w_minus + gs
+    gk = (ck - glc * ak * r.s) / one_s
+    g = g.scatter(1, r.k, gk)
+    if gs is None:
+        g = torch.where(counted, g, 0.0)  # an ignored row is not looked at (NaN included)
+    if opts.softcap is not None:
+        g = g * softcap_derivative(x, opts.softcap)
+    if temperature != 1.0:
+        g = g / temperature
+    gt: Tensor | None = None
+    if prob:
+        # d loss / d t_c = (1 - eps) w_c (-log p_c)
+        nl = r.neg_log_p() * (1.0 - eps)
+        if weight is not None:
+            nl = nl * weight.to(x.dtype)
+        gt = nl * gl
+    return g, gt
+
+
+class _CategoricalRows(torch.autograd.Function):
+    """(loss, lse) per row, with the explicit gradient of the module docstring."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(
+        x: Tensor, target: Tensor, weight: Tensor | None, opts: CrossEntropyOptions,
+        temperature: float, compensate: bool,
+    ) -> tuple[Tensor, Tensor]:
+        return _forward_rows(x, target, weight, opts, temperature, compensate)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        x, target, weight, opts, temperature, compensate = inputs
+        ctx.save_for_backward(x, target, weight)
+        ctx.opts = opts
+        ctx.temperature = temperature
+        ctx.compensate = compensate
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(
+        ctx: Any, g_loss: Tensor | None, g_lse: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        x, target, weight = ctx.saved_tensors
+        if g_loss is None and g_lse is None:
+            return None, None, None, None, None, None
+        gx, gt = _grad_rows(x, target, weight, ctx.opts, ctx.temperature, g_loss, g_lse,
+                            ctx.compensate)
+        want_t = ctx.needs_input_grad[1] and target.dim() == 2
+        return gx, (gt if want_t else None), None, None, None, None
+
+
+def categorical_rows(
+    z: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    opts: CrossEntropyOptions,
+    *,
+    temperature: float = 1.0,
+    compensate: bool = True,
+) -> tuple[Tensor, Tensor]:
+    r"""Per-row ``(loss, lse)`` in nats of (N, C) logits, differentiable (any order).
+
+    .. math:: \ell_i = \sum_c a_{ic}\big((L_i - h_{ic}) - l_{ic}\big) + \zeta\,\mathrm{lse}_i^2
+
+    (the log1p form of the module docstring).  `target` is int64 [N] (class indices; rows
+    equal to ``opts.ignore_index`` get loss 0 and gradient 0) or floating [N, C] (probability
+    rows, differentiable too).  Applies ``opts.softcap``, then divides by `temperature`,
+    then label smoothing, class weights and the z-loss (``z_loss * lse^2`` per counted row,
+    unweighted).  No ``scale``, no reduction.  Computed in z's dtype (pass float64 on the CPU
+    for the core's bounds); lse is that of the soft-capped, tempered logits.
+    ``compensate=False`` skips the TwoSum correction of ``z - m`` (right when z holds
+    float32 values widened to float64: the rounding it corrects is far below float32's).
+
+    >>> import torch
+    >>> from crossentropy._options import CrossEntropyOptions
+    >>> x = torch.tensor([[40.0, 0.0, 0.0]], dtype=torch.float64)
+    >>> loss, lse = categorical_rows(x, torch.tensor([0]), None, CrossEntropyOptions())
+    >>> float(loss[0])  # log1p(2 e^-40) (mpmath: 8.4967085105831780e-18); lse - z_y gives 0
+    8.496708510583178e-18
+    """
+    out: tuple[Tensor, Tensor] = _CategoricalRows.apply(  # type: ignore[no-untyped-call]
+        z, target, weight, opts, temperature, compensate)
+    return out
+
+
+def entropy_rows(x: Tensor, cap: float | None = None, temperature: float = 1.0,
+                 compensate: bool = True) -> Tensor:
+    r"""Per-row entropy (nats) of ``softmax(c tanh(x/c) / tau)``, differentiable.
+
+    .. math:: H = \sum_c p_c\,\big((L - h_c) - l_c\big), \qquad
+              \frac{\partial H}{\partial z_c} = p_c\,(-\log p_c - H)
+
+    (``-log p_c`` in the log1p form: every term >= 0, so a confident row keeps its tiny
+    entropy).  Autograd differentiates the decomposition (the TwoSum correction has
+    derivative 0); the soft-cap factor is :func:`softcap_derivative`.
+
+    >>> import torch
+    >>> float(entropy_rows(torch.zeros(1, 4, dtype=torch.float64))[0])  # log 4
+    1.3862943611198906
+    """
+    if cap is not None:
+        return _CappedEntropy.apply(  # type: ignore[no-any-return,no-untyped-call]
+            x, cap, temperature, compensate)
+    return _entropy_of(x, temperature, compensate)
+
+
+def _entropy_of(z: Tensor, temperature: float, compensate: bool = True) -> Tensor:
+    r = _Rows(z, None, temperature, compensate)
+    p = r.probs()
+    # 0 log 0 = 0; nl is replaced before the product so that its gradient is 0, not 0 * inf
+    nl = torch.where(p == 0, torch.zeros_like(p), r.neg_log_p())
+    return (p * nl).sum(dim=1)
+
+
+class _CappedEntropy(torch.autograd.Function):
+    """Entropy of soft-capped logits with the exact sech^2 derivative of the cap."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, cap: float, temperature: float, compensate: bool) -> Tensor:
+        return _entropy_of(softcap(x, cap), temperature, compensate)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        ctx.save_for_backward(inputs[0])
+        ctx.cap, ctx.temperature, ctx.compensate = inputs[1], inputs[2], inputs[3]
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, None, None, None]:
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            zc = softcap(x.detach(), ctx.cap).requires_grad_(True)
+            h = _entropy_of(zc, ctx.temperature, ctx.compensate)
+            (gz,) = torch.autograd.grad(h, zc, g, create_graph=torch.is_grad_enabled())
+        return gz * softcap_derivative(x, ctx.cap), None, None, None
+
+
+# --------------------------------------------------------------------------- reduction
+
+
+def row_weights(
+    target: Tensor, weight: Tensor | None, opts: CrossEntropyOptions, num_classes: int,
+    dtype: torch.dtype,
+) -> Tensor:
+    """``omega_i``, what the mean divides by: ``w_{y_i}`` on counted index rows (0 when
+    ignored); for probability rows 1 (``prob_mean='rows'``, torch) or ``sum_c w_c t_ic``."""
+    if target.dim() == 2:
+        if opts.prob_mean == "rows" or weight is None:
+            return torch.ones(target.shape[0], dtype=dtype, device=target.device)
+        return (target.to(dtype) * weight.to(dtype)).sum(dim=1)
+    if opts.ignore_index is None:
+        counted = torch.ones_like(target, dtype=torch.bool)
+    else:
+        counted = target != opts.ignore_index
+    if weight is None:
+        return counted.to(dtype)
+    safe = torch.where(counted, target, torch.zeros_like(target))
+    return torch.where(counted, weight.to(dtype)[safe], 0.0)
+
+
+def reduce_rows(
+    loss: Tensor, omega: Tensor | None, opts: CrossEntropyOptions,
+    normalizer: Tensor | None = None,
+) -> Tensor:
+    """The one torch reduction (divide last), no host synchronisation.
+
+    none -> ``loss * scale``; sum -> ``sum * scale`` (divided by the normalizer when given);
+    mean -> ``sum * scale / sum(omega)`` (or the normalizer).  A mean over zero counted rows
+    is ``opts.empty_mean`` (torch: NaN) with a zero gradient.  `normalizer` (a 0-d tensor)
+    wins over ``opts.normalizer``.
+
+    >>> import torch
+    >>> from crossentropy._options import CrossEntropyOptions
+    >>> o = CrossEntropyOptions.create(semantics="torch")
+    >>> float(reduce_rows(torch.zeros(2), torch.zeros(2), o))  # all ignored: torch's NaN
+    nan
+    """
+    red = opts.reduction
+    if red is Reduction.NONE:
+        return loss * opts.scale if opts.scale != 1.0 else loss
+    total = loss.sum()
+    if opts.scale != 1.0:
+        total = total * opts.scale
+    if normalizer is not None:
+        return total / normalizer.to(total.dtype)
+    if opts.normalizer is not None:
+        return total / opts.normalizer
+    if red is Reduction.SUM:
+        return total
+    assert omega is not None
+    denom = omega.sum().to(total.dtype)
+    empty = denom == 0
+    out = total / torch.where(empty, torch.ones_like(denom), denom)
+    # the empty mean is a constant added where nothing is counted: its gradient is 0
+    return out + torch.where(empty, opts.empty_mean, 0.0)
