@@ -373,14 +373,19 @@ def main(argv: list[str] | None = None) -> None:
     if check > 0.05:
         raise SystemExit("the longdouble reference disagrees with mpmath: is np.longdouble 80-bit?")
     rows = run()
+    sys.path.insert(0, str(ROOT / "bench"))
+    from harness import stamp
+
+    stamped = stamp()  # machine, versions, date, command (as every bench/ CSV)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=[*rows[0], *stamp()])
         w.writeheader()
         for r in rows:
             w.writerow(
-                {**r, "max_ulp": f"{r['max_ulp']:.4g}", "median_ulp": f"{r['median_ulp']:.4g}"}
+                {**r, "max_ulp": f"{r['max_ulp']:.4g}", "median_ulp": f"{r['median_ulp']:.4g}",
+                 **stamped}
             )
     print(
         f"{time.strftime('%Y-%m-%d', time.gmtime())}, {platform.machine()} {_cpu_name()}, "

@@ -1,35 +1,69 @@
-"""CPU benchmark: crossentropy's numba kernels against NumPy, SciPy, PyTorch and JAX.
+"""CPU benchmark: every operation as a ratio to its memory floor, measured in alternation.
 
 ::
 
-    python bench/cpu.py                    # the full table (main, small, big, f64 cases)
-    python bench/cpu.py --quick            # the main case only
-    python bench/cpu.py --cases main,small,big,f64small
-    python bench/cpu.py --plot-only        # redraw bench/results/cpu.png from the CSV
+    python bench/cpu.py                      # every shape and dtype (a few minutes)
+    python bench/cpu.py --quick              # 8192x32000 float32, few pairs (< 60 s)
+    python bench/cpu.py --shapes 512x128256 --dtypes float64 --ops softmax_out
+    python bench/cpu.py --plot-only          # redraw bench/results/cpu.png from the CSV
+    python bench/cpu.py --kernels eb78623    # the same table with the kernels of a commit
+    python bench/cpu.py --against eb78623    # also: each op, these kernels / that commit's
 
-Operations, on float logits [rows, classes] and int64 labels, mean reduction:
+Method (``bench/harness.py``'s :func:`~harness.alternate`): each candidate is timed in
+alternation with its baseline in this one process, A B A B ..., after a warm-up; a row
+gives the median of the per-pair ratios t_candidate / t_baseline with its p20-p80 spread,
+both median times and the 1-minute load average before and after.  The ratios are what
+counts on a shared machine; the times are there to read them.
 
-* ``ce``: cross-entropy value; ``ce+grad``: value and gradient with respect to the logits;
-* ``softmax``, ``log_softmax`` along the class axis.
+Floors, on the same logits [rows, classes]:
 
-Providers: ``numpy-naive`` (max, exp, sum, log written the obvious way), ``scipy``
-(``scipy.special.log_softmax`` + take, ``softmax``, ``log_softmax``), ``torch`` (eager,
-``F.cross_entropy``; ``ce+grad`` is forward + backward), ``torch.compile`` (the same,
-compiled by inductor), ``jax.jit`` (when installed), ``ours`` (``crossentropy`` with the
-numba backend), ``ours-inplace`` (the gradient written over the logits, ``grad_out=x``; the
-softmax written into a preallocated ``out``), and two read-bandwidth yardsticks on ``ce``:
-``np.sum`` and a numba parallel sum over the same logits.
+* ``read``: ``np.sum(x)`` (every byte of the logits read once);
+* ``copy``: ``np.copyto(buf, x)`` into a preallocated buffer (read once, write once);
+* ``alloc``: ``x.copy()`` into a fresh array (read, write, and the fresh pages).
 
-Writes ``bench/results/cpu.csv`` (one row per case and provider, stamped with machine,
-versions and date) and ``bench/results/cpu.png`` (time against the number of classes,
-one line per provider, for ``ce`` and ``ce+grad``), and prints the target ratios.
+Operations (crossentropy with the numba backend, mean reduction, int64 labels):
+
+=================  ==================================================  =======
+op                 call                                                floor
+=================  ==================================================  =======
+ce                 ``cross_entropy(x, y)``                             read
+logsumexp          ``logsumexp(x, axis=-1)``                           read
+ce_grad_out        ``cross_entropy(x, y, return_grad=True, grad_out=b)`` copy
+log_softmax_out    ``log_softmax(x, out=b)``                           copy
+softmax_out        ``softmax(x, out=b)``                               copy
+ce_grad            ``cross_entropy(x, y, return_grad=True)``           alloc
+log_softmax        ``log_softmax(x)``                                  alloc
+softmax            ``softmax(x)``                                      alloc
+torch_fb           ``crossentropy.torch.cross_entropy`` fwd + bwd      alloc,
+                                                                       eager, compile
+=================  ==================================================  =======
+
+``torch_fb`` is also compared with eager ``F.cross_entropy`` and with
+``torch.compile(F.cross_entropy)`` (forward + backward, the gradient not kept between
+calls), and at 64x10 and 512x1000 (``--tiny``, float32) with ``F.cross_entropy``: the
+per-call overhead of the torch layer.  ``--versus`` adds the headline comparisons with
+other libraries (ours / theirs, < 1 is faster): ``ce`` against eager ``F.cross_entropy``,
+``log_softmax`` against ``scipy.special.log_softmax``.
+
+``--kernels REV`` runs the table with ``src/crossentropy/_cpu/_kernels.py`` as it was at the
+git revision REV (compiled from a temporary copy), the rest of the package as it is now:
+the "before" of a kernel change.  ``--against REV`` adds, for every numba operation, the
+ratio of the current kernels to REV's, the two alternated call by call in this process.
+
+Writes ``bench/results/cpu.csv`` (one row per (op, shape, dtype, baseline), stamped with
+machine, versions, date, command and load) and ``bench/results/cpu.png`` (the ratios with
+their spread), and prints the markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import gc
+import importlib.util
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,288 +71,323 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Case, Provider, Skip, machine, run, write_csv
+from harness import Ratio, alternate, load, machine, stamp, write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+SHAPES = ((8192, 32000), (512, 128256), (65536, 1000))
+DTYPES = ("float32", "float64")
+TINY = ((64, 10), (512, 1000))
 
-_shared: dict[tuple[int, int, str], tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _data(case: Case, own: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The case's logits (N(0, 9)) and labels.  One copy is shared by the providers that
-    only read it (a 4 GiB case must not be held once per provider); ``own`` gives a private
-    copy (for the in-place provider)."""
-    key = (case.rows, case.classes, case.dtype)
-    if key not in _shared:
-        _shared.clear()
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((case.rows, case.classes), dtype=np.float32)
-        x *= 3.0
-        x = x.astype(case.dtype, copy=False)
-        _shared[key] = (x, rng.integers(0, case.classes, case.rows))
-    x, y = _shared[key]
-    return (x.copy(), y) if own else (x, y)
-
-
-# --------------------------------------------------------------------------- providers
-
-
-def numpy_naive(case: Case) -> Callable[[], Any]:
-    x, y = _data(case)
-    n = case.rows
-    r = np.arange(n)
-
-    def ce() -> Any:
-        m = x.max(axis=1, keepdims=True)
-        lse = np.log(np.exp(x - m).sum(axis=1)) + m[:, 0]
-        return np.mean(lse - x[r, y])
-
-    def ce_grad() -> Any:
-        m = x.max(axis=1, keepdims=True)
-        e = np.exp(x - m)
-        s = e.sum(axis=1, keepdims=True)
-        loss = np.mean(np.log(s[:, 0]) + m[:, 0] - x[r, y])
-        e /= s
-        e[r, y] -= 1.0
-        e /= n
-        return loss, e
-
-    def softmax() -> Any:
-        e = np.exp(x - x.max(axis=1, keepdims=True))
-        e /= e.sum(axis=1, keepdims=True)
-        return e
-
-    def log_softmax() -> Any:
-        z = x - x.max(axis=1, keepdims=True)
-        z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
-        return z
-
-    return {"ce": ce, "ce+grad": ce_grad, "softmax": softmax, "log_softmax": log_softmax}[
-        case.op
-    ]
+# op -> floors it is compared with (torch_fb also with eager and compiled torch)
+OPS: dict[str, tuple[str, ...]] = {
+    "ce": ("read",),
+    "logsumexp": ("read",),
+    "ce_grad_out": ("copy",),
+    "log_softmax_out": ("copy",),
+    "softmax_out": ("copy",),
+    "ce_grad": ("alloc",),
+    "log_softmax": ("alloc",),
+    "softmax": ("alloc",),
+    "torch_fb": ("alloc", "torch", "torch.compile"),
+}
+CALLS = {
+    "ce": "cross_entropy(x, y)",
+    "logsumexp": "logsumexp(x, axis=-1)",
+    "ce_grad_out": "cross_entropy(x, y, return_grad=True, grad_out=buf)",
+    "log_softmax_out": "log_softmax(x, out=buf)",
+    "softmax_out": "softmax(x, out=buf)",
+    "ce_grad": "cross_entropy(x, y, return_grad=True)",
+    "log_softmax": "log_softmax(x)",
+    "softmax": "softmax(x)",
+    "torch_fb": "crossentropy.torch.cross_entropy forward + backward",
+}
+# the issue's targets: time / floor at most this (None: reported only)
+TARGET = {"read": 1.0, "copy": 1.25, "alloc": 1.25}
 
 
-def scipy_special(case: Case) -> Callable[[], Any]:
-    try:
-        import scipy.special as sp
-    except ImportError as exc:
-        raise Skip("scipy not installed") from exc
-    x, y = _data(case)
-    r = np.arange(case.rows)
-    if case.op == "ce":
-        return lambda: -np.mean(sp.log_softmax(x, axis=1)[r, y])
-    if case.op == "softmax":
-        return lambda: sp.softmax(x, axis=1)
-    if case.op == "log_softmax":
-        return lambda: sp.log_softmax(x, axis=1)
-    raise Skip(case.op)
+def _data(rows: int, classes: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Logits ~ N(0, 9) and uniform labels (seeded)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, classes), dtype=np.float32)
+    x *= 3.0
+    return x.astype(dtype, copy=False), rng.integers(0, classes, rows)
 
 
-def _torch(case: Case, compiled: bool) -> Callable[[], Any]:
-    try:
+# --------------------------------------------------------------------------- kernels
+
+
+def kernels_at(rev: str) -> Any:
+    """The kernels module as it was at git revision `rev`, compiled from a temporary copy."""
+    root = Path(__file__).resolve().parents[1]
+    src = subprocess.run(["git", "show", f"{rev}:src/crossentropy/_cpu/_kernels.py"],
+                         cwd=root, capture_output=True, text=True, check=True).stdout
+    name = f"_kernels_at_{rev.replace('~', '_').replace('^', '_')}"
+    path = Path(tempfile.mkdtemp(prefix="ce-bench-")) / f"{name}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def use_kernels(mod: Any) -> None:
+    """Make the numba adapter call `mod` (None: the package's own kernels).
+
+    (Sets the adapter's module cache, ``crossentropy._cpu._mod``: a benchmark-only hook.)
+    """
+    import crossentropy._cpu as cpu
+
+    cpu._mod.pop("k", None)
+    if mod is not None:
+        cpu._mod["k"] = mod
+
+
+def with_kernels(mod: Any, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """fn, run with the kernels `mod` (the swap is a dict assignment: not worth timing)."""
+
+    def call() -> Any:
+        use_kernels(mod)
+        return fn()
+
+    return call
+
+
+# --------------------------------------------------------------------------- floors
+
+
+def floor(name: str, x: np.ndarray) -> Callable[[], Any]:
+    if name == "read":
+        return lambda: np.sum(x)
+    if name == "copy":
+        buf = np.empty_like(x)
+        buf.fill(0)  # pages touched before timing
+        return lambda: np.copyto(buf, x)
+    if name == "alloc":
+        return lambda: x.copy()
+    raise ValueError(name)
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+def ours(op: str, x: np.ndarray, y: np.ndarray) -> Callable[[], Any]:
+    import crossentropy as ce
+
+    ce.set_backend("numba")
+    if op == "ce":
+        return lambda: ce.cross_entropy(x, y)
+    if op == "logsumexp":
+        return lambda: ce.logsumexp(x, axis=-1)
+    if op == "ce_grad":
+        return lambda: ce.cross_entropy(x, y, return_grad=True)
+    if op == "log_softmax":
+        return lambda: ce.log_softmax(x)
+    if op == "softmax":
+        return lambda: ce.softmax(x)
+    buf = np.empty_like(x)
+    buf.fill(0)
+    if op == "ce_grad_out":
+        return lambda: ce.cross_entropy(x, y, return_grad=True, grad_out=buf)
+    if op == "log_softmax_out":
+        return lambda: ce.log_softmax(x, out=buf)
+    if op == "softmax_out":
+        return lambda: ce.softmax(x, out=buf)
+    raise ValueError(op)
+
+
+def torch_fb(x: np.ndarray, y: np.ndarray, which: str) -> Callable[[], Any]:
+    """Forward + backward of a mean cross-entropy; the gradient is not kept between calls.
+
+    which: "ours" (crossentropy.torch), "torch" (eager F.cross_entropy) or
+    "torch.compile" (F.cross_entropy compiled by inductor).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if which == "ours":
+        import crossentropy.torch as ct
+
+        f: Callable[..., Any] = ct.cross_entropy
+    elif which == "torch":
+        f = F.cross_entropy
+    else:
+        f = torch.compile(F.cross_entropy, dynamic=False)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt = torch.from_numpy(y)
+
+    def call() -> Any:
+        loss = f(xt, yt)
+        loss.backward()
+        g = xt.grad
+        xt.grad = None
+        return g
+
+    return call
+
+
+def versus(op: str, x: np.ndarray, y: np.ndarray) -> tuple[str, Callable[[], Any]]:
+    if op == "ce":
         import torch
         import torch.nn.functional as F
-    except ImportError as exc:
-        raise Skip("torch not installed") from exc
-    x, y = _data(case)
-    xt = torch.from_numpy(x)
-    yt = torch.from_numpy(y)
-    ops: dict[str, Callable[..., Any]] = {
-        "ce": F.cross_entropy,
-        "ce+grad": F.cross_entropy,
-        "softmax": lambda z: torch.softmax(z, dim=1),
-        "log_softmax": lambda z: torch.log_softmax(z, dim=1),
+
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        return "torch F.cross_entropy", lambda: F.cross_entropy(xt, yt).item()
+    import scipy.special as sp
+
+    return "scipy.special.log_softmax", lambda: sp.log_softmax(x, axis=1)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _row(op: str, call: str, rows: int, classes: int, dtype: str, baseline: str,
+         r: Ratio, stamped: dict[str, str]) -> dict[str, Any]:
+    target = TARGET.get(baseline)
+    return {
+        "op": op, "call": call, "rows": rows, "classes": classes, "dtype": dtype,
+        "baseline": baseline, **r.fields(),
+        "target": "" if target is None else target,
+        "met": "" if target is None else ("yes" if r.median <= target else "no"),
+        **stamped,
     }
-    f = ops[case.op]
-    if compiled:
-        f = torch.compile(f, dynamic=False)
-    if case.op == "ce+grad":
-        xg = torch.from_numpy(x.copy() if case.nbytes < 2**31 else x).requires_grad_(True)
-
-        def fwd_bwd() -> Any:
-            loss = f(xg, yt)
-            loss.backward()
-            g = xg.grad
-            xg.grad = None  # not held between calls (4 GiB at the big case)
-            return loss.item(), g
-
-        return fwd_bwd
-    if case.op == "ce":
-        return lambda: f(xt, yt).item()
-    return lambda: f(xt)
 
 
-def torch_eager(case: Case) -> Callable[[], Any]:
-    return _torch(case, False)
+def measure(shapes: list[tuple[int, int]], dtypes: list[str], ops: list[str], *,
+            pairs: int, warmup: int, with_torch: bool, with_compile: bool, tiny: bool,
+            with_versus: bool, kernels: str | None = None, against: str | None = None,
+            log: Callable[[str], None] = print,
+            save: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+    stamped = stamp()
+    if kernels is not None:
+        stamped["kernels"] = kernels
+        use_kernels(kernels_at(kernels))
+    old = kernels_at(against) if against is not None else None
+    out: list[dict[str, Any]] = []
+    for rows, classes in shapes:
+        for dtype in dtypes:
+            x, y = _data(rows, classes, dtype)
+            for op in ops:
+                for base in OPS[op]:
+                    if op == "torch_fb" and not with_torch:
+                        continue
+                    if base == "torch.compile" and not with_compile:
+                        continue
+                    if op == "torch_fb":
+                        cand = torch_fb(x, y, "ours")
+                        ref = floor(base, x) if base == "alloc" else torch_fb(x, y, base)
+                    else:
+                        cand = ours(op, x, y)
+                        ref = floor(base, x)
+                    r = alternate(cand, ref, pairs=pairs, warmup=warmup)
+                    out.append(_row(op, CALLS[op], rows, classes, dtype, base, r, stamped))
+                    log(f"{op:>16} {rows}x{classes} {dtype:<8} / {base:<14} {r}")
+                    if save is not None:
+                        save(out)
+                    del cand, ref
+                    gc.collect()
+                if old is not None and op != "torch_fb":
+                    new = ours(op, x, y)
+                    r = alternate(with_kernels(None, new), with_kernels(old, new), pairs=pairs,
+                                  warmup=warmup)
+                    use_kernels(None)
+                    base = f"kernels@{against}"
+                    out.append(_row(op, CALLS[op], rows, classes, dtype, base, r, stamped))
+                    log(f"{op:>16} {rows}x{classes} {dtype:<8} / {base:<14} {r}")
+                    if save is not None:
+                        save(out)
+                    del new
+                    gc.collect()
+            if with_versus:
+                for op in ("ce", "log_softmax"):
+                    name, theirs = versus(op, x, y)
+                    r = alternate(ours(op, x, y), theirs, pairs=max(3, pairs // 2),
+                                  warmup=1)
+                    out.append(_row(op, CALLS[op], rows, classes, dtype, name, r, stamped))
+                    log(f"{op:>16} {rows}x{classes} {dtype:<8} / {name:<14} {r}")
+                    if save is not None:
+                        save(out)
+            del x, y
+            gc.collect()
+    if tiny:
+        import crossentropy as ce
 
-
-def torch_compile(case: Case) -> Callable[[], Any]:
-    return _torch(case, True)
-
-
-def jax_jit(case: Case) -> Callable[[], Any]:
-    try:
-        import jax
-        import jax.numpy as jnp
-    except ImportError as exc:
-        raise Skip("jax not installed") from exc
-    x, y = _data(case)
-    xj = jnp.asarray(x)
-    yj = jnp.asarray(y)
-
-    def ce(z: Any, t: Any) -> Any:
-        lp = jax.nn.log_softmax(z, axis=1)
-        return -jnp.mean(jnp.take_along_axis(lp, t[:, None], axis=1))
-
-    if case.op == "ce":
-        f = jax.jit(ce)
-        return lambda: f(xj, yj).block_until_ready()
-    if case.op == "ce+grad":
-        g = jax.jit(jax.value_and_grad(ce))
-        return lambda: jax.block_until_ready(g(xj, yj))
-    h = jax.jit({"softmax": jax.nn.softmax, "log_softmax": jax.nn.log_softmax}[case.op])
-    return lambda: h(xj).block_until_ready()
-
-
-def ours(case: Case) -> Callable[[], Any]:
-    import crossentropy as ce
-
-    ce.set_backend("numba")
-    x, y = _data(case)
-    if case.op == "ce":
-        return lambda: ce.cross_entropy(x, y)
-    if case.op == "ce+grad":
-        return lambda: ce.cross_entropy(x, y, return_grad=True)
-    f = {"softmax": ce.softmax, "log_softmax": ce.log_softmax}[case.op]
-    return lambda: f(x)
-
-
-def ours_inplace(case: Case) -> Callable[[], Any]:
-    import crossentropy as ce
-
-    ce.set_backend("numba")
-    x, y = _data(case, own=True)
-    if case.op == "ce+grad":
-        # the gradient overwrites the logits; the next call differentiates at the gradient,
-        # which has the same cost (all values finite)
-        return lambda: ce.cross_entropy(x, y, return_grad=True, grad_out=x)
-    if case.op in ("softmax", "log_softmax"):
-        out = np.empty_like(x)
-        f = {"softmax": ce.softmax, "log_softmax": ce.log_softmax}[case.op]
-        return lambda: f(x, out=out)
-    raise Skip(case.op)
-
-
-def np_sum(case: Case) -> Callable[[], Any]:
-    x, _ = _data(case)
-    return lambda: x.sum()
-
-
-def numba_sum(case: Case) -> Callable[[], Any]:
-    import numba
-
-    @numba.njit(parallel=True, fastmath=True)
-    def rowsums(a: Any, out: Any) -> None:
-        for i in numba.prange(a.shape[0]):
-            s = 0.0
-            r = a[i]
-            for j in range(r.shape[0]):
-                s += r[j]
-            out[i] = s
-
-    x, _ = _data(case)
-    out = np.empty(x.shape[0])
-    rowsums(x[:2], out[:2])
-    return lambda: rowsums(x, out)
-
-
-PROVIDERS = [
-    Provider("numpy-naive", numpy_naive),
-    Provider("scipy", scipy_special, frozenset({"ce", "softmax", "log_softmax"})),
-    Provider("torch", torch_eager),
-    Provider("torch.compile", torch_compile, frozenset({"ce", "ce+grad"})),
-    Provider("jax.jit", jax_jit),
-    Provider("ours", ours),
-    Provider("ours-inplace", ours_inplace, frozenset({"ce+grad", "softmax", "log_softmax"})),
-    Provider("np.sum (read bw)", np_sum, frozenset({"ce"})),
-    Provider("numba sum (read bw)", numba_sum, frozenset({"ce"})),
-]
-SLOW = {"numpy-naive", "scipy"}  # left out of the big case (minutes per op at 4 GiB)
-
-OPS = ("ce", "ce+grad", "softmax", "log_softmax")
-
-
-CASE_SETS = {
-    # name: (rows, classes, dtype, ops, leave out the slow providers)
-    "main": (8192, 32000, "float32", OPS, False),
-    "small": (512, 32000, "float32", OPS, False),
-    "big": (8192, 128256, "float32", ("ce", "ce+grad"), True),
-    "f64": (8192, 32000, "float64", OPS, False),
-    "f64small": (512, 32000, "float64", OPS, False),
-}
-
-
-def cases(names: list[str]) -> list[tuple[Case, list[Provider]]]:
-    out = []
-    fast = [p for p in PROVIDERS if p.name not in SLOW]
-    for name in names:
-        n, c, dt, ops, no_slow = CASE_SETS[name]
-        out += [(Case(op, n, c, dt), fast if no_slow else PROVIDERS) for op in ops]
+        ce.set_backend("auto")  # what a user gets: small inputs may stay on the NumPy core
+        for rows, classes in TINY:
+            x, y = _data(rows, classes, "float32")
+            for base in ("torch",):
+                r = alternate(torch_fb(x, y, "ours"), torch_fb(x, y, base), pairs=pairs,
+                              warmup=20, inner=200)
+                out.append(_row("torch_fb", CALLS["torch_fb"] + " (per-call overhead)",
+                                rows, classes, "float32", base, r, stamped))
+                log(f"{'torch_fb tiny':>16} {rows}x{classes} float32  / {base:<14} {r}")
+                if save is not None:
+                    save(out)
     return out
 
 
 # --------------------------------------------------------------------------- report
 
-TARGETS = [
-    # (op, provider, minimum speed-up of ours over it, which of ours)
-    ("ce", "torch", 8.0, "ours"),
-    ("ce", "scipy", 20.0, "ours"),
-    ("ce+grad", "torch", 6.0, "best"),
-    ("ce+grad", "torch.compile", 1.5, "best"),
-    ("softmax", "scipy", 10.0, "best"),
-    ("log_softmax", "scipy", 10.0, "best"),
-]
-
 
 def report(rows: list[dict[str, Any]]) -> str:
-    """Markdown: the timing table per shape and the target ratios."""
-    by: dict[tuple[Any, ...], dict[str, float]] = {}
+    """Markdown: one line per (op, shape, dtype, baseline)."""
+    lines = ["| op | shape | dtype | baseline | time / baseline | p20-p80 | ms (ours / base) "
+             "| target | load |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        key = (int(r["rows"]), int(r["classes"]), r["dtype"], r["op"])
-        by.setdefault(key, {})[r["provider"]] = float(r["median_s"])
-    provs = [p.name for p in PROVIDERS if any(p.name in d for d in by.values())]
-    lines = ["| shape | dtype | op | " + " | ".join(provs) + " |",
-             "|---|---|---|" + "---|" * len(provs)]
-    for (n, c, dt, op), d in by.items():
-        cells = [f"{d[p] * 1e3:.1f}" if p in d else "" for p in provs]
-        lines.append(f"| {n}x{c} | {dt} | {op} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("Times in ms (medians). Speed-ups of ours (ratio of medians, same run):")
-    lines.append("")
-    lines.append("| shape | dtype | op | vs | target | measured | met |")
-    lines.append("|---|---|---|---|---|---|---|")
-    for (n, c, dt, op), d in by.items():
-        for top, prov, goal, which in TARGETS:
-            if top != op or prov not in d or "ours" not in d:
-                continue
-            mine = d["ours"] if which == "ours" else min(
-                d[k] for k in ("ours", "ours-inplace") if k in d)
-            ratio = d[prov] / mine
-            label = "ours" if which == "ours" else "ours (best of new / in place)"
-            ok = "yes" if ratio >= goal else "no"
-            lines.append(f"| {n}x{c} | {dt} | {op} ({label}) | {prov} | >= {goal:g}x | "
-                         f"{ratio:.1f}x | {ok} |")
-        if op == "ce" and "ours" in d:
-            for yard in ("np.sum (read bw)", "numba sum (read bw)"):
-                if yard in d:
-                    gb = n * c * np.dtype(dt).itemsize / 1e9
-                    lines.append(
-                        f"| {n}x{c} | {dt} | ce read bandwidth | {yard} "
-                        f"{gb / d[yard]:.1f} GB/s | >= 50% | ours {gb / d['ours']:.1f} GB/s "
-                        f"= {100 * d[yard] / d['ours']:.0f}% | "
-                        f"{'yes' if d[yard] / d['ours'] >= 0.5 else 'no'} |")
+        tgt = f"<= {r['target']}" if r["target"] not in ("", None) else ""
+        met = {"yes": " (met)", "no": " (**not met**)"}.get(str(r["met"]), "")
+        lines.append(
+            f"| {r['op']} | {r['rows']}x{r['classes']} | {r['dtype']} | {r['baseline']} | "
+            f"{float(r['ratio']):.2f} | {float(r['ratio_p20']):.2f}-{float(r['ratio_p80']):.2f}"
+            f" | {float(r['candidate_ms']):.3g} / {float(r['baseline_ms']):.3g} | {tgt}{met} | "
+            f"{float(r['load_before']):.1f}-{float(r['load_after']):.1f} |")
+    if rows:
+        r0 = rows[0]
+        lines += ["", f"Machine: {r0['machine']}; {r0['versions']}; {r0['date']}; "
+                      f"`{r0['command']}`"]
     return "\n".join(lines)
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """Markdown, compact: per dtype, one line per (op, baseline), one column per shape,
+    cells ``median (p20-p80)`` of time / baseline."""
+    shapes = list(dict.fromkeys(f"{r['rows']}x{r['classes']}" for r in rows
+                                if "per-call" not in str(r["call"])))
+    out: list[str] = []
+    for dt in DTYPES:
+        here = [r for r in rows if r["dtype"] == dt and "per-call" not in str(r["call"])]
+        if not here:
+            continue
+        cell: dict[tuple[str, str], dict[str, str]] = {}
+        for r in here:
+            tgt = f" (target <= {r['target']})" if r["target"] not in ("", None) else ""
+            key = (f"`{r['op']}`", f"{r['baseline']}{tgt}")
+            cell.setdefault(key, {})[f"{r['rows']}x{r['classes']}"] = (
+                f"{float(r['ratio']):.2f} ({float(r['ratio_p20']):.2f}-"
+                f"{float(r['ratio_p80']):.2f})")
+        out += [f"**{dt}** (time / baseline, median of pairs, p20-p80)", "",
+                "| op | baseline | " + " | ".join(shapes) + " |",
+                "|---|---|" + "---|" * len(shapes)]
+        for (op, base), d in cell.items():
+            out.append(f"| {op} | {base} | " + " | ".join(d.get(sh, "") for sh in shapes) + " |")
+        out.append("")
+    tiny = [r for r in rows if "per-call" in str(r["call"])]
+    if tiny:
+        out += ["**torch layer per call** (forward + backward, float32)", "",
+                "| shape | ours / F.cross_entropy | ms (ours / torch) |", "|---|---|---|"]
+        for r in tiny:
+            out.append(f"| {r['rows']}x{r['classes']} | {float(r['ratio']):.2f} "
+                       f"({float(r['ratio_p20']):.2f}-{float(r['ratio_p80']):.2f}) | "
+                       f"{float(r['candidate_ms']):.3g} / {float(r['baseline_ms']):.3g} |")
+        out.append("")
+    if rows:
+        loads = [float(r["load_before"]) for r in rows] + [float(r["load_after"]) for r in rows]
+        r0 = rows[0]
+        out.append(f"Machine: {r0['machine']}; {r0['versions']}; {r0['date']}; load average "
+                   f"{min(loads):.1f}-{max(loads):.1f}; `{r0['command']}`.")
+    return "\n".join(out)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -327,62 +396,96 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, op in zip(axes, ("ce", "ce+grad"), strict=True):
-        sel = [r for r in rows if r["op"] == op and r["dtype"] == "float32"
-               and int(r["rows"]) == 8192 and "read bw" not in r["provider"]]
-        for prov in dict.fromkeys(r["provider"] for r in sel):
-            pts = sorted((int(r["classes"]), float(r["median_s"])) for r in sel
-                         if r["provider"] == prov)
-            color = f"C{[q.name for q in PROVIDERS].index(prov) % 10}"  # same in both panels
-            ax.plot([p[0] for p in pts], [p[1] * 1e3 for p in pts], marker="o", label=prov,
-                    color=color)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("number of classes (8192 rows, float32)")
-        ax.set_ylabel("median time (ms)")
-        ax.set_title(f"cross-entropy {'value' if op == 'ce' else 'value + gradient'}")
-        ax.grid(True, which="both", alpha=0.3)
+    sel = [r for r in rows if r["baseline"] in TARGET]
+    shapes = list(dict.fromkeys((int(r["rows"]), int(r["classes"])) for r in sel))
+    fig, axes = plt.subplots(1, max(1, len(shapes)), figsize=(5 * max(1, len(shapes)), 4.5),
+                             squeeze=False)
+    for ax, (n, c) in zip(axes[0], shapes, strict=False):
+        here = [r for r in sel if (int(r["rows"]), int(r["classes"])) == (n, c)]
+        labels = list(dict.fromkeys(f"{r['op']} / {r['baseline']}" for r in here))
+        for k, dt in enumerate(DTYPES):
+            pts = {f"{r['op']} / {r['baseline']}": r for r in here if r["dtype"] == dt}
+            ys = np.arange(len(labels)) + (k - 0.5) * 0.38
+            med = [float(pts[lb]["ratio"]) if lb in pts else np.nan for lb in labels]
+            lo = [med[i] - float(pts[lb]["ratio_p20"]) if lb in pts else 0.0
+                  for i, lb in enumerate(labels)]
+            hi = [float(pts[lb]["ratio_p80"]) - med[i] if lb in pts else 0.0
+                  for i, lb in enumerate(labels)]
+            ax.barh(ys, med, height=0.36, xerr=[lo, hi], label=dt, color=f"C{k}", alpha=0.8)
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.axvline(1.25, color="r", lw=0.8, ls="--")
+        ax.set_yticks(np.arange(len(labels)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("time / floor (median of pairs, p20-p80)")
+        ax.set_title(f"{n} x {c}", fontsize=10)
         ax.legend(fontsize=8)
     fig.suptitle(f"CPU: {machine()}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
+
+
+def _shape(s: str) -> tuple[int, int]:
+    a, b = s.lower().split("x")
+    return int(a), int(b)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="the main case only")
-    ap.add_argument("--cases", default="main,small,big,f64",
-                    help=f"comma-separated, from {', '.join(CASE_SETS)}")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="8192x32000 float32, 3 pairs, 1 warm-up, no torch.compile (< 60 s)")
+    ap.add_argument("--shapes", default=",".join(f"{n}x{c}" for n, c in SHAPES))
+    ap.add_argument("--dtypes", default=",".join(DTYPES))
+    ap.add_argument("--ops", default=",".join(OPS), help=f"from {', '.join(OPS)}")
+    ap.add_argument("--pairs", type=int, default=9)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-tiny", action="store_true")
+    ap.add_argument("--tiny-only", action="store_true",
+                    help="only the torch layer's per-call overhead at 64x10 and 512x1000")
+    ap.add_argument("--versus", action="store_true",
+                    help="also ours / torch (ce) and ours / scipy (log_softmax)")
+    ap.add_argument("--kernels", metavar="REV",
+                    help="run with src/crossentropy/_cpu/_kernels.py from git revision REV")
+    ap.add_argument("--against", metavar="REV",
+                    help="also time each op with these kernels / with REV's (alternated)")
     ap.add_argument("--out", default=str(RESULTS / "cpu.csv"),
                     help="CSV to write (with --plot-only: comma-separated CSVs to read)")
     ap.add_argument("--plot", default=str(RESULTS / "cpu.png"))
     ap.add_argument("--plot-only", action="store_true")
-    ap.add_argument("--providers", help="comma-separated subset of providers")
-    ap.add_argument("--ops", help=f"comma-separated subset of {', '.join(OPS)}")
+    ap.add_argument("--summary", action="store_true",
+                    help="print the compact tables (one column per shape) instead")
     args = ap.parse_args(argv)
     if args.plot_only:
-        rows = []
-        for path in args.out.split(","):
-            with open(path) as f:
+        rows: list[dict[str, Any]] = []
+        for p in args.out.split(","):
+            with open(p) as f:
                 rows += list(csv.DictReader(f))
         plot(rows, Path(args.plot))
-        print(report(rows))
+        print(summary(rows) if args.summary else report(rows))
         return 0
-    rows: list[dict[str, Any]] = []
-    keep = set(args.providers.split(",")) if args.providers else None
-    for case, provs in cases(["main"] if args.quick else args.cases.split(",")):
-        if keep is not None:
-            provs = [p for p in provs if p.name in keep]
-        if args.ops and case.op not in args.ops.split(","):
-            continue
-        print(f"{case.op} {case.rows}x{case.classes} {case.dtype}", flush=True)
-        rows += run([case], provs, repeats=args.repeats)
-        write_csv(rows, args.out)  # after every case: a crash keeps what was measured
+    if args.quick:
+        shapes, dtypes, pairs = [SHAPES[0]], ["float32"], min(args.pairs, 3)
+        args.warmup = min(args.warmup, 1)
+    else:
+        shapes = [_shape(s) for s in args.shapes.split(",")]
+        dtypes, pairs = args.dtypes.split(","), args.pairs
+    ops = args.ops.split(",")
+    if args.tiny_only:
+        shapes = []
+    for op in ops:
+        if op not in OPS:
+            ap.error(f"--ops: unknown operation {op!r}")
+    print(f"load {load():.2f}; {machine()}", flush=True)
+    rows = measure(shapes, dtypes, ops, pairs=pairs, warmup=args.warmup,
+                   with_torch=not args.no_torch, with_compile=not (args.no_compile or args.quick),
+                   tiny=not (args.no_tiny or args.quick), with_versus=args.versus,
+                   kernels=args.kernels, against=args.against,
+                   save=lambda rows: write_csv(rows, args.out))  # a crash keeps what was measured
+    write_csv(rows, args.out)
     plot(rows, Path(args.plot))
-    print(report(rows))
+    print(summary(rows) if args.summary else report(rows))
     return 0
 
 

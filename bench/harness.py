@@ -8,9 +8,14 @@ memory during one extra call (sampled every millisecond from ``/proc/self/statm`
 sees NumPy, numba and PyTorch allocations alike).  Every CSV row is stamped with the
 machine, the versions of the libraries and the date.
 
-Timings on a shared machine are noisy: compare providers measured side by side in the same
-run (``run`` interleaves them, one call each in turn, so that a burst of load hits all of
-them) and report ratios.
+Timings on a shared machine are noisy, so the method used everywhere in ``bench/`` is
+:func:`alternate`: a candidate and its baseline (a floor such as ``np.sum`` or a competing
+library) are called in turn in one process, A B A B ..., after a warm-up, and the result is
+the median of the per-pair ratios t_A / t_B with its 20th and 80th percentiles, together
+with the load average before and after (``os.getloadavg()``).  A burst of load hits both
+members of a pair, so the ratio survives a noisy machine far better than either time.
+:func:`stamp` gives the fields every CSV row carries: machine, versions, date, command and
+load.  ``run`` (medians of interleaved providers) is kept for the absolute timings.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import gc
 import importlib
 import os
 import platform
+import shlex
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -30,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Case", "Provider", "Skip", "machine", "run", "versions", "write_csv"]
+__all__ = ["Case", "Provider", "Ratio", "Skip", "alternate", "load", "machine", "run",
+           "stamp", "versions", "write_csv"]
 
 
 class Skip(Exception):
@@ -87,6 +95,98 @@ def versions(names: Iterable[str] = ("numpy", "scipy", "numba", "torch", "jax",
     return " ".join(out)
 
 
+def load() -> float:
+    """The machine's 1-minute load average (``os.getloadavg()[0]``)."""
+    return os.getloadavg()[0]
+
+
+def command() -> str:
+    """The command line that is running (``python bench/cpu.py --quick``)."""
+    return shlex.join(["python", *sys.argv])
+
+
+def stamp() -> dict[str, str]:
+    """The fields stamped on every CSV row: machine, versions, UTC date and command."""
+    return {
+        "machine": machine(),
+        "versions": versions(),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+        "command": command(),
+    }
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """The median of per-pair ratios t_candidate / t_baseline with its p20-p80 spread."""
+
+    median: float
+    p20: float
+    p80: float
+    candidate_s: float  # median time of the candidate
+    baseline_s: float  # median time of the baseline
+    pairs: int
+    load_before: float
+    load_after: float
+
+    def fields(self) -> dict[str, float | int]:
+        return {
+            "ratio": round(self.median, 4),
+            "ratio_p20": round(self.p20, 4),
+            "ratio_p80": round(self.p80, 4),
+            "candidate_ms": round(self.candidate_s * 1e3, 4),
+            "baseline_ms": round(self.baseline_s * 1e3, 4),
+            "pairs": self.pairs,
+            "load_before": round(self.load_before, 2),
+            "load_after": round(self.load_after, 2),
+        }
+
+    def __str__(self) -> str:
+        return (f"{self.median:6.3f} [{self.p20:.3f}, {self.p80:.3f}]  "
+                f"({self.candidate_s * 1e3:.2f} / {self.baseline_s * 1e3:.2f} ms, "
+                f"{self.pairs} pairs, load {self.load_before:.1f}-{self.load_after:.1f})")
+
+
+def alternate(
+    candidate: Callable[[], Any],
+    baseline: Callable[[], Any],
+    *,
+    pairs: int = 9,
+    warmup: int = 2,
+    inner: int = 1,
+) -> Ratio:
+    """Time `candidate` and `baseline` in alternation (A B A B ...) in this process.
+
+    Both are called `warmup` times first (compilation, caches, page faults), then `pairs`
+    times each in turn; each call is timed `inner` times in a row (for calls of a few
+    microseconds) and the time per call kept.  Returns the median of the per-pair ratios
+    t_A / t_B, their 20th and 80th percentiles, the two median times and the 1-minute load
+    average before and after.
+    """
+    for _ in range(warmup):
+        candidate()
+        baseline()
+    before = load()
+    ta: list[float] = []
+    tb: list[float] = []
+    for _ in range(pairs):
+        for fn, ts in ((candidate, ta), (baseline, tb)):
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            ts.append((time.perf_counter() - t0) / inner)
+    r = np.array(ta) / np.array(tb)
+    return Ratio(
+        median=float(np.median(r)),
+        p20=float(np.percentile(r, 20)),
+        p80=float(np.percentile(r, 80)),
+        candidate_s=float(np.median(ta)),
+        baseline_s=float(np.median(tb)),
+        pairs=pairs,
+        load_before=before,
+        load_after=load(),
+    )
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -126,11 +226,7 @@ def run(
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Time every provider on every case; return one dict (a CSV row) per pair."""
-    stamp = {
-        "machine": machine(),
-        "versions": versions(),
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
-    }
+    stamped = stamp()
     rows: list[dict[str, Any]] = []
     for case in cases:
         fns: dict[str, Callable[[], Any]] = {}
@@ -167,7 +263,8 @@ def run(
                 "read_gbps": case.nbytes / float(np.median(ts)) / 1e9,
                 "peak_mb": peak_memory(fn) / 2**20 if memory else float("nan"),
                 **dict(case.extra),
-                **stamp,
+                "load": round(load(), 2),
+                **stamped,
             }
             rows.append(row)
             log(

@@ -7,22 +7,25 @@
 * first call after a warm numba cache: a fresh interpreter imports crossentropy, then times
   its first large ``cross_entropy`` call (the kernels load from numba's on-disk cache); the
   cache is warmed by one run before the timed ones.
-* a 3-element softmax next to scipy.special.softmax, timed side by side in one process.
+* a 3-element softmax against scipy.special.softmax: the two alternated in one process
+  (``harness.alternate``: 2000 calls per timing, 15 pairs, the median of the per-pair ratios
+  with its p20-p80 spread).
 
-Each row is stamped with the machine, versions and date, like the other benchmarks.
+Each row is stamped with the machine, versions, date, command and load average, like the
+other benchmarks.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
-import platform
 import statistics
 import subprocess
 import sys
-import timeit
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import alternate, load, stamp
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -69,30 +72,25 @@ def main() -> None:
     import crossentropy as ce
 
     x = np.array([3.0, 0.6, 6.3])
-    n = 5000
-    ours = min(timeit.repeat(lambda: ce.softmax(x), number=n, repeat=7)) / n
-    theirs = min(timeit.repeat(lambda: scipy.special.softmax(x), number=n, repeat=7)) / n
-    rows.append(("softmax of 3 elements, ours", "us (best of 7)", ours * 1e6, ""))
-    rows.append(("softmax of 3 elements, scipy.special", "us (best of 7)", theirs * 1e6, ""))
-    rows.append(("softmax of 3 elements, ours / scipy", "ratio", ours / theirs, "<= 2"))
+    r = alternate(lambda: ce.softmax(x), lambda: scipy.special.softmax(x), pairs=15,
+                  warmup=200, inner=2000)
+    rows.append(("softmax of 3 elements, ours", "us (median)", r.candidate_s * 1e6, ""))
+    rows.append(("softmax of 3 elements, scipy.special", "us (median)", r.baseline_s * 1e6, ""))
+    rows.append(("softmax of 3 elements, ours / scipy",
+                 f"ratio (median of 15 pairs, p20-p80 {r.p20:.2f}-{r.p80:.2f})", r.median,
+                 "<= 2"))
 
-    stamp = {
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
+    stamped = {**stamp(), "load": f"{load():.2f}"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["what", "unit", "value", "target", *stamp])
+        w.writerow(["what", "unit", "value", "target", *stamped])
         for what, unit, value, target in rows:
-            w.writerow([what, unit, f"{value:.4g}", target, *stamp.values()])
+            w.writerow([what, unit, f"{value:.4g}", target, *stamped.values()])
     print("| what | unit | value | target |\n|---|---|---|---|")
     for what, unit, value, target in rows:
         print(f"| {what} | {unit} | {value:.4g} | {target} |")
-    print(f"\n{stamp}")
+    print(f"\n{stamped}")
 
 
 if __name__ == "__main__":

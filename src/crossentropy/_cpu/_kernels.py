@@ -2,6 +2,16 @@
 # (numba compiles and types this module; its decorators are untyped for mypy)
 """numba kernels for the softmax family and the cross-entropies (imported lazily).
 
+Layout
+------
+The row-wise kernels mirror the NumPy core, piece by piece and name by name:
+``_row_stats`` is ``crossentropy._core.rows.decompose`` (max m, first argmax k, the rest
+s = sum_{c != k} e^{x_c - m}, log-sum-exp = m + log1p(s)); the cross-entropy section follows
+``crossentropy._core.categorical.logits_rows`` (``_softcap_row``, ``_row_coefficients``,
+``_row_loss``, ``_row_grad`` and the special rows; see the comment at its top).  The raw
+entry points called by the adapter (``crossentropy._cpu``) are ``logsumexp_rows``,
+``softmax_rows``, ``ce_rows``, ``sigmoid_flat`` and ``bce_logits_flat``.
+
 Design
 ------
 * Rows are independent: ``prange`` splits the rows over threads and one thread handles a
@@ -11,17 +21,27 @@ Design
 * Each row is read from memory once: a max pass brings it into cache (L2 holds a row of
   128k float32 classes), then the exp pass and, for a gradient or a softmax, the write pass
   work on the cached row and on a per-thread float64 scratch row that holds the
-  exponentials.  The gradient is written while the row is still in cache, so the logits
-  are read once and the gradient written once (it may overwrite the logits).
+  exponentials.  While the (compute-bound) exp pass runs, the *next* row is prefetched into
+  L2 line by line, so the next max pass does not wait on memory.
+* Large results (``_STREAM_MIN_BYTES``) written over a buffer already in use are formed
+  row by row in a scratch row and written with non-temporal stores: an ordinary store
+  first reads the line it overwrites, a third memory transfer next to reading the logits
+  and writing the result.  (np.copyto, the floor of every writing pass, streams too.)  By
+  default only in place (the result over its input); ``softmax_rows_into`` and
+  ``ce_rows_into`` let the caller choose.  The gradient may overwrite the logits.
 * Everything is computed in float64, float32 inputs included (their results are then
   rounded once), with a vectorisable exp: Cody-Waite reduction ``x = k ln2 + r`` with a
   two-part ln2, a Taylor polynomial in Horner form, and 2^k built from exponent bits
   (two multiplications near the subnormal range).  Measured error < 1 ulp (float64).
+  float32 rows use a shorter, fitted polynomial (relative error < 2e-9, 0.04 float32 ulp).
 * Floating-point flags: the arithmetic whose rounding matters (the exp, the TwoSum of
   x - m) lives in small functions compiled *without* ``reassoc``; LLVM inlines them into
   the loops, which carry ``fastmath=True`` only so that the sums and the max vectorise.
   Flags are per instruction in LLVM, so the inlined code keeps its strict semantics.
   (llvmlite has no SVML, so ``math.exp`` would be a scalar call at ~2.6 ns per element.)
+* What bounds the speed: on a machine where one core reads memory faster than it computes
+  ~25 float64 operations per element (the exp and its TwoSum), the passes are compute-bound
+  and the memory floor is out of reach; see docs/cpu.md for the measured ratios.
 """
 
 from __future__ import annotations
@@ -33,6 +53,7 @@ import numba as nb
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 _STRICT = {"nsz", "contract"}  # no reassoc, no nnan/ninf: roundings stay as written
@@ -64,10 +85,131 @@ def _i32_as_f32(typingctx: Any, x: Any) -> Any:
     return sig, codegen
 
 
+@intrinsic
+def _prefetch(typingctx: Any, arr: Any, idx: Any) -> Any:
+    """Hint the cache line of ``arr[idx]`` into L2 (``llvm.prefetch``, read, locality 2).
+
+    A hint only: it never faults, even past the end of the array (callers stay inside).
+    """
+    sig = types.void(arr, idx)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]],
+                                       wraparound=False, boundscheck=False)
+        i8p = ir.PointerType(ir.IntType(8))
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # (address, 0 = read, locality 2 = keep in L2, 1 = data cache)
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 2),
+                          ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_LINE = 64  # bytes in a cache line
+
+
+@intrinsic
+def _address(typingctx: Any, arr: Any) -> Any:
+    """The address of ``arr[0]`` as an integer (to find the first cache-line boundary)."""
+    sig = types.int64(arr)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.ptrtoint(ary.data, ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _stream_line(typingctx: Any, src: Any, si: Any, dst: Any, di: Any) -> Any:
+    """dst[di : di + 64 / itemsize] = src[si : ...] by one non-temporal 64-byte store.
+
+    ``&dst[di]`` must be 64-byte aligned, src and dst of one dtype.  A non-temporal store
+    writes the whole line to memory without reading it first (an ordinary store must fetch
+    the line it is about to overwrite: a third memory transfer next to the read of the
+    logits and the write of the result).
+    """
+    sig = types.void(src, si, dst, di)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        sty, _, dty, _ = signature.args
+        sa = context.make_array(sty)(context, builder, args[0])
+        da = context.make_array(dty)(context, builder, args[2])
+        sp = cgutils.get_item_pointer(context, builder, sty, sa, [args[1]], wraparound=False,
+                                      boundscheck=False)
+        dp = cgutils.get_item_pointer(context, builder, dty, da, [args[3]], wraparound=False,
+                                      boundscheck=False)
+        elt = context.get_data_type(dty.dtype)
+        size = context.get_abi_sizeof(elt)
+        vt = ir.VectorType(elt, _LINE // size)
+        v = builder.load(builder.bitcast(sp, vt.as_pointer()), align=size)
+        st = builder.store(v, builder.bitcast(dp, vt.as_pointer()), align=_LINE)
+        one = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
+        st.set_metadata("nontemporal", one)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _store_fence(typingctx: Any) -> Any:
+    """A full memory fence (``fence seq_cst``: mfence on x86-64): the non-temporal stores
+    before it are visible before anything after it.  They are weakly ordered, so each
+    thread fences before its part of a kernel ends."""
+    sig = types.void()
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# Results of at least this many bytes may be written with non-temporal stores (see
+# ``_streams``): they do not fit in the caches anyway, and skipping the read of each line
+# before it is overwritten is what brings a writing pass nearer np.copyto (which streams
+# too).  Smaller results stay cached.
+_STREAM_MIN_BYTES = 1 << 25  # 32 MiB
+
+
+def _streams(out: Any, x: Any) -> bool:
+    """Write `out` with non-temporal stores, when nothing else says?  Only when it is large
+    and C-contiguous (``_stream_line`` writes 64 contiguous bytes) and overwrites the input
+    x itself, whose pages are known to be in use.  (Streaming into an array just allocated
+    by np.empty, whose pages fault in on first touch, measured 12-21% slower than ordinary
+    stores; into a buffer already in use, 5-15% faster: callers that know which one they
+    have say so through ``softmax_rows_into`` / ``ce_rows_into``.)"""
+    return bool(out.flags.c_contiguous and out.size * out.itemsize >= _STREAM_MIN_BYTES
+                and out.ctypes.data == x.ctypes.data)
+
+
+@nb.njit(**_cache)
+def _stream_row(src: Any, dst: Any) -> None:
+    """dst[:] = src[:]: the 64-byte-aligned lines of dst by non-temporal stores, the partial
+    lines at both ends by ordinary ones (they may share a line with the next row)."""
+    n = dst.shape[0]
+    w = _LINE // dst.itemsize
+    head = min(n, ((_LINE - _address(dst) % _LINE) % _LINE) // dst.itemsize)
+    for j in range(head):
+        dst[j] = src[j]
+    j = head
+    while j + w <= n:
+        _stream_line(src, j, dst, j)
+        j += w
+    for t in range(j, n):
+        dst[t] = src[t]
+
+
 # --------------------------------------------------------------------------- exp
 
 _LOG2E = 1.4426950408889634
-# ln 2 = _LN2HI + _LN2LO; _LN2HI has 32 trailing zero bits, so k * _LN2HI is exact.
+# ln 2 = _LN2HI + _LN2LO; _LN2HI has 21 trailing zero bits (0x3FE62E42FEE00000), so
+# k * _LN2HI is exact for |k| < 2^21 (here |k| <= 1100).
 _LN2HI = 6.93147180369123816490e-01
 _LN2LO = 1.90821492927058770002e-10
 _SHIFT = 6755399441055744.0  # 1.5 * 2**52: adding and subtracting it rounds to an integer
@@ -112,29 +254,35 @@ def exp_le0(d: float) -> float:
 
 
 _LN2 = 0.6931471805599453
+# exp(r) on |r| <= ln2 / 2 by a degree-6 polynomial fitted for the least maximal *relative*
+# error (Lawson's iteration on 4000 Chebyshev nodes over [-0.34661, 0.34661], checked
+# against mpmath on 1000 points: max relative error 1.86e-9).  (The Taylor series needs
+# degree 8 for the same interval: two multiply-adds more per element.)
+_P6 = (1.00000000055461, 1.0000000363447343, 0.49999992075048466, 0.16666420072057997,
+       0.04166822619838978, 0.008374824054652777, 0.001383683523564778)
+(_Q0, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6) = _P6
 
 
 @nb.njit(fastmath=_STRICT, **_cache)
 def exp_le0_f32(d: float) -> float:
-    """exp(d) in float64 for float32 work (d <= 0): relative error < 3e-10 (0.005 float32 ulp).
+    """exp(d) in float64 for float32 work (d <= 0): relative error < 2e-9 (0.04 float32 ulp).
 
     Results below exp(-700) ~ 1e-304 are far under float32's smallest subnormal (1.4e-45),
     so d is clamped there and 2^k is always a normal number (one multiplication).  The
-    reduction r = d - k ln2 with a one-part ln2 errs by |k| 2^-53 <= 1e-13; the Taylor
-    series to r^8 truncates at 2e-10 on |r| <= 0.35.
+    reduction r = d - k ln2 with a one-part ln2 errs by |k| 2^-53 <= 1e-13; the fitted
+    polynomial ``_P6`` errs by at most 1.86e-9 relative on |r| <= ln2 / 2.  Rounding the
+    float64 result to float32 then stays within 0.5 + 0.04 ulp.
     """
     d = d if d > -700.0 else -700.0
     kf = (d * _LOG2E + _SHIFT) - _SHIFT
     r = d - kf * _LN2
-    p = _C8
-    p = p * r + _C7
-    p = p * r + _C6
-    p = p * r + _C5
-    p = p * r + _C4
-    p = p * r + _C3
-    p = p * r + _C2
-    p = p * r + 1.0
-    p = p * r + 1.0
+    p = _Q6
+    p = p * r + _Q5
+    p = p * r + _Q4
+    p = p * r + _Q3
+    p = p * r + _Q2
+    p = p * r + _Q1
+    p = p * r + _Q0
     return p * _i64_as_f64((np.int64(kf) + 1023) << 52)
 
 
@@ -283,29 +431,42 @@ _SUMBLK32 = 512
 
 
 @nb.njit(**_cache)
-def _sum_exp(xr: Any, m: float, exact: bool, buf: Any, store: bool) -> float:
+def _sum_exp(xr: Any, m: float, exact: bool, buf: Any, store: bool, nxt: Any) -> float:
     """sum_j exp(xr[j] - m): short blocks summed by the vectorised loop, the block sums
     added with TwoSum and the errors kept aside, so the row's sum is accurate to about an
-    ulp whatever its length."""
+    ulp whatever its length.
+
+    ``nxt`` is the same span of the *next* row (or empty): while this (compute-bound) pass
+    runs on the cached row, the next row's lines are prefetched block by block, so that
+    its max pass reads from L2 instead of waiting on memory.
+    """
     n = xr.shape[0]
     s = 0.0
     comp = 0.0
     blk = _SUMBLK64 if exact else _SUMBLK32
+    step = _LINE // nxt.itemsize
+    ahead = nxt.shape[0] >= n
     for lo in range(0, n, blk):
         hi = min(n, lo + blk)
         bsum = _sum_exp_block(xr[lo:hi], m, exact, buf[lo:hi] if store else buf, store)
         s, err = _two_sum(s, bsum)
         comp += err
+        if ahead:
+            for p in range(lo, hi, step):
+                _prefetch(nxt, p)
     return s + comp
 
 
 @nb.njit(**_cache)
-def _row_stats(xr: Any, exact: bool, buf: Any, store: bool) -> tuple[float, float, int, int]:
+def _row_stats(xr: Any, exact: bool, buf: Any, store: bool,
+               nxt: Any) -> tuple[float, float, int, int]:
     """(m, s, k, kind) of a row: kind 0 finite max, 1 max +inf, 2 all -inf/empty, 3 NaN.
 
-    For kind 0: m = x_k is the maximum, k its first index, and sum(exp(x - m)) = 1 + s
-    with s the sum over j != k (other maxima add exactly 1 each).  With ``store`` the
-    exponentials go to ``buf`` (``buf[k] = 1``).
+    The numba side of ``crossentropy._core.rows.decompose``.  For kind 0: m = x_k is the
+    maximum, k its first index, and sum(exp(x - m)) = 1 + s with s the sum over j != k
+    (other maxima add exactly 1 each), so that log-sum-exp = m + log1p(s).  With ``store``
+    the exponentials go to ``buf`` (``buf[k] = 1``).  ``nxt``: the next row (same length)
+    to prefetch while the exponentials are computed, or an empty array.
     """
     n = xr.shape[0]
     if n == 0:
@@ -318,10 +479,11 @@ def _row_stats(xr: Any, exact: bool, buf: Any, store: bool) -> tuple[float, floa
     if m == np.inf:
         return m, 0.0, k, 1
     if store:
-        s = _sum_exp(xr[:k], m, exact, buf[:k], True)
-        s += _sum_exp(xr[k + 1 :], m, exact, buf[k + 1 :], True)
+        s = _sum_exp(xr[:k], m, exact, buf[:k], True, nxt[:k])
+        s += _sum_exp(xr[k + 1 :], m, exact, buf[k + 1 :], True, nxt[k + 1 :])
     else:
-        s = _sum_exp(xr[:k], m, exact, buf, False) + _sum_exp(xr[k + 1 :], m, exact, buf, False)
+        s = _sum_exp(xr[:k], m, exact, buf, False, nxt[:k])
+        s += _sum_exp(xr[k + 1 :], m, exact, buf, False, nxt[k + 1 :])
     if store:
         buf[k] = 1.0
     return m, s, k, 0
@@ -331,23 +493,61 @@ def _row_stats(xr: Any, exact: bool, buf: Any, store: bool) -> tuple[float, floa
 
 
 def _chunks(n: int) -> int:
+    """Number of row chunks for ``prange``: 8 per thread (rows are cheap to split)."""
     return max(1, min(n, 8 * nb.get_num_threads()))
 
 
-@nb.njit(parallel=True, **_cache)
+# Below this many elements a kernel runs on the calling thread: waking the worker threads
+# costs more than the work (tens of microseconds on an idle machine, milliseconds on a loaded
+# one).  Each row is computed the same way either way, so the results are identical.
+_SERIAL_MAX = 1 << 17
+
+
+def _serial(x: Any) -> bool:
+    return bool(x.size < _SERIAL_MAX)
+
+
+# Rows longer than this are not prefetched while their exponentials are stored: the row, its
+# float64 scratch row and the next row would not fit in L2 together (at 128256 classes the
+# prefetch evicted the current row and cost 5-10%; without the scratch row it still pays).
+_PREFETCH_MAX_STORED = 1 << 16
+
+
+@nb.njit(**_cache)
+def _next_row(x: Any, i: int, hi: int, store: bool) -> Any:
+    """Row i + 1 of x to prefetch if this chunk processes it (and it fits), else empty."""
+    if i + 1 < hi and not (store and x.shape[1] > _PREFETCH_MAX_STORED):
+        return x[i + 1]
+    return x[i][:0]
+
+
 def logsumexp_rows(x: Any, exact: bool, out: Any, nchunks: int) -> None:
     """out[i] = log(sum(exp(x[i]))) = m + log1p(s)."""
+    if _serial(x):
+        _logsumexp_chunk(x, exact, out, 0, x.shape[0])
+    else:
+        _logsumexp_rows(x, exact, out, nchunks)
+
+
+@nb.njit(parallel=True, **_cache)
+def _logsumexp_rows(x: Any, exact: bool, out: Any, nchunks: int) -> None:
     N = x.shape[0]
     for c in prange(nchunks):
-        dummy = np.empty(0)
-        for i in range(c * N // nchunks, (c + 1) * N // nchunks):
-            m, s, _k, kind = _row_stats(x[i], exact, dummy, False)
-            if kind == 0:
-                out[i] = m + math.log1p(s)
-            elif kind == 3:
-                out[i] = np.nan
-            else:
-                out[i] = m  # +inf or -inf
+        _logsumexp_chunk(x, exact, out, c * N // nchunks, (c + 1) * N // nchunks)
+
+
+@nb.njit(**_cache)
+def _logsumexp_chunk(x: Any, exact: bool, out: Any, lo: int, hi: int) -> None:
+    """logsumexp_rows on rows lo..hi-1 (one thread)."""
+    dummy = np.empty(0)
+    for i in range(lo, hi):
+        m, s, _k, kind = _row_stats(x[i], exact, dummy, False, _next_row(x, i, hi, False))
+        if kind == 0:
+            out[i] = m + math.log1p(s)
+        elif kind == 3:
+            out[i] = np.nan
+        else:
+            out[i] = m  # +inf or -inf
 
 
 @nb.njit(fastmath=_STRICT, **_cache)
@@ -409,37 +609,94 @@ def _log_softmax_write(xr: Any, m: float, L: float, exact: bool, orow: Any) -> N
         orow[j] = _lsm1(np.float64(xr[j]), m, L, exact)
 
 
-@nb.njit(parallel=True, **_cache)
 def softmax_rows(x: Any, exact: bool, log: bool, out: Any, nchunks: int) -> None:
     """Softmax (or log-softmax) of each row of x into out (out may be x)."""
-    N, C = x.shape
+    softmax_rows_into(x, exact, log, out, nchunks, _streams(out, x))
+
+
+def softmax_rows_into(x: Any, exact: bool, log: bool, out: Any, nchunks: int,
+                      stream: bool) -> None:
+    """softmax_rows with the choice of non-temporal stores made by the caller.
+
+    stream=True pays for a large `out` (32 MiB and more) that is already in use (a caller's
+    ``out=``: 5-15% faster); for an array just allocated by np.empty, whose pages fault in
+    on first touch, ordinary stores measured 12-21% faster (stream=False).  Requires a
+    C-contiguous `out` when stream is True.
+    """
+    if _serial(x):
+        _softmax_chunk(x, exact, log, out, 0, x.shape[0], stream)
+    else:
+        _softmax_rows(x, exact, log, out, nchunks, stream)
+
+
+@nb.njit(parallel=True, **_cache)
+def _softmax_rows(x: Any, exact: bool, log: bool, out: Any, nchunks: int,
+                  stream: bool) -> None:
+    N = x.shape[0]
     for c in prange(nchunks):
-        buf = np.empty(0 if log else C)
-        for i in range(c * N // nchunks, (c + 1) * N // nchunks):
-            xr = x[i]
-            m, s, _k, kind = _row_stats(xr, exact, buf, not log)
-            orow = out[i]
-            if kind != 0:
-                _softmax_special(xr, kind, log, orow)
-            elif log:
-                _log_softmax_write(xr, m, math.log1p(s), exact, orow)
+        _softmax_chunk(x, exact, log, out, c * N // nchunks, (c + 1) * N // nchunks, stream)
+
+
+@nb.njit(**_cache)
+def _softmax_chunk(x: Any, exact: bool, log: bool, out: Any, lo: int, hi: int,
+                   stream: bool) -> None:
+    """softmax_rows on rows lo..hi-1 (one thread); ``stream``: each row is formed in a
+    scratch row (in cache) and then written to out by non-temporal stores."""
+    C = x.shape[1]
+    buf = np.empty(0 if log else C)
+    orow_s = np.empty(C if stream else 0, dtype=out.dtype)
+    for i in range(lo, hi):
+        xr = x[i]
+        m, s, _k, kind = _row_stats(xr, exact, buf, not log, _next_row(x, i, hi, not log))
+        orow = orow_s if stream else out[i]
+        if kind != 0:
+            _softmax_special(xr, kind, log, orow)
+        elif log:
+            _log_softmax_write(xr, m, math.log1p(s), exact, orow)
+        else:
+            # p_j = e_j / (1 + s).  A division per element is exact to 0.5 ulp; for
+            # float32 output the product with 1 / (1 + s) (two float64 roundings) is
+            # still far below float32's half-ulp, and vectorises better.
+            if exact:
+                S, cS = _one_plus(s)
+                _softmax_write_div(buf, S, cS, orow)
             else:
-                # p_j = e_j / (1 + s).  A division per element is exact to 0.5 ulp; for
-                # float32 output the product with 1 / (1 + s) (two float64 roundings) is
-                # still far below float32's half-ulp, and vectorises better.
-                if exact:
-                    S, cS = _one_plus(s)
-                    _softmax_write_div(buf, S, cS, orow)
-                else:
-                    _softmax_write(buf, 1.0 / (1.0 + s), orow)
+                _softmax_write(buf, 1.0 / (1.0 + s), orow)
+        if stream:
+            _stream_row(orow_s, out[i])
+    if stream:
+        _store_fence()
 
 
 # --------------------------------------------------------------------------- cross-entropy
+#
+# The numba side of ``crossentropy._core.categorical.logits_rows`` for index targets, in the
+# same pieces and with the same names for the same quantities.  For row i with logits x,
+# soft-capped logits z = c tanh(x / c) (z = x without a cap), target y, smoothing eps, class
+# weights w (1 without weights) and C classes:
+#
+#   row statistics  m = max z, k = first argmax, s = sum_{c != k} e^{z_c - m}, L = log1p(s)
+#                   (``_row_stats``; lse = m + L)
+#   coefficients    a_c = w_c t'_c with t' = (1 - eps) onehot(y) + eps / C, W = sum_c a_c
+#                   (``_row_coefficients``)
+#   loss            -log softmax_c = (L - dh_c) - dl_c (two terms >= 0, ``_nls``), so
+#                   an index target costs a_y ((m - z_y) + L) and smoothing and weights
+#                   sum_c a_c ((L - dh_c) - dl_c)  (``_row_loss``), plus the z-loss
+#                   zeta lse^2 of every counted row, never weighted
+#   gradient        dl/dz_c = p_c W' - a_c with W' = W + 2 zeta lse, and at the argmax
+#                   ((W' - a_k) - a_k s) / (1 + s)  (``_row_grad``), times the soft cap's
+#                   dz/dx = sech^2(x / c) (``_softcap_row``)
+#
+# Rows whose maximum is +inf (the +inf entries share the mass), all -inf, or with a NaN are
+# handled apart (``_row_loss_special``, ``_row_grad_special``), as in the core.
 
 
 @nb.njit(fastmath=_STRICT, **_cache)
 def _nls(v: float, m: float, L: float, exact: bool) -> float:
-    """-log softmax_j = (L - dh) - dl, two terms >= 0."""
+    """-log softmax_c = (L - dh) - dl for z_c = v, two terms >= 0 (dh + dl = v - m, TwoSum).
+
+    (float32 logits: v - m is exact in float64, so dl = 0.)
+    """
     if exact:
         dh, dl = two_diff(v, m)
         return (L - dh) - dl
@@ -448,7 +705,7 @@ def _nls(v: float, m: float, L: float, exact: bool) -> float:
 
 @nb.njit(fastmath=_FAST, **_cache)
 def _smooth_sum(zr: Any, m: float, L: float, exact: bool, weight: Any, has_w: bool) -> float:
-    """sum_c w_c (-log softmax_c) (the label-smoothing term, before the factor eps / C)."""
+    """sum_c w_c (-log softmax_c): the smoothing term, before its factor eps / C."""
     acc = 0.0
     for j in range(zr.shape[0]):
         t = _nls(np.float64(zr[j]), m, L, exact)
@@ -460,151 +717,126 @@ def _smooth_sum(zr: Any, m: float, L: float, exact: bool, weight: Any, has_w: bo
 
 
 @nb.njit(fastmath=_STRICT, **_cache)
+def _row_coefficients(wy: float, eps: float, C: int, wsum: float) -> tuple[float, float, float]:
+    """(a_y, sm, W) of an index target, ``_core.categorical.target_coefficients`` per row.
+
+    t' = (1 - eps) onehot(y) + eps / C gives a_y = w_y ((1 - eps) + eps / C), a_c = w_c sm
+    for c != y with sm = eps / C, and W = sum_c a_c = w_y (1 - eps) + sm sum_c w_c.
+    """
+    sm = eps / C
+    return wy * ((1.0 - eps) + sm), sm, wy * (1.0 - eps) + sm * wsum
+
+
+@nb.njit(**_cache)
+def _row_loss(zr: Any, zy: float, m: float, L: float, exact: bool, wy: float, eps: float,
+              sm: float, weight: Any, has_w: bool) -> float:
+    """sum_c a_c (-log softmax_c) of a row with a finite maximum (no z-loss).
+
+    Index target: a_y ((m - z_y) + L), written (L - dh_y) - dl_y.  With smoothing,
+    a_y = w_y (1 - eps) + sm w_y: the w_y (1 - eps) part multiplies -log softmax_y, the sm
+    w_y part joins the others in sm sum_c w_c (-log softmax_c).  A zero coefficient adds
+    nothing, even against an infinite -log softmax (0 * inf = 0).
+    """
+    nly = _nls(zy, m, L, exact)
+    if eps == 0.0:
+        return wy * nly if wy != 0.0 else 0.0
+    hard = wy * (1.0 - eps)
+    tot = _smooth_sum(zr, m, L, exact, weight, has_w)
+    return (hard * nly if hard != 0.0 else 0.0) + sm * tot
+
+
+@nb.njit(**_cache)
+def _row_loss_special(zr: Any, kind: int, y: int, wy: float, eps: float, sm: float,
+                      weight: Any, has_w: bool) -> float:
+    """Loss of a row whose maximum is +inf (kind 1) or that has no distribution (NaN).
+
+    +inf maximum: the cnt entries at +inf share the mass, -log softmax_c = log(cnt) there
+    and +inf elsewhere (``_core.rows.inf_share``).
+    """
+    if kind != 1:
+        return np.nan
+    C = zr.shape[0]
+    cnt = 0
+    for j in range(C):
+        if zr[j] == np.inf:
+            cnt += 1
+    li = 0.0
+    for j in range(C):
+        aj = (weight[j] if has_w else 1.0) * sm + (wy * (1.0 - eps) if j == y else 0.0)
+        if aj != 0.0:
+            li += aj * (math.log(cnt) if zr[j] == np.inf else np.inf)
+    return li
+
+
+@nb.njit(fastmath=_STRICT, **_cache)
 def _g1(e: float, d: float, c: float, exact: bool, Wz: float, b: float, f: float, t: float,
         capped: bool) -> float:
-    # grad_j = f (p_j W' - a_j) with p_j = e_j / (1 + s) (d = 1 + s rounded and c its
-    # rounding error over d, or d = 1 / (1 + s) when not exact), a_j = b; times
-    # dz/dx = 1 - tanh^2 = (1 - t)(1 + t) under a soft cap
+    # grad_c = f (p_c W' - a_c) with p_c = e_c / (1 + s): exact, d = 1 + s rounded and c its
+    # rounding error over d (one division, 0.5 ulp); float32 output, d = 1 / (1 + s).
+    # a_c = b.  Under a soft cap, times t = dz/dx = sech^2(x_c / cap).
     if exact:
         q = e / d
         p = q - q * c
     else:
         p = e * d
     g = (p * Wz - b) * f
-    return g * t if capped else g  # t = dz/dx = sech^2(x / c) under a soft cap
+    return g * t if capped else g
 
 
 @nb.njit(fastmath=_FAST, **_cache)
 def _grad_write(buf: Any, d: float, c: float, exact: bool, Wz: float, base: float, f: float,
-                weight: Any, has_w: bool, tb: Any, capped: bool, grow: Any) -> None:
+                weight: Any, has_w: bool, db: Any, capped: bool, grow: Any) -> None:
+    """grow[c] = f (p_c W' - a_c) dz/dx for every class with a_c = base w_c (the classes
+    other than y; the caller then writes the target and the argmax entries)."""
     if has_w:
         for j in range(grow.shape[0]):
-            t = tb[j] if capped else 0.0
+            t = db[j] if capped else 0.0
             grow[j] = _g1(buf[j], d, c, exact, Wz, base * weight[j], f, t, capped)
     else:
         for j in range(grow.shape[0]):
-            t = tb[j] if capped else 0.0
+            t = db[j] if capped else 0.0
             grow[j] = _g1(buf[j], d, c, exact, Wz, base, f, t, capped)
 
 
-@nb.njit(fastmath=_STRICT, **_cache)
-def _softcap_row(xr: Any, cap: float, tb: Any, zb: Any) -> None:
-    """zb = cap tanh(x / cap) and tb = dz/dx = 1 - tanh^2 = 1 / cosh^2 (x / cap).
+@nb.njit(**_cache)
+def _row_grad(buf: Any, s: float, k: int, y: int, exact: bool, W: float, ay: float,
+              sm: float, wsum: float, wy: float, zl2: float, weight: Any, has_w: bool,
+              scale: float, capped: bool, db: Any, grow: Any) -> None:
+    """scale d loss / dx of a row with a finite maximum, ``_core.categorical._logits_grad``.
 
-    1 / cosh^2 is accurate where 1 - tanh^2 would cancel (|x| >> cap).
+    buf holds e_c = e^{z_c - m} (buf[k] = 1); zl2 = 2 zeta lse (0 without z-loss), so that
+    W' = W + zl2 (d(zeta lse^2)/dz_c = 2 zeta lse p_c).
     """
-    for j in range(xr.shape[0]):
-        u = np.float64(xr[j]) / cap
-        zb[j] = cap * math.tanh(u)
-        ch = math.cosh(u)
-        tb[j] = 1.0 / (ch * ch)
-
-
-@nb.njit(parallel=True, **_cache)
-def ce_rows(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, eps: float,
-            z_loss: float, cap: float, grad: Any, want_grad: bool, grad_scale: float,
-            exact: bool, loss: Any, lse: Any, nchunks: int) -> None:
-    """The kernel behind :func:`crossentropy._cpu.cross_entropy_rows` (cap <= 0: no softcap)."""
-    N, C = x.shape
-    wsum = 0.0
-    if has_w:
-        for j in range(C):
-            wsum += weight[j]
+    Wz = W + zl2
+    # float64: divide by 1 + s = S + S_lo (0.5 ulp); float32 output: times 1 / (1 + s)
+    S, cS = _one_plus(s)
+    d = S if exact else 1.0 / (1.0 + s)
+    _grad_write(buf, d, cS, exact, Wz, sm, scale, weight, has_w, db, capped, grow)
+    # the target class: p_y W' - a_y
+    ak = ay if k == y else (weight[k] if has_w else 1.0) * sm
+    qy = buf[y] / S
+    gy = ((qy - qy * cS) * Wz - ay) * scale
+    # the argmax k: p_k = 1 / (1 + s), so p_k W' - a_k = ((W' - a_k) - a_k s) / (1 + s),
+    # with W' - a_k summed directly: exact for one-hot targets and confident rows
+    # (p_k - 1 = -s / (1 + s), not 1 - 1 + tiny).
+    if k == y:  # the smoothing shares of the other classes
+        rest = sm * (wsum - wy) + zl2
     else:
-        wsum = float(C)
-    capped = cap > 0.0
-    for c in prange(nchunks):
-        buf = np.empty(C if want_grad else 0)
-        tb = np.empty(C if capped else 0)
-        zb = np.empty(C if capped else 0)
-        for i in range(c * N // nchunks, (c + 1) * N // nchunks):
-            xr = x[i]
-            y = target[i]
-            counted = y != ignore_index
-            if capped:
-                _softcap_row(xr, cap, tb, zb)
-                m, s, k, kind = _row_stats(zb, True, buf, want_grad)
-            else:
-                m, s, k, kind = _row_stats(xr, exact, buf, want_grad)
-            L = math.log1p(s)
-            lse[i] = m + L if kind == 0 else (np.nan if kind == 3 else m)
-            if not counted:
-                loss[i] = 0.0
-                if want_grad:
-                    grow = grad[i]
-                    for j in range(C):
-                        grow[j] = 0.0
-                continue
-            wy = weight[y] if has_w else 1.0
-            # a_c = w_c ((1 - eps) [c == y] + eps / C): the target coefficients of row i
-            sm = eps / C
-            ay = wy * ((1.0 - eps) + sm)
-            W = wy * (1.0 - eps) + sm * wsum  # sum_c a_c
-            zy = zb[y] if capped else np.float64(xr[y])
-            if kind == 0:
-                nly = _nls(zy, m, L, exact or capped)
-                li = ay * nly if ay != 0.0 else 0.0
-                if eps != 0.0:
-                    if capped:
-                        tot = _smooth_sum(zb, m, L, True, weight, has_w)
-                    else:
-                        tot = _smooth_sum(xr, m, L, exact, weight, has_w)
-                    # a_y = wy (1 - eps) + sm wy: the sm wy part is in tot, with the others
-                    hard = wy * (1.0 - eps)
-                    li = (hard * nly if hard != 0.0 else 0.0) + sm * tot
-            elif kind == 1:  # +inf maximum: the +inf entries share the mass
-                cnt = 0
-                for j in range(C):
-                    zj = zb[j] if capped else xr[j]
-                    if zj == np.inf:
-                        cnt += 1
-                li = 0.0
-                for j in range(C):
-                    zj = zb[j] if capped else xr[j]
-                    aj = (weight[j] if has_w else 1.0) * sm + (wy * (1.0 - eps) if j == y else 0.0)
-                    if aj != 0.0:
-                        li += aj * (math.log(cnt) if zj == np.inf else np.inf)
-            else:
-                li = np.nan
-            if z_loss != 0.0:
-                li += z_loss * lse[i] * lse[i]  # PaLM z-loss
-            loss[i] = li
-            if not want_grad:
-                continue
-            grow = grad[i]
-            if kind != 0:
-                _ce_grad_special(xr, zb, capped, tb, kind, y, wy, eps, sm, W, z_loss, lse[i],
-                                 weight, has_w, grad_scale, grow)
-                continue
-            zl2 = 2.0 * z_loss * lse[i] if z_loss != 0.0 else 0.0
-            Wz = W + zl2  # d(zl lse^2)/dz_c = 2 zl lse p_c
-            # float64: divide by 1 + s (0.5 ulp); float32 output: multiply by 1 / (1 + s)
-            ex = exact or capped
-            S, cS = _one_plus(s)
-            d = S if ex else 1.0 / (1.0 + s)
-            _grad_write(buf, d, cS, ex, Wz, sm, grad_scale, weight, has_w, tb, capped, grow)
-            # the target class: p_y W' - a_y
-            ak = ay if k == y else (weight[k] if has_w else 1.0) * sm
-            qy = buf[y] / S
-            gy = ((qy - qy * cS) * Wz - ay) * grad_scale
-            # the argmax k: p_k = 1 / (1 + s), so p_k W' - a_k = ((W' - a_k) - a_k s) / (1 + s),
-            # with W' - a_k summed directly: exact for one-hot targets and confident rows.
-            if k == y:  # sum of the smoothing shares of the other classes
-                rest = sm * (wsum - wy) + zl2
-            else:
-                rest = (W - ak) + zl2
-            gk = ((rest - ak * s) / (1.0 + s)) * grad_scale
-            if capped:
-                gy *= tb[y]
-                gk *= tb[k]
-            grow[y] = gy
-            grow[k] = gk
+        rest = (W - ak) + zl2
+    gk = ((rest - ak * s) / (1.0 + s)) * scale
+    if capped:
+        gy *= db[y]
+        gk *= db[k]
+    grow[y] = gy
+    grow[k] = gk
 
 
 @nb.njit(**_cache)
-def _ce_grad_special(xr: Any, zb: Any, capped: bool, tb: Any, kind: int, y: int, wy: float,
-                     eps: float, sm: float, W: float, z_loss: float, lse: float, weight: Any,
-                     has_w: bool, grad_scale: float, grow: Any) -> None:
+def _row_grad_special(zr: Any, kind: int, y: int, wy: float, eps: float, sm: float,
+                      Wz: float, weight: Any, has_w: bool, scale: float, capped: bool,
+                      db: Any, grow: Any) -> None:
+    """Gradient of a +inf-maximum row (share_c W' - a_c, the +inf entries sharing the
+    mass) or NaN for a row with no distribution."""
     C = grow.shape[0]
     if kind != 1:
         for j in range(C):
@@ -612,15 +844,151 @@ def _ce_grad_special(xr: Any, zb: Any, capped: bool, tb: Any, kind: int, y: int,
         return
     cnt = 0
     for j in range(C):
-        zj = zb[j] if capped else xr[j]
-        if zj == np.inf:
+        if zr[j] == np.inf:
             cnt += 1
-    Wz = W + 2.0 * z_loss * lse if z_loss != 0.0 else W
     for j in range(C):
-        zj = zb[j] if capped else xr[j]
-        share = 1.0 / cnt if zj == np.inf else 0.0
+        share = 1.0 / cnt if zr[j] == np.inf else 0.0
         aj = (weight[j] if has_w else 1.0) * sm + (wy * (1.0 - eps) if j == y else 0.0)
-        grow[j] = (share * Wz - aj) * grad_scale
+        g = (share * Wz - aj) * scale
+        grow[j] = g * db[j] if capped else g
+
+
+@nb.njit(fastmath=_STRICT, **_cache)
+def _softcap_row(xr: Any, cap: float, zb: Any, db: Any) -> None:
+    """zb = cap tanh(u) and db = dz/dx = sech^2 u = 4 q / (1 + q)^2, q = e^{-2|u|}, u = x / cap.
+
+    ``_core.categorical.softcap``: with q <= 1 nothing cancels (1 - tanh^2 u loses every
+    digit once tanh rounds to 1; (1 - t)(1 + t) is off by 2x at u = 9 in float32) and
+    nothing overflows (cosh does at |u| = 710).  A NaN gives db = 0 here, but its row is
+    a NaN row whose gradient is NaN anyway.
+    """
+    for j in range(xr.shape[0]):
+        u = np.float64(xr[j]) / cap
+        zb[j] = cap * math.tanh(u)
+        q = exp_le0(-2.0 * abs(u))
+        db[j] = 4.0 * q / ((1.0 + q) * (1.0 + q))
+
+
+def ce_rows(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, eps: float,
+            z_loss: float, cap: float, grad: Any, want_grad: bool, grad_scale: float,
+            exact: bool, loss: Any, lse: Any, nchunks: int) -> None:
+    """Per-row cross-entropy of index targets: loss[i], lse[i] and (want_grad)
+    grad[i] = grad_scale * d loss[i] / d x[i].
+
+    x: (N, C) float32/float64 logits; target: int64 [N] (range already checked; a row whose
+    target equals ignore_index gets loss 0 and a zero gradient row); weight: float64 [C]
+    (read only if has_w); eps: label smoothing; z_loss: zeta; cap: soft cap (<= 0: none);
+    grad: (N, C) of x's dtype, may be x itself; exact: x is float64; nchunks: from
+    ``_chunks``.  The pieces are described above.
+    """
+    ce_rows_into(x, target, weight, has_w, ignore_index, eps, z_loss, cap, grad, want_grad,
+                 grad_scale, exact, loss, lse, nchunks, want_grad and _streams(grad, x))
+
+
+def ce_rows_into(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, eps: float,
+                 z_loss: float, cap: float, grad: Any, want_grad: bool, grad_scale: float,
+                 exact: bool, loss: Any, lse: Any, nchunks: int, stream: bool) -> None:
+    """ce_rows with the choice of non-temporal stores for the gradient made by the caller
+    (see :func:`softmax_rows_into`: True for a large gradient buffer already in use, such
+    as ``grad_out``, False for a fresh np.empty; only with want_grad and a C-contiguous
+    grad)."""
+    wsum = _weight_sum(weight, has_w, x.shape[1])
+    if _serial(x):
+        _ce_chunk(x, target, weight, has_w, ignore_index, eps, z_loss, cap, grad, want_grad,
+                  grad_scale, exact, loss, lse, 0, x.shape[0], stream, wsum)
+    else:
+        _ce_rows(x, target, weight, has_w, ignore_index, eps, z_loss, cap, grad, want_grad,
+                 grad_scale, exact, loss, lse, nchunks, stream, wsum)
+
+
+@nb.njit(**_cache)
+def _weight_sum(weight: Any, has_w: bool, C: int) -> float:
+    """sum_c w_c (C without weights), in class order."""
+    if not has_w:
+        return float(C)
+    wsum = 0.0
+    for j in range(C):
+        wsum += weight[j]
+    return wsum
+
+
+@nb.njit(parallel=True, **_cache)
+def _ce_rows(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, eps: float,
+             z_loss: float, cap: float, grad: Any, want_grad: bool, grad_scale: float,
+             exact: bool, loss: Any, lse: Any, nchunks: int, stream: bool,
+             wsum: float) -> None:
+    N = x.shape[0]
+    for c in prange(nchunks):
+        _ce_chunk(x, target, weight, has_w, ignore_index, eps, z_loss, cap, grad, want_grad,
+                  grad_scale, exact, loss, lse, c * N // nchunks, (c + 1) * N // nchunks,
+                  stream, wsum)
+
+
+@nb.njit(**_cache)
+def _ce_chunk(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, eps: float,
+              z_loss: float, cap: float, grad: Any, want_grad: bool, grad_scale: float,
+              exact: bool, loss: Any, lse: Any, lo: int, hi: int, stream: bool,
+              wsum: float) -> None:
+    """ce_rows on rows lo..hi-1 (one thread); ``stream``: each gradient row is formed in a
+    scratch row (in cache) and written to grad by non-temporal stores; wsum = sum_c w_c."""
+    C = x.shape[1]
+    capped = cap > 0.0
+    buf = np.empty(C if want_grad else 0)
+    db = np.empty(C if capped else 0)
+    zb = np.empty(C if capped else 0)
+    grow_s = np.empty(C if stream else 0, dtype=grad.dtype)
+    for i in range(lo, hi):
+        xr = x[i]
+        y = target[i]
+        grow = grad[i] if want_grad and not stream else grow_s  # (grad: a dummy if
+        # not want_grad: no row of it is formed)
+        # row statistics of z (soft-capped into zb, float64) or of the logits themselves
+        if capped:
+            _softcap_row(xr, cap, zb, db)
+            m, s, k, kind = _row_stats(zb, True, buf, want_grad, zb[:0])
+        else:
+            m, s, k, kind = _row_stats(xr, exact, buf, want_grad,
+                                       _next_row(x, i, hi, want_grad))
+        L = math.log1p(s)
+        lse[i] = m + L if kind == 0 else (np.nan if kind == 3 else m)
+        if y == ignore_index:
+            loss[i] = 0.0
+            if want_grad:
+                for j in range(C):
+                    grow[j] = 0.0
+                if stream:
+                    _stream_row(grow_s, grad[i])
+            continue
+        wy = weight[y] if has_w else 1.0
+        ay, sm, W = _row_coefficients(wy, eps, C, wsum)
+        # (zb and xr differ in dtype for float32 logits: numba types each call apart)
+        if kind == 0 and capped:  # zb is float64: TwoSum differences
+            li = _row_loss(zb, zb[y], m, L, True, wy, eps, sm, weight, has_w)
+        elif kind == 0:
+            li = _row_loss(xr, np.float64(xr[y]), m, L, exact, wy, eps, sm, weight, has_w)
+        elif capped:
+            li = _row_loss_special(zb, kind, y, wy, eps, sm, weight, has_w)
+        else:
+            li = _row_loss_special(xr, kind, y, wy, eps, sm, weight, has_w)
+        if z_loss != 0.0:
+            li += z_loss * lse[i] * lse[i]  # PaLM z-loss, unweighted
+        loss[i] = li
+        if not want_grad:
+            continue
+        zl2 = 2.0 * z_loss * lse[i] if z_loss != 0.0 else 0.0
+        if kind != 0 and capped:
+            _row_grad_special(zb, kind, y, wy, eps, sm, W + zl2, weight, has_w, grad_scale,
+                              True, db, grow)
+        elif kind != 0:
+            _row_grad_special(xr, kind, y, wy, eps, sm, W + zl2, weight, has_w, grad_scale,
+                              False, db, grow)
+        else:
+            _row_grad(buf, s, k, y, exact or capped, W, ay, sm, wsum, wy, zl2, weight,
+                      has_w, grad_scale, capped, db, grow)
+        if stream:
+            _stream_row(grow_s, grad[i])
+    if stream:
+        _store_fence()
 
 
 # --------------------------------------------------------------------------- elementwise
@@ -756,9 +1124,16 @@ def _sigmoid_block(x: Any, out: Any, dout: Any, want_d: bool, log: bool) -> None
                 dout[i] = _sigmoid_prime1(np.float64(x[i]))
 
 
-@nb.njit(parallel=True, **_cache)
 def sigmoid_flat(x: Any, out: Any, dout: Any, want_d: bool, log: bool) -> None:
     """sigmoid (or log_sigmoid) of a flat array into out; the derivative into dout."""
+    if _serial(x):
+        _sigmoid_block(x, out, dout, want_d, log)  # elementwise: blocks change nothing
+    else:
+        _sigmoid_flat(x, out, dout, want_d, log)
+
+
+@nb.njit(parallel=True, **_cache)
+def _sigmoid_flat(x: Any, out: Any, dout: Any, want_d: bool, log: bool) -> None:
     n = x.shape[0]
     nb_ = (n + _BLOCK - 1) // _BLOCK
     for b in prange(nb_):
@@ -783,12 +1158,38 @@ def _bce1(v: float, y: float, pw: float) -> tuple[float, float]:
     return a + b, gb - ga
 
 
-@nb.njit(parallel=True, **_cache)
 def bce_logits_flat(x: Any, y: Any, pos_weight: float, eps: float, store_loss: bool,
                     loss: Any, want_grad: bool, grad: Any, grad_scale: float,
                     partial: Any) -> None:
-    """BCE with logits over a flat array: per-element loss (optional), block partial sums,
-    and the gradient times grad_scale (optional; grad may be x)."""
+    """BCE with logits over a flat array: per-element loss (optional), block partial sums
+    (``partial[b]`` over elements ``b * _BLOCK ...``), and the gradient times grad_scale
+    (optional; grad may be x)."""
+    if _serial(x):
+        _bce_blocks(x, y, pos_weight, eps, store_loss, loss, want_grad, grad, grad_scale,
+                    partial, 0, partial.shape[0])
+    else:
+        _bce_logits_flat(x, y, pos_weight, eps, store_loss, loss, want_grad, grad,
+                         grad_scale, partial)
+
+
+@nb.njit(**_cache)
+def _bce_blocks(x: Any, y: Any, pos_weight: float, eps: float, store_loss: bool, loss: Any,
+                want_grad: bool, grad: Any, grad_scale: float, partial: Any, b0: int,
+                b1: int) -> None:
+    """bce_logits_flat on blocks b0..b1-1 (one thread)."""
+    n = x.shape[0]
+    for b in range(b0, b1):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        partial[b] = _bce_block(x[lo:hi], y[lo:hi], pos_weight, eps, store_loss,
+                                loss[lo:hi] if store_loss else loss, want_grad,
+                                grad[lo:hi] if want_grad else grad, grad_scale)
+
+
+@nb.njit(parallel=True, **_cache)
+def _bce_logits_flat(x: Any, y: Any, pos_weight: float, eps: float, store_loss: bool,
+                     loss: Any, want_grad: bool, grad: Any, grad_scale: float,
+                     partial: Any) -> None:
     n = x.shape[0]
     nb_ = partial.shape[0]
     for b in prange(nb_):
