@@ -5,7 +5,6 @@ The NumPy functions here are the exact reference; faster backends (``crossentrop
 """
 
 from crossentropy._backends import PerformanceHint, warm_up
-from crossentropy._options import BinaryOptions, CrossEntropyOptions, Reduction
 from crossentropy._config import (
     get_backend,
     get_num_threads,
@@ -13,6 +12,7 @@ from crossentropy._config import (
     set_num_threads,
     use_backend,
 )
+from crossentropy._options import BinaryOptions, CrossEntropyOptions, Reduction
 from crossentropy.activations import (
     log_sigmoid,
     log_softmax,

@@ -592,8 +592,8 @@ def lce_bwd_logits_kernel(
     Recomputes the logits tile and writes ``G = dL/dx`` (module notes; the per-row
     coefficients ``cP = g P``, ``cT = g T``, ``cA = g`` already hold the reduction, the base
     and the incoming gradient ``g``; ``cK = g (P - tgt_k)``, formed by the launcher without
-    the cancellation of ``P - tgt_k``, gives the argmax entry) into the chunk buffer ``g_ptr`` ``[N, v_hi - v_lo]``
-    in the storage dtype.  Each element is written once: no atomics.
+    the cancellation of ``P - tgt_k``, gives the argmax entry) into the chunk buffer
+    ``g_ptr`` ``[N, v_hi - v_lo]`` in the storage dtype.  Each element is written once: no atomics.
     """
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
