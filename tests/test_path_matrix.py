@@ -140,15 +140,30 @@ def _grad_bound(dtype: Any, case: Case) -> float:
     return _bounds(dtype) + extra
 
 
-def _slack(x: np.ndarray, case: Case, working: Any = np.float64) -> np.ndarray | float:
-    """The soft cap's conditioning allowance (absolute, per row): 8 eps max|z|, with eps
-    that of the precision z is held in (float64 on the CPU paths; float32 in the Triton
-    kernels, which round z = c tanh(x/c) to float32)."""
+def _slack(x: np.ndarray, case: Case, working: Any = np.float64,
+           y: np.ndarray | None = None) -> np.ndarray | float:
+    """The soft cap's conditioning allowance (absolute, per row).
+
+    z = c tanh(x/c) is rounded in the precision it is held in (float64 on the CPU paths,
+    float32 in the Triton kernels): |dz_c| <= eps |z_c|, which moves the loss by
+    sum_c |dloss/dz_c| |z_c| eps to first order.  The allowance is 8 times that, with the
+    gradient with respect to z taken from the core (so a confident row, whose gradient is
+    tiny, gets a tiny allowance).
+    """
     if case.softcap is None:
         return 0.0
     z = case.softcap * np.tanh(x.astype(np.float64) / case.softcap)
-    zmax = np.max(np.where(np.isfinite(z), np.abs(z), 0.0), axis=-1)
-    return 8.0 * float(np.finfo(working).eps) * zmax
+    yy = _data(np.float64)[1] if y is None else y
+    counted = yy != -100
+    t = core_ce.Target(counted=counted, labels=np.where(counted, yy, 0))
+    w = _weight() if case.weight else None
+    _, _, gz = core_ce.logits_rows(z, t, w, label_smoothing=case.smoothing,
+                                   z_loss=case.z_loss, want_grad=True)
+    assert gz is not None
+    zf = np.where(np.isfinite(z), np.abs(z), 0.0)
+    cond = np.sum(np.where(np.isfinite(gz), np.abs(gz), 0.0) * zf, axis=-1)
+    scale = 1.0 if case.base is None else 1.0 / math.log(case.base)
+    return 8.0 * float(np.finfo(working).eps) * cond * scale
 
 
 # --------------------------------------------------------------------------- NumPy paths
@@ -296,7 +311,7 @@ def test_linear_paths(plan: str, dtype: Any, case: Case) -> None:
     # float64, so float32 inputs are judged against the logits' own rounding too
     bound = _bounds(dtype) if dtype == np.float64 else 64.0
     err = _ulps(loss.detach().numpy()[counted], ref[counted], dtype,
-                _slack(logits, case)[counted] if case.softcap else 0.0)
+                _slack(logits, case, y=y)[counted] if case.softcap else 0.0)
     assert np.max(err) <= bound
     # gradients through the chain rule: d/dh = G W, d/dW = G^T h, d/db = sum G
     gh = gz @ w.astype(np.float64)
@@ -456,7 +471,7 @@ for case in m.CASES:
     c = yl != -100
     out[f"linear/{case.name}/loss"] = float(np.max(m._ulps(
         loss.detach().numpy().astype(np.float64)[c], ref[c], np.float32,
-        m._slack(z64, case, np.float32)[c] if case.softcap else 0.0)))
+        m._slack(z64, case, np.float32, y=yl)[c] if case.softcap else 0.0)))
     gh, gw = gz @ W.astype(np.float64), gz.T @ h.astype(np.float64)
     out[f"linear/{case.name}/grad"] = float(max(
         np.max(np.abs(ht.grad.numpy() - gh)) / np.abs(gh).max(),
