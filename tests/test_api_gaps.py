@@ -242,3 +242,28 @@ def test_numpy_z_loss_and_softcap_against_mpmath():
         lse = mpmath.log(sum(mpmath.exp(t) for t in z))
         want = (lse - z[y[i]]) + zl * lse**2  # -log softmax(z)_y + zeta lse^2
         assert got[i] == pytest.approx(float(want), rel=4e-16)
+
+
+# --------------------------------------------------------------------------- out= streaming
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_out_buffers_are_streamed_with_the_same_bits(dtype):
+    """A caller's out= / grad_out= of 32 MiB or more is written with non-temporal stores
+    (crossentropy._cpu); the result is bitwise that of the ordinary path."""
+    from crossentropy._cpu import _kernels
+
+    rows = (_kernels._STREAM_MIN_BYTES // np.dtype(dtype).itemsize) // 1000 + 3
+    x = RNG.normal(scale=3.0, size=(rows, 1000)).astype(dtype)
+    y = RNG.integers(0, 1000, size=rows)
+    with ce.use_backend("numba"):
+        for fn in (ce.softmax, ce.log_softmax):
+            out = np.empty_like(x)
+            assert out.nbytes >= _kernels._STREAM_MIN_BYTES
+            assert fn(x, out=out) is out
+            np.testing.assert_array_equal(out, fn(x))  # fresh array: ordinary stores
+        g = np.empty_like(x)
+        loss, g2 = ce.cross_entropy(x, y, return_grad=True, grad_out=g)
+        want_loss, want_g = ce.cross_entropy(x, y, return_grad=True)
+        assert g2 is g and loss == want_loss
+        np.testing.assert_array_equal(g, want_g)

@@ -112,6 +112,14 @@ def _result_buffer(x2: np.ndarray, x: np.ndarray, out: Any, direct: bool) -> tup
     return np.empty_like(x2), False
 
 
+def _stream(k: ModuleType, buf: np.ndarray, x2: np.ndarray, into_out: bool) -> bool:
+    """Non-temporal stores for a result: into a large caller's buffer, or (the kernels'
+    own rule) over the input itself; never into an array just allocated."""
+    if into_out:
+        return bool(buf.flags.c_contiguous and buf.nbytes >= k._STREAM_MIN_BYTES)
+    return bool(k._streams(buf, x2))
+
+
 def _place(buf: np.ndarray, x: np.ndarray, ax: int | None, out: Any, into_out: bool) -> Any:
     if into_out:
         return out
@@ -130,7 +138,10 @@ def softmax(x: np.ndarray, axis: int | None, *, log: bool, out: Any = None) -> A
     x2, direct = _rows_of(x, axis)
     k = kernels()
     buf, into_out = _result_buffer(x2, x, out, direct)
-    k.softmax_rows(x2, x.dtype == np.float64, log, buf, k._chunks(x2.shape[0]))
+    # the caller's `out` is a buffer already in use: large results are written with
+    # non-temporal stores (no read of each line before it is overwritten)
+    k.softmax_rows_into(x2, x.dtype == np.float64, log, buf, k._chunks(x2.shape[0]),
+                        _stream(k, buf, x2, into_out))
     return _place(buf, x, axis, out, into_out)
 
 
@@ -177,19 +188,26 @@ def ce_rows_kernel(
     softcap: float | None,
     grad: np.ndarray | None,
     grad_scale: float,
+    stream: bool | None = None,
 ) -> tuple[F64, F64]:
+    """The numba kernel on (N, C) rows; `stream` (None: the kernels' own rule) chooses
+    non-temporal stores for the gradient."""
     N = x2.shape[0]
     k = kernels()
     loss = np.empty(N)
     lse = np.empty(N)
     g = grad if grad is not None else np.empty((1, 1), dtype=x2.dtype)
     w = np.ascontiguousarray(weight, dtype=np.float64) if weight is not None else np.ones(1)
-    k.ce_rows(
+    args = (
         x2, np.ascontiguousarray(target, dtype=np.int64), w, weight is not None,
         int(ignore_index), float(label_smoothing), float(z_loss),
         float(softcap) if softcap is not None else 0.0, g, grad is not None,
         float(grad_scale), x2.dtype == np.float64, loss, lse, k._chunks(N),
     )
+    if stream is None:
+        k.ce_rows(*args)
+    else:
+        k.ce_rows_into(*args, stream and grad is not None)
     return loss, lse
 
 
@@ -215,7 +233,9 @@ def categorical(
     into_out = False
     if want_grad:
         buf, into_out = _result_buffer(x2, x, grad_out, direct)
-    loss, _ = ce_rows_kernel(x2, t, weight, -1, label_smoothing, z_loss, softcap, buf, grad_scale)
+    stream = buf is not None and _stream(kernels(), buf, x2, into_out)
+    loss, _ = ce_rows_kernel(x2, t, weight, -1, label_smoothing, z_loss, softcap, buf,
+                             grad_scale, stream=stream)
     rows = counted.shape
     if buf is None:
         return loss.reshape(rows), None
