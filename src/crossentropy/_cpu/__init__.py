@@ -16,6 +16,7 @@ backend setting allows, else the exact core.
 
 from __future__ import annotations
 
+import threading
 from types import ModuleType
 from typing import Any
 
@@ -36,6 +37,7 @@ __all__ = [
 
 F64 = npt.NDArray[np.float64]
 _mod: dict[str, ModuleType] = {}
+_applied: dict[int, int | None] = {}  # per thread: the thread count last given to numba
 
 
 def kernels() -> ModuleType:
@@ -46,11 +48,14 @@ def kernels() -> ModuleType:
         from crossentropy._cpu import _kernels
 
         mod = _mod["k"] = _kernels
-    import numba  # already imported by _kernels
-
-    most = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
     n = _config.get_num_threads()
-    numba.set_num_threads(most if n is None else min(n, most))
+    me = threading.get_ident()  # numba's thread count is per calling thread
+    if _applied.get(me, -1) != n:  # numba.set_num_threads costs microseconds per call
+        import numba  # already imported by _kernels
+
+        most = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+        numba.set_num_threads(most if n is None else min(n, most))
+        _applied[me] = n
     return mod
 
 
