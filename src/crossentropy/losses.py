@@ -197,6 +197,18 @@ def _reduced(loss: F64, omega: Any, opts: CrossEntropyOptions | BinaryOptions) -
                   empty_mean=opts.empty_mean)
 
 
+def _reduce_rows(
+    loss: F64, g64: F64 | None, omega: Any, sw: F64 | None, opts: CrossEntropyOptions
+) -> tuple[Reduced, F64 | None]:
+    """Sample weights (each loss and its share of the mean), then the reduction, and the
+    per-row gradients scaled to match (factor first, divisor last)."""
+    if sw is not None:
+        loss, omega = loss * sw, omega * sw
+        g64 = None if g64 is None else g64 * sw[..., None]
+    reduced = _reduced(loss, omega, opts)
+    return reduced, None if g64 is None else _scaled(g64, reduced)
+
+
 def _grad_factor(omega: Any, opts: CrossEntropyOptions | BinaryOptions) -> Reduced:
     """The reduction of all-zero losses: only its factor and divisor are used (they do not
     depend on the loss values)."""
@@ -461,12 +473,7 @@ def _from_normalised(
     loss, g64 = core_ce.normalised_rows(
         q, tg, w, log=is_log, label_smoothing=opts.label_smoothing, want_grad=return_grad
     )
-    omega = _omega(tg, w, opts)
-    if sw is not None:  # sample weights scale each loss and its share of the mean
-        loss, omega = loss * sw, omega * sw
-        g64 = None if g64 is None else g64 * sw[..., None]
-    reduced = _reduced(loss, omega, opts)
-    g = None if g64 is None else _scaled(g64, reduced)
+    reduced, g = _reduce_rows(loss, g64, _omega(tg, w, opts), sw, opts)
     return _finish(reduced.value, g, dtype, gdtype, ax)
 
 
@@ -617,12 +624,7 @@ def nll_loss(
     w = check.check_class_weight(weight, arr.shape[ax])
     sw = _sample_weight(sample_weight, tg.counted.shape)
     loss, g64 = core_ce.nll_rows(x, tg, w, want_grad=return_grad)
-    omega = _omega(tg, w, opts)
-    if sw is not None:  # sample weights scale each loss and its share of the mean
-        loss, omega = loss * sw, omega * sw
-        g64 = None if g64 is None else g64 * sw[..., None]
-    reduced = _reduced(loss, omega, opts)
-    g = None if g64 is None else _scaled(g64, reduced)
+    reduced, g = _reduce_rows(loss, g64, _omega(tg, w, opts), sw, opts)
     return _finish(reduced.value, g, dtype, dtype, ax)
 
 
