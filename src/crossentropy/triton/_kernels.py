@@ -210,6 +210,24 @@ def _soft_weights(cols, cmask, cw_ptr, t, eps, C, IS_PROB: tl.constexpr, HAS_WEI
     return a
 
 
+@triton.jit
+def _tile_soft_weights(target_ptr, stride_t, rows, rmask, cols, cmask, cw_ptr, eps, V,
+                       IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr):
+    # a_c for a (rows, cols) tile of the linear kernels: [BLOCK_N, BLOCK_V] from the tile's
+    # probability targets, or one [1, BLOCK_V] row (index targets: the same for every row)
+    if IS_PROB:
+        t = tl.load(
+            target_ptr + rows.to(tl.int64)[:, None] * stride_t + cols[None, :],
+            mask=rmask[:, None] & cmask[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        a = _soft_weights(cols[None, :], cmask[None, :], cw_ptr, t, eps, V, IS_PROB,
+                          HAS_WEIGHT)
+    else:
+        a = _soft_weights(cols, cmask, cw_ptr, 0.0, eps, V, IS_PROB, HAS_WEIGHT)[None, :]
+    return a
+
+
 # ----------------------------------------------------------------------------- kernel 1
 
 
@@ -523,17 +541,9 @@ def lce_fwd_kernel(
         bs = tl.sum(e, 1)
         zy += tl.sum(tl.where(cols[None, :] == y[:, None], z, 0.0), 1)
         if HAS_SOFT:
-            if IS_PROB:
-                t = tl.load(
-                    target_ptr + rows.to(tl.int64)[:, None] * stride_t + cols[None, :],
-                    mask=rmask[:, None] & cmask[None, :],
-                    other=0.0,
-                ).to(tl.float32)
-                a = _soft_weights(cols[None, :], cmask[None, :], cw_ptr, t, eps, V, IS_PROB,
-                                  HAS_WEIGHT)
-            else:
-                a = _soft_weights(cols, cmask, cw_ptr, 0.0, eps, V, IS_PROB, HAS_WEIGHT)
-                a = tl.broadcast_to(a[None, :], [BLOCK_N, BLOCK_V])
+            a = _tile_soft_weights(target_ptr, stride_t, rows, rmask, cols, cmask, cw_ptr, eps,
+                                   V, IS_PROB, HAS_WEIGHT)
+            a = tl.broadcast_to(a, [BLOCK_N, BLOCK_V])
             d = tl.where(cmask[None, :] & (z != bm[:, None]), bm[:, None] - z, 0.0)
             bA = tl.sum(a, 1).to(tl.float64)
             bB = tl.sum(tl.where(a == 0.0, 0.0, a * d), 1).to(tl.float64)
@@ -621,16 +631,8 @@ def lce_bwd_logits_kernel(
         cT = tl.load(cT_ptr + rows, mask=rmask, other=0.0)
         tgt = tl.where(cols[None, :] == y[:, None], cT[:, None], 0.0)
     if HAS_SOFT:
-        if IS_PROB:
-            t = tl.load(
-                target_ptr + rows.to(tl.int64)[:, None] * stride_t + cols[None, :],
-                mask=rmask[:, None] & cmask[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            a = _soft_weights(cols[None, :], cmask[None, :], cw_ptr, t, eps, V, IS_PROB,
-                              HAS_WEIGHT)
-        else:
-            a = _soft_weights(cols, cmask, cw_ptr, 0.0, eps, V, IS_PROB, HAS_WEIGHT)[None, :]
+        a = _tile_soft_weights(target_ptr, stride_t, rows, rmask, cols, cmask, cw_ptr, eps, V,
+                               IS_PROB, HAS_WEIGHT)
         tgt += cA[:, None] * a
     g = cP[:, None] * p - tgt
     at_k = cols[None, :] == kk[:, None]
