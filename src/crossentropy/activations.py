@@ -21,6 +21,7 @@ from crossentropy import _small
 from crossentropy._backends import use_numba
 from crossentropy._core import rows as core_rows
 from crossentropy._core import sigmoid as core_sigmoid
+from crossentropy._core.scratch import Scratch
 from crossentropy._validate import (
     as_float_array,
     cast_out,
@@ -152,9 +153,10 @@ def _softmax_like(x: Any, axis: Any, out: Any, where: Any, *, log: bool) -> Any:
                 r2[...] = np.array(plain(small)).reshape(x2.shape)  # a few numbers: no overhead
         elif x2.size:
             core = core_rows.log_softmax if log else core_rows.softmax
+            scratch = Scratch()  # the same temporaries for every block (see _core.scratch)
             for sl in _blocks(x2):  # row blocks: the float64 temporaries stay in cache
                 with np.errstate(over="ignore"):  # beyond float16's range: rounded to inf
-                    r2[sl] = core(x2[sl].astype(np.float64), exact)
+                    r2[sl] = core(scratch.f64("x", x2[sl]), exact, scratch)
         res = _back(r2.reshape(xm.shape), arr.shape, axes)
     if mask is not None:  # excluded entries: probability 0, log-probability -inf
         res = np.where(mask, res, -np.inf if log else 0.0)
@@ -187,8 +189,10 @@ def _logsumexp_rows(arr: np.ndarray, axes: tuple[int, ...] | None) -> F64:
     if small is not None:
         return np.array(_small.logsumexp_rows(small)).reshape(rows_shape)
     out = np.empty(x2.shape[0])
+    scratch = Scratch()  # the same temporaries for every block (see _core.scratch)
     for sl in _blocks(x2):  # row blocks: the float64 temporaries stay in cache
-        out[sl] = core_rows.logsumexp(x2[sl].astype(np.float64), arr.dtype == np.float64)
+        x64 = scratch.f64("x", x2[sl])
+        out[sl] = core_rows.logsumexp(x64, arr.dtype == np.float64, scratch)
     return out.reshape(rows_shape)
 
 

@@ -51,6 +51,7 @@ from crossentropy._core import binary as core_bce
 from crossentropy._core import categorical as core_ce
 from crossentropy._core import information as core_info
 from crossentropy._core.reduce import Reduced, reduce
+from crossentropy._core.scratch import Scratch
 from crossentropy._options import BinaryOptions, CrossEntropyOptions, Reduction
 
 __all__ = [
@@ -415,10 +416,12 @@ def cross_entropy(
     loss2 = np.zeros(x2.shape[0])
     g2 = np.zeros(x2.shape, dtype=gdtype) if return_grad else None
     sw2 = None if sw is None else sw.reshape(-1)
+    scratch = Scratch()  # the same temporaries for every block (see _core.scratch)
     for sl in _blocks(x2):  # row blocks: the float64 temporaries stay in cache
         loss_b, _, g_b = core_ce.logits_rows(
-            x2[sl].astype(np.float64), tg.rows(sl), w, label_smoothing=opts.label_smoothing,
+            scratch.f64("x", x2[sl]), tg.rows(sl), w, label_smoothing=opts.label_smoothing,
             z_loss=opts.z_loss, cap=opts.softcap, want_grad=return_grad, exact=exact,
+            scratch=scratch,
         )
         if sw2 is not None:  # sample weights scale each loss and its gradient row
             loss_b = loss_b * sw2[sl]

@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from crossentropy._core.rows import Rows, decompose, inf_share, probs
+from crossentropy._core.scratch import Scratch
 from crossentropy._core.terms import xlogy_terms
 
 __all__ = [
@@ -136,10 +137,13 @@ def logits_rows(
     cap: float | None = None,
     want_grad: bool = False,
     exact: bool = True,
+    scratch: Scratch | None = None,
 ) -> tuple[F64, F64, F64 | None]:
     """Per-row ``(loss, lse, dloss/dx)`` of logits `x` (``(..., C)``, size > 0), in nats.
 
-    ``exact=False`` for float32/float16 inputs (see :func:`.rows.decompose`).
+    ``exact=False`` for float32/float16 inputs (see :func:`.rows.decompose`).  With a
+    `scratch` (:mod:`.scratch`) the gradient may be one of its buffers: copy it out before
+    the next call.
 
     The loss is 0 and the gradient row 0 where the row is not counted; a NaN anywhere in a
     counted row makes its loss (and gradient row) NaN.  ``lse`` is the log-sum-exp of the
@@ -149,10 +153,10 @@ def logits_rows(
     if t.classes is not None:  # classes left out: logit -inf, probability 0
         x = np.where(t.classes, x, -np.inf)
     z, dzdx = softcap(x, cap)
-    r = decompose(z, exact)
+    r = decompose(z, exact, scratch)
     counted = t.counted
     if t.labels is not None and not label_smoothing and t.classes is None:
-        loss, lse, g = _index_rows(r, z, t.labels, counted, weight, z_loss, want_grad)
+        loss, lse, g = _index_rows(r, z, t.labels, counted, weight, z_loss, want_grad, scratch)
         return loss, lse, (g if g is None or dzdx is None else g * dzdx)
     a = target_coefficients(t, C, weight, label_smoothing)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -186,6 +190,7 @@ def _index_rows(
     weight: F64 | None,
     z_loss: float,
     want_grad: bool,
+    scratch: Scratch | None = None,
 ) -> tuple[F64, F64, F64 | None]:
     """:func:`logits_rows` for one-hot targets, a_c = w_y [c = y], without the dense (..., C)
     coefficients: the same formulas with the sums over c reduced to their one term."""
@@ -212,7 +217,8 @@ def _index_rows(
             return loss, lse, None
         zl = np.where(counted, 2.0 * z_loss * lse, 0.0)[..., None] if z_loss else 0.0
         Wz = wy + zl  # W = sum_c a_c = w_y
-        g = probs(r) * Wz  # p (W + 2 zeta lse) ...
+        g = probs(r, scratch)
+        g *= Wz  # p (W + 2 zeta lse) ...
         g_y = np.take_along_axis(g, y, axis=-1) - wy  # ... - a_c, nonzero at y only
         np.put_along_axis(g, y, g_y, axis=-1)
         # the argmax k as in _logits_grad: ((W' - a_k) - a_k s) / (1 + s), with
@@ -224,9 +230,11 @@ def _index_rows(
             onehot = np.arange(z.shape[-1]) == y
             g = np.where(r.pos_inf, share * Wz - np.where(onehot, wy, 0.0), g)
             g = np.where(r.neg_inf, np.nan, g)
-        g = np.where(nan_row[..., None], np.nan, g)
-        out: F64 = np.where(counted[..., None], g, 0.0)  # rows not counted: zero gradient
-    return loss, lse, out
+        if nan_row.any():
+            g = np.where(nan_row[..., None], np.nan, g)
+        if not counted.all():
+            g = np.where(counted[..., None], g, 0.0)  # rows not counted: zero gradient
+    return loss, lse, g
 
 
 def _logits_grad(

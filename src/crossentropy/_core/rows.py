@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from crossentropy._core.scratch import Scratch, take
+
 __all__ = [
     "Rows",
     "decompose",
@@ -64,30 +66,41 @@ class Rows:
     exact: bool  # False: no TwoSum / compensated sums (float32 and float16 inputs)
 
 
-def sum_last(e: F64) -> F64:
-    """Sum over the last axis (keepdims), accurate to about one rounding whatever the layout.
+def sum_last(e: F64, scratch: Scratch | None = None) -> F64:
+    """Sum over the last axis (keepdims) of nonnegative terms, to within about one rounding.
 
-    Pairwise summation in which every addition p + q = s + err is error-free (TwoSum,
-    Knuth); the errors are summed on the side and added back once.  np.sum's own pairwise
-    sum can be off by a few ulp for a 1000-term row, which showed up as up to 4.3 ulp in
-    softmax (and the cross-entropy gradient) on N(0, 10) rows.
+    One error-free extraction (Rump, Ogita & Oishi, "Accurate floating-point summation
+    part I", SIAM J. Sci. Comput. 31 (2008), ExtractVector): with M the row's largest term
+    and sigma = 2^ceil(log2(2 n M)) a power of two above n M,
+
+        q_c = (sigma + e_c) - sigma,   r_c = e_c - q_c        (both exact),
+
+    every q_c is a multiple of eps sigma / 2 no larger than M, so sum(q) is exact in any
+    order (no partial sum exceeds sigma / 2); each |r_c| <= eps sigma / 2, so the plain sum
+    of the r's is off by at most about log2(n) n eps^2 M, some 10^-5 ulp of the result for
+    n = 10^6.  The row sum is sum(q) + sum(r), rounded once: 6 passes over the row and no
+    loop in Python.  (np.sum alone can be 6 ulp off: a 1 then 4098 terms of 0.75 * 2^-53,
+    each dropped by the accumulator that holds the 1; see tests/test_core_sum.py.)
+    Rows with +-inf or NaN terms get the plain sum.
     """
-    a = e
-    comp = np.zeros((*e.shape[:-1], 1))
-    while a.shape[-1] > 1:
-        h = a.shape[-1] // 2
-        p, q = a[..., :h], a[..., h : 2 * h]
-        s = p + q
-        bb = s - p
-        comp += np.sum((p - (s - bb)) + (q - bb), axis=-1, keepdims=True)  # TwoSum errors
-        a = np.concatenate([s, a[..., 2 * h :]], axis=-1) if a.shape[-1] % 2 else s
-    # +-inf or NaN terms make the errors NaN: then the plain sum is the answer
-    comp = np.where(np.isfinite(comp), comp, 0.0)
-    out: F64 = a + comp
+    n = e.shape[-1]
+    M = np.max(e, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        # sigma = 2^(E + ceil(log2 n) + 1) with M < 2^E; M = 0 gives q = r = 0.
+        _, E = np.frexp(np.where(np.isfinite(M), M, 0.0))
+        sigma = np.ldexp(1.0, E + (max(n - 1, 1)).bit_length() + 1)
+        q = np.add(e, sigma, out=take(scratch, "sum", e.shape))
+        q -= sigma
+        tau = np.sum(q, axis=-1, keepdims=True)  # exact
+        np.subtract(e, q, out=q)  # the remainders r
+        out: F64 = tau + np.sum(q, axis=-1, keepdims=True)
+        bad = ~np.isfinite(out)
+        if bad.any():  # +-inf or NaN terms: the plain sum is the answer
+            out = np.where(bad, np.sum(e, axis=-1, keepdims=True), out)
     return out
 
 
-def decompose(x: F64, exact: bool = True) -> Rows:
+def decompose(x: F64, exact: bool = True, scratch: Scratch | None = None) -> Rows:
     """Decompose rows (last axis) as described in :class:`Rows`. `x` has size > 0.
 
     ``exact=False`` is for inputs that were float32 or float16 (computed in float64, then
@@ -95,6 +108,10 @@ def decompose(x: F64, exact: bool = True) -> Rows:
     row sum are skipped (``dl`` is then the scalar 0).  What they remove is an error of a
     few float64 ulp, 2^-29 of a float32 ulp, so the rounded result does not change except
     in the rarest ties.
+
+    The exact path works in place (``out=``) on four arrays, taken from `scratch` when
+    given (see :mod:`.scratch`): the fields of the result are then valid until the next
+    call with the same scratch.
     """
     with np.errstate(invalid="ignore", over="ignore"):
         m = np.max(x, axis=-1, keepdims=True)  # NaN if the row has a NaN
@@ -102,28 +119,32 @@ def decompose(x: F64, exact: bool = True) -> Rows:
         pos_inf = m == np.inf
         neg_inf = m == -np.inf
         ms = np.where(np.isfinite(m), m, 0.0)
+        dh = np.subtract(x, ms, out=take(scratch, "dh", x.shape))
         if not exact:
-            dh = x - ms
-            e = np.exp(dh)
+            e = np.exp(dh, out=take(scratch, "e", x.shape))
             np.put_along_axis(e, k, 0.0, axis=-1)
             s = np.sum(e, axis=-1, keepdims=True)  # the terms other than the first maximum
             np.put_along_axis(e, k, 1.0, axis=-1)
             return Rows(x, m, k, dh, 0.0, e, s, np.log1p(s), pos_inf, neg_inf, False)
-        # TwoSum (Knuth): dh = fl(x - m) and dl = (x - m) - dh exactly.
-        dh = x - ms
-        bb = dh - x
-        dl = (x - (dh - bb)) + (-ms - bb)
-        dl = np.where(np.isfinite(dl), dl, 0.0)
-        e = np.exp(dh)
-        e += e * dl  # exp(dh + dl) = exp(dh) (1 + dl + O(dl^2))
+        # TwoSum (Knuth): dh = fl(x - m) and dl = (x - m) - dh = (x - (dh - bb)) + (-m - bb)
+        # exactly, with bb = dh - x; -m - bb is computed as -(m + bb), the same rounding.
+        bb = np.subtract(dh, x, out=take(scratch, "e", x.shape))
+        dl = np.subtract(dh, bb, out=take(scratch, "dl", x.shape))
+        np.subtract(x, dl, out=dl)
+        bb += ms
+        dl -= bb
+        np.copyto(dl, 0.0, where=~np.isfinite(dl))
+        e = np.exp(dh, out=bb)
+        # exp(dh + dl) = exp(dh) (1 + dl + O(dl^2)): e += e dl, in place with one scratch
+        e += np.multiply(e, dl, out=take(scratch, "sum", x.shape))
         np.put_along_axis(e, k, 0.0, axis=-1)
-        s = sum_last(e)  # the terms other than the first maximum
+        s = sum_last(e, scratch)  # the terms other than the first maximum
         np.put_along_axis(e, k, 1.0, axis=-1)
         L = np.log1p(s)
     return Rows(x, m, k, dh, dl, e, s, L, pos_inf, neg_inf, True)
 
 
-def probs(r: Rows) -> F64:
+def probs(r: Rows, scratch: Scratch | None = None) -> F64:
     """softmax = e / (1 + s), with the rounding error of 1 + s put back.
 
     1 + s = S + S_lo exactly (TwoSum), and e / (S + S_lo) = q (1 - S_lo / S) with q = e / S;
@@ -135,9 +156,9 @@ def probs(r: Rows) -> F64:
         return out0
     bb = S - 1.0
     S_lo = (1.0 - (S - bb)) + (r.s - bb)
-    q = r.e / S
-    out: F64 = q - q * (S_lo / S)
-    return out
+    q = np.divide(r.e, S, out=take(scratch, "p", r.e.shape))
+    q -= np.multiply(q, S_lo / S, out=take(scratch, "sum", r.e.shape))
+    return q
 
 
 def inf_share(x: F64) -> F64:
@@ -148,7 +169,7 @@ def inf_share(x: F64) -> F64:
     return share
 
 
-def softmax(x: F64, exact: bool = True) -> F64:
+def softmax(x: F64, exact: bool = True, scratch: Scratch | None = None) -> F64:
     """softmax over the last axis: e_c / (1 + s), special rows as documented.
 
     A row with +inf entries gives them equal shares; an all -inf row, or one with a NaN,
@@ -156,9 +177,9 @@ def softmax(x: F64, exact: bool = True) -> F64:
     """
     if x.size == 0:
         return np.zeros_like(x)
-    r = decompose(x, exact)
+    r = decompose(x, exact, scratch)
     with np.errstate(invalid="ignore", divide="ignore"):
-        p: F64 = probs(r)  # e^(x - m) / sum
+        p: F64 = probs(r, scratch)  # e^(x - m) / sum
         if r.pos_inf.any():
             p = np.where(r.pos_inf, inf_share(x), p)
         # exp(-inf)/0: no distribution; a NaN anywhere in the row (its max is NaN)
@@ -168,15 +189,17 @@ def softmax(x: F64, exact: bool = True) -> F64:
     return p
 
 
-def log_softmax(x: F64, exact: bool = True) -> F64:
+def log_softmax(x: F64, exact: bool = True, scratch: Scratch | None = None) -> F64:
     """log softmax over the last axis: (dh_c - L) + dl_c, exact near 0."""
     if x.size == 0:
         return np.zeros_like(x)
-    r = decompose(x, exact)
+    r = decompose(x, exact, scratch)
     with np.errstate(invalid="ignore", divide="ignore"):
         # log p_j = (x_j - m) - log1p(s) = (dh_j - L) + dl_j: two terms <= 0, and the
         # rounding error of x_j - m added back.  At the maximum this is exactly -log1p(s).
-        lp: F64 = (r.dh - r.L) + r.dl if r.exact else r.dh - r.L
+        lp: F64 = np.subtract(r.dh, r.L, out=take(scratch, "p", x.shape))
+        if r.exact:
+            lp += r.dl
         if r.pos_inf.any():
             lp = np.where(r.pos_inf, np.log(inf_share(x)), lp)
         bad = r.neg_inf | np.isnan(r.m)  # no distribution, or a NaN anywhere in the row
@@ -185,13 +208,13 @@ def log_softmax(x: F64, exact: bool = True) -> F64:
     return lp
 
 
-def logsumexp(x: F64, exact: bool = True) -> F64:
+def logsumexp(x: F64, exact: bool = True, scratch: Scratch | None = None) -> F64:
     """log(sum(exp(x))) over the last axis (no keepdims). Empty rows give -inf."""
     if x.shape[-1] == 0:
         return np.full(x.shape[:-1], -np.inf)
     if x.size == 0:
         return np.zeros(x.shape[:-1])
-    r = decompose(x, exact)
+    r = decompose(x, exact, scratch)
     with np.errstate(invalid="ignore"):
         out = (r.m + r.L)[..., 0]  # -inf rows come out right: m = -inf, L finite
         # +inf rows: +inf.  (m + L alone gives NaN when two entries are +inf: the TwoSum of
