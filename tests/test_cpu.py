@@ -249,6 +249,32 @@ def test_cross_entropy_special_rows() -> None:
     np.testing.assert_allclose(fast[1][fin], ref[1][fin], rtol=1e-15, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reps", [1, 17, 65, 300])
+def test_special_rows_on_the_short_and_the_blocked_row_paths(dtype: type, reps: int) -> None:
+    # The kernels take rows of <= 64 classes by one loop (_row_stats_short) and longer rows
+    # by blocked passes: the special rows (+inf, all -inf, NaN, ties, huge spreads,
+    # subnormal results), tiled to 4, 68, 260 and 1200 classes, must agree with the core
+    # on both.  (The tiles keep each row's kind; the ties move the first maximum.)
+    x = np.tile(_special(dtype), (1, reps))
+    x[0, -1] += 1.0  # the maximum in the last block of the row
+    for fn, bound in (("softmax", 8), ("log_softmax", 4), ("logsumexp", 4)):
+        fast, ref = _both(getattr(ce, fn), x, axis=-1)
+        if fn == "logsumexp":
+            assert fast[1] == np.inf  # two +inf terms: the reference gives NaN (see above)
+            fast, ref = np.delete(fast, 1), np.delete(ref, 1)
+        assert _ulp_diff(fast, ref) <= (1 if dtype == np.float32 else bound), (fn, x.shape)
+    y = np.arange(x.shape[0]) % x.shape[1]
+    (fv, fg), (rv, rg) = _both(ce.cross_entropy, x, y, reduction="none", return_grad=True)
+    assert np.array_equal(np.isnan(fv), np.isnan(rv))
+    assert np.array_equal(np.isnan(fg), np.isnan(rg))
+    ok = np.isfinite(rv)
+    assert _ulp_diff(fv[ok], rv[ok]) <= 4
+    fin = np.isfinite(rg)
+    scale = np.max(np.abs(rg[fin]))
+    assert np.all(np.abs(fg[fin] - rg[fin]) <= 4 * np.finfo(dtype).eps * scale)
+
+
 def test_probability_targets_fall_back_to_numpy() -> None:
     x = np.random.default_rng(0).standard_normal((5, 4))
     t = ce.softmax(np.random.default_rng(1).standard_normal((5, 4)))
