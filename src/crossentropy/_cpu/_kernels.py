@@ -76,6 +76,16 @@ def _i64_as_f64(typingctx: Any, x: Any) -> Any:
 
 
 @intrinsic
+def _f64_as_i64(typingctx: Any, x: Any) -> Any:
+    sig = types.int64(types.float64)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
 def _i32_as_f32(typingctx: Any, x: Any) -> Any:
     sig = types.float32(types.int32)
 
@@ -300,7 +310,8 @@ def exp_le0_f32(d: float) -> float:
     float64 result to float32 then stays within 0.5 + 0.04 ulp.
     """
     d = d if d > -700.0 else -700.0
-    kf = (d * _LOG2E + _SHIFT) - _SHIFT
+    t = d * _LOG2E + _SHIFT  # the shift rounds to an integer k = t - _SHIFT (ties to even)
+    kf = t - _SHIFT
     r = d - kf * _LN2
     p = _Q6
     p = p * r + _Q5
@@ -309,7 +320,12 @@ def exp_le0_f32(d: float) -> float:
     p = p * r + _Q2
     p = p * r + _Q1
     p = p * r + _Q0
-    return p * _i64_as_f64((np.int64(kf) + 1023) << 52)
+    # p 2^k by adding k to p's exponent field: exact, as the product is, while the result
+    # is normal (p in [0.7, 1.42], k >= -1010).  The low bits of t hold k: bits(t) =
+    # bits(_SHIFT) + k, and bits(_SHIFT) ends in 52 zero bits, so bits(t) << 52 = k << 52
+    # (mod 2^64, negative k included).  Two integer operations instead of a conversion,
+    # an addition, a shift and a multiplication.
+    return _i64_as_f64(_f64_as_i64(p) + (_f64_as_i64(t) << 52))
 
 
 @nb.njit(fastmath=_STRICT, **_cache)
@@ -385,9 +401,11 @@ def _make_row_max(ity: Any, bits: int, tofloat: Any) -> Any:
             bm = ity(lowest)
             for j in range(xs.shape[0]):
                 b = xs[j]
-                o = b ^ ((b >> sh) & mag)
+                # (numba widens integer arithmetic to 64 bits; the casts back to ity let
+                # LLVM keep float32 rows in 16 lanes of 32 bits instead of 8 of 64)
+                o = ity(b ^ ity(ity(b >> sh) & mag))
                 bm = o if o > bm else bm
-                a = b & mag
+                a = ity(b & mag)
                 ma = a if a > ma else ma
             if bm > best:  # strictly: an equal maximum in a later block is not the first
                 best = bm
