@@ -38,6 +38,10 @@ __all__ = [
 F64 = npt.NDArray[np.float64]
 _mod: dict[str, ModuleType] = {}
 _applied: dict[int, int | None] = {}  # per thread: the thread count last given to numba
+# the kernels' weight argument when there are no class weights (never read: has_w False);
+# one array for every call (a fresh np.ones(1) costs more than a small kernel call; not
+# made read-only: numba would compile the kernels again for a read-only array type)
+_NO_WEIGHT = np.ones(1)
 
 
 def kernels() -> ModuleType:
@@ -202,12 +206,16 @@ def ce_rows_kernel(
     loss = np.empty(N)
     lse = np.empty(N)
     g = grad if grad is not None else np.empty((1, 1), dtype=x2.dtype)
-    w = np.ascontiguousarray(weight, dtype=np.float64) if weight is not None else np.ones(1)
+    w = np.ascontiguousarray(weight, dtype=np.float64) if weight is not None else _NO_WEIGHT
+    # the chunk count only matters where the kernel runs in parallel (k._chunks asks numba
+    # for its thread count: a microsecond, more than a small kernel call's own work)
+    serial = getattr(k, "_serial", None)
+    nchunks = 1 if serial is not None and serial(x2) else k._chunks(N)
     args = (
         x2, np.ascontiguousarray(target, dtype=np.int64), w, weight is not None,
         int(ignore_index), float(label_smoothing), float(z_loss),
         float(softcap) if softcap is not None else 0.0, g, grad is not None,
-        float(grad_scale), x2.dtype == np.float64, loss, lse, k._chunks(N),
+        float(grad_scale), x2.dtype == np.float64, loss, lse, nchunks,
     )
     if stream is None:
         k.ce_rows(*args)

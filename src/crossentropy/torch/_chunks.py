@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from crossentropy import _backends
 from crossentropy._options import CrossEntropyOptions
 
 __all__ = ["CHUNK_BYTES", "ChunkPlan", "linear_chunks", "watch_buffers"]
@@ -118,21 +119,29 @@ def cpu_rows(
 
     `grad` (may be `x` itself) receives ``grad_scale * d loss / d x``.
     """
-    from crossentropy._backends import cross_entropy_rows
+    loss, lse = cpu_rows_np(x, target, weight64, opts, grad, grad_scale)
+    return torch.from_numpy(loss), torch.from_numpy(lse)
 
+
+def cpu_rows_np(
+    x: Tensor, target: Tensor, weight64: Tensor | None, opts: CrossEntropyOptions,
+    grad: Tensor | None, grad_scale: float,
+) -> tuple[Any, Any]:
+    """:func:`cpu_rows` with the float64 (loss, lse) rows as NumPy arrays."""
     ii = _NO_IGNORE if opts.ignore_index is None else opts.ignore_index
-    loss, lse = cross_entropy_rows(
-        x.detach().numpy(),
-        target.detach().numpy(),
+    # zero-copy views; .numpy() refuses a tensor that requires grad, so those are detached
+    # first (written out: a helper function per tensor costs more than the check)
+    return _backends.cross_entropy_rows(
+        (x.detach() if x.requires_grad else x).numpy(),
+        (target.detach() if target.requires_grad else target).numpy(),
         weight=None if weight64 is None else weight64.detach().numpy(),
         ignore_index=ii,
         label_smoothing=opts.label_smoothing,
         z_loss=opts.z_loss,
         softcap=opts.softcap,
-        grad=None if grad is None else grad.detach().numpy(),
+        grad=None if grad is None else (grad.detach() if grad.requires_grad else grad).numpy(),
         grad_scale=grad_scale,
     )
-    return torch.from_numpy(loss), torch.from_numpy(lse)
 
 
 def torch_rows(

@@ -33,8 +33,9 @@ import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
+from crossentropy._core.reduce import reduce as core_reduce
 from crossentropy._options import CrossEntropyOptions, Reduction
-from crossentropy.torch._chunks import ChunkPlan, linear_chunks, rows_for
+from crossentropy.torch._chunks import ChunkPlan, cpu_rows_np, linear_chunks, rows_for
 from crossentropy.torch._reference import categorical_rows, reduce_rows, row_weights
 
 #: The option pieces, in the order of CrossEntropyOptions.to_tuple().
@@ -64,13 +65,16 @@ def _pieces_cached(opts: CrossEntropyOptions) -> tuple[Any, ...]:
 
 
 def check_index_target(target: Tensor, num_classes: int, ignore_index: int | None,
-                       last_offset: int = 0) -> None:
+                       last_offset: int = 0) -> bool:
     """Raise ValueError naming the first target outside [0, C) that is not ignore_index
-    (`last_offset` is added to the position on the last axis: a slice of the labels)."""
+    (`last_offset` is added to the position on the last axis: a slice of the labels).
+
+    Returns True when every target is in [0, C) (so none equals an ignore_index outside
+    that range), False when some are ignore_index or there are none."""
     if target.numel():
         lo, hi = torch.aminmax(target)
         if int(lo) >= 0 and int(hi) < num_classes:  # the common case: one reduction
-            return
+            return True
     bad = (target < 0) | (target >= num_classes)
     if ignore_index is not None:
         bad &= target != ignore_index
@@ -85,6 +89,7 @@ def check_index_target(target: Tensor, num_classes: int, ignore_index: int | Non
             f"target{where} = {int(target.reshape(-1)[flat])} is out of range "
             f"[0, {num_classes}) (and is not ignore_index={ignore_index})"
         )
+    return False
 
 
 def _grad_scale(opts: CrossEntropyOptions, omega: Tensor | None) -> float:
@@ -152,26 +157,45 @@ def _index_forward(
     """Body of the index operator (also run, without the operator dispatch, in eager mode)."""
     opts = _opts((reduction, ignore_index, label_smoothing, z_loss, softcap, scale,
                   normalizer, empty_mean, prob_mean))
-    x = logits.detach().contiguous()
-    t = target.detach().contiguous()
+    out, lse, grad = index_body(logits, target, weight, opts, need_grad, True)
+    assert lse is not None
+    return out, lse, grad
+
+
+def index_body(
+    logits: Tensor, target: Tensor, weight: Tensor | None, opts: CrossEntropyOptions,
+    need_grad: bool, want_lse: bool,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(out, lse or None, grad) of (N, C) float32/float64 CPU logits and int64 targets: the
+    one body of the index operator, of its eager Function and of the lean eager path.
+
+    Targets are checked here (ValueError naming the first bad position); ``grad`` is
+    ``d out / d logits`` for 'mean'/'sum', the per-row gradients for 'none' (an empty
+    tensor when need_grad is False); lse (logits' dtype) only when `want_lse`.
+    """
+    # contiguous(): the tensor itself when it is already (and no graph: no grad here)
+    x = (logits.detach() if logits.requires_grad else logits).contiguous()
+    t = target.contiguous()
     C = x.shape[1]
-    check_index_target(t, C, ignore_index)
+    in_range = check_index_target(t, C, opts.ignore_index)
     w64 = None if weight is None else weight.detach().to(torch.float64).contiguous()
-    omega = _omega(t, w64, opts, C) if opts.reduction is Reduction.MEAN else None
+    denom = _denominator_of(opts, t, w64, C, in_range)
     grad = torch.empty_like(x) if need_grad else x.new_empty(0)
-    denom = _denominator(opts, omega)
     gscale = opts.scale / denom if denom != 0.0 else 0.0
-    loss, lse = rows_for(x.device)(x, t, w64, opts, grad if need_grad else None, gscale)
+    # the kernel on NumPy views (this body runs on real CPU data only)
+    loss, lse = cpu_rows_np(x, t, w64, opts, grad if need_grad else None, gscale)
     if opts.reduction is Reduction.NONE:
-        out = reduce_rows(loss, None, opts).to(x.dtype)
+        out = reduce_rows(torch.from_numpy(loss), None, opts).to(x.dtype)
     else:
-        # reduce_rows' rule (sum * scale, divided last; an empty mean is opts.empty_mean)
-        # on host numbers: this body runs on real CPU data only, and a handful of torch
-        # operations on a 0-d tensor cost more than the kernel on small inputs
-        total = float(loss.sum()) * opts.scale
-        value = total / denom if denom != 0.0 else opts.empty_mean
-        out = torch.tensor(value, dtype=x.dtype)
-    return out, lse.to(x.dtype), grad
+        # The core's reduction (sum * scale, divided last; an empty mean is
+        # opts.empty_mean) on the host: a handful of torch operations on a 0-d tensor cost
+        # more than the kernel on small inputs.  The divisor is already known, so the
+        # summed row weights are passed as that one number.
+        value = core_reduce(loss, np.array([denom]), opts.reduction, opts.scale,
+                            empty_mean=opts.empty_mean).value
+        # scalar_tensor rounds the double once to x's dtype, as torch.tensor(value) does
+        out = torch.scalar_tensor(float(value), dtype=x.dtype)
+    return out, (torch.from_numpy(lse).to(x.dtype) if want_lse else None), grad
 
 
 def _denominator(opts: CrossEntropyOptions, omega: Tensor | None) -> float:
@@ -184,6 +208,21 @@ def _denominator(opts: CrossEntropyOptions, omega: Tensor | None) -> float:
         return 1.0
     assert omega is not None
     return float(omega.sum())
+
+
+def _denominator_of(opts: CrossEntropyOptions, t: Tensor, w64: Tensor | None, C: int,
+                    in_range: bool) -> float:
+    """:func:`_denominator` of checked index targets, without building omega where the
+    count is known: with no class weights the mean divides by the number of counted rows,
+    which is N when every target is in [0, C) and ignore_index is outside that range."""
+    if opts.reduction is not Reduction.MEAN or opts.normalizer is not None:
+        return _denominator(opts, None)
+    if w64 is None:
+        ii = opts.ignore_index
+        if ii is None or (in_range and not 0 <= ii < C):
+            return float(t.shape[0])  # sum of N ones (exact)
+        return float(int((t != ii).sum()))  # the counted rows (exact below 2^53)
+    return _denominator(opts, _omega(t, w64, opts, C))
 
 
 @cross_entropy_index.register_fake
@@ -208,9 +247,15 @@ def _index_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) 
 def _index_backward(
     ctx: Any, g_out: Tensor | None, g_lse: Tensor | None, g_grad: Tensor | None
 ) -> tuple[Tensor | None, ...]:
+    return (_index_grad(ctx, g_out, g_lse), *(None,) * 12)
+
+
+def _index_grad(ctx: Any, g_out: Tensor | None, g_lse: Tensor | None) -> Tensor | None:
+    """d loss / d logits of the index operator and of :class:`_IndexLean` (ctx holds the
+    saved (logits, target, weight, grad), ``opts`` and ``need``): the forward pass's
+    gradient, scaled by g_out, plus g_lse's term."""
     logits, target, weight, grad = ctx.saved_tensors
     opts: CrossEntropyOptions = ctx.opts
-    none = (None,) * 12
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         # create_graph=True: differentiate the reference, so that the result is itself
         # differentiable (second derivatives).
@@ -221,7 +266,7 @@ def _index_backward(
             outs = [o for o, g in ((out, g_out), (lse, g_lse)) if g is not None]
             gos = [g for g in (g_out, g_lse) if g is not None]
             (gref,) = torch.autograd.grad(outs, [logits], gos, create_graph=True)
-        return (gref, *none)
+        return gref
     gx: Tensor | None = None
     if g_out is not None:
         if not ctx.need:
@@ -235,7 +280,7 @@ def _index_backward(
 
         extra = lse_grad(logits.detach(), opts.softcap) * g_lse.unsqueeze(1).to(logits.dtype)
         gx = extra if gx is None else gx + extra
-    return (gx, *none)
+    return gx
 
 
 cross_entropy_index.register_autograd(_index_backward, setup_context=_index_setup)
@@ -266,6 +311,45 @@ def cross_entropy_index_call(*inputs: Any) -> tuple[Tensor, Tensor, Tensor]:
         return out
     res: tuple[Tensor, Tensor, Tensor] = _IndexEager.apply(*inputs)  # type: ignore[no-untyped-call]
     return res
+
+
+class _IndexLean(torch.autograd.Function):
+    """:func:`index_body` as an autograd.Function of (logits, target, weight, opts, need,
+    want_lse): the lean eager path of ``cross_entropy`` (plain CPU tensors, no transform,
+    not compiling; see ``functional._lean``).  The options cross as one object, the
+    gradient buffer is saved rather than returned, and lse is an output only when asked
+    for: Function.apply's cost grows with every argument and output.  Same body and
+    same backward as the operator, so the same values and gradients, bit for bit."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, target: Tensor, weight: Tensor | None,
+                opts: CrossEntropyOptions, need: bool, want_lse: bool) -> Any:
+        out, lse, grad = index_body(logits, target, weight, opts, need, want_lse)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(logits, target, weight, grad)
+        ctx.opts = opts
+        ctx.need = need
+        return (out, lse) if want_lse else out
+
+    @staticmethod
+    def backward(ctx: Any, g_out: Tensor | None, g_lse: Tensor | None = None,
+                 ) -> tuple[Tensor | None, ...]:
+        return _index_grad(ctx, g_out, g_lse), None, None, None, None, None
+
+
+def cross_entropy_index_lean(logits: Tensor, target: Tensor, weight: Tensor | None,
+                             opts: CrossEntropyOptions, need: bool, want_lse: bool) -> Any:
+    """``out`` or ``(out, lse)`` by :class:`_IndexLean` (plain CPU tensors, 2-D logits of
+    float32/float64, int64 targets [N], weight None or (C,); eager mode, no transform)."""
+    return _lean_apply(logits, target, weight, opts, need, want_lse)
+
+
+# Function.apply without its Python prologue, which looks for torch.func transforms and
+# unwraps dead functorch wrappers: the caller has checked that there are none (no
+# transform active, no wrapped tensor), and _IndexLean has no setup_context to bind.
+# The C entry point is Function's base class's apply (torch 2.x); else the public one.
+_lean_apply: Any = getattr(super(torch.autograd.Function, _IndexLean), "apply",
+                           _IndexLean.apply)
 
 
 # --------------------------------------------------------------------------- linear op

@@ -301,6 +301,54 @@ def _rows_2d(
     return reduce_rows(loss, omega, opts, norm_t), lse
 
 
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+_lean_options: dict[tuple[Any, ...], CrossEntropyOptions] = {}
+_I64, _STRIDED = torch.int64, torch.strided
+_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_transforms_active = torch._C._are_functorch_transforms_active
+_autocast = torch.is_autocast_enabled
+_grad_on = torch.is_grad_enabled
+
+
+def _lean(input: Tensor, target: Tensor, weight: Tensor | None, reduction: Any,
+          ignore_index: Any, label_smoothing: Any, base: Any, z_loss: Any, softcap: Any,
+          return_lse: Any) -> Any:
+    """The common call of :func:`cross_entropy` with its per-call overhead cut, or None
+    when the call is not that one (then the general path runs, and raises what it raises).
+
+    That call: plain CPU tensors (no subclass, no fake or meta tensor, no torch.func
+    wrapper, no transform active, not compiling, no CPU autocast), logits (N, C) float32 or
+    float64 in the strided layout, int64 targets (N,), weight None or (C,) on the CPU, no
+    normalizer, no shift, impl 'auto' or 'cpu'.  It runs the operator's body
+    (:func:`._ops.index_body`, which checks the targets) in :class:`._ops._IndexLean`:
+    the same numbers as the general path, bit for bit.  Options are validated once per
+    distinct argument tuple (with their types: 1, 1.0 and True hash alike)."""
+    xs, ts = input.shape, target.shape
+    if (len(xs) != 2 or len(ts) != 1 or ts[0] != xs[0] or not input.is_cpu
+            or not target.is_cpu or input.dtype not in _KERNEL_DTYPES or target.dtype != _I64
+            or input.layout != _STRIDED or target.layout != _STRIDED
+            or torch.compiler.is_compiling() or _transforms_active()
+            or _autocast("cpu") or _wrapped(input) or _wrapped(target)):
+        return None
+    if weight is not None and (weight.shape != xs[1:] or not weight.is_cpu
+                               or weight.layout != _STRIDED or _wrapped(weight)):
+        return None
+    key = (reduction, ignore_index, label_smoothing, z_loss, softcap, base, type(reduction),
+           type(ignore_index), type(label_smoothing), type(z_loss), type(softcap), type(base))
+    try:
+        opts = _lean_options.get(key)
+    except TypeError:  # an unhashable argument: the general path validates it
+        return None
+    if opts is None:
+        opts = _ce_options(reduction, ignore_index, label_smoothing, z_loss, softcap, base,
+                           None)
+        if len(_lean_options) >= 512:
+            _lean_options.clear()
+        _lean_options[key] = opts
+    need = input.requires_grad and _grad_on()
+    return _ops.cross_entropy_index_lean(input, target, weight, opts, need, bool(return_lse))
+
+
 def cross_entropy(
     input: Tensor,
     target: Tensor,
@@ -362,6 +410,14 @@ def cross_entropy(
     >>> float(cet.cross_entropy(logits, torch.tensor([[5, 1, 2]]), shift=True))  # log 4
     1.3862943611198906
     """
+    if (size_average is None and reduce is None and normalizer is None and not shift
+            and type(input) is Tensor and type(target) is Tensor
+            and (weight is None or type(weight) is Tensor)
+            and type(impl) is str and (impl == "auto" or impl == "cpu")):
+        lean = _lean(input, target, weight, reduction, ignore_index, label_smoothing, base,
+                     z_loss, softcap, return_lse)
+        if lean is not None:
+            return lean
     reduction = _legacy_reduction(size_average, reduce, reduction)
     norm_n, norm_t = _split_normalizer(normalizer, reduction)
     opts = _ce_options(reduction, ignore_index, label_smoothing, z_loss, softcap, base, norm_n)
