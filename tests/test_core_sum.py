@@ -105,3 +105,21 @@ def test_blocked_public_path_matches_the_core_on_rows_of_different_blocks() -> N
         )
         assert loss[i] == want[0][0]
         np.testing.assert_array_equal(g[i], want[2][0])
+
+
+def test_reduce_scalar_rule_divides_last_and_overflows_quietly() -> None:
+    import warnings
+
+    from crossentropy._core.reduce import Reduction, reduce, scalar
+
+    assert scalar(6.0, 0.5, 4.0, 0.0) == 0.75  # (6 * 0.5) / 4
+    assert math.isnan(scalar(0.0, 1.0, None, math.nan))  # torch: an empty mean is NaN
+    assert scalar(0.0, 1.0, None, 0.0) == 0.0  # the core: 0
+    assert math.isnan(scalar(math.nan, 1.0, None, 0.0))  # NaN stays NaN
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert scalar(1e308, 1.0, 1e-300, 0.0) == math.inf  # no warning, no exception
+    # the array reduction gives the same value as the scalar rule
+    loss = np.array([0.1, 0.2, 0.7, 1e-17])
+    r = reduce(loss, np.ones(4), Reduction.MEAN, 1.0)
+    assert float(r.value) == scalar(float(np.sum(loss)), 1.0, 4.0, 0.0) and r.divisor == 4.0

@@ -23,12 +23,19 @@ overflows to inf when :math:`D` is a subnormal summed weight, although the gradi
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Reduced", "Reduction", "divisor", "reduce"]
+__all__ = [
+    "Reduced",
+    "Reduction",
+    "divisor",
+    "reduce",
+    "scalar",
+]
 
 F64 = npt.NDArray[np.float64]
 
@@ -75,7 +82,7 @@ def divisor(reduction: Reduction, omega: F64, normalizer: float | None) -> float
         return 1.0
     if normalizer is not None:
         return float(normalizer)
-    wsum = float(np.sum(omega))
+    wsum = float(np.add.reduce(omega, axis=None))  # np.sum's pairwise sum, its wrapper skipped
     return None if wsum == 0.0 else wsum
 
 
@@ -91,10 +98,22 @@ def reduce(
     """Reduce per-sample losses (nats) by the rule in the module docstring."""
     if reduction is Reduction.NONE:
         return Reduced(loss * scale, scale, 1.0)
-    total = np.sum(loss) * scale
     D = divisor(reduction, omega, normalizer)
-    if D is None:  # a mean over nothing: empty_mean (NaN stays NaN), zero gradient
-        value = np.asarray(np.nan if np.isnan(total) else empty_mean)
-        return Reduced(value, 0.0, 1.0)
-    with np.errstate(over="ignore"):  # a subnormal divisor: the true mean overflows
-        return Reduced(np.asarray(total / D), scale, D)
+    value = scalar(float(np.add.reduce(loss, axis=None)), scale, D, empty_mean)  # np.sum's sum
+    if D is None:  # a mean over nothing: zero gradient
+        return Reduced(np.asarray(value), 0.0, 1.0)
+    return Reduced(np.asarray(value), scale, D)
+
+
+def scalar(total: float, scale: float, D: float | None, empty_mean: float) -> float:
+    """The value of a sum or mean from the summed per-sample losses: ``total * scale / D``
+    (divided last), or for a mean over nothing (``D`` None) `empty_mean`, NaN staying NaN.
+
+    In Python floats (IEEE double, as np.float64): an overflow is inf without a warning
+    (a subnormal divisor: the true mean overflows) and needs no np.errstate, which costs
+    microseconds a call.  The torch layer's CPU operator uses this rule on the host too.
+    """
+    t = total * scale
+    if D is None:
+        return math.nan if math.isnan(t) else empty_mean
+    return t / D

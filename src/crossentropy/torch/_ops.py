@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
-from crossentropy._core.reduce import reduce as core_reduce
+from crossentropy._core.reduce import scalar as reduce_scalar
 from crossentropy._options import CrossEntropyOptions, Reduction
 from crossentropy.torch._chunks import ChunkPlan, cpu_rows_np, linear_chunks, rows_for
 from crossentropy.torch._reference import categorical_rows, reduce_rows, row_weights
@@ -187,14 +187,13 @@ def index_body(
     if opts.reduction is Reduction.NONE:
         out = reduce_rows(torch.from_numpy(loss), None, opts).to(x.dtype)
     else:
-        # The core's reduction (sum * scale, divided last; an empty mean is
-        # opts.empty_mean) on the host: a handful of torch operations on a 0-d tensor cost
-        # more than the kernel on small inputs.  The divisor is already known, so the
-        # summed row weights are passed as that one number.
-        value = core_reduce(loss, np.array([denom]), opts.reduction, opts.scale,
-                            empty_mean=opts.empty_mean).value
+        # The core's rule (sum * scale, divided last; an empty mean is opts.empty_mean) on
+        # the host: a handful of torch operations on a 0-d tensor cost more than the
+        # kernel on small inputs.
+        value = reduce_scalar(float(np.add.reduce(loss)), opts.scale, denom or None,
+                              opts.empty_mean)
         # scalar_tensor rounds the double once to x's dtype, as torch.tensor(value) does
-        out = torch.scalar_tensor(float(value), dtype=x.dtype)
+        out = torch.scalar_tensor(value, dtype=x.dtype)
     return out, (torch.from_numpy(lse).to(x.dtype) if want_lse else None), grad
 
 
