@@ -410,16 +410,13 @@ def _make_row_max(ity: Any, bits: int, tofloat: Any) -> Any:
             if bm > best:  # strictly: an equal maximum in a later block is not the first
                 best = bm
                 bestlo = lo
-        # k: the first index of the maximum in its block, as a min-reduction over the block
-        # (vectorises; a search loop that breaks at the first match does not)
+        k = bestlo
         xs = xi[bestlo : min(n, bestlo + _BLK)]
-        first = _BLK
         for j in range(xs.shape[0]):
             b = xs[j]
-            o = ity(b ^ ity(ity(b >> sh) & mag))
-            cand = j if o == best else _BLK
-            first = cand if cand < first else first
-        k = bestlo + (first if first < _BLK else 0)
+            if (b ^ ((b >> sh) & mag)) == best:
+                k = bestlo + j
+                break
         fbits = best if best >= 0 else best ^ mag
         return np.float64(tofloat(ity(fbits))), k, ma > inf_bits
 
