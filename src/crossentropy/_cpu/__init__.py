@@ -16,6 +16,7 @@ backend setting allows, else the exact core.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from types import ModuleType
 from typing import Any
@@ -65,10 +66,12 @@ def kernels() -> ModuleType:
 
 def compile_all() -> None:
     """Compile (or load from numba's cache) every kernel for float32 and float64, by
-    calling each once on a tiny array."""
+    calling each once on a tiny array and once on one just above the serial threshold
+    (2 x 2^16 elements): below it a kernel runs its one-thread body, above it the
+    ``prange`` entry point, a separate compilation (2-4 s each on a cold cache)."""
     k = kernels()
-    for dt in (np.float32, np.float64):
-        x = np.zeros((2, 3), dtype=dt)
+    for dt, shape in itertools.product((np.float32, np.float64), ((2, 3), (2, 1 << 16))):
+        x = np.zeros(shape, dtype=dt)
         g = np.empty_like(x)
         t = np.zeros(2, dtype=np.int64)
         for log in (False, True):
@@ -80,7 +83,7 @@ def compile_all() -> None:
         for log in (False, True):
             k.sigmoid_flat(flat, np.empty_like(flat), np.empty_like(flat), True, log)
         y = np.zeros(flat.size)
-        for per in (False, True):
+        for per in (False, True):  # (the BCE kernel's own threshold, as for the others)
             k.bce_logits_flat(flat, y, 1.0, 0.0, per, np.empty(flat.size if per else 0), True,
                               np.empty_like(flat), 1.0, np.empty(1))
 
