@@ -550,3 +550,17 @@ def test_import_does_not_load_numba_and_small_inputs_stay_on_numpy() -> None:
         "assert 'crossentropy._cpu._kernels' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_compile_all_compiles_the_multithreaded_entry_points() -> None:
+    # After ce.warm_up() (compile_all) no large call may compile on the spot: the prange
+    # entry points, which only inputs of >= 2**17 elements reach, must have a float32 and
+    # a float64 signature too, not just the one-thread bodies.
+    from crossentropy import _cpu
+
+    _cpu.compile_all()
+    k = _cpu.kernels()
+    for name in ("_softmax_rows", "_logsumexp_rows", "_ce_rows", "_sigmoid_flat",
+                 "_bce_logits_flat", "_softmax_chunk", "_ce_chunk"):
+        dtypes = {str(sig[0].dtype) for sig in getattr(k, name).signatures}
+        assert {"float32", "float64"} <= dtypes, (name, dtypes)
