@@ -27,9 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python bench/sigmoid_ab.py OLD_KERNELS.py", file=sys.stderr)
         return 2
+    # numba's cache finds a module by its name: register the old file under its own
     spec = importlib.util.spec_from_file_location("kold", args[0])
     assert spec is not None and spec.loader is not None
     kold = importlib.util.module_from_spec(spec)
+    sys.modules["kold"] = kold
     spec.loader.exec_module(kold)
     rng = np.random.default_rng(0)
     for dt in (np.float32, np.float64):
