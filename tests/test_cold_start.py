@@ -29,6 +29,7 @@ def test_cold_cache_first_call_runs_on_numpy_while_kernels_compile(tmp_path):
     import crossentropy as ce
     from crossentropy import _backends, _cpu
     _cpu.compile_all = lambda: time.sleep(3.0)
+    _backends._CHILD_CODE = "import time; time.sleep(1.0)"  # the child's compile, shortened
     x = np.random.default_rng(0).normal(size=(64, 1024))
     y = np.arange(64) % 1024
     t0 = time.perf_counter()
@@ -61,3 +62,24 @@ def test_warm_cache_loads_the_kernels_at_the_first_large_call():
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                          text=True, env=env, check=True, timeout=600)
     assert out.stdout.strip() == "True"
+
+
+def test_background_compile_runs_in_a_child_process_of_this_package(tmp_path):
+    # The cold-cache compile runs in a child process (numba's compiler holds the GIL: in a
+    # thread it slowed the caller's NumPy work ~4x).  The child must import this copy of
+    # the package; here it writes where it found it instead of compiling.
+    marker = tmp_path / "child.txt"
+    code = f"""
+    import crossentropy, os
+    from crossentropy import _backends, _cpu
+    _cpu.compile_all = lambda: None
+    _backends._CHILD_CODE = (
+        "import crossentropy, os; "
+        "open({str(marker)!r}, 'w').write(str(os.getpid()) + ' ' + crossentropy.__file__)")
+    _backends._compile_in_child()
+    print(os.getpid(), crossentropy.__file__, _backends.kernels_ready())
+    """
+    pid, path, ready = _run(code, {"NUMBA_CACHE_DIR": str(tmp_path)}).split()
+    child_pid, child_path = marker.read_text().split()
+    assert child_pid != pid and child_path == path  # another process, the same package
+    assert ready == "True"  # then the parent loads (here: the stub) and is ready

@@ -14,8 +14,10 @@ answer follows the user's setting (:func:`crossentropy.set_backend`):
 **Cold start.**  Compiling the kernels takes several seconds the first time (numba then
 caches them on disk, and later processes load them in well under a second).  Under
 ``"auto"``, when the on-disk cache is empty, the first large call starts compiling in a
-background thread and is itself computed by the NumPy core, as are the calls that follow
-until the kernels are ready: no call waits for the compiler.  With a warm cache the kernels
+child process (watched by a background thread, which then loads what the child cached) and
+is itself computed by the NumPy core, as are the calls that follow until the kernels are
+ready: no call waits for the compiler.  (numba compiles in Python, holding the GIL: in a
+thread of this process it slowed the caller's NumPy work about 4x.)  With a warm cache the kernels
 are loaded at the first large call.  :func:`warm_up` compiles (or loads) them now and
 waits; ``"numba"`` always waits.  Both paths meet the same accuracy bounds, but their last
 bits may differ: call :func:`crossentropy.warm_up` at start-up for bitwise-reproducible
@@ -29,6 +31,8 @@ from __future__ import annotations
 
 import glob
 import os
+import subprocess
+import sys
 import threading
 import warnings
 from typing import Any
@@ -87,6 +91,31 @@ def _compile() -> None:
     _ready.set()
 
 
+#: What the child process runs (tests replace it to keep a cold start short).
+_CHILD_CODE = "from crossentropy import _cpu; _cpu.compile_all()"
+
+
+def _compile_in_child() -> None:
+    """The background compilation: numba compiles the kernels in a child process, which
+    writes them to the on-disk cache, and this (watching) thread then loads them from
+    there (under a second).  A child shares no GIL with the caller, whose NumPy work a
+    compiling thread slowed about 4x (numba's compiler is Python).  Whatever goes wrong
+    in the child (no cache directory, no interpreter to spawn), ``_compile`` still
+    compiles here."""
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (pkg_parent, env.get("PYTHONPATH", "")) if p)  # this copy of the package
+    try:
+        subprocess.run(
+            [sys.executable, "-c", _CHILD_CODE],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, timeout=900, check=False)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    _compile()
+
+
 def _cache_is_warm() -> bool:
     """Does numba's on-disk cache hold compiled kernels (index files of ``_kernels``)?"""
     # numba writes beside the source (``__pycache__``), or under NUMBA_CACHE_DIR when set
@@ -106,7 +135,8 @@ def _start_kernels() -> bool:
         if _cache_is_warm():
             _compile()
             return True
-        t = threading.Thread(target=_compile, name="crossentropy-compile", daemon=True)
+        t = threading.Thread(target=_compile_in_child, name="crossentropy-compile",
+                             daemon=True)
         _started.append(t)
         t.start()
         return False
