@@ -83,3 +83,18 @@ def test_background_compile_runs_in_a_child_process_of_this_package(tmp_path):
     child_pid, child_path = marker.read_text().split()
     assert child_pid != pid and child_path == path  # another process, the same package
     assert ready == "True"  # then the parent loads (here: the stub) and is ready
+
+
+def test_a_half_written_cache_counts_as_cold(tmp_path, monkeypatch):
+    # A compile cut short (its process ended) leaves some of numba's index files: that
+    # cache must count as cold (compile the rest in the background), not as warm (which
+    # would compile the rest at the first call, synchronously).  Only the marker written
+    # after a complete compile makes it warm.
+    from crossentropy import _backends
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    (tmp_path / "_cpu_x").mkdir()
+    (tmp_path / "_cpu_x" / "_kernels._row_stats-616.py311.nbi").write_bytes(b"")
+    assert not _backends._cache_is_warm()
+    _backends._mark_cache_complete()
+    assert _backends._cache_is_warm()

@@ -29,7 +29,6 @@ they were given.
 
 from __future__ import annotations
 
-import glob
 import os
 import subprocess
 import sys
@@ -88,11 +87,12 @@ def _compile() -> None:
     from crossentropy import _cpu
 
     _cpu.compile_all()
+    _mark_cache_complete()
     _ready.set()
 
 
 #: What the child process runs (tests replace it to keep a cold start short).
-_CHILD_CODE = "from crossentropy import _cpu; _cpu.compile_all()"
+_CHILD_CODE = "from crossentropy import _backends; _backends._compile()"
 
 
 def _compile_in_child() -> None:
@@ -116,12 +116,37 @@ def _compile_in_child() -> None:
     _compile()
 
 
+def _cache_marker() -> str:
+    """The file that says numba's on-disk cache holds every kernel of this version: in
+    numba's cache directory (beside the source, ``__pycache__``, or NUMBA_CACHE_DIR when
+    set), named after the kernels' source stamp (numba keys its cache on the same)."""
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cpu", "_kernels.py")
+    where = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(os.path.dirname(src),
+                                                              "__pycache__")
+    st = os.stat(src)
+    return os.path.join(where, f"crossentropy-kernels-{int(st.st_mtime)}-{st.st_size}.done")
+
+
+def _mark_cache_complete() -> None:
+    """Write the marker once ``compile_all`` has cached every kernel (no marker where the
+    directory is not writable: every process then compiles, or loads, in the background)."""
+    try:
+        path = _cache_marker()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w"):
+            pass
+    except OSError:
+        pass
+
+
 def _cache_is_warm() -> bool:
-    """Does numba's on-disk cache hold compiled kernels (index files of ``_kernels``)?"""
-    # numba writes beside the source (``__pycache__``), or under NUMBA_CACHE_DIR when set
-    where = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "_cpu", "__pycache__")
-    return bool(glob.glob(os.path.join(where, "**", "_kernels.*.nbi"), recursive=True))
+    """Does numba's on-disk cache hold all the compiled kernels?  A cache that a compile
+    left half-way (its process ended first) counts as cold, so that the next process
+    compiles the rest in the background instead of at its first call."""
+    try:
+        return os.path.exists(_cache_marker())
+    except OSError:
+        return False
 
 
 def _start_kernels() -> bool:
