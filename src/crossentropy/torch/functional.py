@@ -61,34 +61,45 @@ def _legacy_reduction(size_average: Any, reduce: Any, reduction: str) -> str:
     return reduction
 
 
-@functools.lru_cache(maxsize=512)
-def _ce_options_cached(key: tuple[Any, ...], types: tuple[type, ...]) -> CrossEntropyOptions:
-    r, ii, eps, zl, cap, base, norm = key
+def _create_options(reduction: Any, ignore_index: Any, label_smoothing: Any, z_loss: Any,
+                    softcap: Any, base: Any, normalizer: Any) -> CrossEntropyOptions:
     return CrossEntropyOptions.create(
-        reduction=r, ignore_index=ii, label_smoothing=eps, z_loss=zl, softcap=cap,
-        base=base, normalizer=norm, semantics="torch",
+        reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        z_loss=z_loss, softcap=softcap, base=base, normalizer=normalizer, semantics="torch",
     )
+
+
+#: Validated options by their arguments and the arguments' types (at most 512 entries).
+_options_cache: dict[tuple[Any, ...], CrossEntropyOptions] = {}
 
 
 def _ce_options(reduction: Any, ignore_index: Any, label_smoothing: Any, z_loss: Any,
                 softcap: Any, base: Any, normalizer: Any) -> CrossEntropyOptions:
-    """The validated options, cached on the arguments (validation is per-call overhead)."""
-    key = (reduction, ignore_index, label_smoothing, z_loss, softcap, base, normalizer)
+    """The validated options, cached on the arguments (validation is per-call overhead).
+
+    The key holds the arguments and their types written out (1, 1.0 and True hash alike
+    but validate differently); a dict lookup on it costs less than an lru_cache call with a
+    tuple of types built per call, which mattered at 64 x 10.  An invalid argument raises
+    and is not cached; an unhashable one is validated (and raises) without the cache.
+    """
     if torch.compiler.is_compiling():  # traced once per graph: no cache needed
-        return CrossEntropyOptions.create(
-            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
-            z_loss=z_loss, softcap=softcap, base=base, normalizer=normalizer,
-            semantics="torch",
-        )
+        return _create_options(reduction, ignore_index, label_smoothing, z_loss, softcap,
+                               base, normalizer)
+    key = (reduction, ignore_index, label_smoothing, z_loss, softcap, base, normalizer,
+           type(reduction), type(ignore_index), type(label_smoothing), type(z_loss),
+           type(softcap), type(base), type(normalizer))
     try:
-        # the types are part of the key: 1, 1.0 and True hash alike but validate differently
-        return _ce_options_cached(key, tuple(type(k) for k in key))
-    except TypeError:  # unhashable argument: validate it (and raise) without the cache
-        return CrossEntropyOptions.create(
-            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
-            z_loss=z_loss, softcap=softcap, base=base, normalizer=normalizer,
-            semantics="torch",
-        )
+        opts = _options_cache.get(key)
+    except TypeError:
+        return _create_options(reduction, ignore_index, label_smoothing, z_loss, softcap,
+                               base, normalizer)
+    if opts is None:
+        opts = _create_options(reduction, ignore_index, label_smoothing, z_loss, softcap,
+                               base, normalizer)
+        if len(_options_cache) >= 512:
+            _options_cache.clear()
+        _options_cache[key] = opts
+    return opts
 
 
 def _split_normalizer(normalizer: Any, reduction: str) -> tuple[Any, Tensor | None]:
@@ -302,7 +313,6 @@ def _rows_2d(
 
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
-_lean_options: dict[tuple[Any, ...], CrossEntropyOptions] = {}
 _I64, _STRIDED = torch.int64, torch.strided
 _wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 _transforms_active = torch._C._are_functorch_transforms_active
@@ -322,7 +332,7 @@ def _lean(input: Tensor, target: Tensor, weight: Tensor | None, reduction: Any,
     normalizer, no shift, impl 'auto' or 'cpu'.  It runs the operator's body
     (:func:`._ops.index_body`, which checks the targets) in :class:`._ops._IndexLean`:
     the same numbers as the general path, bit for bit.  Options are validated once per
-    distinct argument tuple (with their types: 1, 1.0 and True hash alike)."""
+    distinct argument tuple (``_ce_options``' cache, shared with the general path)."""
     xs, ts = input.shape, target.shape
     if (len(xs) != 2 or len(ts) != 1 or ts[0] != xs[0] or not input.is_cpu
             or not target.is_cpu or input.dtype not in _KERNEL_DTYPES or target.dtype != _I64
@@ -333,18 +343,7 @@ def _lean(input: Tensor, target: Tensor, weight: Tensor | None, reduction: Any,
     if weight is not None and (weight.shape != xs[1:] or not weight.is_cpu
                                or weight.layout != _STRIDED or _wrapped(weight)):
         return None
-    key = (reduction, ignore_index, label_smoothing, z_loss, softcap, base, type(reduction),
-           type(ignore_index), type(label_smoothing), type(z_loss), type(softcap), type(base))
-    try:
-        opts = _lean_options.get(key)
-    except TypeError:  # an unhashable argument: the general path validates it
-        return None
-    if opts is None:
-        opts = _ce_options(reduction, ignore_index, label_smoothing, z_loss, softcap, base,
-                           None)
-        if len(_lean_options) >= 512:
-            _lean_options.clear()
-        _lean_options[key] = opts
+    opts = _ce_options(reduction, ignore_index, label_smoothing, z_loss, softcap, base, None)
     need = input.requires_grad and _grad_on()
     return _ops.cross_entropy_index_lean(input, target, weight, opts, need, bool(return_lse))
 
