@@ -211,7 +211,8 @@ def ce_rows_kernel(
     g = grad if grad is not None else np.empty((1, 1), dtype=x2.dtype)
     w = np.ascontiguousarray(weight, dtype=np.float64) if weight is not None else _NO_WEIGHT
     # the chunk count only matters where the kernel runs in parallel (k._chunks asks numba
-    # for its thread count: a microsecond, more than a small kernel call's own work)
+    # for its thread count: a microsecond, more than a small kernel call's own work).
+    # (getattr: the kernel files of old commits that bench/cpu.py --kernels loads lack it.)
     serial = getattr(k, "_serial", None)
     nchunks = 1 if serial is not None and serial(x2) else k._chunks(N)
     args = (

@@ -345,8 +345,9 @@ def exp_le0_f32(d: float) -> float:
     p = p * r + _Q0
     # p 2^k by adding k to p's exponent field: exact, as the product is, while the result
     # is normal (p in [0.7, 1.42], k >= -1010).  The low bits of t hold k: bits(t) =
-    # bits(_SHIFT) + k, and bits(_SHIFT) ends in 52 zero bits, so bits(t) << 52 = k << 52
-    # (mod 2^64, negative k included).  Two integer operations instead of a conversion,
+    # bits(_SHIFT) + k, and bits(_SHIFT) ends in 51 zero bits, so its low 12 bits, the
+    # only ones the shift keeps, are 0: bits(t) << 52 = k << 52 (mod 2^64, negative k
+    # included, |k| < 2^11).  Two integer operations instead of a conversion,
     # an addition, a shift and a multiplication.
     return _i64_as_f64(_f64_as_i64(p) + (_f64_as_i64(t) << 52))
 
@@ -514,6 +515,14 @@ def _split_sum(e: Any, sigma: float) -> tuple[float, float]:
     return sq, sr
 
 
+@nb.njit(**_cache)
+def _exact_sum(e: Any, bound: float) -> tuple[float, float]:
+    """``_split_sum`` of the float64 terms e against sigma = 2^(E + 1), where their plain
+    sum ``bound`` is S' < 2^E (see the comment above ``_SUMBLK64``; S' = 0 gives E = 0)."""
+    _, E = math.frexp(bound)
+    return _split_sum(e, math.ldexp(1.0, E + _SIGMA_SHIFT))
+
+
 @nb.njit(fastmath=_STRICT, **_cache)
 def _two_sum(a: float, b: float) -> tuple[float, float]:
     """(s, err) with s = fl(a + b) and s + err = a + b exactly (Knuth's TwoSum)."""
@@ -557,8 +566,7 @@ def _sum_exp(xr: Any, m: float, exact: bool, buf: Any, store: bool, nxt: Any) ->
         if not exact:
             return _sum_exp_block32(xr, m, buf, store)
         dst = buf[:n]
-        _, E = math.frexp(_exp_block(xr, m, dst))
-        sq, sr = _split_sum(dst, math.ldexp(1.0, E + _SIGMA_SHIFT))
+        sq, sr = _exact_sum(dst, _exp_block(xr, m, dst))
         return sq + sr
     s = 0.0
     comp = 0.0
@@ -567,8 +575,7 @@ def _sum_exp(xr: Any, m: float, exact: bool, buf: Any, store: bool, nxt: Any) ->
         hi = min(n, lo + blk)
         if exact:
             dst = buf[lo:hi] if store else buf[: hi - lo]
-            _, E = math.frexp(_exp_block(xr[lo:hi], m, dst))  # S' < 2^E (S' = 0: E = 0)
-            sq, sr = _split_sum(dst, math.ldexp(1.0, E + _SIGMA_SHIFT))
+            sq, sr = _exact_sum(dst, _exp_block(xr[lo:hi], m, dst))
             s, err = _two_sum(s, sq)
             comp += err + sr
         else:
@@ -588,22 +595,14 @@ _SHORT = 64
 
 
 @nb.njit(fastmath=_FAST, **_cache)
-def _short_sum(e: Any, k: int, exact: bool) -> float:
-    """sum_{j != k} e_j of a short row of exponentials (e_k is skipped, left as is)."""
+def _short_sum(e: Any, exact: bool) -> float:
+    """sum_j e_j of a short row of exponentials whose maximum's entry the caller zeroed."""
     s = 0.0
     for j in range(e.shape[0]):
-        s += e[j] if j != k else 0.0
+        s += e[j]
     if not exact:
         return s  # float32 rows: the plain sum of <= 64 terms errs by < 2^-46
-    # float64: the extraction of _sum_exp against sigma = 2^(E + 1) > sum (see there)
-    _, E = math.frexp(s)
-    sigma = math.ldexp(1.0, E + _SIGMA_SHIFT)
-    sq = 0.0
-    sr = 0.0
-    for j in range(e.shape[0]):
-        q, r = _extract(e[j] if j != k else 0.0, sigma)
-        sq += q
-        sr += r
+    sq, sr = _exact_sum(e, s)  # float64: as in _sum_exp
     return sq + sr
 
 
@@ -627,7 +626,8 @@ def _row_stats_short(xr: Any, exact: bool, buf: Any, store: bool) -> tuple[float
     e = buf[:n]  # the row's exponentials (store) or the block buffer (>= 256 long)
     for j in range(n):
         e[j] = exp_shift(np.float64(xr[j]), m) if exact else exp_shift32(np.float64(xr[j]), m)
-    s = _short_sum(e, k, exact)
+    e[k] = 0.0  # s is the sum of the other terms
+    s = _short_sum(e, exact)
     e[k] = 1.0
     return m, s, k, 0
 
