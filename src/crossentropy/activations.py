@@ -21,7 +21,7 @@ from crossentropy import _small
 from crossentropy._backends import use_numba
 from crossentropy._core import rows as core_rows
 from crossentropy._core import sigmoid as core_sigmoid
-from crossentropy._core.scratch import Scratch
+from crossentropy._core.scratch import Scratch, row_blocks
 from crossentropy._validate import (
     as_float_array,
     cast_out,
@@ -100,17 +100,6 @@ def _masked(arr: np.ndarray, where: Any) -> tuple[np.ndarray, npt.NDArray[np.boo
     return np.where(m, arr, -np.inf).astype(arr.dtype, copy=False), m
 
 
-#: Elements per row block of the NumPy path.
-_BLOCK = 1 << 15
-
-
-def _blocks(x2: np.ndarray) -> list[slice]:
-    """Row slices of about ``_BLOCK`` elements (at least one row each) of an (..., C) array."""
-    n = int(np.prod(x2.shape[:-1]))
-    step = max(1, _BLOCK // max(x2.shape[-1], 1))
-    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
-
-
 def _small_rows(x: F64) -> list[list[float]] | None:
     """The rows of `x` as Python floats when the plain-Python path applies, else None."""
     if not 0 < x.size <= _small.SMALL or x.shape[-1] == 0:
@@ -154,7 +143,7 @@ def _softmax_like(x: Any, axis: Any, out: Any, where: Any, *, log: bool) -> Any:
         elif x2.size:
             core = core_rows.log_softmax if log else core_rows.softmax
             scratch = Scratch()  # the same temporaries for every block (see _core.scratch)
-            for sl in _blocks(x2):  # row blocks: the float64 temporaries stay in cache
+            for sl in row_blocks(x2):  # row blocks: the float64 temporaries stay in cache
                 with np.errstate(over="ignore"):  # beyond float16's range: rounded to inf
                     r2[sl] = core(scratch.f64("x", x2[sl]), exact, scratch)
         res = _back(r2.reshape(xm.shape), arr.shape, axes)
@@ -190,7 +179,7 @@ def _logsumexp_rows(arr: np.ndarray, axes: tuple[int, ...] | None) -> F64:
         return np.array(_small.logsumexp_rows(small)).reshape(rows_shape)
     out = np.empty(x2.shape[0])
     scratch = Scratch()  # the same temporaries for every block (see _core.scratch)
-    for sl in _blocks(x2):  # row blocks: the float64 temporaries stay in cache
+    for sl in row_blocks(x2):  # row blocks: the float64 temporaries stay in cache
         x64 = scratch.f64("x", x2[sl])
         out[sl] = core_rows.logsumexp(x64, arr.dtype == np.float64, scratch)
     return out.reshape(rows_shape)

@@ -51,7 +51,7 @@ from crossentropy._core import binary as core_bce
 from crossentropy._core import categorical as core_ce
 from crossentropy._core import information as core_info
 from crossentropy._core.reduce import Reduced, reduce
-from crossentropy._core.scratch import Scratch
+from crossentropy._core.scratch import Scratch, row_blocks
 from crossentropy._options import BinaryOptions, CrossEntropyOptions, Reduction
 
 __all__ = [
@@ -89,10 +89,6 @@ def _last(arr: np.ndarray, ax: int) -> F64:
     return np.ascontiguousarray(np.moveaxis(arr.astype(np.float64, copy=False), ax, -1))
 
 
-#: Elements per row block of the NumPy path (its float64 temporaries stay in cache).
-_BLOCK = 1 << 15
-
-
 def _rows2d(arr: np.ndarray, ax: int) -> np.ndarray:
     """`arr` as (rows, classes), class axis last, in its own dtype (a view when possible)."""
     C = arr.shape[ax]
@@ -108,11 +104,6 @@ def _from_rows2d(a2: np.ndarray, shape: tuple[int, ...], ax: int) -> np.ndarray:
     return out[()] if out.ndim == 0 else out
 
 
-def _blocks(x2: np.ndarray) -> list[slice]:
-    """Row slices of about ``_BLOCK`` elements (at least one row each)."""
-    n, C = x2.shape
-    step = max(1, _BLOCK // max(C, 1))
-    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
 
 def _target(
@@ -417,7 +408,7 @@ def cross_entropy(
     g2 = np.zeros(x2.shape, dtype=gdtype) if return_grad else None
     sw2 = None if sw is None else sw.reshape(-1)
     scratch = Scratch()  # the same temporaries for every block (see _core.scratch)
-    for sl in _blocks(x2):  # row blocks: the float64 temporaries stay in cache
+    for sl in row_blocks(x2):  # row blocks: the float64 temporaries stay in cache
         loss_b, _, g_b = core_ce.logits_rows(
             scratch.f64("x", x2[sl]), tg.rows(sl), w, label_smoothing=opts.label_smoothing,
             z_loss=opts.z_loss, cap=opts.softcap, want_grad=return_grad, exact=exact,

@@ -20,9 +20,20 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Scratch", "take"]
+__all__ = ["BLOCK", "Scratch", "row_blocks", "take"]
 
 F64 = npt.NDArray[np.float64]
+
+#: Elements per row block of the NumPy path (its float64 temporaries stay in cache).
+BLOCK = 1 << 15
+
+
+def row_blocks(x2: npt.NDArray[np.generic]) -> list[slice]:
+    """Slices of the rows of an (..., C) array (rows: all but the last axis, flattened), of
+    about :data:`BLOCK` elements each and at least one row."""
+    n = math.prod(x2.shape[:-1])
+    step = max(1, BLOCK // max(x2.shape[-1], 1))
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
 
 class Scratch:
