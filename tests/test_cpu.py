@@ -275,6 +275,59 @@ def test_special_rows_on_the_short_and_the_blocked_row_paths(dtype: type, reps: 
     assert np.all(np.abs(fg[fin] - rg[fin]) <= 4 * np.finfo(dtype).eps * scale)
 
 
+def _rising_rows(n: int) -> np.ndarray:
+    """float32 rows of n classes whose maximum rises block after block (the one-pass
+    kernel rescales its sum each time), with the row kinds at block boundaries."""
+    rng = np.random.default_rng(11)
+    rows = [
+        np.sort(rng.standard_normal(n) * 4),  # the maximum rises in every block
+        np.linspace(-60.0, 30.0, n),  # a huge spread: the early terms rescale to ~e^-90
+        np.concatenate([np.full(n // 2, -np.inf), rng.standard_normal(n - n // 2)]),  # -inf block
+        np.concatenate([rng.standard_normal(n - 1) - 40.0, [0.0]]),  # confident, max last
+        np.concatenate([rng.standard_normal(n - 2), [np.inf, 1.0]]),  # +inf after finite
+        np.concatenate([rng.standard_normal(n - 1), [np.nan]]),  # NaN, a block after +inf
+        np.concatenate([np.full(n - 1, -np.inf), [3.0]]),  # one finite entry, last
+        np.concatenate([rng.standard_normal(n // 2), rng.standard_normal(n - n // 2) + 2.0]),
+    ]
+    x = np.vstack(rows).astype(np.float32)
+    x[5, n // 3] = np.inf
+    return x
+
+
+@pytest.mark.parametrize("n", [4096, 5003, 12289])
+def test_one_pass_float32_rows_match_the_core(n: int) -> None:
+    # float32 value passes (logsumexp, log_softmax, cross_entropy without a gradient) read
+    # each row once, block by block, and rescale the running sum when a block raises the
+    # maximum: rows built so that it rises often, from -inf, to +inf and to NaN.
+    x = _rising_rows(n)
+    for fn in ("logsumexp", "log_softmax"):
+        fast, ref = _both(getattr(ce, fn), x, axis=-1)
+        assert _ulp_diff(fast, ref) <= 1, fn
+    y = np.array([0, n - 1, 5, n - 1, 3, 1, n - 1, n // 3])
+    fast, ref = _both(ce.cross_entropy, x, y, reduction="none")
+    assert np.array_equal(np.isnan(fast), np.isnan(ref))
+    ok = np.isfinite(ref)
+    assert _ulp_diff(fast[ok], ref[ok]) <= 1
+
+
+def test_one_pass_logsumexp_of_a_rising_row_against_mpmath() -> None:
+    import mpmath
+
+    x = _rising_rows(5003)[:2]
+    with ce.use_backend("numba"):
+        got = ce.logsumexp(x, axis=-1)
+    mpmath.mp.dps = 40
+    for row, g in zip(x, got, strict=True):
+        want = mpmath.log(mpmath.fsum(mpmath.exp(mpmath.mpf(float(v))) for v in row))
+        assert abs(float(g) - float(want)) <= 0.5 * float(np.spacing(np.float32(want)))
+    # the confident row: its loss log1p(sum_{j != k} e^(x_j - x_k)) ~ e^-40 n, to the ulp
+    row = _rising_rows(5003)[3]
+    with ce.use_backend("numba"):
+        loss = ce.cross_entropy(row[None], np.array([5002]), reduction="none")[0]
+    want = mpmath.log1p(mpmath.fsum(mpmath.exp(mpmath.mpf(float(v))) for v in row[:-1]))
+    assert abs(float(loss) - float(want)) <= float(np.spacing(np.float32(want)))
+
+
 def test_probability_targets_fall_back_to_numpy() -> None:
     x = np.random.default_rng(0).standard_normal((5, 4))
     t = ce.softmax(np.random.default_rng(1).standard_normal((5, 4)))
