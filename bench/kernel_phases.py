@@ -1,7 +1,8 @@
 """Where a row kernel's time goes: each phase on cached rows, one thread, in ns per element.
 
 The value pass of ``cross_entropy`` / ``logsumexp`` is the max pass (``_row_max``) then the
-exp pass (``_sum_exp``); ``_row_stats`` is both.  Each is timed over 16 rows of 32,000
+exp pass (``_sum_exp``); ``_row_stats`` is both (for these float32 rows it now takes
+the one pass of ``_row_stats_1pass``, see bench/onepass.py).  Each is timed over 16 rows of 32,000
 classes (2 MB in float32: in L2) repeated, so memory does not enter; ``np.sum`` of the same
 cached rows and of a 1 GiB array (from memory) are the comparisons.  Two cores at the
 cached per-element cost of ``_row_stats`` versus one core reading memory is the question
