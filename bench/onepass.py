@@ -13,16 +13,12 @@ Both return the same (m, s, k); s agrees to ~2e-9 relative (the float32-work exp
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numba as nb
 import numpy as np
+from harness import alternate, stamp, write_csv
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import alternate, stamp, write_csv  # noqa: E402
-
-from crossentropy._cpu import _kernels as K  # noqa: E402
+from crossentropy._cpu import _kernels as K
 
 
 @nb.njit
