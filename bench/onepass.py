@@ -16,9 +16,9 @@ import argparse
 
 import numba as nb
 import numpy as np
-from harness import alternate, stamp, write_csv
 
 from crossentropy._cpu import _kernels as K
+from harness import alternate, stamp, write_csv
 
 
 @nb.njit
