@@ -715,10 +715,11 @@ def _row_stats_1pass32(xr: Any, buf: Any) -> tuple[float, float, int, int]:
                 comp = 0.0
             m = mn
             k = kb
-            s, err = _two_sum(s, _sum_exp_block32(xr[lo:k], m, buf, False))
-            comp += err
-            s, err = _two_sum(s, _sum_exp_block32(xr[k + 1 : hi], m, buf, False))
-            comp += err
+            if m > -np.inf:  # (a block of -inf only: no terms, and -inf - -inf is NaN)
+                s, err = _two_sum(s, _sum_exp_block32(xr[lo:k], m, buf, False))
+                comp += err
+                s, err = _two_sum(s, _sum_exp_block32(xr[k + 1 : hi], m, buf, False))
+                comp += err
         elif m > -np.inf:
             s, err = _two_sum(s, _sum_exp_block32(xr[lo:hi], m, buf, False))
             comp += err
