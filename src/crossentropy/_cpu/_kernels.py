@@ -640,16 +640,16 @@ def _row_stats_short(xr: Any, exact: bool, buf: Any, store: bool) -> tuple[float
 # sum_j e^(x_j - m') = f sum_j e^(x_j - m) with f = e^(m - m') (float64 exp, < 1 ulp), and the
 # old maximum's own term, 1 before, becomes f.  Each rescale adds three float64 roundings
 # (f's included: < 1.5 2^-52 relative); one per block of a sorted 256,000-class row stays
-# below 2^-41,
-# far under float32's half-ulp, next to the 1.9e-9 of each float32-work exponential.  The
-# two-pass scheme read each row from memory for the max pass and again (from L2) for the
-# exp pass, and the prefetch of the next row did not hide the first read: on one thread it
-# ran at 0.63-0.65 ns per element on a 4096 x 32000 batch against 0.47-0.48 for this one.
-# (Blocks of 512, 1024 and 2048 measured 0.50, 0.53 and 0.67; of 128, 0.54.)  float64 rows
-# keep the two passes: each rescale would cost their error-free sum an ulp.  Rows shorter
-# than _ONEPASS_MIN keep them too: there the per-block set-up costs more than the second
-# read saves (one pass / two passes on one thread, 256 MiB of rows: 1.09 at 1000 classes,
-# 1.08 at 2000, 1.02 at 3000, 0.90 at 4096, 0.86 at 8192).
+# below 2^-41, far under float32's half-ulp, next to the 1.9e-9 of each float32-work
+# exponential.  The two-pass scheme read each row from memory for the max pass and again
+# (from L2) for the exp pass, and the prefetch of the next row did not hide the first read
+# (``python bench/onepass.py``, one thread: one pass / two passes 0.76 at 32,000 classes,
+# 0.53 / 0.70 ns per element).  (Blocks of 512, 1024 and 2048 measured 0.50, 0.53 and
+# 0.67 ns per element against 0.47-0.48 for 256; of 128, 0.54.)  float64 rows keep the two
+# passes: each rescale would cost their error-free sum an ulp.  Rows shorter than
+# _ONEPASS_MIN keep them too: there the per-block set-up costs more than the second read
+# saves (bench/onepass.py: 1.05 at 1000 and 2000 classes, 1.01 at 3000, 0.89 at 4096).
+# (_block_max32 and _first_of32 repeat _make_row_max's block loops for float32 rows.)
 _OBLK = 256
 _ONEPASS_MIN = 4096
 
