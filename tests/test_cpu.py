@@ -328,6 +328,41 @@ def test_one_pass_logsumexp_of_a_rising_row_against_mpmath() -> None:
     assert abs(float(loss) - float(want)) <= float(np.spacing(np.float32(want)))
 
 
+@pytest.mark.parametrize("n", [65537, 70001])
+def test_one_pass_float32_rows_with_stored_exponentials_match_the_core(n: int) -> None:
+    # softmax and the cross-entropy gradient of rows this long (past the next-row prefetch)
+    # keep each block's exponentials against the maximum when the block was read; the
+    # blocks before the last rise are rescaled at the end, those read while the maximum
+    # was still -inf zeroed.  The rows rise in every block, start with -inf blocks, etc.
+    from crossentropy._cpu import _kernels as K
+
+    assert n >= K._ONEPASS_MIN_STORED  # (else this tests the two-pass path)
+    x = _rising_rows(n)
+    fast, ref = _both(ce.softmax, x, axis=-1)
+    assert _ulp_diff(fast, ref) <= 1
+    y = np.array([0, n - 1, 5, n - 1, 3, 1, n - 1, n // 3])
+    (lf, gf), (lr, gr) = _both(ce.cross_entropy, x, y, reduction="none", return_grad=True)
+    assert _ulp_diff(gf, gr) <= 1
+    ok = np.isfinite(lr)
+    assert _ulp_diff(lf[ok], lr[ok]) <= 1
+
+
+def test_one_pass_softmax_of_a_rising_row_against_mpmath() -> None:
+    import mpmath
+
+    # the row from -60 to 30: its first blocks were read at a maximum ~90 below the last,
+    # so their stored exponentials are rescaled by ~e^-90 (float32 subnormals at the start)
+    row = _rising_rows(70001)[1]
+    with ce.use_backend("numba"):
+        got = ce.softmax(row[None], axis=-1)[0]
+    mpmath.mp.dps = 40
+    total = mpmath.fsum(mpmath.exp(mpmath.mpf(float(v))) for v in row)
+    for j in (0, 255, 256, 30000, 69999, 70000):
+        want = mpmath.exp(mpmath.mpf(float(row[j]))) / total
+        spacing = float(np.spacing(np.float32(want)))
+        assert abs(float(got[j]) - float(want)) <= spacing, j
+
+
 def test_probability_targets_fall_back_to_numpy() -> None:
     x = np.random.default_rng(0).standard_normal((5, 4))
     t = ce.softmax(np.random.default_rng(1).standard_normal((5, 4)))

@@ -545,6 +545,16 @@ def _two_sum(a: float, b: float) -> tuple[float, float]:
 _SUMBLK64 = 256
 _SIGMA_SHIFT = 1  # sigma = 2^(E + 1) with S' < 2^E
 _SUMBLK32 = 512
+_SUMWHOLE32 = 4096
+
+
+@nb.njit(**_cache)
+def _prefetch_span(nxt: Any, n: int) -> None:
+    """Prefetch the lines of nxt[:n] (float32)."""
+    for p in range(0, n, _LINE // 4):
+        _prefetch(nxt, p)
+    if n > 0:
+        _prefetch(nxt, n - 1)
 
 
 @nb.njit(**_cache)
@@ -562,9 +572,15 @@ def _sum_exp(xr: Any, m: float, exact: bool, buf: Any, store: bool, nxt: Any) ->
     n = xr.shape[0]
     blk = _SUMBLK64 if exact else _SUMBLK32
     ahead = nxt.shape[0] >= n and n > 0
+    if not exact and n <= _SUMWHOLE32:
+        # float32 rows of up to a few thousand classes in one call: the plain vectorised
+        # sum of 4096 terms errs by < 2^-40 relative, far below float32's half-ulp, and the
+        # block loop's per-block calls cost 20-25% at 1000 classes.  The next row's lines
+        # (at most 256) are requested in one burst.
+        if ahead:
+            _prefetch_span(nxt, n)
+        return _sum_exp_block32(xr, m, buf, store)
     if n <= blk and not ahead:  # one block (short rows): no loop, no TwoSum
-        if not exact:
-            return _sum_exp_block32(xr, m, buf, store)
         dst = buf[:n]
         sq, sr = _exact_sum(dst, _exp_block(xr, m, dst))
         return sq + sr
@@ -650,12 +666,31 @@ def _row_stats_short(xr: Any, exact: bool, buf: Any, store: bool) -> tuple[float
 # _ONEPASS_MIN keep them too: there the per-block set-up costs more than the second read
 # saves (bench/onepass.py: 1.05 at 1000 and 2000 classes, 1.01 at 3000, 0.89 at 4096).
 # (_block_max32 and _first_of32 repeat _make_row_max's block loops for float32 rows.)
+#
+# Rows whose exponentials are kept (softmax, the cross-entropy gradient) take the one pass
+# too once they are longer than _PREFETCH_MAX_STORED: each block's exponentials are stored
+# against the maximum at the time, and the blocks before the last rise are rescaled at the
+# end (``_rescale_blocks``).  Shorter stored rows keep two passes, because there the exp
+# pass prefetches the next row into L2 and the next max pass does not wait on memory: on
+# one thread the one pass is still 0.90 of two passes at 32,000 classes
+# (``python bench/onepass.py``), but in the two-thread kernels with their write pass,
+# softmax(x, out=) and the gradient took 1.09-1.10x as long (bench/cpu.py --against, 4
+# pairs).  At 128,256 classes, where nothing is prefetched, the one pass is 0.78 of two
+# passes on one thread and 0.87-0.92 in the kernels.
 _OBLK = 256
 _ONEPASS_MIN = 4096
+_ONEPASS_MIN_STORED = 65537  # _PREFETCH_MAX_STORED + 1 (asserted below its definition)
 
 
-def _row_stats_1pass(xr: Any, buf: Any) -> tuple[float, float, int, int]:
-    """``_row_stats`` of a float32 row without stored exponentials, in one pass (see above)."""
+def _row_stats_1pass(xr: Any, buf: Any, mb: Any) -> tuple[float, float, int, int]:
+    """``_row_stats`` of a float32 row without stored exponentials, in one pass (see above;
+    ``mb`` is not used)."""
+    raise NotImplementedError  # pragma: no cover  (numba overload below)
+
+
+def _row_stats_1pass_stored(xr: Any, buf: Any, mb: Any) -> tuple[float, float, int, int]:
+    """``_row_stats`` of a float32 row in one pass with its exponentials stored to ``buf``
+    (each block's maximum at its time goes to ``mb``, see ``_rescale_blocks``)."""
     raise NotImplementedError  # pragma: no cover  (numba overload below)
 
 
@@ -685,83 +720,164 @@ def _first_of32(xs: Any, bm: int) -> int:
     return 0  # pragma: no cover  (bm is the block's maximum)
 
 
+def _make_row_stats_1pass32(store: bool) -> Any:
+    """The one pass for float32 rows, with or without stored exponentials.  (``store`` is
+    a constant of each compiled function, and each call of ``_sum_exp_block32`` passes
+    its flag as a constant: a run-time flag passed down cost the value pass 10% per
+    element and the stored pass 40%.)"""
+
+    def impl(xr: Any, buf: Any, mb: Any) -> tuple[float, float, int, int]:
+        _wide()  # 512-bit vectors (see _wide)
+        n = xr.shape[0]
+        xi = xr.view(np.int32)
+        best = np.int32(-(1 << 31))
+        m = -np.inf
+        k = 0
+        s = 0.0  # sum over j != k of e^(x_j - m), the terms seen so far; comp its TwoSum errors
+        comp = 0.0
+        for lo in range(0, n, _OBLK):
+            hi = min(n, lo + _OBLK)
+            bm, ma = _block_max32(xi[lo:hi])
+            if ma > 0x7F800000:
+                return np.nan, np.nan, 0, 3
+            if bm > best:  # strictly: the first maximum is k
+                best = bm
+                kb = lo + _first_of32(xi[lo:hi], bm)
+                mn = np.float64(_i32_as_f32(np.int32(bm if bm >= 0 else bm ^ 0x7FFFFFFF)))
+                if mn == np.inf:  # kind 1 (only NaN can still change the answer)
+                    for lo2 in range(hi, n, _OBLK):
+                        if _block_max32(xi[lo2 : min(n, lo2 + _OBLK)])[1] > 0x7F800000:
+                            return np.nan, np.nan, 0, 3
+                    return mn, 0.0, kb, 1
+                if m > -np.inf:  # rescale (see the comment above _OBLK)
+                    f = exp_le0(m - mn)
+                    s = (s + comp) * f + f
+                    comp = 0.0
+                m = mn
+                k = kb
+                if m > -np.inf:  # (a block of -inf only: no terms, and -inf - -inf is NaN)
+                    if store:
+                        b1 = _sum_exp_block32(xr[lo:k], m, buf[lo:k], True)
+                        b2 = _sum_exp_block32(xr[k + 1 : hi], m, buf[k + 1 : hi], True)
+                        buf[k] = 1.0
+                    else:
+                        b1 = _sum_exp_block32(xr[lo:k], m, buf, False)
+                        b2 = _sum_exp_block32(xr[k + 1 : hi], m, buf, False)
+                    s, err = _two_sum(s, b1)
+                    comp += err
+                    s, err = _two_sum(s, b2)
+                    comp += err
+            elif m > -np.inf:
+                if store:
+                    b1 = _sum_exp_block32(xr[lo:hi], m, buf[lo:hi], True)
+                else:
+                    b1 = _sum_exp_block32(xr[lo:hi], m, buf, False)
+                s, err = _two_sum(s, b1)
+                comp += err
+            if store:
+                mb[lo // _OBLK] = m
+        if m == -np.inf:
+            return m, 0.0, 0, 2
+        if store:
+            _rescale_blocks(buf, mb, m)
+        return m, s + comp, k, 0
+
+    return impl
+
+
 @nb.njit(**_cache)
-def _row_stats_1pass32(xr: Any, buf: Any) -> tuple[float, float, int, int]:
+def _rescale_blocks(buf: Any, mb: Any, m: float) -> None:
+    """Stored exponentials of the one pass against the row's maximum m: block b holds
+    e^(x_j - mb[b]) with mb[b] the maximum when it was read, and e^(x_j - m) =
+    e^(x_j - mb[b]) e^(mb[b] - m) (float64 exp, < 1 ulp, and one rounding: far below
+    float32's half-ulp).  The maximum only rises, so the blocks to scale are those before
+    the first block read at m; a block read while the maximum was -inf holds zeros."""
     _wide()  # 512-bit vectors (see _wide)
-    n = xr.shape[0]
-    xi = xr.view(np.int32)
-    best = np.int32(-(1 << 31))
-    m = -np.inf
-    k = 0
-    s = 0.0  # sum over j != k of e^(x_j - m), the terms seen so far; comp its TwoSum errors
-    comp = 0.0
+    n = buf.shape[0]
     for lo in range(0, n, _OBLK):
-        hi = min(n, lo + _OBLK)
-        bm, ma = _block_max32(xi[lo:hi])
-        if ma > 0x7F800000:
-            return np.nan, np.nan, 0, 3
-        if bm > best:  # strictly: the first maximum is k
-            best = bm
-            kb = lo + _first_of32(xi[lo:hi], bm)
-            mn = np.float64(_i32_as_f32(np.int32(bm if bm >= 0 else bm ^ 0x7FFFFFFF)))
-            if mn == np.inf:  # kind 1 (only NaN can still change the answer)
-                for lo2 in range(hi, n, _OBLK):
-                    if _block_max32(xi[lo2 : min(n, lo2 + _OBLK)])[1] > 0x7F800000:
-                        return np.nan, np.nan, 0, 3
-                return mn, 0.0, kb, 1
-            if m > -np.inf:  # rescale (see the comment above _OBLK)
-                f = exp_le0(m - mn)
-                s = (s + comp) * f + f
-                comp = 0.0
-            m = mn
-            k = kb
-            if m > -np.inf:  # (a block of -inf only: no terms, and -inf - -inf is NaN)
-                s, err = _two_sum(s, _sum_exp_block32(xr[lo:k], m, buf, False))
-                comp += err
-                s, err = _two_sum(s, _sum_exp_block32(xr[k + 1 : hi], m, buf, False))
-                comp += err
-        elif m > -np.inf:
-            s, err = _two_sum(s, _sum_exp_block32(xr[lo:hi], m, buf, False))
-            comp += err
-    if m == -np.inf:
-        return m, 0.0, 0, 2
-    return m, s + comp, k, 0
+        mbb = mb[lo // _OBLK]
+        if mbb == m:
+            return
+        blk = buf[lo : min(n, lo + _OBLK)]
+        if mbb == -np.inf:
+            blk[:] = 0.0
+        else:
+            f = exp_le0(mbb - m)
+            for j in range(blk.shape[0]):
+                blk[j] *= f
+
+
+_row_stats_1pass32 = nb.njit(**_cache)(_make_row_stats_1pass32(False))
+_row_stats_1pass32_stored = nb.njit(**_cache)(_make_row_stats_1pass32(True))
 
 
 @overload(_row_stats_1pass)
-def _ov_row_stats_1pass(xr: Any, buf: Any) -> Any:
+def _ov_row_stats_1pass(xr: Any, buf: Any, mb: Any) -> Any:
     if xr.dtype == types.float32:
-        def impl32(xr: Any, buf: Any) -> tuple[float, float, int, int]:
-            return _row_stats_1pass32(xr, buf)
+        def impl32(xr: Any, buf: Any, mb: Any) -> Any:
+            return _row_stats_1pass32(xr, buf, mb)
         return impl32
 
     # float64 rows never take this path (``_row_stats`` sends only inexact rows, which are
     # float32); typing its branch for them needs an implementation, the two-pass one
-    def impl64(xr: Any, buf: Any) -> tuple[float, float, int, int]:
+    def impl64(xr: Any, buf: Any, mb: Any) -> Any:
         return _row_stats_2pass(xr, False, buf, False, xr[:0])
     return impl64
 
 
-@nb.njit(**_cache)
-def _row_stats(xr: Any, exact: bool, buf: Any, store: bool,
-               nxt: Any) -> tuple[float, float, int, int]:
+@overload(_row_stats_1pass_stored)
+def _ov_row_stats_1pass_stored(xr: Any, buf: Any, mb: Any) -> Any:
+    if xr.dtype == types.float32:
+        def impl32(xr: Any, buf: Any, mb: Any) -> Any:
+            return _row_stats_1pass32_stored(xr, buf, mb)
+        return impl32
+
+    def impl64(xr: Any, buf: Any, mb: Any) -> Any:  # (never taken, as above)
+        return _row_stats_2pass(xr, False, buf, True, xr[:0])
+    return impl64
+
+
+@nb.njit(inline="always", **_cache)
+def _row_stats(xr: Any, exact: bool, buf: Any, store: bool, nxt: Any,
+               mb: Any) -> tuple[float, float, int, int]:
     """(m, s, k, kind) of a row: kind 0 finite max, 1 max +inf, 2 all -inf/empty, 3 NaN.
 
     The numba side of ``crossentropy._core.rows.decompose``.  For kind 0: m = x_k is the
     maximum, k its first index, and sum(exp(x - m)) = 1 + s with s the sum over j != k
     (other maxima add exactly 1 each), so that log-sum-exp = m + log1p(s).  With ``store``
     the exponentials go to ``buf`` (``buf[k] = 1``).  ``nxt``: the next row (same length)
-    to prefetch while the exponentials are computed, or an empty array.
+    to prefetch while the exponentials are computed, or an empty array.  ``mb``: scratch
+    of ``_one_pass_blocks(n)`` floats for the one pass with ``store`` (else unused).
     """
     _wide()  # 512-bit vectors (see _wide)
     n = xr.shape[0]
     if n == 0:
         return -np.inf, 0.0, 0, 2
+    # Each branch calls with constant flags: numba compiles the callees (down to the exp
+    # loops) for those constants.  Passed on as run-time flags they cost 10-25% per
+    # element (an untaken branch around a loop kept LLVM from inlining it into the block
+    # loop that calls it; bench/onepass.py and the 1000-class rows of bench/cpu.py).
+    if exact:
+        if n <= _SHORT:
+            return _row_stats_short(xr, True, buf, True) if store else \
+                _row_stats_short(xr, True, buf, False)
+        return _row_stats_2pass(xr, exact, buf, store, nxt)
     if n <= _SHORT:
-        return _row_stats_short(xr, exact, buf, store)
-    if not exact and not store and n >= _ONEPASS_MIN:
-        return _row_stats_1pass(xr, buf)
-    return _row_stats_2pass(xr, exact, buf, store, nxt)
+        return _row_stats_short(xr, False, buf, True) if store else \
+            _row_stats_short(xr, False, buf, False)
+    if store:
+        if n >= _ONEPASS_MIN_STORED:
+            return _row_stats_1pass_stored(xr, buf, mb)
+        return _row_stats_2pass_inline(xr, False, buf, True, nxt)
+    if n >= _ONEPASS_MIN:
+        return _row_stats_1pass(xr, buf, mb)
+    return _row_stats_2pass_inline(xr, False, buf, False, nxt)
+
+
+@nb.njit(**_cache)
+def _one_pass_blocks(n: int) -> int:
+    """Length of ``_row_stats``'s ``mb`` scratch for rows of n classes (one per block)."""
+    return (n + _OBLK - 1) // _OBLK
 
 
 @nb.njit(**_cache)
@@ -787,6 +903,12 @@ def _row_stats_2pass(xr: Any, exact: bool, buf: Any, store: bool,
     return m, s, k, 0
 
 
+# The same, inlined into its caller (float32 rows: at 1000 classes a call per row and part
+# cost 5-10% of the row's time; float64 rows, whose exp pass is heavier, measured 2-5%
+# slower inlined, in the cross-entropy kernel).
+_row_stats_2pass_inline = nb.njit(inline="always", **_cache)(_row_stats_2pass.py_func)
+
+
 # --------------------------------------------------------------------------- softmax family
 
 
@@ -809,6 +931,7 @@ def _serial(x: Any) -> bool:
 # float64 scratch row and the next row would not fit in L2 together (at 128256 classes the
 # prefetch evicted the current row and cost 5-10%; without the scratch row it still pays).
 _PREFETCH_MAX_STORED = 1 << 16
+assert _ONEPASS_MIN_STORED == _PREFETCH_MAX_STORED + 1  # (see the comment above _OBLK)
 
 
 @nb.njit(**_cache)
@@ -840,7 +963,8 @@ def _logsumexp_chunk(x: Any, exact: bool, out: Any, lo: int, hi: int) -> None:
     _wide()  # 512-bit vectors (see _wide)
     dummy = np.empty(_SUMBLK64)  # the block buffer of float64 rows
     for i in range(lo, hi):
-        m, s, _k, kind = _row_stats(x[i], exact, dummy, False, _next_row(x, i, hi, False))
+        m, s, _k, kind = _row_stats(x[i], exact, dummy, False, _next_row(x, i, hi, False),
+                                    dummy[:0])
         if kind == 0:
             out[i] = m + math.log1p(s)
         elif kind == 3:
@@ -948,10 +1072,12 @@ def _softmax_chunk(x: Any, exact: bool, log: bool, out: Any, lo: int, hi: int,
     _wide()  # 512-bit vectors (see _wide)
     C = x.shape[1]
     buf = np.empty(_SUMBLK64 if log else C)  # log: only the block buffer
+    mb = np.empty(0 if log else _one_pass_blocks(C))
     orow_s = np.empty(C if stream else 0, dtype=out.dtype)
     for i in range(lo, hi):
         xr = x[i]
-        m, s, _k, kind = _row_stats(xr, exact, buf, not log, _next_row(x, i, hi, not log))
+        m, s, _k, kind = _row_stats(xr, exact, buf, not log, _next_row(x, i, hi, not log),
+                                    mb)
         orow = orow_s if stream else out[i]
         if kind != 0:
             _softmax_special(xr, kind, log, orow)
@@ -1247,6 +1373,7 @@ def _ce_chunk(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, 
     C = x.shape[1]
     capped = cap > 0.0
     buf = np.empty(C if want_grad else _SUMBLK64)  # no gradient: the block buffer
+    mb = np.empty(_one_pass_blocks(C) if want_grad else 0)
     db = np.empty(C if capped else 0)
     zb = np.empty(C if capped else 0)
     grow_s = np.empty(C if stream else 0, dtype=grad.dtype)
@@ -1258,10 +1385,10 @@ def _ce_chunk(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, 
         # row statistics of z (soft-capped into zb, float64) or of the logits themselves
         if capped:
             _softcap_row(xr, cap, zb, db)
-            m, s, k, kind = _row_stats(zb, True, buf, want_grad, zb[:0])
+            m, s, k, kind = _row_stats(zb, True, buf, want_grad, zb[:0], mb)
         else:
             m, s, k, kind = _row_stats(xr, exact, buf, want_grad,
-                                       _next_row(x, i, hi, want_grad))
+                                       _next_row(x, i, hi, want_grad), mb)
         L = math.log1p(s)
         lse[i] = m + L if kind == 0 else (np.nan if kind == 3 else m)
         if y == ignore_index:
