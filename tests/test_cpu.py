@@ -328,15 +328,17 @@ def test_one_pass_logsumexp_of_a_rising_row_against_mpmath() -> None:
     assert abs(float(loss) - float(want)) <= float(np.spacing(np.float32(want)))
 
 
-@pytest.mark.parametrize("n", [65537, 70001])
-def test_one_pass_float32_rows_with_stored_exponentials_match_the_core(n: int) -> None:
-    # softmax and the cross-entropy gradient of rows this long (past the next-row prefetch)
-    # keep each block's exponentials against the maximum when the block was read; the
-    # blocks before the last rise are rescaled at the end, those read while the maximum
-    # was still -inf zeroed.  The rows rise in every block, start with -inf blocks, etc.
+@pytest.mark.parametrize("n", [1000, 4096, 5003, 65536, 65537, 70001])
+def test_float32_rows_with_stored_exponentials_match_the_core(n: int) -> None:
+    # softmax and the cross-entropy gradient keep the exponentials.  Rows of up to 4096
+    # classes sum them in one call, longer ones by blocks with the next row prefetched
+    # (two passes), and rows past 65,536 classes in one pass: each block's exponentials
+    # against the maximum when the block was read, the blocks before the last rise
+    # rescaled at the end, those read while the maximum was still -inf zeroed.  The rows
+    # rise in every block, start with -inf blocks, end in +inf or NaN, etc.
     from crossentropy._cpu import _kernels as K
 
-    assert n >= K._ONEPASS_MIN_STORED  # (else this tests the two-pass path)
+    assert (n >= K._ONEPASS_MIN_STORED) == (n > 65536)  # the switch these sizes straddle
     x = _rising_rows(n)
     fast, ref = _both(ce.softmax, x, axis=-1)
     assert _ulp_diff(fast, ref) <= 1

@@ -660,11 +660,11 @@ def _row_stats_short(xr: Any, exact: bool, buf: Any, store: bool) -> tuple[float
 # exponential.  The two-pass scheme read each row from memory for the max pass and again
 # (from L2) for the exp pass, and the prefetch of the next row did not hide the first read
 # (``python bench/onepass.py``, one thread: one pass / two passes 0.76 at 32,000 classes,
-# 0.53 / 0.70 ns per element).  (Blocks of 512, 1024 and 2048 measured 0.50, 0.53 and
+# 0.49 / 0.64 ns per element, 2026-12-02).  (Blocks of 512, 1024 and 2048 measured 0.50, 0.53 and
 # 0.67 ns per element against 0.47-0.48 for 256; of 128, 0.54.)  float64 rows keep the two
 # passes: each rescale would cost their error-free sum an ulp.  Rows shorter than
 # _ONEPASS_MIN keep them too: there the per-block set-up costs more than the second read
-# saves (bench/onepass.py: 1.05 at 1000 and 2000 classes, 1.01 at 3000, 0.89 at 4096).
+# saves (bench/onepass.py: 1.16 at 1000 classes, 1.01 at 2000, 0.93 at 3000, 0.87 at 4096).
 # (_block_max32 and _first_of32 repeat _make_row_max's block loops for float32 rows.)
 #
 # Rows whose exponentials are kept (softmax, the cross-entropy gradient) take the one pass
