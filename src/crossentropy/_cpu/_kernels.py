@@ -853,10 +853,12 @@ def _row_stats(xr: Any, exact: bool, buf: Any, store: bool, nxt: Any,
     n = xr.shape[0]
     if n == 0:
         return -np.inf, 0.0, 0, 2
-    # Each branch calls with constant flags: numba compiles the callees (down to the exp
-    # loops) for those constants.  Passed on as run-time flags they cost 10-25% per
-    # element (an untaken branch around a loop kept LLVM from inlining it into the block
-    # loop that calls it; bench/onepass.py and the 1000-class rows of bench/cpu.py).
+    # float32 rows: each branch calls with constant flags, and numba compiles the callees
+    # (down to the exp loops) for those constants.  Passed on as run-time flags they cost
+    # the one pass 10% (value) and ~45% (stored) per element (bench/onepass.py), and the
+    # two-pass statistics of cached 1000-class rows 15-20% (ad-hoc loop; docs/cpu.md).
+    # float64 rows keep run-time flags for the two passes: with constant ones the
+    # cross-entropy kernel measured 1.04-1.06x as long (bench/cpu.py --against, 3 pairs).
     if exact:
         if n <= _SHORT:
             return _row_stats_short(xr, True, buf, True) if store else \
