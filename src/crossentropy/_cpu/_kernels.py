@@ -855,8 +855,10 @@ def _row_stats(xr: Any, exact: bool, buf: Any, store: bool, nxt: Any,
         return -np.inf, 0.0, 0, 2
     # float32 rows: each branch calls with constant flags, and numba compiles the callees
     # (down to the exp loops) for those constants.  Passed on as run-time flags they cost
-    # the one pass 10% (value) and ~45% (stored) per element (bench/onepass.py), and the
-    # two-pass statistics of cached 1000-class rows 15-20% (ad-hoc loop; docs/cpu.md).
+    # the one pass 10% (value) and ~45% (stored) per element (bench/onepass.py).  With
+    # the float32 two pass inlined and exp sums of <= 4096 terms in one call as well, the
+    # statistics of cached 1000-class rows went from 0.76-0.80 to 0.63-0.64 ns per element
+    # (an ad-hoc loop, see docs/cpu.md).
     # float64 rows keep run-time flags for the two passes: with constant ones the
     # cross-entropy kernel measured 1.04-1.06x as long (bench/cpu.py --against, 3 pairs).
     if exact:
