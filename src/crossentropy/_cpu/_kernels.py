@@ -668,18 +668,17 @@ def _row_stats_short(xr: Any, exact: bool, buf: Any, store: bool) -> tuple[float
 # (_block_max32 and _first_of32 repeat _make_row_max's block loops for float32 rows.)
 #
 # Rows whose exponentials are kept (softmax, the cross-entropy gradient) take the one pass
-# too once they are longer than _PREFETCH_MAX_STORED: each block's exponentials are stored
-# against the maximum at the time, and the blocks before the last rise are rescaled at the
-# end (``_rescale_blocks``).  Shorter stored rows keep two passes, because there the exp
-# pass prefetches the next row into L2 and the next max pass does not wait on memory: on
-# one thread the one pass is still 0.90 of two passes at 32,000 classes
-# (``python bench/onepass.py``), but in the two-thread kernels with their write pass,
-# softmax(x, out=) and the gradient took 1.09-1.10x as long (bench/cpu.py --against, 4
-# pairs).  At 128,256 classes, where nothing is prefetched, the one pass is 0.78 of two
-# passes on one thread and 0.87-0.92 in the kernels.
+# too once they are longer than _PREFETCH_MAX_STORED (_ONEPASS_MIN_STORED, defined beside
+# it): each block's exponentials are stored against the maximum at the time, and the
+# blocks before the last rise are rescaled at the end (``_rescale_blocks``).  Shorter
+# stored rows keep two passes, because there the exp pass prefetches the next row into L2
+# and the next max pass does not wait on memory: on one thread the one pass is still 0.90
+# of two passes at 32,000 classes (``python bench/onepass.py``), but in the two-thread
+# kernels with their write pass, softmax(x, out=) and the gradient took 1.09-1.10x as long
+# (bench/cpu.py --against, 4 pairs).  At 128,256 classes, where nothing is prefetched, the
+# one pass is 0.78 of two passes on one thread and 0.87-0.92 in the kernels.
 _OBLK = 256
 _ONEPASS_MIN = 4096
-_ONEPASS_MIN_STORED = 65537  # _PREFETCH_MAX_STORED + 1 (asserted below its definition)
 
 
 def _row_stats_1pass(xr: Any, buf: Any, mb: Any) -> tuple[float, float, int, int]:
@@ -811,30 +810,25 @@ _row_stats_1pass32 = nb.njit(**_cache)(_make_row_stats_1pass32(False))
 _row_stats_1pass32_stored = nb.njit(**_cache)(_make_row_stats_1pass32(True))
 
 
-@overload(_row_stats_1pass)
-def _ov_row_stats_1pass(xr: Any, buf: Any, mb: Any) -> Any:
-    if xr.dtype == types.float32:
-        def impl32(xr: Any, buf: Any, mb: Any) -> Any:
-            return _row_stats_1pass32(xr, buf, mb)
-        return impl32
+def _overload_one_pass(stub: Any, one32: Any, store: bool) -> None:
+    """Register ``one32`` (a compiled one pass) as the float32 implementation of ``stub``.
+    float64 rows never take the one pass (``_row_stats`` sends only inexact rows, which
+    are float32); typing its branch for them needs an implementation, the two-pass one."""
 
-    # float64 rows never take this path (``_row_stats`` sends only inexact rows, which are
-    # float32); typing its branch for them needs an implementation, the two-pass one
-    def impl64(xr: Any, buf: Any, mb: Any) -> Any:
-        return _row_stats_2pass(xr, False, buf, False, xr[:0])
-    return impl64
+    @overload(stub)
+    def _ov(xr: Any, buf: Any, mb: Any) -> Any:
+        if xr.dtype == types.float32:
+            def impl32(xr: Any, buf: Any, mb: Any) -> Any:
+                return one32(xr, buf, mb)
+            return impl32
+
+        def impl64(xr: Any, buf: Any, mb: Any) -> Any:
+            return _row_stats_2pass(xr, False, buf, store, xr[:0])
+        return impl64
 
 
-@overload(_row_stats_1pass_stored)
-def _ov_row_stats_1pass_stored(xr: Any, buf: Any, mb: Any) -> Any:
-    if xr.dtype == types.float32:
-        def impl32(xr: Any, buf: Any, mb: Any) -> Any:
-            return _row_stats_1pass32_stored(xr, buf, mb)
-        return impl32
-
-    def impl64(xr: Any, buf: Any, mb: Any) -> Any:  # (never taken, as above)
-        return _row_stats_2pass(xr, False, buf, True, xr[:0])
-    return impl64
+_overload_one_pass(_row_stats_1pass, _row_stats_1pass32, False)
+_overload_one_pass(_row_stats_1pass_stored, _row_stats_1pass32_stored, True)
 
 
 @nb.njit(inline="always", **_cache)
@@ -935,7 +929,7 @@ def _serial(x: Any) -> bool:
 # float64 scratch row and the next row would not fit in L2 together (at 128256 classes the
 # prefetch evicted the current row and cost 5-10%; without the scratch row it still pays).
 _PREFETCH_MAX_STORED = 1 << 16
-assert _ONEPASS_MIN_STORED == _PREFETCH_MAX_STORED + 1  # (see the comment above _OBLK)
+_ONEPASS_MIN_STORED = _PREFETCH_MAX_STORED + 1  # (the stored one pass: see above _OBLK)
 
 
 @nb.njit(**_cache)
