@@ -205,6 +205,39 @@ def test_sigmoid_family_matches_reference(dtype: type, fn: str) -> None:
         assert fv.dtype == np.dtype(dtype) and fd.shape == arr.shape
 
 
+def test_log_sigmoid_and_bce_against_mpmath_where_the_log1p_switches() -> None:
+    """The kernels' own log1p (``_log1p01``) reduces 1 + t to 2^e (1 + f) with e = 1 past
+    1 + t = sqrt(2), i.e. at |x| = -log(sqrt(2) - 1) = 0.8813735870...; the points around
+    it, around 0, and where t = e^-|x| falls below 2^-53 (|x| ~ 36.7) and into the
+    subnormals, against mpmath, to 1 ulp (float64)."""
+    import mpmath
+
+    mpmath.mp.dps = 40
+    x0 = 0.881373587019543
+    x = np.concatenate([
+        x0 + np.arange(-40, 41) * 2.0**-52,  # both sides of the switch, ulp by ulp
+        np.linspace(-3.0, 3.0, 601),
+        [0.0, -0.0, 1e-300, -1e-300, 2.0**-30, -(2.0**-30)],
+        np.linspace(30.0, 40.0, 101), -np.linspace(30.0, 40.0, 101),
+        [700.0, -700.0, 740.0, -740.0],
+    ])
+    x = np.concatenate([x, -x[:81]])
+    with ce.use_backend("numba"):
+        got = ce.log_sigmoid(x)
+        y = (np.arange(x.size) % 2).astype(np.float64)
+        bce = ce.binary_cross_entropy_with_logits(x, y, reduction="none")
+
+    def log_sigmoid(v: float) -> mpmath.mpf:  # -log1p(e^-v), computed at 40 digits
+        return -mpmath.log1p(mpmath.exp(-mpmath.mpf(v)))
+
+    want = np.array([float(log_sigmoid(float(v))) for v in x])
+    # BCE: y = 1 gives -log sigma(x), y = 0 gives -log sigma(-x)
+    want_bce = np.array([float(-log_sigmoid(float(v) if t else -float(v)))
+                         for v, t in zip(x, y, strict=True)])
+    assert _ulp_diff(got, want) <= 1
+    assert _ulp_diff(bce, want_bce) <= 1
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_bce_with_logits_matches_reference(dtype: type, reduction: str) -> None:

@@ -1500,26 +1500,35 @@ def _times_pow2_neg(x: float, k: int) -> float:
 
 
 @nb.njit(**_NPERR, fastmath=_STRICT, **_cache)
-def _sigmoid1(v: float) -> float:
-    # x >= 0: 1 / (1 + t);  x < 0: t / (1 + t), t = e^-|x| = (hi + lo) 2^-k.  1 + t is
-    # d_hi + d_lo (Fast2Sum, t <= 1), and a / (d_hi + d_lo) = (a / d_hi)(1 - d_lo / d_hi):
-    # one rounded division, so <= 1 ulp.  The subnormal results are rounded once, by 2^-k.
+def _sigmoid_parts(hi: float, lo: float, k: int) -> tuple[float, float, float, float]:
+    """(1 / (1 + t), t / (1 + t), t_hi, t_lo) for t = t_hi + t_lo = (hi + lo) 2^-k = e^-|x|
+    (``_exp_neg_abs_split``): sigma(|x|), sigma(-|x|) and t, shared by the sigmoid, the
+    softplus and the binary cross-entropy, which needs all of them.
+
+    1 + t is d_hi + d_lo (Fast2Sum, t <= 1), and a / (d_hi + d_lo) = (a / d_hi)(1 - d_lo /
+    d_hi): one rounded division, so <= 1 ulp.  The subnormal t / (1 + t) is rounded once,
+    by 2^-k.
+    """
     _inline()  # into the vectorised loops (see _inline)
-    if v != v:
-        return v
-    hi, lo, k = _exp_neg_abs_split(v)
     t_hi = _times_pow2_neg(hi, k)
     t_lo = _times_pow2_neg(lo, k)
     d_hi = 1.0 + t_hi
     d_lo = ((1.0 - d_hi) + t_hi) + t_lo
     c = d_lo / d_hi
-    if v >= 0.0:
-        q = 1.0 / d_hi
-        return q - q * c
-    if hi == 0.0:
-        return 0.0
-    q = hi / d_hi
-    return _times_pow2_neg(q + q * (lo / hi - c), k)
+    q = 1.0 / d_hi
+    qt = hi / d_hi
+    small = _times_pow2_neg(qt + qt * (lo / hi - c), k) if hi != 0.0 else 0.0
+    return q - q * c, small, t_hi, t_lo
+
+
+@nb.njit(**_NPERR, fastmath=_STRICT, **_cache)
+def _sigmoid1(v: float) -> float:
+    # x >= 0: 1 / (1 + t);  x < 0: t / (1 + t), t = e^-|x| (see _sigmoid_parts)
+    _inline()  # into the vectorised loops (see _inline)
+    if v != v:
+        return v
+    big, small, _, _ = _sigmoid_parts(*_exp_neg_abs_split(v))
+    return big if v >= 0.0 else small
 
 
 @nb.njit(**_NPERR, fastmath=_STRICT, **_cache)
@@ -1551,17 +1560,60 @@ def _sigmoid_prime1(v: float) -> float:
     return _times_pow2_neg(w, k)
 
 
+# log(1 + f) = 2 atanh(s) with s = f / (2 + f): 2s + s R(s^2), R(z) = sum_j 2 z^j / (2j + 1)
+# (the atanh series).  With f in [sqrt(1/2) - 1, sqrt(2) - 1], |s| <= 0.1716 and z <= 0.02944,
+# so the series cut after z^9 errs by < z^10 / 21 < 2.3e-17 relative: 0.2 ulp.
+_SQRT2 = 1.4142135623730951
+_ATANH_R = tuple(2.0 / (2 * j + 1) for j in range(1, 10))
+(_R1, _R2, _R3, _R4, _R5, _R6, _R7, _R8, _R9) = _ATANH_R
+
+
+@nb.njit(**_NPERR, fastmath=_STRICT, **_cache)
+def _log1p01(t: float, tl: float) -> float:
+    """log1p(t + tl) for 0 <= t <= 1 and |tl| <= 2^-52 t: < 1 ulp (0.92 ulp measured against
+    mpmath on 400,000 points), branch-free, so that the loops which inline it vectorise
+    (libm's log1p is a scalar call: 10 ns an element on a Zen 3, against 1.7 for this).
+
+    1 + t + tl = u + c with u = fl(1 + t) and c = (t - (u - 1)) + tl (Fast2Sum, t <= 1), so
+    log1p(t + tl) = log(u) + c / u to first order.  u in [1, 2] is reduced to 2^e (1 + f)
+    with f = u - 1 or u / 2 - 1 (both exact: Sterbenz) and |log(1 + f)| <= ln(2) / 2; then
+    log(1 + f) = f - f^2/2 + s (f^2/2 + R), since f - s f = 2s (s = f / (2 + f)): the large
+    terms f and f^2/2 come first and the rounding errors fall on the small ones.
+    """
+    _inline()  # into the vectorised loops (see _inline)
+    u = 1.0 + t
+    c = (t - (u - 1.0)) + tl
+    big = u > _SQRT2
+    f = (0.5 * u - 1.0) if big else (u - 1.0)
+    e = 1.0 if big else 0.0
+    s = f / (2.0 + f)
+    z = s * s
+    r = _R9
+    r = r * z + _R8
+    r = r * z + _R7
+    r = r * z + _R6
+    r = r * z + _R5
+    r = r * z + _R4
+    r = r * z + _R3
+    r = r * z + _R2
+    r = r * z + _R1
+    r = r * z
+    hfsq = 0.5 * f * f
+    # e ln2 = e _LN2HI + e _LN2LO, the first exact (e is 0 or 1)
+    lo = s * (hfsq + r) + (e * _LN2LO + c / u)
+    return e * _LN2HI + (f - (hfsq - lo))
+
+
 @nb.njit(**_NPERR, fastmath=_STRICT, **_cache)
 def _softplus1(v: float) -> float:
-    # log(1 + e^x) = max(x, 0) + log1p(t), t = t_hi + t_lo = e^-|x|:
-    # log1p(t_hi + t_lo) = log1p(t_hi) + t_lo / (1 + t_hi) to first order; both terms >= 0
+    # log(1 + e^x) = max(x, 0) + log1p(t), t = t_hi + t_lo = e^-|x| (both terms >= 0)
     _inline()  # into the vectorised loops (see _inline)
     if v != v:
         return v
     hi, lo, k = _exp_neg_abs_split(v)
     t_hi = _times_pow2_neg(hi, k)
     t_lo = _times_pow2_neg(lo, k)
-    return max(v, 0.0) + (math.log1p(t_hi) + t_lo / (1.0 + t_hi))
+    return max(v, 0.0) + _log1p01(t_hi, t_lo)
 
 
 @nb.njit(**_NPERR, fastmath=_STRICT, **_cache)
@@ -1607,15 +1659,26 @@ def _sigmoid_flat(x: Any, out: Any, dout: Any, want_d: bool, log: bool) -> None:
 def _bce1(v: float, y: float, pw: float) -> tuple[float, float]:
     """(loss, dloss/dx) of BCE with logits: p y softplus(-x) + (1 - y) softplus(x).
 
-    A coefficient 0 gives a 0 term (0 * inf = 0).  d softplus(x)/dx = sigma(x).
+    A coefficient 0 gives a 0 term (0 * inf = 0).  d softplus(x)/dx = sigma(x).  Both
+    softplus(+-x) = max(+-x, 0) + log1p(t) and both sigma(+-x) come from one t = e^-|x|
+    (the same arithmetic as ``_softplus1`` and ``_sigmoid1``, so the same bits, for a
+    quarter of the exponentials and half the divisions).
     """
     _inline()  # into the vectorised loops (see _inline)
     py = pw * y
     ny = 1.0 - y
-    a = py * _softplus1(-v) if py != 0.0 else 0.0
-    b = ny * _softplus1(v) if ny != 0.0 else 0.0
-    ga = py * _sigmoid1(-v) if py != 0.0 else 0.0
-    gb = ny * _sigmoid1(v) if ny != 0.0 else 0.0
+    hi, lo, k = _exp_neg_abs_split(v)
+    big, small, t_hi, t_lo = _sigmoid_parts(hi, lo, k)
+    lp = _log1p01(t_hi, t_lo)
+    nan = v != v
+    sp_pos = v if nan else max(v, 0.0) + lp  # softplus(x)
+    sp_neg = v if nan else max(-v, 0.0) + lp  # softplus(-x)
+    s_pos = v if nan else (big if v >= 0.0 else small)  # sigma(x)
+    s_neg = v if nan else (big if -v >= 0.0 else small)  # sigma(-x)
+    a = py * sp_neg if py != 0.0 else 0.0
+    b = ny * sp_pos if ny != 0.0 else 0.0
+    ga = py * s_neg if py != 0.0 else 0.0
+    gb = ny * s_pos if ny != 0.0 else 0.0
     return a + b, gb - ga
 
 
@@ -1665,16 +1728,31 @@ def _bce_logits_flat(x: Any, y: Any, pos_weight: float, eps: float, store_loss: 
 @nb.njit(**_NPERR, **_cache)
 def _bce_block(x: Any, y: Any, pos_weight: float, eps: float, store_loss: bool, loss: Any,
                want_grad: bool, grad: Any, grad_scale: float) -> float:
+    """The losses of one block into a float64 scratch (and loss / grad if asked), then
+    their sum.  The per-element loop has no reduction, so it vectorises; a sum in it,
+    strict, kept it scalar (35 ns an element on a Zen 3).  The sum is ``_fast_sum``'s,
+    fixed by the block, not by the threads."""
     _wide()  # 512-bit vectors (see _wide)
-    acc = 0.0
-    for i in range(x.shape[0]):
+    n = x.shape[0]
+    li = np.empty(n)
+    for i in range(n):
         yi = np.float64(y[i])
         if eps != 0.0:
             yi = (1.0 - eps) * yi + 0.5 * eps  # y' = (1 - eps) y + eps / 2
-        li, gi = _bce1(np.float64(x[i]), yi, pos_weight)
-        acc += li
+        li[i], gi = _bce1(np.float64(x[i]), yi, pos_weight)
         if store_loss:
-            loss[i] = li
+            loss[i] = li[i]
         if want_grad:
             grad[i] = gi * grad_scale
-    return acc
+    return _fast_sum(li)
+
+
+@nb.njit(fastmath=_FAST, **_cache)
+def _fast_sum(a: Any) -> float:
+    """sum(a), vectorised (reassociated): for a block's <= 4096 terms it errs by at most
+    ~4096 * 2^-53 = 2^-40 of sum |a_i|, the bound of the sequential sum it replaced."""
+    _wide()  # 512-bit vectors (see _wide)
+    s = 0.0
+    for i in range(a.shape[0]):
+        s += a[i]
+    return s
