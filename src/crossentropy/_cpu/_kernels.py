@@ -1500,20 +1500,30 @@ def _times_pow2_neg(x: float, k: int) -> float:
 
 
 @nb.njit(**_NPERR, fastmath=_STRICT, **_cache)
-def _sigmoid_parts(hi: float, lo: float, k: int) -> tuple[float, float, float, float]:
-    """(1 / (1 + t), t / (1 + t), t_hi, t_lo) for t = t_hi + t_lo = (hi + lo) 2^-k = e^-|x|
-    (``_exp_neg_abs_split``): sigma(|x|), sigma(-|x|) and t, shared by the sigmoid, the
-    softplus and the binary cross-entropy, which needs all of them.
-
-    1 + t is d_hi + d_lo (Fast2Sum, t <= 1), and a / (d_hi + d_lo) = (a / d_hi)(1 - d_lo /
-    d_hi): one rounded division, so <= 1 ulp.  The subnormal t / (1 + t) is rounded once,
-    by 2^-k.
-    """
+def _one_plus_t(hi: float, lo: float, k: int) -> tuple[float, float, float, float]:
+    """(t_hi, t_lo, d_hi, d_lo): t = t_hi + t_lo = (hi + lo) 2^-k = e^-|x| (from
+    ``_exp_neg_abs_split``) and 1 + t = d_hi + d_lo exactly (Fast2Sum, t <= 1); the piece
+    the sigmoid, its derivative and the softplus share."""
     _inline()  # into the vectorised loops (see _inline)
     t_hi = _times_pow2_neg(hi, k)
     t_lo = _times_pow2_neg(lo, k)
     d_hi = 1.0 + t_hi
     d_lo = ((1.0 - d_hi) + t_hi) + t_lo
+    return t_hi, t_lo, d_hi, d_lo
+
+
+@nb.njit(**_NPERR, fastmath=_STRICT, **_cache)
+def _sigmoid_parts(hi: float, lo: float, k: int) -> tuple[float, float, float, float]:
+    """(1 / (1 + t), t / (1 + t), t_hi, t_lo) for t = t_hi + t_lo = (hi + lo) 2^-k = e^-|x|
+    (``_exp_neg_abs_split``): sigma(|x|), sigma(-|x|) and t, shared by the sigmoid and
+    the binary cross-entropy, which needs all of them.
+
+    With 1 + t = d_hi + d_lo (``_one_plus_t``), a / (d_hi + d_lo) = (a / d_hi)(1 - d_lo /
+    d_hi): one rounded division, so <= 1 ulp.  The subnormal t / (1 + t) is rounded once,
+    by 2^-k.
+    """
+    _inline()  # into the vectorised loops (see _inline)
+    t_hi, t_lo, d_hi, d_lo = _one_plus_t(hi, lo, k)
     c = d_lo / d_hi
     q = 1.0 / d_hi
     qt = hi / d_hi
@@ -1539,10 +1549,7 @@ def _sigmoid_prime1(v: float) -> float:
     if v != v:
         return v
     hi, lo, k = _exp_neg_abs_split(v)
-    t_hi = _times_pow2_neg(hi, k)
-    t_lo = _times_pow2_neg(lo, k)
-    d_hi = 1.0 + t_hi
-    d_lo = ((1.0 - d_hi) + t_hi) + t_lo
+    _, _, d_hi, d_lo = _one_plus_t(hi, lo, k)
     split = 134217729.0 * d_hi  # 2^27 + 1
     a_hi = split - (split - d_hi)
     a_lo = d_hi - a_hi
@@ -1610,9 +1617,7 @@ def _softplus1(v: float) -> float:
     _inline()  # into the vectorised loops (see _inline)
     if v != v:
         return v
-    hi, lo, k = _exp_neg_abs_split(v)
-    t_hi = _times_pow2_neg(hi, k)
-    t_lo = _times_pow2_neg(lo, k)
+    t_hi, t_lo, _, _ = _one_plus_t(*_exp_neg_abs_split(v))
     return max(v, 0.0) + _log1p01(t_hi, t_lo)
 
 
