@@ -512,23 +512,30 @@ def test_softcap_derivative_is_exact_sech2(dtype: type) -> None:
 def test_streamed_and_serial_paths_give_the_same_results(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Large results go to memory by non-temporal stores (formed in a scratch row first),
-    small inputs run on the calling thread.  Forced either way on small arrays, every
-    kernel gives bitwise the same results, for rows of any length and alignment, in place
-    too."""
+    """Large results go to memory by non-temporal stores (softmax and log_softmax line by
+    line from registers, the gradient through a scratch row), small inputs run on the
+    calling thread.  Forced either way on small arrays, every kernel gives bitwise the
+    same results, for rows of any length and alignment (the one pass's lengths included),
+    rows of +inf, -inf and NaN, in place too."""
     results = []
     never, always = 1 << 62, 0
     for stream_min, serial_max in ((never, 0), (always, 0), (never, never), (always, never)):
         monkeypatch.setattr(kernels, "_STREAM_MIN_BYTES", stream_min)
         monkeypatch.setattr(kernels, "_SERIAL_MAX", serial_max)
         rng = np.random.default_rng(13)  # the same data every time
-        w = rng.uniform(0.2, 2.0, 301)
+        w = rng.uniform(0.2, 2.0, 8195)
         got = []
         for dtype in (np.float32, np.float64):
-            for C in (1, 15, 16, 37, 301):
+            for C in (1, 15, 16, 37, 301, 4099, 8195):
                 x = (rng.standard_normal((23, C)) * 5).astype(dtype)
                 x[1, 0] = np.inf
+                x[2] = -np.inf
+                x[3, C // 2] = np.nan
+                x[5:9, 0] = 40.0  # the argmax and the target at either end of a row
+                x[9:13, -1] = 40.0  # (in the partial cache lines, for most alignments)
                 y = rng.integers(0, C, 23)
+                y[5:7] = y[9:11] = 0
+                y[7:9] = y[11:13] = C - 1
                 y[4] = -100
                 with ce.use_backend("numba"):
                     for f in (ce.softmax, ce.log_softmax):
@@ -540,6 +547,10 @@ def test_streamed_and_serial_paths_give_the_same_results(
                     xi = x.copy()
                     ce.cross_entropy(xi, y, return_grad=True, grad_out=xi, reduction="sum")
                     got.append(xi)
+                    gm = np.empty_like(x)  # mean: a gradient scale other than 1
+                    got.append(ce.cross_entropy(x, y, return_grad=True, grad_out=gm,
+                                                z_loss=1e-3, label_smoothing=0.05)[0])
+                    got.append(gm)
                     gc = np.empty_like(x)
                     got += list(cross_entropy_rows(x, y, softcap=3.0, z_loss=1e-3, grad=gc))
                     got.append(gc)

@@ -215,6 +215,147 @@ def _stream_line(typingctx: Any, src: Any, si: Any, dst: Any, di: Any) -> Any:
     return sig, codegen
 
 
+def _line_pointers(context: Any, builder: Any, signature: Any, args: Any) -> tuple[Any, Any]:
+    """Pointers to src[si] and dst[di] of a (src, si, dst, di, ...) intrinsic call."""
+    sty, _, dty, _ = signature.args[:4]
+    sa = context.make_array(sty)(context, builder, args[0])
+    da = context.make_array(dty)(context, builder, args[2])
+    sp = cgutils.get_item_pointer(context, builder, sty, sa, [args[1]], wraparound=False,
+                                  boundscheck=False)
+    dp = cgutils.get_item_pointer(context, builder, dty, da, [args[3]], wraparound=False,
+                                  boundscheck=False)
+    return sp, dp
+
+
+def _splat(builder: Any, v: Any, vt: Any) -> Any:
+    """The scalar v in every lane of a vector of type vt."""
+    i32 = ir.IntType(32)
+    u = builder.insert_element(ir.Constant(vt, ir.Undefined), v, ir.Constant(i32, 0))
+    return builder.shuffle_vector(u, ir.Constant(vt, ir.Undefined),
+                                  ir.Constant(ir.VectorType(i32, vt.count), [0] * vt.count))
+
+
+def _store_line(builder: Any, v: Any, dp: Any) -> None:
+    """Store the vector v (one cache line) at the 64-byte aligned dp, non-temporally."""
+    st = builder.store(v, builder.bitcast(dp, v.type.as_pointer()), align=_LINE)
+    st.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+
+
+# The two intrinsics below write one cache line of a result straight from registers by a
+# non-temporal store, with exactly the arithmetic of the scalar functions they stand for
+# (``_lsm1``, ``_softmax_write``'s product, ``_div1``), written as vector IR without
+# fast-math flags: the same roundings lane by lane, so the same bits (the tests compare the
+# streamed and the ordinary writes bit for bit).  Computing a row into a scratch row and
+# streaming that (``_stream_row``) read and wrote every element once more, in cache.
+
+
+@intrinsic
+def _log_softmax_line(typingctx: Any, src: Any, si: Any, dst: Any, di: Any, m: Any,
+                      L: Any) -> Any:
+    """dst[di : di + w] = log-softmax of src[si : si + w] (``_lsm1`` lane by lane) by one
+    non-temporal store, w = 64 / itemsize; ``&dst[di]`` 64-byte aligned.  float32 rows:
+    (x - m) - L in float64, rounded to float32; float64 rows: (dh - L) + dl with
+    x - m = dh + dl exactly (TwoSum), dl = 0 unless |dl| < 1 (x and m finite)."""
+    if src.dtype != dst.dtype or src.dtype not in (types.float32, types.float64):
+        return None
+    sig = types.void(src, si, dst, di, m, L)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        sp, dp = _line_pointers(context, builder, signature, args)
+        f64 = ir.DoubleType()
+        if signature.args[2].dtype == types.float32:
+            v32 = ir.VectorType(ir.FloatType(), _LINE // 4)
+            vt = ir.VectorType(f64, _LINE // 4)
+            x = builder.fpext(builder.load(builder.bitcast(sp, v32.as_pointer()), align=4), vt)
+            r = builder.fsub(builder.fsub(x, _splat(builder, args[4], vt)),
+                             _splat(builder, args[5], vt))
+            _store_line(builder, builder.fptrunc(r, v32), dp)
+        else:
+            vt = ir.VectorType(f64, _LINE // 8)
+            x = builder.load(builder.bitcast(sp, vt.as_pointer()), align=8)
+            mv = _splat(builder, args[4], vt)
+            dh = builder.fsub(x, mv)
+            bb = builder.fsub(dh, x)
+            dl = builder.fadd(builder.fsub(x, builder.fsub(dh, bb)),
+                              builder.fsub(builder.fneg(mv), bb))
+            one = ir.Constant(vt, [1.0] * vt.count)
+            ok = builder.and_(builder.fcmp_ordered("<", dl, one),
+                              builder.fcmp_ordered(">", dl, builder.fneg(one)))
+            dl = builder.select(ok, dl, ir.Constant(vt, [0.0] * vt.count))
+            _store_line(builder, builder.fadd(builder.fsub(dh, _splat(builder, args[5], vt)),
+                                              dl), dp)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _softmax_line(typingctx: Any, src: Any, si: Any, dst: Any, di: Any, d: Any,
+                  c: Any) -> Any:
+    """dst[di : di + w] = softmax from the float64 exponentials src[si : si + w] by one
+    non-temporal store (w = 64 / itemsize of dst, ``&dst[di]`` 64-byte aligned): float32
+    rows e * d rounded to float32 (d = 1 / (1 + s), as ``_softmax_write``); float64 rows
+    q - q c with q = e / d, one fused multiply-add (``_div1``, which LLVM contracts)."""
+    if src.dtype != types.float64 or dst.dtype not in (types.float32, types.float64):
+        return None
+    sig = types.void(src, si, dst, di, d, c)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        sp, dp = _line_pointers(context, builder, signature, args)
+        f64 = ir.DoubleType()
+        w = _LINE // (4 if signature.args[2].dtype == types.float32 else 8)
+        vt = ir.VectorType(f64, w)
+        e = builder.load(builder.bitcast(sp, vt.as_pointer()), align=8)
+        if w == _LINE // 4:
+            r = builder.fmul(e, _splat(builder, args[4], vt))
+            _store_line(builder, builder.fptrunc(r, ir.VectorType(ir.FloatType(), w)), dp)
+        else:
+            q = builder.fdiv(e, _splat(builder, args[4], vt))
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{w}f64")
+            r = builder.call(fma, [builder.fneg(q), _splat(builder, args[5], vt), q])
+            _store_line(builder, r, dp)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _grad_line(typingctx: Any, src: Any, si: Any, dst: Any, di: Any, d: Any, c: Any,
+               Wz: Any, b: Any, f: Any) -> Any:
+    """dst[di : di + w] = the cross-entropy gradient f (p W' - b) of the classes whose
+    float64 exponentials are src[si : si + w], by one non-temporal store (``_g1`` without
+    class weights or soft cap, lane by lane; w = 64 / itemsize of dst, ``&dst[di]``
+    64-byte aligned).  p = e d for float32 rows, q - q c with q = e / d for float64 ones;
+    p W' - b and q - q c are each one fused multiply-add, as LLVM contracts ``_g1``."""
+    if src.dtype != types.float64 or dst.dtype not in (types.float32, types.float64):
+        return None
+    sig = types.void(src, si, dst, di, d, c, Wz, b, f)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        sp, dp = _line_pointers(context, builder, signature, args)
+        f32 = signature.args[2].dtype == types.float32
+        w = _LINE // (4 if f32 else 8)
+        vt = ir.VectorType(ir.DoubleType(), w)
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{w}f64")
+        e = builder.load(builder.bitcast(sp, vt.as_pointer()), align=8)
+        if f32:
+            pv = builder.fmul(e, _splat(builder, args[4], vt))
+        else:
+            q = builder.fdiv(e, _splat(builder, args[4], vt))
+            pv = builder.call(fma, [builder.fneg(q), _splat(builder, args[5], vt), q])
+        g = builder.call(fma, [pv, _splat(builder, args[6], vt),
+                               builder.fneg(_splat(builder, args[7], vt))])
+        g = builder.fmul(g, _splat(builder, args[8], vt))
+        if f32:
+            g = builder.fptrunc(g, ir.VectorType(ir.FloatType(), w))
+        _store_line(builder, g, dp)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @intrinsic
 def _store_fence(typingctx: Any) -> Any:
     """A full memory fence (``fence seq_cst``: mfence on x86-64): the non-temporal stores
@@ -248,12 +389,18 @@ def _streams(out: Any, x: Any) -> bool:
 
 
 @nb.njit(**_cache)
+def _line_head(dst: Any) -> int:
+    """Entries of dst before its first 64-byte boundary (at most its length)."""
+    return int(min(dst.shape[0], ((_LINE - _address(dst) % _LINE) % _LINE) // dst.itemsize))
+
+
+@nb.njit(**_cache)
 def _stream_row(src: Any, dst: Any) -> None:
     """dst[:] = src[:]: the 64-byte-aligned lines of dst by non-temporal stores, the partial
     lines at both ends by ordinary ones (they may share a line with the next row)."""
     n = dst.shape[0]
     w = _LINE // dst.itemsize
-    head = min(n, ((_LINE - _address(dst) % _LINE) % _LINE) // dst.itemsize)
+    head = _line_head(dst)
     for j in range(head):
         dst[j] = src[j]
     j = head
@@ -1072,35 +1219,75 @@ def _softmax_rows(x: Any, exact: bool, log: bool, out: Any, nchunks: int,
 @nb.njit(**_cache)
 def _softmax_chunk(x: Any, exact: bool, log: bool, out: Any, lo: int, hi: int,
                    stream: bool) -> None:
-    """softmax_rows on rows lo..hi-1 (one thread); ``stream``: each row is formed in a
-    scratch row (in cache) and then written to out by non-temporal stores."""
+    """softmax_rows on rows lo..hi-1 (one thread); ``stream``: the whole lines of each
+    row are written by non-temporal stores straight from registers (``_stream_log_softmax``,
+    ``_stream_softmax``), the rest (and rows without a distribution) by ordinary ones."""
     _wide()  # 512-bit vectors (see _wide)
     C = x.shape[1]
     buf = np.empty(_SUMBLK64 if log else C)  # log: only the block buffer
     mb = np.empty(0 if log else _one_pass_blocks(C))
-    orow_s = np.empty(C if stream else 0, dtype=out.dtype)
     for i in range(lo, hi):
         xr = x[i]
         m, s, _k, kind = _row_stats(xr, exact, buf, not log, _next_row(x, i, hi, not log),
                                     mb)
-        orow = orow_s if stream else out[i]
+        orow = out[i]
         if kind != 0:
             _softmax_special(xr, kind, log, orow)
         elif log:
-            _log_softmax_write(xr, m, math.log1p(s), exact, orow)
+            if stream:
+                _stream_log_softmax(xr, m, math.log1p(s), exact, orow)
+            else:
+                _log_softmax_write(xr, m, math.log1p(s), exact, orow)
         else:
             # p_j = e_j / (1 + s).  A division per element is exact to 0.5 ulp; for
             # float32 output the product with 1 / (1 + s) (two float64 roundings) is
             # still far below float32's half-ulp, and vectorises better.
             if exact:
                 S, cS = _one_plus(s)
+            else:
+                S, cS = 1.0 / (1.0 + s), 0.0
+            if stream:
+                _stream_softmax(buf, S, cS, exact, orow)
+            elif exact:
                 _softmax_write_div(buf, S, cS, orow)
             else:
-                _softmax_write(buf, 1.0 / (1.0 + s), orow)
-        if stream:
-            _stream_row(orow_s, out[i])
+                _softmax_write(buf, S, orow)
     if stream:
         _store_fence()
+
+
+@nb.njit(**_cache)
+def _stream_log_softmax(xr: Any, m: float, L: float, exact: bool, orow: Any) -> None:
+    """``_log_softmax_write`` with the whole cache lines of orow stored non-temporally."""
+    n = orow.shape[0]
+    w = _LINE // orow.itemsize
+    j = _line_head(orow)
+    _log_softmax_write(xr[:j], m, L, exact, orow[:j])
+    while j + w <= n:
+        _log_softmax_line(xr, j, orow, j, m, L)
+        j += w
+    _log_softmax_write(xr[j:], m, L, exact, orow[j:])
+
+
+@nb.njit(**_cache)
+def _stream_softmax(buf: Any, d: float, c: float, exact: bool, orow: Any) -> None:
+    """``_softmax_write`` (float32: d = 1 / (1 + s)) or ``_softmax_write_div`` (float64)
+    with the whole cache lines of orow stored non-temporally."""
+    n = orow.shape[0]
+    w = _LINE // orow.itemsize
+    h = _line_head(orow)
+    if exact:
+        _softmax_write_div(buf[:h], d, c, orow[:h])
+    else:
+        _softmax_write(buf[:h], d, orow[:h])
+    j = h
+    while j + w <= n:
+        _softmax_line(buf, j, orow, j, d, c)
+        j += w
+    if exact:
+        _softmax_write_div(buf[j:n], d, c, orow[j:])
+    else:
+        _softmax_write(buf[j:n], d, orow[j:])
 
 
 # --------------------------------------------------------------------------- cross-entropy
@@ -1240,18 +1427,21 @@ def _grad_write(buf: Any, d: float, c: float, exact: bool, Wz: float, base: floa
 @nb.njit(**_cache)
 def _row_grad(buf: Any, s: float, k: int, y: int, exact: bool, W: float, ay: float,
               sm: float, wsum: float, wy: float, zl2: float, weight: Any, has_w: bool,
-              scale: float, capped: bool, db: Any, grow: Any) -> None:
+              scale: float, capped: bool, db: Any, grow: Any, stream: bool, sc: Any) -> None:
     """scale d loss / dx of a row with a finite maximum, ``_core.categorical._logits_grad``.
 
     buf holds e_c = e^{z_c - m} (buf[k] = 1); zl2 = 2 zeta lse (0 without z-loss), so that
-    W' = W + zl2 (d(zeta lse^2)/dz_c = 2 zeta lse p_c).
+    W' = W + zl2 (d(zeta lse^2)/dz_c = 2 zeta lse p_c).  ``stream`` (no class weights, no
+    soft cap): the whole cache lines of grow are stored non-temporally (``_stream_grad``;
+    sc: its one-line scratch).
     """
     _wide()  # 512-bit vectors (see _wide)
     Wz = W + zl2
     # float64: divide by 1 + s = S + S_lo (0.5 ulp); float32 output: times 1 / (1 + s)
     S, cS = _one_plus(s)
     d = S if exact else 1.0 / (1.0 + s)
-    _grad_write(buf, d, cS, exact, Wz, sm, scale, weight, has_w, db, capped, grow)
+    if not stream:
+        _grad_write(buf, d, cS, exact, Wz, sm, scale, weight, has_w, db, capped, grow)
     # the target class: p_y W' - a_y
     ak = ay if k == y else (weight[k] if has_w else 1.0) * sm
     qy = buf[y] / S
@@ -1267,8 +1457,42 @@ def _row_grad(buf: Any, s: float, k: int, y: int, exact: bool, W: float, ay: flo
     if capped:
         gy *= db[y]
         gk *= db[k]
-    grow[y] = gy
-    grow[k] = gk
+    if stream:
+        _stream_grad(buf, d, cS, exact, Wz, sm, scale, y, gy, k, gk, grow, sc)
+    else:
+        grow[y] = gy
+        grow[k] = gk
+
+
+@nb.njit(**_cache)
+def _stream_grad(buf: Any, d: float, c: float, exact: bool, Wz: float, base: float,
+                 f: float, y: int, gy: float, k: int, gk: float, grow: Any, sc: Any) -> None:
+    """``_grad_write`` without class weights or soft cap, then grow[y] = gy and grow[k] =
+    gk, with the whole cache lines of grow stored non-temporally.  The lines of y and k
+    are formed in a one-line scratch, patched there and streamed from it: an ordinary
+    store into a line of a large result would first read the line from memory.  (sc: 64
+    bytes of grow's dtype.)"""
+    n = grow.shape[0]
+    w = _LINE // grow.itemsize
+    e0 = buf[:0]
+    j = _line_head(grow)
+    _grad_write(buf[:j], d, c, exact, Wz, base, f, e0, False, e0, False, grow[:j])
+    while j + w <= n:
+        if j <= y < j + w or j <= k < j + w:
+            _grad_write(buf[j : j + w], d, c, exact, Wz, base, f, e0, False, e0, False, sc)
+            if j <= y < j + w:
+                sc[y - j] = gy
+            if j <= k < j + w:
+                sc[k - j] = gk
+            _stream_line(sc, 0, grow, j)
+        else:
+            _grad_line(buf, j, grow, j, d, c, Wz, base, f)
+        j += w
+    _grad_write(buf[j:n], d, c, exact, Wz, base, f, e0, False, e0, False, grow[j:])
+    if y < _line_head(grow) or y >= j:  # y or k in the partial lines at either end
+        grow[y] = gy
+    if k < _line_head(grow) or k >= j:
+        grow[k] = gk
 
 
 @nb.njit(**_cache)
@@ -1367,26 +1591,39 @@ def _ce_rows(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, e
                   stream, wsum)
 
 
+# Gradient rows of at least this many classes are streamed line by line from registers
+# (``_stream_grad``); shorter ones through a scratch row, as before: at 1000-4096 classes
+# the direct write's per-row set-up (the partial lines at both ends, the two patched
+# lines) cost more than the scratch row's extra pass over cache (float32 ce_grad_out
+# 1.15-1.30x the scratch row's time at 1000 and 2048 classes, 0.90 at 32,000 and 128,256;
+# bench/cpu.py --against, 5 pairs, AMD Zen 4, 2026-12-02).
+_DIRECT_GRAD_MIN = 8192
+
+
 @nb.njit(**_cache)
 def _ce_chunk(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, eps: float,
               z_loss: float, cap: float, grad: Any, want_grad: bool, grad_scale: float,
               exact: bool, loss: Any, lse: Any, lo: int, hi: int, stream: bool,
               wsum: float) -> None:
-    """ce_rows on rows lo..hi-1 (one thread); ``stream``: each gradient row is formed in a
-    scratch row (in cache) and written to grad by non-temporal stores; wsum = sum_c w_c."""
+    """ce_rows on rows lo..hi-1 (one thread); wsum = sum_c w_c.  ``stream``: the gradient
+    goes to memory by non-temporal stores, line by line from registers (``_stream_grad``)
+    or, with class weights or a soft cap, formed in a scratch row (in cache) first."""
     _wide()  # 512-bit vectors (see _wide)
     C = x.shape[1]
     capped = cap > 0.0
+    # (else through the scratch row: also for rows shorter than _DIRECT_GRAD_MIN)
+    direct = stream and not capped and not has_w and C >= _DIRECT_GRAD_MIN
     buf = np.empty(C if want_grad else _SUMBLK64)  # no gradient: the block buffer
     mb = np.empty(_one_pass_blocks(C) if want_grad else 0)
     db = np.empty(C if capped else 0)
     zb = np.empty(C if capped else 0)
-    grow_s = np.empty(C if stream else 0, dtype=grad.dtype)
+    grow_s = np.empty(C if stream and not direct else 0, dtype=grad.dtype)
+    line_s = np.empty(_LINE // grad.itemsize, dtype=grad.dtype)  # (_stream_grad)
     for i in range(lo, hi):
         xr = x[i]
         y = target[i]
-        grow = grad[i] if want_grad and not stream else grow_s  # (grad: a dummy if
-        # not want_grad: no row of it is formed)
+        grow = grad[i] if want_grad and (direct or not stream) else grow_s  # (grad: a
+        # dummy if not want_grad: no row of it is formed)
         # row statistics of z (soft-capped into zb, float64) or of the logits themselves
         if capped:
             _softcap_row(xr, cap, zb, db)
@@ -1401,7 +1638,7 @@ def _ce_chunk(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, 
             if want_grad:
                 for j in range(C):
                     grow[j] = 0.0
-                if stream:
+                if stream and not direct:
                     _stream_row(grow_s, grad[i])
             continue
         wy = weight[y] if has_w else 1.0
@@ -1429,8 +1666,8 @@ def _ce_chunk(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, 
                               False, db, grow)
         else:
             _row_grad(buf, s, k, y, exact or capped, W, ay, sm, wsum, wy, zl2, weight,
-                      has_w, grad_scale, capped, db, grow)
-        if stream:
+                      has_w, grad_scale, capped, db, grow, direct, line_s)
+        if stream and not direct:
             _stream_row(grow_s, grad[i])
     if stream:
         _store_fence()
