@@ -237,3 +237,35 @@ def test_lean_path_follows_the_backend_setting():
         b = cet.cross_entropy(x, t)
     torch.testing.assert_close(a, b, rtol=1e-15, atol=0.0)
     torch.testing.assert_close(a, F.cross_entropy(x, t), rtol=1e-13, atol=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_gradients_on_huge_pages_are_ordinary_tensors(dtype: torch.dtype) -> None:
+    """A gradient of 4 MiB or more is allocated by NumPy (huge pages, see
+    ``crossentropy.torch._ops._fresh_like``): the same bits as the NumPy backend's
+    gradient and as the lean and general paths, contiguous, writable, accumulated by
+    autograd like any other tensor, and freed with the tensor."""
+    from crossentropy.torch import _ops
+
+    n = _ops._HUGE_MIN_BYTES // (1000 * (4 if dtype == torch.float32 else 8)) + 7
+    x, t = _inputs(n, 1000, dtype, seed=21)
+    assert x.numel() * x.element_size() >= _ops._HUGE_MIN_BYTES
+    a = x.clone().requires_grad_(True)
+    loss = cet.cross_entropy(a, t, label_smoothing=0.1)
+    assert loss.grad_fn is not None and type(loss.grad_fn).__name__ == LEAN
+    loss.backward()
+    assert a.grad is not None and a.grad.is_contiguous() and a.grad.dtype == dtype
+    want_loss, want_grad = ce.cross_entropy(x.numpy(), t.numpy(), label_smoothing=0.1,
+                                            return_grad=True)
+    assert loss.item() == pytest.approx(float(want_loss), rel=1e-6)
+    _same(a.grad, torch.from_numpy(want_grad))
+    b = x.clone().requires_grad_(True)  # the general path (int32 labels): the same bits
+    gen = cet.cross_entropy(b, t.to(torch.int32), label_smoothing=0.1)
+    assert type(gen.grad_fn).__name__ == GENERAL
+    gen.backward()
+    _same(b.grad, a.grad)
+    first = a.grad.clone()
+    cet.cross_entropy(a, t, label_smoothing=0.1).backward()  # accumulates into a.grad
+    _same(a.grad, first + first)
+    a.grad.mul_(0.5)  # writable in place
+    _same(a.grad, first)
