@@ -715,3 +715,33 @@ def test_compile_all_compiles_the_multithreaded_entry_points() -> None:
                  "_bce_logits_flat", "_softmax_chunk", "_ce_chunk"):
         dtypes = {str(sig[0].dtype) for sig in getattr(k, name).signatures}
         assert {"float32", "float64"} <= dtypes, (name, dtypes)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_max_returns_the_first_maximum_wherever_it_is(dtype: type) -> None:
+    """``_row_max`` (the max pass of the two-pass rows): the maximum, the index of its first
+    occurrence (np.argmax's), and whether a NaN is present, for ties placed in every span
+    of the search (``_SCAN``) and block (``_BLK``), at the ends of spans and of the row,
+    and for negative maxima and -inf rows."""
+    import numba
+
+    row_max = numba.njit(lambda x: kernels._row_max(x))  # (an overload: jitted callers only)
+    rng = np.random.default_rng(23)
+    scan, blk = kernels._SCAN, kernels._BLK
+    for n in (1, 2, scan - 1, scan, scan + 1, blk - 1, blk, blk + 1, 1000, 3 * blk + 5):
+        spots = sorted({0, n - 1, n // 2, min(n - 1, scan - 1), min(n - 1, scan),
+                        min(n - 1, blk - 1), min(n - 1, blk), min(n - 1, 2 * scan + 3)})
+        for first in spots:
+            for shift in (0.0, -50.0):  # positive and negative maxima
+                x = (rng.standard_normal(n) + shift).astype(dtype)
+                top = dtype(x.max() + 1.0)
+                later = [j for j in spots if j > first]
+                x[first] = top
+                for j in later:  # ties after the first maximum
+                    x[j] = top
+                m, k, nan = row_max(x)
+                assert (m, k, nan) == (float(top), first, False), (n, first, shift)
+        x = np.full(n, -np.inf, dtype=dtype)
+        assert row_max(x) == (-np.inf, 0, False)
+        x[n // 2] = np.nan
+        assert row_max(x)[2]
