@@ -325,6 +325,17 @@ def measure(shapes: list[tuple[int, int]], dtypes: list[str], ops: list[str], *,
                 log(f"{'torch_fb tiny':>16} {rows}x{classes} float32  / {base:<14} {r}")
                 if save is not None:
                     save(out)
+            if old is not None:  # the same call with these kernels / with REV's
+                new = torch_fb(x, y, "ours")
+                r = alternate(with_kernels(None, new), with_kernels(old, new), pairs=pairs,
+                              warmup=20, inner=200)
+                use_kernels(None)
+                base = f"kernels@{against}"
+                out.append(_row("torch_fb", CALLS["torch_fb"] + " (per-call overhead)",
+                                rows, classes, "float32", base, r, stamped))
+                log(f"{'torch_fb tiny':>16} {rows}x{classes} float32  / {base:<14} {r}")
+                if save is not None:
+                    save(out)
     return out
 
 

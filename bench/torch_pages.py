@@ -68,8 +68,12 @@ def main() -> None:
             def torch_fill(x: torch.Tensor = x) -> None:
                 torch.empty_like(x).fill_(1.0)
 
+            def torch_alloc(x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+                t = torch.empty_like(x)
+                return t, t.numpy()
+
             cases = (
-                ("torch_fb", lambda: fb(fresh), lambda: fb(torch.empty_like)),
+                ("torch_fb", lambda: fb(fresh), lambda: fb(torch_alloc)),
                 ("empty_fill", numpy_fill, torch_fill),
             )
             for op, cand, base in cases:

@@ -425,10 +425,11 @@ def test_probability_targets_fall_back_to_numpy() -> None:
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("z_loss", [0.0, 1e-3])
 @pytest.mark.parametrize("softcap", [None, 5.0])
+@pytest.mark.parametrize("C", [11, 64, 517])  # rows read in place (<= 64) and blocked
 def test_rows_kernel_matches_numpy_rows(dtype: type, z_loss: float,
-                                        softcap: float | None) -> None:
+                                        softcap: float | None, C: int) -> None:
     rng = np.random.default_rng(6)
-    N, C = 23, 517
+    N = 23
     x = (rng.standard_normal((N, C)) * 7).astype(dtype)
     y = rng.integers(0, C, N)
     y[5] = -7
@@ -444,7 +445,10 @@ def test_rows_kernel_matches_numpy_rows(dtype: type, z_loss: float,
         np.testing.assert_allclose(l1, l2, rtol=8 * tol, atol=0)
         np.testing.assert_allclose(s1, s2, rtol=2 * tol, atol=0)
         scale = np.max(np.abs(g2), axis=-1, keepdims=True)
-        assert np.all(np.abs(g1 - g2) <= 4 * tol * scale)
+        # (under a soft cap tanh and sech^2 round once more each: 5.5 eps of the row's
+        # largest entry measured at 11 classes with smoothing, before and after rows of
+        # <= 64 classes were read in place)
+        assert np.all(np.abs(g1 - g2) <= (8 if softcap else 4) * tol * scale)
         assert l1[5] == 0.0 and not g1[5].any()
         # in place: the gradient overwrites the logits
         xi = x.copy()
@@ -745,3 +749,31 @@ def test_row_max_returns_the_first_maximum_wherever_it_is(dtype: type) -> None:
         assert row_max(x) == (-np.inf, 0, False)
         x[n // 2] = np.nan
         assert row_max(x)[2]
+
+
+@pytest.mark.parametrize("ignore_index", [-100, 0, 4, None])
+def test_index_targets_checks_and_counts_in_one_pass(ignore_index: int | None) -> None:
+    """The torch layer's CPU check of index targets (``_backends.index_targets``): the
+    first position outside [0, C) that is not ignore_index, and the count of the others,
+    against a plain NumPy reading of the same rule."""
+    from crossentropy._backends import index_targets
+
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(31)
+    C = 5
+    ii = -(2**63) if ignore_index is None else ignore_index  # (None: an index never used)
+    x = np.zeros((40, C), dtype=np.float32)
+    for trial in range(60):
+        t = rng.integers(-2, C + 2, 40) if trial % 3 else rng.integers(0, C, 40)
+        if trial % 4 == 0 and ignore_index is not None:
+            t[rng.integers(0, 40, 5)] = ignore_index
+        bad = ((t < 0) | (t >= C)) & (t != ii)
+        first = int(np.argmax(bad)) if bad.any() else -1
+        with ce.use_backend("numba"):
+            got = index_targets(x, t, ii)
+        assert got is not None
+        assert got[0] == first
+        if first < 0:
+            assert got[1] == int(np.sum(t != ii))
+    with ce.use_backend("numpy"):  # the kernels do not take the call: torch checks
+        assert index_targets(x, np.zeros(40, dtype=np.int64), ii) is None

@@ -228,6 +228,25 @@ def test_bad_input_raises_the_same_clear_error(bad):
         assert lean[0] is ValueError and f"target[{bad_pos}]" in lean[1]
 
 
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_first_bad_target_after_ignored_ones_is_named(backend):
+    """The targets are checked in one kernel pass where the kernels run (torch otherwise):
+    ignored targets before a bad one are skipped, and the first bad position is named."""
+    x = torch.randn(6, 4, requires_grad=True)
+    t = torch.tensor([1, -100, 3, 9, -5, 2])
+    with ce.use_backend(backend):
+        with pytest.raises(ValueError, match=r"target\[3\] = 9 is out of range \[0, 4\)"):
+            cet.cross_entropy(x, t)
+        with pytest.raises(ValueError, match=r"target\[1\] = -100"):
+            cet.cross_entropy(x, t, ignore_index=-5)
+        # ignore_index inside [0, C): the mean divides by the rows counted by that pass
+        t2 = torch.tensor([1, 2, 3, 2, 0, 2])
+        for reduction in ("mean", "sum"):
+            got = cet.cross_entropy(x, t2, ignore_index=2, reduction=reduction)
+            want = F.cross_entropy(x.double(), t2, ignore_index=2, reduction=reduction)
+            torch.testing.assert_close(got.double(), want, rtol=2e-7, atol=0.0)
+
+
 def test_lean_path_follows_the_backend_setting():
     """Under backend 'numpy' the exact core runs instead of the kernels: same loss to
     rounding."""

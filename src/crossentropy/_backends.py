@@ -42,7 +42,8 @@ import numpy.typing as npt
 from crossentropy import _config
 from crossentropy._core import categorical as core_ce
 
-__all__ = ["PerformanceHint", "cross_entropy_rows", "kernels_ready", "use_numba", "warm_up"]
+__all__ = ["PerformanceHint", "cross_entropy_rows", "index_targets", "kernels_ready", "use_numba",
+           "warm_up"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _hinted: list[bool] = []
@@ -195,6 +196,26 @@ def warm_up() -> bool:
 
 
 F64 = npt.NDArray[np.float64]
+
+
+def index_targets(logits: npt.NDArray[np.floating], target: npt.NDArray[np.integer],
+                  ignore_index: int) -> tuple[int, int] | None:
+    """The targets of (N, C) `logits` checked and counted in one pass where the kernels
+    take the call (as :func:`cross_entropy_rows` decides), else None.
+
+    Returns (the first position i with ``target[i]`` outside [0, C) and not equal to
+    `ignore_index`, or -1; the number of targets other than `ignore_index`).
+
+    >>> import numpy as np
+    >>> r = index_targets(np.zeros((3, 4)), np.array([1, -100, 7]), -100)
+    >>> r in (None, (2, 1))
+    True
+    """
+    if logits.size and use_numba(logits, min_size=0):
+        from crossentropy import _cpu
+
+        return _cpu.index_targets(target, logits.shape[1], ignore_index)
+    return None
 
 
 def cross_entropy_rows(

@@ -30,6 +30,7 @@ __all__ = [
     "bce_with_logits",
     "categorical",
     "ce_rows_kernel",
+    "index_targets",
     "kernels",
     "logsumexp",
     "sigmoid",
@@ -79,6 +80,8 @@ def compile_all() -> None:
         k.logsumexp_rows(x, dt == np.float64, np.empty(2), 1)
         for want in (False, True):
             ce_rows_kernel(x, t, None, -100, 0.0, 0.0, None, g if want else None, 1.0)
+        if dt == np.float32:
+            index_targets(t, shape[1], -100)
         flat = x.reshape(-1)
         for log in (False, True):
             k.sigmoid_flat(flat, np.empty_like(flat), np.empty_like(flat), True, log)
@@ -190,6 +193,14 @@ def sigmoid(x: np.ndarray, *, log: bool, return_grad: bool, out: Any = None) -> 
 # --------------------------------------------------------------------------- cross-entropy
 
 
+def index_targets(target: np.ndarray, num_classes: int, ignore_index: int) -> tuple[int, int]:
+    """(first position of a target outside [0, C) that is not ignore_index, or -1; the
+    number of targets other than ignore_index), by the kernel of one pass."""
+    t = np.ascontiguousarray(target, dtype=np.int64)
+    bad, counted = kernels().index_targets(t, int(num_classes), int(ignore_index))
+    return int(bad), int(counted)
+
+
 def ce_rows_kernel(
     x2: np.ndarray,
     target: np.ndarray,
@@ -221,10 +232,13 @@ def ce_rows_kernel(
         float(softcap) if softcap is not None else 0.0, g, grad is not None,
         float(grad_scale), x2.dtype == np.float64, loss, lse, nchunks,
     )
-    if stream is None:
-        k.ce_rows(*args)
-    else:
-        k.ce_rows_into(*args, stream and grad is not None)
+    if stream is None:  # the kernels' own rule (k.ce_rows), without its extra call
+        rule = getattr(k, "_streams", None)  # (old kernel files: see above)
+        if rule is None:
+            k.ce_rows(*args)
+            return loss, lse
+        stream = grad is not None and rule(g, x2)
+    k.ce_rows_into(*args, stream and grad is not None)
     return loss, lse
 
 

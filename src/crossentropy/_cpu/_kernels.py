@@ -384,7 +384,8 @@ def _streams(out: Any, x: Any) -> bool:
     by np.empty, whose pages fault in on first touch, measured 12-21% slower than ordinary
     stores; into a buffer already in use, 5-15% faster: callers that know which one they
     have say so through ``softmax_rows_into`` / ``ce_rows_into``.)"""
-    return bool(out.flags.c_contiguous and out.size * out.itemsize >= _STREAM_MIN_BYTES
+    # (the size first: flags and ctypes cost a microsecond, a small call's whole budget)
+    return bool(out.size * out.itemsize >= _STREAM_MIN_BYTES and out.flags.c_contiguous
                 and out.ctypes.data == x.ctypes.data)
 
 
@@ -780,25 +781,50 @@ _SHORT = 64
 
 
 @nb.njit(fastmath=_FAST, **_cache)
-def _short_sum(e: Any, exact: bool) -> float:
-    """sum_j e_j of a short row of exponentials whose maximum's entry the caller zeroed."""
+def _short_sum(e: Any, n: int, exact: bool) -> float:
+    """sum_j e_j of the first n entries of e, a short row of exponentials whose maximum's
+    entry the caller zeroed."""
+    _inline()  # (LLVM: see _inline; its references to the arrays then cancel)
     s = 0.0
-    for j in range(e.shape[0]):
+    for j in range(n):
         s += e[j]
     if not exact:
         return s  # float32 rows: the plain sum of <= 64 terms errs by < 2^-46
-    sq, sr = _exact_sum(e, s)  # float64: as in _sum_exp
+    sq, sr = _exact_sum(e[:n], s)  # float64: as in _sum_exp
     return sq + sr
 
 
+def _at(a: Any, i: int, j: int) -> Any:
+    """a[i, j] of a 2-D array, a[j] of a 1-D one (a row passed as itself, i ignored)."""
+    raise NotImplementedError  # pragma: no cover  (numba overload below)
+
+
+# Row i of a 2-D array is read in place, not through the view x[i]: each view a kernel
+# makes takes a reference on the array's memory and gives it back (two atomic operations,
+# ~10 ns), and a 64 x 10 cross-entropy made five per row, 30% of its time (perf, Zen 4).
+@overload(_at, inline="always")
+def _ov_at(a: Any, i: Any, j: Any) -> Any:
+    def at2(a: Any, i: Any, j: Any) -> Any:
+        return a[i, j]
+
+    def at1(a: Any, i: Any, j: Any) -> Any:
+        return a[j]
+
+    return at2 if a.ndim == 2 else at1
+
+
 @nb.njit(fastmath=_STRICT, **_cache)
-def _row_stats_short(xr: Any, exact: bool, buf: Any, store: bool) -> tuple[float, float, int, int]:
-    """``_row_stats`` of a row of 1.._SHORT classes; the same results (m, s, k, kind)."""
-    n = xr.shape[0]
+def _row_stats_short(a: Any, i: int, exact: bool, buf: Any,
+                     store: bool) -> tuple[float, float, int, int]:
+    """``_row_stats`` of a row of 1.._SHORT classes, row i of the 2-D array a or the 1-D
+    row a itself (see _at); the same results (m, s, k, kind).  The exponentials go to
+    buf (at least n long)."""
+    _inline()  # (LLVM: see _inline; its references to the arrays then cancel)
+    n = a.shape[-1]
     m = -np.inf
     k = 0
     for j in range(n):
-        v = np.float64(xr[j])
+        v = np.float64(_at(a, i, j))
         if v != v:
             return np.nan, np.nan, 0, 3
         if v > m:  # strictly: the first maximum
@@ -808,12 +834,12 @@ def _row_stats_short(xr: Any, exact: bool, buf: Any, store: bool) -> tuple[float
         return m, 0.0, 0, 2
     if m == np.inf:
         return m, 0.0, k, 1
-    e = buf[:n]  # the row's exponentials (store) or the block buffer (>= 256 long)
-    for j in range(n):
-        e[j] = exp_shift(np.float64(xr[j]), m) if exact else exp_shift32(np.float64(xr[j]), m)
-    e[k] = 0.0  # s is the sum of the other terms
-    s = _short_sum(e, exact)
-    e[k] = 1.0
+    for j in range(n):  # the row's exponentials (no view buf[:n]: see _at)
+        v = np.float64(_at(a, i, j))
+        buf[j] = exp_shift(v, m) if exact else exp_shift32(v, m)
+    buf[k] = 0.0  # s is the sum of the other terms
+    s = _short_sum(buf, n, exact)
+    buf[k] = 1.0
     return m, s, k, 0
 
 
@@ -1026,12 +1052,12 @@ def _row_stats(xr: Any, exact: bool, buf: Any, store: bool, nxt: Any,
     # cross-entropy kernel measured 1.04-1.06x as long (bench/cpu.py --against, 3 pairs).
     if exact:
         if n <= _SHORT:
-            return _row_stats_short(xr, True, buf, True) if store else \
-                _row_stats_short(xr, True, buf, False)
+            return _row_stats_short(xr, 0, True, buf, True) if store else \
+                _row_stats_short(xr, 0, True, buf, False)
         return _row_stats_2pass(xr, exact, buf, store, nxt)
     if n <= _SHORT:
-        return _row_stats_short(xr, False, buf, True) if store else \
-            _row_stats_short(xr, False, buf, False)
+        return _row_stats_short(xr, 0, False, buf, True) if store else \
+            _row_stats_short(xr, 0, False, buf, False)
     if store:
         if n >= _ONEPASS_MIN_STORED:
             return _row_stats_1pass_stored(xr, buf, mb)
@@ -1341,12 +1367,15 @@ def _nls(v: float, m: float, L: float, exact: bool) -> float:
 
 
 @nb.njit(fastmath=_FAST, **_cache)
-def _smooth_sum(zr: Any, m: float, L: float, exact: bool, weight: Any, has_w: bool) -> float:
-    """sum_c w_c (-log softmax_c): the smoothing term, before its factor eps / C."""
+def _smooth_sum(z: Any, i: int, m: float, L: float, exact: bool, weight: Any,
+                has_w: bool) -> float:
+    """sum_c w_c (-log softmax_c): the smoothing term, before its factor eps / C (of row i
+    of z, or of the row z: see _at)."""
+    _inline()  # (LLVM: see _inline; its references to the arrays then cancel)
     _wide()  # 512-bit vectors (see _wide)
     acc = 0.0
-    for j in range(zr.shape[0]):
-        t = _nls(np.float64(zr[j]), m, L, exact)
+    for j in range(z.shape[-1]):
+        t = _nls(np.float64(_at(z, i, j)), m, L, exact)
         if has_w:
             acc += weight[j] * t if weight[j] != 0.0 else 0.0  # 0 * inf = 0 (no term)
         else:
@@ -1366,21 +1395,23 @@ def _row_coefficients(wy: float, eps: float, C: int, wsum: float) -> tuple[float
 
 
 @nb.njit(**_cache)
-def _row_loss(zr: Any, zy: float, m: float, L: float, exact: bool, wy: float, eps: float,
-              sm: float, weight: Any, has_w: bool) -> float:
-    """sum_c a_c (-log softmax_c) of a row with a finite maximum (no z-loss).
+def _row_loss(z: Any, i: int, zy: float, m: float, L: float, exact: bool, wy: float,
+              eps: float, sm: float, weight: Any, has_w: bool) -> float:
+    """sum_c a_c (-log softmax_c) of a row with a finite maximum (no z-loss): row i of z,
+    or the row z (see _at).
 
     Index target: a_y ((m - z_y) + L), written (L - dh_y) - dl_y.  With smoothing,
     a_y = w_y (1 - eps) + sm w_y: the w_y (1 - eps) part multiplies -log softmax_y, the sm
     w_y part joins the others in sm sum_c w_c (-log softmax_c).  A zero coefficient adds
     nothing, even against an infinite -log softmax (0 * inf = 0).
     """
+    _inline()  # (LLVM: see _inline; its references to the arrays then cancel)
     _wide()  # 512-bit vectors (see _wide)
     nly = _nls(zy, m, L, exact)
     if eps == 0.0:
         return wy * nly if wy != 0.0 else 0.0
     hard = wy * (1.0 - eps)
-    tot = _smooth_sum(zr, m, L, exact, weight, has_w)
+    tot = _smooth_sum(z, i, m, L, exact, weight, has_w)
     return (hard * nly if hard != 0.0 else 0.0) + sm * tot
 
 
@@ -1428,6 +1459,7 @@ def _grad_write(buf: Any, d: float, c: float, exact: bool, Wz: float, base: floa
                 weight: Any, has_w: bool, db: Any, capped: bool, grow: Any) -> None:
     """grow[c] = f (p_c W' - a_c) dz/dx for every class with a_c = base w_c (the classes
     other than y; the caller then writes the target and the argmax entries)."""
+    _inline()  # (LLVM: see _inline; its references to the arrays then cancel)
     _wide()  # 512-bit vectors (see _wide)
     if has_w:
         for j in range(grow.shape[0]):
@@ -1450,6 +1482,7 @@ def _row_grad(buf: Any, s: float, k: int, y: int, exact: bool, W: float, ay: flo
     soft cap): the whole cache lines of grow are stored non-temporally (``_stream_grad``;
     sc: its one-line scratch).
     """
+    _inline()  # (LLVM: see _inline; its references to the arrays then cancel)
     _wide()  # 512-bit vectors (see _wide)
     Wz = W + zl2
     # float64: divide by 1 + s = S + S_lo (0.5 ulp); float32 output: times 1 / (1 + s)
@@ -1550,6 +1583,22 @@ def _softcap_row(xr: Any, cap: float, zb: Any, db: Any) -> None:
         db[j] = 4.0 * q / ((1.0 + q) * (1.0 + q))
 
 
+@nb.njit(**_cache)
+def index_targets(target: Any, C: int, ignore_index: int) -> tuple[int, int]:
+    """(first position i with target[i] outside [0, C) and not ignore_index, or -1; the
+    number of targets other than ignore_index): the check and the count of a mean's
+    divisor in one pass (the torch layer's CPU path: three torch calls cost more)."""
+    counted = 0
+    for i in range(target.shape[0]):
+        y = target[i]
+        if y == ignore_index:
+            continue
+        if y < 0 or y >= C:
+            return i, counted
+        counted += 1
+    return -1, counted
+
+
 def ce_rows(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, eps: float,
             z_loss: float, cap: float, grad: Any, want_grad: bool, grad_scale: float,
             exact: bool, loss: Any, lse: Any, nchunks: int) -> None:
@@ -1573,7 +1622,8 @@ def ce_rows_into(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: in
     (see :func:`softmax_rows_into`: True for a large gradient buffer already in use, such
     as ``grad_out``, False for a fresh np.empty; only with want_grad and a C-contiguous
     grad)."""
-    wsum = _weight_sum(weight, has_w, x.shape[1])
+    # (without weights on the host: a numba call costs a microsecond)
+    wsum = _weight_sum(weight, has_w, x.shape[1]) if has_w else float(x.shape[1])
     if _serial(x):
         _ce_chunk(x, target, weight, has_w, ignore_index, eps, z_loss, cap, grad, want_grad,
                   grad_scale, exact, loss, lse, 0, x.shape[0], stream, wsum)
@@ -1628,60 +1678,71 @@ def _ce_chunk(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, 
     capped = cap > 0.0
     # (else through the scratch row: also for rows shorter than _DIRECT_GRAD_MIN)
     direct = stream and not capped and not has_w and C >= _DIRECT_GRAD_MIN
-    buf = np.empty(C if want_grad else _SUMBLK64)  # no gradient: the block buffer
+    short = C <= _SHORT and not capped  # (rows read in place: see _at)
+    # the exponentials (want_grad or short rows: exactly C long, see _row_stats_short),
+    # else the block buffer
+    buf = np.empty(C if want_grad or short else _SUMBLK64)
     mb = np.empty(_one_pass_blocks(C) if want_grad else 0)
     db = np.empty(C if capped else 0)
     zb = np.empty(C if capped else 0)
     grow_s = np.empty(C if stream and not direct else 0, dtype=grad.dtype)
     line_s = np.empty(_LINE // grad.itemsize, dtype=grad.dtype)  # (_stream_grad)
     for i in range(lo, hi):
-        xr = x[i]
         y = target[i]
-        grow = grad[i] if want_grad and (direct or not stream) else grow_s  # (grad: a
-        # dummy if not want_grad: no row of it is formed)
-        # row statistics of z (soft-capped into zb, float64) or of the logits themselves
+        # row statistics of z (soft-capped into zb, float64) or of the logits themselves;
+        # the float32 branches call with constant flags, as _row_stats does
         if capped:
-            _softcap_row(xr, cap, zb, db)
+            _softcap_row(x[i], cap, zb, db)
             m, s, k, kind = _row_stats(zb, True, buf, want_grad, zb[:0], mb)
+        elif short and exact:
+            m, s, k, kind = _row_stats_short(x, i, True, buf, True)
+        elif short:
+            m, s, k, kind = _row_stats_short(x, i, False, buf, True)
         else:
-            m, s, k, kind = _row_stats(xr, exact, buf, want_grad,
+            m, s, k, kind = _row_stats(x[i], exact, buf, want_grad,
                                        _next_row(x, i, hi, want_grad), mb)
         L = math.log1p(s)
         lse[i] = m + L if kind == 0 else (np.nan if kind == 3 else m)
         if y == ignore_index:
             loss[i] = 0.0
-            if want_grad:
-                for j in range(C):
-                    grow[j] = 0.0
-                if stream and not direct:
-                    _stream_row(grow_s, grad[i])
+            if want_grad and stream and not direct:
+                grow_s[:] = 0.0
+                _stream_row(grow_s, grad[i])
+            elif want_grad:
+                grad[i] = 0.0
             continue
         wy = weight[y] if has_w else 1.0
         ay, sm, W = _row_coefficients(wy, eps, C, wsum)
-        # (zb and xr differ in dtype for float32 logits: numba types each call apart)
+        # (zb and x differ in dtype for float32 logits: numba types each call apart)
         if kind == 0 and capped:  # zb is float64: TwoSum differences
-            li = _row_loss(zb, zb[y], m, L, True, wy, eps, sm, weight, has_w)
+            li = _row_loss(zb, 0, zb[y], m, L, True, wy, eps, sm, weight, has_w)
         elif kind == 0:
-            li = _row_loss(xr, np.float64(xr[y]), m, L, exact, wy, eps, sm, weight, has_w)
+            li = _row_loss(x, i, np.float64(x[i, y]), m, L, exact, wy, eps, sm, weight,
+                           has_w)
         elif capped:
             li = _row_loss_special(zb, kind, y, wy, eps, sm, weight, has_w)
         else:
-            li = _row_loss_special(xr, kind, y, wy, eps, sm, weight, has_w)
+            li = _row_loss_special(x[i], kind, y, wy, eps, sm, weight, has_w)
         if z_loss != 0.0:
             li += z_loss * lse[i] * lse[i]  # PaLM z-loss, unweighted
         loss[i] = li
         if not want_grad:
             continue
         zl2 = 2.0 * z_loss * lse[i] if z_loss != 0.0 else 0.0
+        # the row is formed in grad[i] itself, or in grow_s and streamed from there (the
+        # view grad[i] made in each call, not held in a variable: see _at)
         if kind != 0 and capped:
             _row_grad_special(zb, kind, y, wy, eps, sm, W + zl2, weight, has_w, grad_scale,
-                              True, db, grow)
+                              True, db, grad[i] if direct or not stream else grow_s)
         elif kind != 0:
-            _row_grad_special(xr, kind, y, wy, eps, sm, W + zl2, weight, has_w, grad_scale,
-                              False, db, grow)
+            _row_grad_special(x[i], kind, y, wy, eps, sm, W + zl2, weight, has_w, grad_scale,
+                              False, db, grad[i] if direct or not stream else grow_s)
+        elif direct or not stream:
+            _row_grad(buf, s, k, y, exact or capped, W, ay, sm, wsum, wy, zl2, weight,
+                      has_w, grad_scale, capped, db, grad[i], direct, line_s)
         else:
             _row_grad(buf, s, k, y, exact or capped, W, ay, sm, wsum, wy, zl2, weight,
-                      has_w, grad_scale, capped, db, grow, direct, line_s)
+                      has_w, grad_scale, capped, db, grow_s, False, line_s)
         if stream and not direct:
             _stream_row(grow_s, grad[i])
     if stream:

@@ -128,19 +128,24 @@ def cpu_rows_np(
     grad: Tensor | None, grad_scale: float,
 ) -> tuple[Any, Any]:
     """:func:`cpu_rows` with the float64 (loss, lse) rows as NumPy arrays."""
-    ii = _NO_IGNORE if opts.ignore_index is None else opts.ignore_index
     # zero-copy views; .numpy() refuses a tensor that requires grad, so those are detached
     # first (written out: a helper function per tensor costs more than the check)
-    return _backends.cross_entropy_rows(
+    return cpu_rows_arrays(
         (x.detach() if x.requires_grad else x).numpy(),
         (target.detach() if target.requires_grad else target).numpy(),
-        weight=None if weight64 is None else weight64.detach().numpy(),
-        ignore_index=ii,
-        label_smoothing=opts.label_smoothing,
-        z_loss=opts.z_loss,
-        softcap=opts.softcap,
-        grad=None if grad is None else (grad.detach() if grad.requires_grad else grad).numpy(),
-        grad_scale=grad_scale,
+        None if weight64 is None else weight64.detach().numpy(), opts,
+        None if grad is None else (grad.detach() if grad.requires_grad else grad).numpy(),
+        grad_scale)
+
+
+def cpu_rows_arrays(x: Any, target: Any, weight64: Any, opts: CrossEntropyOptions,
+                    grad: Any, grad_scale: float) -> tuple[Any, Any]:
+    """:func:`cpu_rows_np` on the NumPy views themselves."""
+    return _backends.cross_entropy_rows(
+        x, target, weight=weight64,
+        ignore_index=_NO_IGNORE if opts.ignore_index is None else opts.ignore_index,
+        label_smoothing=opts.label_smoothing, z_loss=opts.z_loss, softcap=opts.softcap,
+        grad=grad, grad_scale=grad_scale,
     )
 
 

@@ -33,9 +33,16 @@ import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
+from crossentropy import _backends, _cpu
 from crossentropy._core.reduce import scalar as reduce_scalar
 from crossentropy._options import CrossEntropyOptions, Reduction
-from crossentropy.torch._chunks import ChunkPlan, cpu_rows_np, linear_chunks, rows_for
+from crossentropy.torch._chunks import (
+    _NO_IGNORE,
+    ChunkPlan,
+    cpu_rows_arrays,
+    linear_chunks,
+    rows_for,
+)
 from crossentropy.torch._reference import categorical_rows, reduce_rows, row_weights
 
 #: The option pieces, in the order of CrossEntropyOptions.to_tuple().
@@ -162,24 +169,24 @@ def _index_forward(
     return out, lse, grad
 
 
-# Gradient buffers of at least this many bytes are NumPy arrays seen as tensors
-# (torch.from_numpy shares the memory and keeps the array alive).  NumPy asks the kernel for
-# transparent huge pages (madvise) on arrays of 4 MiB and more; torch's CPU allocator does
-# not, and under the usual THP setting ("madvise") the first touch of a fresh 1 GiB tensor
-# takes 262,144 page faults of 4 KiB instead of 512 of 2 MiB.  Writing the gradient of
-# float32 8192 x 32000 logits into torch.empty_like took 4.5x as long as into np.empty_like,
-# and torch.empty_like + fill_ 3.7-4.8x as long as the same on a NumPy array (AMD Zen 4,
-# 2026-12-02).  The tensor is an ordinary CPU tensor in every other respect.
-_HUGE_MIN_BYTES = 1 << 22
+# Gradient buffers are NumPy arrays seen as tensors (torch.from_numpy shares the memory and
+# keeps the array alive).  NumPy asks the kernel for transparent huge pages (madvise) on
+# arrays of 4 MiB and more; torch's CPU allocator does not, and under the usual THP setting
+# ("madvise") the first touch of a fresh 1 GiB tensor takes 262,144 page faults of 4 KiB
+# instead of 512 of 2 MiB.  Writing the gradient of float32 8192 x 32000 logits into
+# torch.empty_like took 4.5x as long as into np.empty_like, and torch.empty_like + fill_
+# 3.7-4.8x as long as the same on a NumPy array (AMD Zen 4, 2026-12-02).  Small buffers
+# are NumPy arrays too: the kernel writes into the array itself, with no .numpy() view of a
+# torch tensor (a microsecond of a 64 x 10 call).  The tensor is an ordinary CPU tensor in
+# every other respect.
+_HUGE_MIN_BYTES = 1 << 22  # NumPy's threshold for huge pages (its madvise hugepage)
 
 
-def _fresh_like(x: Tensor) -> Tensor:
-    """An uninitialised contiguous tensor of x's shape and dtype (float32/float64, CPU),
-    on huge pages when it is large (see _HUGE_MIN_BYTES)."""
-    if x.numel() * x.element_size() < _HUGE_MIN_BYTES:
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
-    dtype = np.float32 if x.dtype == torch.float32 else np.float64
-    return torch.from_numpy(np.empty(tuple(x.shape), dtype=dtype))
+def _fresh_like(x: Tensor) -> tuple[Tensor, np.ndarray]:
+    """(tensor, its array): an uninitialised C-contiguous buffer of x's shape and dtype
+    (float32/float64, CPU), on huge pages when it is large (see above)."""
+    a = np.empty(tuple(x.shape), dtype=np.float32 if x.dtype == torch.float32 else np.float64)
+    return torch.from_numpy(a), a
 
 
 def index_body(
@@ -197,13 +204,31 @@ def index_body(
     x = (logits.detach() if logits.requires_grad else logits).contiguous()
     t = target.contiguous()
     C = x.shape[1]
-    in_range = check_index_target(t, C, opts.ignore_index)
+    # the kernels on NumPy views (this body runs on real CPU data only)
+    xn, tn = x.numpy(), t.numpy()
+    ii = opts.ignore_index
+    # the targets checked and counted by one kernel pass where the kernels run, else by
+    # torch (a reduction and two host reads, then a count where one is needed)
+    found = _backends.index_targets(xn, tn, _NO_IGNORE if ii is None else ii)
+    counted: int | None = None
+    if found is None:
+        in_range = check_index_target(t, C, ii)
+    else:
+        bad, counted = found
+        if bad >= 0:
+            check_index_target(t, C, ii)  # raises, naming the first bad position
+        in_range = bad < 0 and counted == t.shape[0]
     w64 = None if weight is None else weight.detach().to(torch.float64).contiguous()
-    denom = _denominator_of(opts, t, w64, C, in_range)
-    grad = _fresh_like(x) if need_grad else x.new_empty(0)
+    denom = _denominator_of(opts, t, w64, C, in_range, counted)
+    grad, gn = _fresh_like(x) if need_grad else (x.new_empty(0), None)
     gscale = opts.scale / denom if denom != 0.0 else 0.0
-    # the kernel on NumPy views (this body runs on real CPU data only)
-    loss, lse = cpu_rows_np(x, t, w64, opts, grad if need_grad else None, gscale)
+    w64n = None if w64 is None else w64.numpy()
+    if found is not None:  # the kernels take the call (_backends decided above): directly
+        loss, lse = _cpu.ce_rows_kernel(
+            xn, tn, w64n, _NO_IGNORE if ii is None else ii, opts.label_smoothing,
+            opts.z_loss, opts.softcap, gn, gscale)
+    else:
+        loss, lse = cpu_rows_arrays(xn, tn, w64n, opts, gn, gscale)
     if opts.reduction is Reduction.NONE:
         out = reduce_rows(torch.from_numpy(loss), None, opts).to(x.dtype)
     else:
@@ -230,13 +255,16 @@ def _denominator(opts: CrossEntropyOptions, omega: Tensor | None) -> float:
 
 
 def _denominator_of(opts: CrossEntropyOptions, t: Tensor, w64: Tensor | None, C: int,
-                    in_range: bool) -> float:
+                    in_range: bool, counted: int | None = None) -> float:
     """:func:`_denominator` of checked index targets, without building omega where the
-    count is known: with no class weights the mean divides by the number of counted rows,
-    which is N when every target is in [0, C) and ignore_index is outside that range."""
+    count is known: with no class weights the mean divides by the number of counted rows
+    (``counted``, when the caller has it), which is N when every target is in [0, C) and
+    ignore_index is outside that range."""
     if opts.reduction is not Reduction.MEAN or opts.normalizer is not None:
         return _denominator(opts, None)
     if w64 is None:
+        if counted is not None:
+            return float(counted)  # the counted rows (exact below 2^53)
         ii = opts.ignore_index
         if ii is None or (in_range and not 0 <= ii < C):
             return float(t.shape[0])  # sum of N ones (exact)
