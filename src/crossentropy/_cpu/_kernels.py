@@ -784,7 +784,7 @@ _SHORT = 64
 def _short_sum(e: Any, n: int, exact: bool) -> float:
     """sum_j e_j of the first n entries of e, a short row of exponentials whose maximum's
     entry the caller zeroed."""
-    _inline()  # (LLVM: see _inline; its references to the arrays then cancel)
+    _inline()  # into the short-row loop of _ce_chunk (see _inline)
     s = 0.0
     for j in range(n):
         s += e[j]
@@ -800,8 +800,10 @@ def _at(a: Any, i: int, j: int) -> Any:
 
 
 # Row i of a 2-D array is read in place, not through the view x[i]: each view a kernel
-# makes takes a reference on the array's memory and gives it back (two atomic operations,
-# ~10 ns), and a 64 x 10 cross-entropy made five per row, 30% of its time (perf, Zen 4).
+# makes takes a reference on the array's memory and gives it back (two atomic operations),
+# as does each array argument of a non-trivial numba function (inlining does not cancel
+# them); a 64 x 10 cross-entropy with its gradient made 20 a row, now 15, and they were
+# 30% of its time (perf, gdb on NRT_incref, Zen 4).
 @overload(_at, inline="always")
 def _ov_at(a: Any, i: Any, j: Any) -> Any:
     def at2(a: Any, i: Any, j: Any) -> Any:
@@ -819,7 +821,7 @@ def _row_stats_short(a: Any, i: int, exact: bool, buf: Any,
     """``_row_stats`` of a row of 1.._SHORT classes, row i of the 2-D array a or the 1-D
     row a itself (see _at); the same results (m, s, k, kind).  The exponentials go to
     buf (at least n long)."""
-    _inline()  # (LLVM: see _inline; its references to the arrays then cancel)
+    _inline()  # into the short-row loop of _ce_chunk (see _inline)
     n = a.shape[-1]
     m = -np.inf
     k = 0
@@ -1371,7 +1373,7 @@ def _smooth_sum(z: Any, i: int, m: float, L: float, exact: bool, weight: Any,
                 has_w: bool) -> float:
     """sum_c w_c (-log softmax_c): the smoothing term, before its factor eps / C (of row i
     of z, or of the row z: see _at)."""
-    _inline()  # (LLVM: see _inline; its references to the arrays then cancel)
+    _inline()  # into the short-row loop of _ce_chunk (see _inline)
     _wide()  # 512-bit vectors (see _wide)
     acc = 0.0
     for j in range(z.shape[-1]):
@@ -1405,7 +1407,7 @@ def _row_loss(z: Any, i: int, zy: float, m: float, L: float, exact: bool, wy: fl
     w_y part joins the others in sm sum_c w_c (-log softmax_c).  A zero coefficient adds
     nothing, even against an infinite -log softmax (0 * inf = 0).
     """
-    _inline()  # (LLVM: see _inline; its references to the arrays then cancel)
+    _inline()  # into the short-row loop of _ce_chunk (see _inline)
     _wide()  # 512-bit vectors (see _wide)
     nly = _nls(zy, m, L, exact)
     if eps == 0.0:
@@ -1459,7 +1461,7 @@ def _grad_write(buf: Any, d: float, c: float, exact: bool, Wz: float, base: floa
                 weight: Any, has_w: bool, db: Any, capped: bool, grow: Any) -> None:
     """grow[c] = f (p_c W' - a_c) dz/dx for every class with a_c = base w_c (the classes
     other than y; the caller then writes the target and the argmax entries)."""
-    _inline()  # (LLVM: see _inline; its references to the arrays then cancel)
+    _inline()  # into the short-row loop of _ce_chunk (see _inline)
     _wide()  # 512-bit vectors (see _wide)
     if has_w:
         for j in range(grow.shape[0]):
@@ -1482,7 +1484,7 @@ def _row_grad(buf: Any, s: float, k: int, y: int, exact: bool, W: float, ay: flo
     soft cap): the whole cache lines of grow are stored non-temporally (``_stream_grad``;
     sc: its one-line scratch).
     """
-    _inline()  # (LLVM: see _inline; its references to the arrays then cancel)
+    _inline()  # into the short-row loop of _ce_chunk (see _inline)
     _wide()  # 512-bit vectors (see _wide)
     Wz = W + zl2
     # float64: divide by 1 + s = S + S_lo (0.5 ulp); float32 output: times 1 / (1 + s)
