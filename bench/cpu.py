@@ -52,7 +52,10 @@ ratio of the current kernels to REV's, the two alternated call by call in this p
 
 Writes ``bench/results/cpu.csv`` (one row per (op, shape, dtype, baseline), stamped with
 machine, versions, date, command and load) and ``bench/results/cpu.png`` (the ratios with
-their spread), and prints the markdown table.
+their spread), and prints the markdown table.  A subset (``--shapes``, ``--dtypes``,
+``--ops``, ``--quick``) writes ``bench/results/cpu_partial.csv`` / ``.png`` instead (not
+tracked) and ``--tiny-only`` ``cpu_tiny.csv``, so that a partial run never overwrites the
+full table; ``--out`` and ``--plot`` choose other paths.
 """
 
 from __future__ import annotations
@@ -461,13 +464,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="run with src/crossentropy/_cpu/_kernels.py from git revision REV")
     ap.add_argument("--against", metavar="REV",
                     help="also time each op with these kernels / with REV's (alternated)")
-    ap.add_argument("--out", default=str(RESULTS / "cpu.csv"),
-                    help="CSV to write (with --plot-only: comma-separated CSVs to read)")
-    ap.add_argument("--plot", default=str(RESULTS / "cpu.png"))
+    ap.add_argument("--out", help="CSV to write (with --plot-only: comma-separated CSVs to "
+                    "read); default bench/results/cpu.csv for the full table, cpu_tiny.csv "
+                    "with --tiny-only, cpu_partial.csv (not tracked) for any other subset")
+    ap.add_argument("--plot", help="PNG to draw (default: the CSV's path with .png)")
     ap.add_argument("--plot-only", action="store_true")
     ap.add_argument("--summary", action="store_true",
                     help="print the compact tables (one column per shape) instead")
     args = ap.parse_args(argv)
+    if args.out is None:
+        full = not (args.quick or args.tiny_only) and all(
+            getattr(args, k) == ap.get_default(k) for k in ("shapes", "dtypes", "ops"))
+        name = "cpu.csv" if full else "cpu_tiny.csv" if args.tiny_only else "cpu_partial.csv"
+        args.out = str(RESULTS / name)
+    if args.plot is None:
+        args.plot = str(Path(args.out.split(",")[0]).with_suffix(".png"))
     if args.plot_only:
         rows: list[dict[str, Any]] = []
         for p in args.out.split(","):

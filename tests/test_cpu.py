@@ -471,6 +471,26 @@ def test_exp_kernel_against_mpmath() -> None:
     assert kernels.exp_le0(-np.inf) == 0.0 and kernels.exp_le0(-800.0) == 0.0
 
 
+def test_exp_of_a_rounded_difference_against_mpmath() -> None:
+    """exp(x - m) of float64 x, m whose difference is not representable: the TwoSum error
+    of x - m joins the reduced argument, and the result stays within 1 ulp of the
+    correctly rounded exp of the exact difference (without it: up to |x - m| 2^-53
+    relative, ~200 ulp at x - m = -700)."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.prec = 160
+    rng = np.random.default_rng(11)
+    m = np.concatenate([rng.uniform(-50, 50, 200), rng.uniform(300, 700, 100), [0.1, 1e-9]])
+    x = m - np.concatenate([rng.uniform(0, 745, 200), rng.uniform(0, 3, 100), [700.3, 0.2]])
+    inexact = [mpmath.mpf(float(a) - float(b)) != mpmath.mpf(float(a)) - mpmath.mpf(float(b))
+               for a, b in zip(x, m, strict=True)]
+    assert sum(inexact) > 100  # the rounded case is the one under test (143 of 302)
+    got = np.array([kernels.exp_shift(float(a), float(b)) for a, b in zip(x, m, strict=True)])
+    ref = np.array([float(mpmath.exp(mpmath.mpf(float(a)) - mpmath.mpf(float(b))))
+                    for a, b in zip(x, m, strict=True)])
+    assert _ulp_diff(got, ref) <= 1
+    assert kernels.exp_shift(-np.inf, 3.0) == 0.0 and kernels.exp_shift(2.0, 2.0) == 1.0
+
+
 def test_exp_f32_kernel_against_mpmath() -> None:
     """The float32 path's exp (float64 result, fitted degree-6 polynomial) is within its
     documented 2e-9 relative error: 0.04 ulp of float32, so rounding stays within 1 ulp."""
