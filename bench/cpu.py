@@ -404,22 +404,28 @@ def summary(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], path: Path) -> bool:
+    """Draw the ratios to the floors, one panel per shape; False (nothing drawn) when rows
+    hold none (``--tiny-only`` measures against torch only)."""
+    sel = [r for r in rows if r["baseline"] in TARGET]
+    if not sel:
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sel = [r for r in rows if r["baseline"] in TARGET]
     shapes = list(dict.fromkeys((int(r["rows"]), int(r["classes"])) for r in sel))
     fig, axes = plt.subplots(1, max(1, len(shapes)), figsize=(5 * max(1, len(shapes)), 4.5),
                              squeeze=False)
     for ax, (n, c) in zip(axes[0], shapes, strict=False):
         here = [r for r in sel if (int(r["rows"]), int(r["classes"])) == (n, c)]
         labels = list(dict.fromkeys(f"{r['op']} / {r['baseline']}" for r in here))
-        for k, dt in enumerate(DTYPES):
+        present = [dt for dt in DTYPES if any(r["dtype"] == dt for r in here)]
+        for k, dt in enumerate(present):
             pts = {f"{r['op']} / {r['baseline']}": r for r in here if r["dtype"] == dt}
-            ys = np.arange(len(labels)) + (k - 0.5) * 0.38
+            # one bar per dtype present, centred on the label's row
+            ys = np.arange(len(labels)) + (k - (len(present) - 1) / 2) * 0.38
             med = [float(pts[lb]["ratio"]) if lb in pts else np.nan for lb in labels]
             lo = [med[i] - float(pts[lb]["ratio_p20"]) if lb in pts else 0.0
                   for i, lb in enumerate(labels)]
@@ -432,11 +438,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.invert_yaxis()
         ax.set_xlabel("time / floor (median of pairs, p20-p80)")
         ax.set_title(f"{n} x {c}", fontsize=10)
-        ax.legend(fontsize=8)
+    # one legend for all panels, above them (inside a panel it hid the top bars)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper right", ncol=len(names), fontsize=8, frameon=False)
     fig.suptitle(f"CPU: {machine()}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
 
 
 def _shape(s: str) -> tuple[int, int]:
@@ -484,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         for p in args.out.split(","):
             with open(p) as f:
                 rows += list(csv.DictReader(f))
-        plot(rows, Path(args.plot))
+        if not plot(rows, Path(args.plot)):
+            print(f"(no ratios to floors in {args.out}: nothing drawn)")
         print(summary(rows) if args.summary else report(rows))
         return 0
     if args.quick:
@@ -506,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
                    kernels=args.kernels, against=args.against,
                    save=lambda rows: write_csv(rows, args.out))  # a crash keeps what was measured
     write_csv(rows, args.out)
-    plot(rows, Path(args.plot))
+    plot(rows, Path(args.plot))  # (nothing for --tiny-only: its baseline is torch)
     print(summary(rows) if args.summary else report(rows))
     return 0
 
