@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import crossentropy as ce
 import crossentropy.torch as cet
 from _torch_reference import linear_ce_reference as _reference
+from _torch_versions import needs_torch_linear_ce, rows_kwargs
 from crossentropy._backends import cross_entropy_rows
 from crossentropy._options import CrossEntropyOptions
 from crossentropy.torch import _chunks
@@ -38,12 +39,12 @@ CASES = list(itertools.product(
 def test_linear_matches_materialised(reduction, weighted, eps, zl, cap, chunk):
     h, W, b, t, cw = _inputs()
     args = [x.clone().requires_grad_() for x in (h, W, b)]
-    opts = None if chunk is None else torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk)
     kw = {"reduction": reduction, "weight": cw if weighted else None, "eps": eps,
           "z_loss": zl, "softcap": cap, "base": 2}
     out, lse = cet.linear_cross_entropy(
         args[0], args[1], t, linear_bias=args[2], weight=kw["weight"], reduction=reduction,
-        label_smoothing=eps, z_loss=zl, softcap=cap, base=2, options=opts, return_lse=True,
+        label_smoothing=eps, z_loss=zl, softcap=cap, base=2, return_lse=True,
+        **rows_kwargs(chunk),
     )
     refs = [x.clone().requires_grad_() for x in (h, W, b)]
     rout, rlse = _reference(*refs, t, **kw)
@@ -63,6 +64,7 @@ def test_linear_matches_materialised(reduction, weighted, eps, zl, cap, chunk):
         torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12)
 
 
+@needs_torch_linear_ce
 def test_linear_matches_torch_linear_cross_entropy():
     """Same numbers as torch 2.13's F.linear_cross_entropy: defaults, 1-d input, probability
     targets and a K-dimensional weight."""
@@ -87,6 +89,7 @@ def test_linear_matches_torch_linear_cross_entropy():
                                F.linear_cross_entropy(h, Wk, tk))
 
 
+@needs_torch_linear_ce
 def test_module_matches_torch():
     torch.manual_seed(3)
     ours = cet.LinearCrossEntropyLoss(D, V, bias=True, label_smoothing=0.1)
@@ -105,13 +108,13 @@ def test_linear_gradcheck():
     h, W, b, t, cw = _inputs()
     args = tuple(x[:9].clone().requires_grad_() if i == 0 else x.clone().requires_grad_()
                  for i, x in enumerate((h, W, b)))
-    opts = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=4)
+    rows = rows_kwargs(4)
     tt = t[:9]
     for kw in ({"weight": cw, "label_smoothing": 0.1}, {"z_loss": 0.01, "softcap": 2.0},
                {"reduction": "none"}):
         assert torch.autograd.gradcheck(
             lambda h, W, b, kw=kw: cet.linear_cross_entropy(h, W, tt, linear_bias=b,
-                                                            options=opts, **kw), args)
+                                                            **rows, **kw), args)
     loss = cet.linear_cross_entropy(*args[:2], tt)
     with pytest.raises(RuntimeError, match="second derivatives"):
         torch.autograd.grad(loss, args[0], create_graph=True)
@@ -126,8 +129,7 @@ def test_bfloat16_weight_gradient_is_accumulated_in_float32():
     h = torch.randn(n, d, generator=g).bfloat16()
     W = (torch.randn(v, d, generator=g) * 0.3).bfloat16().requires_grad_()
     t = torch.randint(0, v, (n,), generator=g)
-    loss = cet.linear_cross_entropy(h, W, t, reduction="sum",
-                                    options=torch.nn.LinearCrossEntropyOptions(batch_chunk_size=16))
+    loss = cet.linear_cross_entropy(h, W, t, reduction="sum", **rows_kwargs(16))
     (gw,) = torch.autograd.grad(loss, W)
     assert gw.dtype == torch.bfloat16
     W64 = W.detach().double().requires_grad_()
@@ -156,8 +158,7 @@ def test_gradients_computed_in_forward(monkeypatch):
     monkeypatch.setattr(cpu, "cross_entropy_rows", counting)
     h, W, _, t, _ = _inputs(torch.float32)
     W.requires_grad_()
-    opts = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=10)
-    loss = cet.linear_cross_entropy(h, W, t, options=opts)
+    loss = cet.linear_cross_entropy(h, W, t, **rows_kwargs(10))
     assert len(calls) == 4  # ceil(37 / 10)
     (g1,) = torch.autograd.grad(loss, W, torch.tensor(2.0))
     assert len(calls) == 4

@@ -14,6 +14,7 @@ import torch
 
 import crossentropy.torch as cet
 from _torch_reference import linear_ce_reference
+from _torch_versions import rows_kwargs
 from crossentropy.torch import ChunkPlan, _chunks
 
 N, D = 29, 5  # odd: token chunks of 8 leave a remainder
@@ -39,11 +40,10 @@ def _run(h, W, b, t, cw, *, vocab_chunk, reduction, eps, zl, cap, chunk, budget=
     plan = ChunkPlan(vocab=vocab_chunk) if budget is None else ChunkPlan(
         vocab=vocab_chunk, budget_bytes=budget)
     args = [x.clone().requires_grad_() for x in (h, W, b)]
-    opts = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk)
     out, lse = cet.linear_cross_entropy(
         args[0], args[1], t, linear_bias=args[2], weight=cw, reduction=reduction,
-        label_smoothing=eps, z_loss=zl, softcap=cap, options=opts, return_lse=True,
-        chunks=plan,
+        label_smoothing=eps, z_loss=zl, softcap=cap, return_lse=True,
+        **rows_kwargs(chunk, plan),
     )
     return out, lse, _grads(out, lse, args)
 
@@ -153,8 +153,7 @@ def test_bf16_accumulates_in_float32():
         args = [v.clone().requires_grad_() for v in x]
         out = cet.linear_cross_entropy(args[0], args[1], t, linear_bias=args[2],
                                        reduction="sum", label_smoothing=0.1,
-                                       options=torch.nn.LinearCrossEntropyOptions(
-                                           batch_chunk_size=8), chunks=ChunkPlan(vocab=64))
+                                       **rows_kwargs(8, ChunkPlan(vocab=64)))
         res.append(torch.autograd.grad(out, args))
     for a, r in zip(*res, strict=True):
         assert a.dtype == torch.bfloat16

@@ -589,3 +589,29 @@ def test_bench_gpu_dry_run_in_the_interpreter(tmp_path: Path) -> None:
     text = out.read_text()
     assert "ours" in text and "gemm-floor" in text and "copy" in text
     assert "not measured" in text  # a dry run measures nothing on a GPU
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_loss_value_unrounded_through_the_torch_layer(dtype: Any) -> None:
+    """crossentropy.torch's ``dtype=torch.float32`` on the Triton path: the float32
+    accumulation of a bf16/fp16 loss comes back unrounded (transformers' loss value), for
+    the logits and the fused linear loss; the default stays the input's dtype."""
+    import crossentropy.torch as cet
+
+    g = _gen(5)
+    h = torch.randn(13, 8, generator=g).to(dtype)
+    W = torch.randn(37, 8, generator=g).to(dtype)
+    y = torch.randint(0, 37, (13,), generator=g)
+    y[3] = -100
+    z = (h.double() @ W.double().T).to(dtype)  # the logits as the unfused model rounds them
+    for got, want, default in (
+        (cet.cross_entropy(z, y, impl="triton", dtype=torch.float32),
+         F.cross_entropy(z.double(), y), cet.cross_entropy(z, y, impl="triton")),
+        (cet.linear_cross_entropy(h, W, y, impl="triton", dtype=torch.float32),
+         F.cross_entropy(h.double() @ W.double().T, y),
+         cet.linear_cross_entropy(h, W, y, impl="triton")),
+    ):
+        assert got.dtype == torch.float32 and default.dtype == dtype
+        assert abs(float(got) - float(want)) <= 1e-5 * abs(float(want))
+        assert float(got) != float(got.to(dtype))  # off the low-precision grid
+        assert float(default) == float(got.to(dtype))  # the same value, rounded once

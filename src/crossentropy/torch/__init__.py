@@ -12,6 +12,11 @@ The functions and modules have the signatures and semantics of torch 2.13's (see
 the module is a whole ``torch.nn.functional``.  Importing it imports torch and registers the
 ``crossentropy::*`` custom operators (so ``torch.compile`` sees no graph break).
 
+It imports and runs on torch 2.7 and newer.  Two names need torch 2.13, which added them:
+``LinearCrossEntropyOptions`` (torch's own class, looked up when first used) and
+``LinearCrossEntropyLoss`` (a subclass of torch's); with an older torch, using either raises
+an ImportError naming that release; :func:`linear_cross_entropy` works on every supported torch.
+
 >>> import crossentropy.torch as F
 >>> F.relu is __import__("torch").nn.functional.relu
 True
@@ -21,18 +26,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch.nn as _torch_nn
 import torch.nn.functional as _torch_functional
-from torch.nn import LinearCrossEntropyOptions
 
-from crossentropy.torch._chunks import ChunkPlan
-from crossentropy.torch.functional import (
+from crossentropy.torch._compat import check_torch, torch_too_old
+
+check_torch()  # before the operators are registered: torch 2.4 fails there, obscurely
+
+from crossentropy.torch._chunks import ChunkPlan  # noqa: E402
+from crossentropy.torch.functional import (  # noqa: E402
     LinearCrossEntropyOutput,
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
     cross_entropy,
     linear_cross_entropy,
 )
-from crossentropy.torch.modules import (
+from crossentropy.torch.modules import (  # noqa: E402
     BCELoss,
     BCEWithLogitsLoss,
     CrossEntropyLoss,
@@ -54,8 +63,20 @@ __all__ = [
 ]
 
 
+if not hasattr(_torch_nn, "LinearCrossEntropyOptions"):
+    # torch < 2.13: the name stays documented but is not exported (``import *`` skips it)
+    __all__.remove("LinearCrossEntropyOptions")
+
+
 def __getattr__(name: str) -> Any:
-    """Every name we do not define is ``torch.nn.functional``'s own."""
+    """``LinearCrossEntropyOptions`` is torch's own (2.13 on), looked up when used so that
+    the module imports on older torch; every other name we do not define is
+    ``torch.nn.functional``'s own."""
+    if name == "LinearCrossEntropyOptions":
+        try:
+            return getattr(_torch_nn, name)
+        except AttributeError:
+            raise torch_too_old(name, name) from None
     if not name.startswith("__"):
         try:
             return getattr(_torch_functional, name)

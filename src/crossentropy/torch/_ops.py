@@ -43,6 +43,7 @@ from crossentropy.torch._chunks import (
     linear_chunks,
     rows_for,
 )
+from crossentropy.torch._errors import TargetIndexError
 from crossentropy.torch._reference import categorical_rows, reduce_rows, row_weights
 
 #: The option pieces, in the order of CrossEntropyOptions.to_tuple().
@@ -73,8 +74,9 @@ def _pieces_cached(opts: CrossEntropyOptions) -> tuple[Any, ...]:
 
 def check_index_target(target: Tensor, num_classes: int, ignore_index: int | None,
                        last_offset: int = 0) -> bool:
-    """Raise ValueError naming the first target outside [0, C) that is not ignore_index
-    (`last_offset` is added to the position on the last axis: a slice of the labels).
+    """Raise :class:`~._errors.TargetIndexError` (a ValueError and torch's IndexError)
+    naming the first target outside [0, C) that is not ignore_index (`last_offset` is added
+    to the position on the last axis: a slice of the labels).
 
     Returns True when every target is in [0, C) (so none equals an ignore_index outside
     that range), False when some are ignore_index or there are none."""
@@ -92,7 +94,7 @@ def check_index_target(target: Tensor, num_classes: int, ignore_index: int | Non
         if pos:
             pos[-1] += last_offset
         where = "[" + ", ".join(str(i) for i in pos) + "]"
-        raise ValueError(
+        raise TargetIndexError(
             f"target{where} = {int(target.reshape(-1)[flat])} is out of range "
             f"[0, {num_classes}) (and is not ignore_index={ignore_index})"
         )
@@ -107,7 +109,10 @@ def _grad_scale(opts: CrossEntropyOptions, omega: Tensor | None) -> float:
 
 def _is_one(g: Tensor) -> bool:
     """True when every element of the incoming gradient is exactly 1 (eager mode only)."""
-    if torch.compiler.is_compiling():
+    # torch < 2.13 leaves is_compiling() False while AOTAutograd traces the backward, where
+    # g is a FunctionalTensor or FakeTensor and reading it is data-dependent: only a plain
+    # tensor is read (the shortcut is an optimisation; skipping it is always correct)
+    if torch.compiler.is_compiling() or type(g) is not torch.Tensor:
         return False
     if g.dim() == 0:
         return float(g) == 1.0
@@ -411,6 +416,12 @@ def _empty_grads(
     return gh, gw, gb
 
 
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the linear operator returns its loss and lse in: float32 for
+    bfloat16/float16 hidden states (their accumulation dtype), else their own."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
 def _plan(chunk_rows: int, vocab_chunk: int) -> ChunkPlan:
     return ChunkPlan(rows=chunk_rows, vocab=vocab_chunk or None)
 
@@ -467,11 +478,14 @@ def linear_forward(
             need=(pre and need[0], pre and need[1], pre and need[2]),
             rows_fn=rows_for(hidden.device),
         )
-    out = reduce_rows(loss, omega, opts).to(hidden.dtype)
+    # the loss and lse stay in the accumulation dtype (float32 for bfloat16/float16): the
+    # caller rounds them to the dtype it returns (linear_cross_entropy's ``dtype=``)
+    acc = _acc_dtype(hidden.dtype)
+    out = reduce_rows(loss, omega, opts).to(acc)
     e_h, e_w, e_b = _empty_grads(hidden, weight, bias, (False, False, False))
     return (
         out,
-        lse.to(hidden.dtype),
+        lse.to(acc),
         e_h if gh is None else gh.to(hidden.dtype),
         e_w if gw is None else gw.to(weight.dtype),
         e_b if gb is None or bias is None else gb.to(bias.dtype),
@@ -484,11 +498,12 @@ def _(hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None,
       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     need_gh, need_gw, need_gb = rest[-3:]
     N = hidden.shape[0]
-    out = hidden.new_empty((N,) if reduction == "none" else ())
+    acc = _acc_dtype(hidden.dtype)
+    out = hidden.new_empty((N,) if reduction == "none" else (), dtype=acc)
     pre = reduction != "none"
     gh, gw, gb = _empty_grads(hidden, weight, bias, (pre and need_gh, pre and need_gw,
                                                       pre and need_gb))
-    return out, hidden.new_empty(N), gh, gw, gb
+    return out, hidden.new_empty(N, dtype=acc), gh, gw, gb
 
 
 @torch.library.custom_op("crossentropy::linear_cross_entropy_backward", mutates_args=())

@@ -47,11 +47,13 @@ from crossentropy._options import CrossEntropyOptions, Reduction
 
 __all__ = [
     "categorical_rows",
+    "clamped_binary_rows",
     "entropy_rows",
     "reduce_rows",
     "row_weights",
     "softcap",
     "softcap_derivative",
+    "zero_class_rows",
 ]
 
 
@@ -454,3 +456,101 @@ def reduce_rows(
     out = total / torch.where(empty, torch.ones_like(denom), denom)
     # the empty mean is a constant added where nothing is counted: its gradient is 0
     return out + torch.where(empty, opts.empty_mean, 0.0)
+
+
+# --------------------------------------------------------------------------- no classes
+
+
+def zero_class_rows(
+    x: Tensor, target: Tensor, prob: bool, opts: CrossEntropyOptions,
+    normalizer: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""``(out, lse)`` of (N, 0) logits (no classes), with torch's values.
+
+    Each row's loss is an empty sum, 0, except for index targets with label smoothing,
+    where torch's smoothing term :math:`\varepsilon / C \cdot 0` is NaN (the reduced
+    value too, even over an empty batch); with a z-loss a
+    counted row adds :math:`\zeta\,\mathrm{lse}^2 = +\infty` (``lse = -inf``, the log of
+    an empty sum).  Every index row is ignored (there is no valid class: the caller has
+    checked), so 'mean' is the empty mean (torch: NaN); probability rows give NaN too
+    (torch divides by ``numel / C = 0 / 0``).  A normalizer divides the sum instead.
+    The result stays in the graph of `x` (and of probability `target`): their gradients
+    are the empty (N, 0) tensors torch returns.
+
+    >>> import torch
+    >>> from crossentropy._options import CrossEntropyOptions
+    >>> o = CrossEntropyOptions.create(reduction="none", semantics="torch")
+    >>> zero_class_rows(torch.zeros(2, 0), torch.zeros(2, 0), True, o)[0].tolist()
+    [0.0, 0.0]
+    """
+    rows = x.sum(dim=1)  # 0 per row, in x's graph
+    smoothing_nan = not prob and opts.label_smoothing != 0.0
+    if prob:
+        rows = rows + target.sum(dim=1).to(rows.dtype)
+        if opts.z_loss:
+            rows = rows + math.inf
+    elif smoothing_nan:
+        rows = rows + math.nan
+    lse = torch.full_like(rows, -math.inf).detach()
+    out = reduce_rows(rows, torch.zeros_like(rows), opts, normalizer)
+    if smoothing_nan and out.dim() == 0:
+        out = out + math.nan  # torch's eps / C times a sum is NaN even over no rows
+    return out, lse
+
+
+# --------------------------------------------------------------------------- binary
+
+#: ATen's ``constexpr float EPSILON = 1e-12`` of binary_cross_entropy_backward, a float32
+#: constant widened to double: float(numpy.float32(1e-12)).
+_BCE_EPS = 9.999999960041972e-13
+
+
+def _clamped_bce(q: Tensor, y: Tensor, clamp: float) -> Tensor:
+    lq = torch.clamp_min(torch.log(q), clamp)
+    l1q = torch.clamp_min(torch.log1p(-q), clamp)
+    return -(y * lq + (1.0 - y) * l1q)
+
+
+class _ClampedBCE(torch.autograd.Function):
+    """torch's binary_cross_entropy, value and gradients (see :func:`clamped_binary_rows`)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(q: Tensor, y: Tensor, clamp: float) -> Tensor:
+        return _clamped_bce(q, y, clamp)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        q, y, _ = inputs
+        ctx.save_for_backward(q, y)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        q, y = ctx.saved_tensors
+        gq = gy = None
+        if ctx.needs_input_grad[0]:
+            gq = g * (q - y) / torch.clamp_min(q * (1.0 - q), _BCE_EPS)
+        if ctx.needs_input_grad[1]:
+            gy = g * (torch.log1p(-q) - torch.log(q))
+        return gq, gy, None
+
+
+def clamped_binary_rows(q: Tensor, y: Tensor, clamp: float = -100.0) -> Tensor:
+    r"""Elementwise binary cross-entropy with torch's log clamp, value and gradient.
+
+    .. math:: \ell = -\big(y \max(\log q, c) + (1-y) \max(\operatorname{log1p}(-q), c)\big),
+              \quad \frac{\partial \ell}{\partial q} = \frac{q - y}{\max(q(1-q), \delta)},
+              \quad \frac{\partial \ell}{\partial y} = \operatorname{log1p}(-q) - \log q
+
+    (``c = -100`` and ``delta`` = float32 1e-12 in torch's BCELoss; the gradient is torch's
+    formula, not the derivative of the clamped value, so it is finite at q = 0 and 1 where
+    y differs).  Differentiable twice; works under torch.func.
+
+    >>> import torch
+    >>> q = torch.tensor([0.0, 0.5], dtype=torch.float64)
+    >>> clamped_binary_rows(q, torch.ones_like(q)).tolist()  # -max(log q, -100)
+    [100.0, 0.6931471805599453]
+    """
+    out: Tensor = _ClampedBCE.apply(q, y, clamp)  # type: ignore[no-untyped-call]
+    return out

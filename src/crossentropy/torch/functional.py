@@ -11,9 +11,13 @@ Same signatures and semantics as torch 2.13, plus keyword-only options:
   :func:`cross_entropy`);
 * ``normalizer``: divide the summed loss by this count (a number or a 0-d tensor) instead
   of the mean's own divisor (gradient accumulation, data-parallel ranks);
-* ``shift``: next-token prediction (position t predicts label t + 1).
+* ``shift``: next-token prediction (position t predicts label t + n; ``True`` is n = 1);
+* ``log_clamp`` (:func:`binary_cross_entropy`): torch's clamp of each log at -100 by
+  default, ``None`` for the exact form.
 
 Where torch's numbers are wrong we give the true value (see the README, section torch).
+Bad input raises what torch raises (``crossentropy.torch._errors``: each class is torch's
+exception class and a ValueError/TypeError naming the argument).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numbers
 import warnings
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
@@ -32,11 +37,14 @@ from torch._subclasses.fake_tensor import is_fake
 from crossentropy._options import BinaryOptions, CrossEntropyOptions, Reduction
 from crossentropy.torch import _ops
 from crossentropy.torch._chunks import ChunkPlan, resolve_plan
+from crossentropy.torch._errors import TorchTypeError, TorchValueError
 from crossentropy.torch._reference import (
     categorical_rows,
+    clamped_binary_rows,
     entropy_rows,
     reduce_rows,
     row_weights,
+    zero_class_rows,
 )
 
 __all__ = [
@@ -63,10 +71,28 @@ def _legacy_reduction(size_average: Any, reduce: Any, reduction: str) -> str:
 
 def _create_options(reduction: Any, ignore_index: Any, label_smoothing: Any, z_loss: Any,
                     softcap: Any, base: Any, normalizer: Any) -> CrossEntropyOptions:
-    return CrossEntropyOptions.create(
-        reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
-        z_loss=z_loss, softcap=softcap, base=base, normalizer=normalizer, semantics="torch",
-    )
+    try:
+        return CrossEntropyOptions.create(
+            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+            z_loss=z_loss, softcap=softcap, base=base, normalizer=normalizer,
+            semantics="torch",
+        )
+    except ValueError as exc:  # torch: RuntimeError for label_smoothing, ValueError for reduction
+        raise TorchValueError(str(exc)) from None
+
+
+def _check_shift(shift: Any) -> int:
+    """The positions of ``shift=``: False/True are 0/1, else a non-negative integer (as
+    Cut Cross-Entropy's ``shift``); anything else is refused, naming ``shift``."""
+    if isinstance(shift, (bool, np.bool_)):
+        return int(shift)
+    if not isinstance(shift, numbers.Integral):  # int and NumPy integers, not 2.0 or "1"
+        raise TypeError(f"shift must be a bool or an integer >= 0 (positions), got {shift!r} "
+                        f"of type {type(shift).__name__}")
+    n = int(shift)
+    if n < 0:
+        raise ValueError(f"shift must be >= 0 (position t predicts label t + shift), got {n}")
+    return n
 
 
 #: Validated options by their arguments and the arguments' types (at most 512 entries).
@@ -200,6 +226,14 @@ def _no_autocast(x: Tensor) -> Any:
     return torch.autocast(x.device.type, enabled=False)
 
 
+def _check_dtype(dtype: Any) -> torch.dtype:
+    """``dtype=``: a floating torch.dtype for the returned loss."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
+        raise TypeError(f"dtype must be None or a floating torch.dtype (the dtype of the "
+                        f"returned loss), got {dtype!r}")
+    return dtype
+
+
 def _out_dtype(x: Tensor) -> torch.dtype:
     """torch.autocast runs losses in float32: bf16/fp16 inputs give float32 results."""
     if x.dtype in _LOW and x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):
@@ -222,27 +256,20 @@ def _flatten(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, tuple[int, 
     """(M, C) rows of `input`, the matching targets, the batch shape, and whether the
     targets are probabilities (torch's rule: target.shape == input.shape)."""
     if input.dim() == 0:
-        raise ValueError("input must have a class dimension: shape (C), (N, C) or (N, C, ...)")
+        raise TorchValueError(
+            "input must have a class dimension: shape (C), (N, C) or (N, C, ...)")
     prob = target.shape == input.shape
-    if prob and not target.is_floating_point():
-        raise TypeError(
-            f"target has the shape of input, so it holds class probabilities and must be "
-            f"floating point; got dtype {target.dtype}"
-        )
+    _check_prob_dtype(target, prob)
     C = input.shape[0] if input.dim() == 1 else input.shape[1]
     batch: tuple[int, ...] = () if input.dim() == 1 else (input.shape[0], *input.shape[2:])
     if not prob:
-        _check_index_dtype(target, input)
-        if tuple(target.shape) != batch:
-            raise ValueError(
-                f"target holds class indices, so its shape must be the input's shape without "
-                f"the class dimension, {batch}; got {tuple(target.shape)}"
-            )
+        _check_index_shape(target, tuple(input.shape), batch)
     x = input.reshape(1, C) if input.dim() == 1 else input
     t = target.reshape(1, C) if (prob and input.dim() == 1) else target
     if x.dim() > 2:  # (N, C, d1..dK) -> (N d1..dK, C)
-        x = x.movedim(1, -1).reshape(-1, C)
-        t = t.movedim(1, -1).reshape(-1, C) if prob else t
+        M = math.prod(batch)  # not -1: ambiguous for a tensor of 0 elements (C = 0)
+        x = x.movedim(1, -1).reshape(M, C)
+        t = t.movedim(1, -1).reshape(M, C) if prob else t
     if not prob:
         t = t.reshape(-1)
         if t.dtype != torch.int64:
@@ -250,33 +277,80 @@ def _flatten(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, tuple[int, 
     return x, t, batch, prob
 
 
-def _check_index_dtype(target: Tensor, input: Tensor) -> None:
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise TypeError(
-            f"target holds class indices (its shape {tuple(target.shape)} is not the "
-            f"input's {tuple(input.shape)}), so it must be an integer tensor; got "
-            f"dtype {target.dtype}"
+def _check_prob_dtype(target: Tensor, prob: bool) -> None:
+    if prob and not target.is_floating_point():  # torch: RuntimeError
+        raise TorchTypeError(
+            f"target has the shape of the logits, {tuple(target.shape)}, so it holds class "
+            f"probabilities and must be floating point; got dtype {target.dtype}"
         )
 
 
-def _shifted(input: Tensor, target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
-    """Next-token rows: (..., T, C) logits (class axis last) -> (M, C); labels [..., T]
-    shifted left by one, the last position padded with ignore_index (the labels are
-    copied, never the logits)."""
+def _check_index_shape(target: Tensor, shape: tuple[int, ...], batch: tuple[int, ...]
+                       ) -> None:
+    """Index targets against logits of `shape` (target shape `batch`), in torch's order and
+    with its exception classes: the batch size (ValueError), a target of two or more
+    dimensions for (N, C) logits (RuntimeError), the dtype (RuntimeError), the rest of the
+    shape (RuntimeError; for a 1-D target of unbatched logits torch 2.13.0 raises ValueError,
+    torch 2.7.1 RuntimeError)."""
+    ts = tuple(target.shape)
+    if len(shape) >= 2 and (not ts or ts[0] != shape[0]):
+        raise ValueError(
+            f"target's batch size {ts[0] if ts else 0} does not match the logits' {shape[0]}: "
+            f"target {ts}, logits {shape} (index targets have the logits' shape without the "
+            f"class dimension, {batch})"
+        )
+    if len(ts) >= 2 and len(shape) <= 2:
+        raise TorchValueError(
+            f"target of shape {ts} for logits {shape}: index targets must have shape "
+            f"{batch}, probability targets the logits' shape"
+        )
+    _check_index_dtype(target, shape)
+    # torch 2.13 takes a (1,) target of (C,) logits (torch 2.7.1 raised RuntimeError); any
+    # other shape raises both classes: for a 1-D target of (C,) logits torch 2.13.0 raises
+    # ValueError, torch 2.7.1 RuntimeError ("size mismatch")
+    if ts != batch and not (len(shape) == 1 and ts == (1,)):
+        raise TorchValueError(
+            f"target holds class indices, so its shape must be the logits' shape without "
+            f"the class dimension, {batch}; got {ts} (logits {shape})"
+        )
+
+
+def _check_index_dtype(target: Tensor, shape: tuple[int, ...]) -> None:
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TorchTypeError(
+            f"target holds class indices (its shape {tuple(target.shape)} is not the "
+            f"logits' {shape}, which class probabilities need), so it must be an integer "
+            f"tensor; got dtype {target.dtype}"
+        )
+
+
+def _shifted(input: Tensor, target: Tensor, ignore_index: int, n: int, shift: Any
+             ) -> tuple[Tensor, Tensor]:
+    """Rows of n-th next token prediction: (..., T, C) logits (class axis last) -> (M, C);
+    labels [..., T] shifted left by n, the last n positions padded with ignore_index (the
+    labels are copied, never the logits)."""
     if input.dim() < 2 or tuple(target.shape) != tuple(input.shape[:-1]):
         raise ValueError(
-            f"shift=True takes logits (..., T, C) (class axis last) and labels (..., T); got "
-            f"input {tuple(input.shape)} and target {tuple(target.shape)}"
+            f"shift={shift!r} takes logits (..., T, C) (class axis last) and labels (..., T); "
+            f"got input {tuple(input.shape)} and target {tuple(target.shape)}"
         )
-    _check_index_dtype(target, input)
-    # position t predicts label t + 1 (as transformers' ForCausalLMLoss)
-    t = torch.nn.functional.pad(target[..., 1:], (0, 1), value=ignore_index)
-    return input.reshape(-1, input.shape[-1]), t.reshape(-1).to(torch.int64)
+    _check_index_dtype(target, tuple(input.shape))
+    rows = input.reshape(math.prod(input.shape[:-1]), input.shape[-1])  # C = 0 too
+    return rows, _shift_labels(target, n, ignore_index)
+
+
+def _shift_labels(target: Tensor, n: int, ignore_index: int) -> Tensor:
+    """[M] int64 labels: position t gets label t + n (transformers' ForCausalLMLoss for
+    n = 1, Cut Cross-Entropy's ``shift``), the last n positions of each sequence (all of
+    them when n >= T) ignore_index."""
+    T = target.shape[-1]
+    t = torch.nn.functional.pad(target[..., n:], (0, min(n, T)), value=ignore_index)
+    return t.reshape(-1).to(torch.int64)
 
 
 def _check_weight(weight: Tensor | None, C: int) -> None:
-    if weight is not None and tuple(weight.shape) != (C,):
-        raise ValueError(
+    if weight is not None and tuple(weight.shape) != (C,):  # torch: RuntimeError
+        raise TorchValueError(
             f"weight must have shape ({C},) (one per class), got {tuple(weight.shape)}"
         )
 
@@ -294,7 +368,9 @@ def _rows_2d(
     """(out, lse) of 2-D rows on the chosen implementation."""
     if impl == "triton":
         o = opts if norm_t is None else _with_reduction(opts, Reduction.SUM)
-        out, lse = _triton().cross_entropy_2d(x, t, weight, o)
+        # the float32 accumulation unrounded (the caller rounds once, to its dtype)
+        vdt = torch.promote_types(x.dtype, torch.float32)
+        out, lse = _triton().cross_entropy_2d(x, t, weight, o, value_dtype=vdt)
         return (out if norm_t is None else out / norm_t.to(out.dtype)), lse
     if impl == "cpu" and not prob:
         xk = x if x.dtype in (torch.float32, torch.float64) else x.float()
@@ -334,7 +410,7 @@ def _lean(input: Tensor, target: Tensor, weight: Tensor | None, reduction: Any,
     the same numbers as the general path, bit for bit.  Options are validated once per
     distinct argument tuple (``_ce_options``' cache, shared with the general path)."""
     xs, ts = input.shape, target.shape
-    if (len(xs) != 2 or len(ts) != 1 or ts[0] != xs[0] or not input.is_cpu
+    if (len(xs) != 2 or len(ts) != 1 or ts[0] != xs[0] or not xs[1] or not input.is_cpu
             or not target.is_cpu or input.dtype not in _KERNEL_DTYPES or target.dtype != _I64
             or input.layout != _STRIDED or target.layout != _STRIDED
             or torch.compiler.is_compiling() or _transforms_active()
@@ -363,8 +439,9 @@ def cross_entropy(
     softcap: float | None = None,
     return_lse: bool = False,
     normalizer: float | Tensor | None = None,
-    shift: bool = False,
+    shift: bool | int = False,
     impl: str = "auto",
+    dtype: torch.dtype | None = None,
 ) -> Any:
     r"""Cross-entropy between logits and class indices or class probabilities (as torch's).
 
@@ -377,6 +454,8 @@ def cross_entropy(
     'mean' divides by :math:`\sum_i w_{y_i}` over the counted rows for index targets and by
     the number of rows for probability targets (torch's rule); a batch with every target
     ignored gives NaN, as in torch.  The result is divided by :math:`\ln(\text{base})`.
+    Zero classes (C = 0) give torch's values: each row 0 (NaN for index targets with
+    label smoothing), 'sum' 0, 'mean' NaN; lse is -inf (docs/torch.md).
 
     Parameters are those of :func:`torch.nn.functional.cross_entropy`, plus:
 
@@ -384,16 +463,24 @@ def cross_entropy(
       lse with the batch shape);
     * ``normalizer``: 'sum' or 'mean' divide the summed loss by it (a number, or a 0-d
       tensor: no host synchronisation, no recompilation per value);
-    * ``shift=True``: next-token prediction on ``(..., T, C)`` logits (class axis *last*)
-      and labels ``(..., T)``: position t is scored against label t + 1, the last position
-      of each sequence is ignored (the labels are shifted, the logits never copied);
+    * ``shift=n`` (an integer >= 0, ``True`` = 1, ``False`` = 0): n-th next token
+      prediction on ``(..., T, C)`` logits (class axis *last*) and labels ``(..., T)``:
+      position t is scored against label t + n, the last n positions of each sequence
+      count for nothing (the labels are shifted, the logits never copied); the same as
+      ``cross_entropy(z[..., :-n, :], y[..., n:])`` with the class axis moved to 1;
     * ``impl``: ``"auto"`` (the Triton kernels for CUDA tensors when they can run, with a
       one-time warning when they cannot; the CPU path otherwise), ``"triton"`` (the kernels,
       or an error saying why not; CPU tensors run in the Triton interpreter when
       ``TRITON_INTERPRET=1``), ``"torch"`` (the pure-torch reference, float64 on the CPU)
       or ``"cpu"`` (the fused numba kernel for index targets, which computes the gradient
       in the forward pass).  Under ``torch.func`` transforms every implementation but
-      ``"triton"`` runs the reference.
+      ``"triton"`` runs the reference;
+    * ``dtype``: the floating dtype of the returned loss (and lse).  None (the default) is
+      torch's rule: the logits' dtype, float32 under autocast.  The computation does not
+      change (bfloat16/float16 logits are accumulated in float32 or wider), only the final
+      rounding: ``dtype=torch.float32`` for bfloat16 logits returns the float32 value
+      unrounded, as transformers' loss does (it upcasts the logits), on every path
+      (Triton's included).
 
     Examples
     --------
@@ -408,8 +495,14 @@ def cross_entropy(
     >>> logits = torch.zeros(1, 3, 4, dtype=torch.float64)  # (B, T, C)
     >>> float(cet.cross_entropy(logits, torch.tensor([[5, 1, 2]]), shift=True))  # log 4
     1.3862943611198906
+    >>> float(cet.cross_entropy(logits, torch.tensor([[5, 1, 2]]), shift=2))  # 0 -> 2
+    1.3862943611198906
+    >>> z = torch.tensor([[2.0, 0.5, -1.0]], dtype=torch.bfloat16)
+    >>> cet.cross_entropy(z, torch.tensor([1]), dtype=torch.float32).dtype  # not rounded
+    torch.float32
     """
-    if (size_average is None and reduce is None and normalizer is None and not shift
+    if (size_average is None and reduce is None and normalizer is None and shift is False
+            and dtype is None
             and type(input) is Tensor and type(target) is Tensor
             and (weight is None or type(weight) is Tensor)
             and type(impl) is str and (impl == "auto" or impl == "cpu")):
@@ -421,25 +514,30 @@ def cross_entropy(
     norm_n, norm_t = _split_normalizer(normalizer, reduction)
     opts = _ce_options(reduction, ignore_index, label_smoothing, z_loss, softcap, base, norm_n)
     impl = _check_impl(impl)
-    if shift:
-        x, t = _shifted(input, target, ignore_index)
+    n = _check_shift(shift)
+    if n:
+        x, t = _shifted(input, target, ignore_index, n, shift)
         batch, prob = tuple(target.shape), False
     else:
         x, t, batch, prob = _flatten(input, target)
-    if prob and ignore_index != -100:
-        raise ValueError("ignore_index is not supported for probability targets (as in torch)")
+    if prob and ignore_index != -100:  # torch: RuntimeError
+        raise TorchValueError(
+            "ignore_index is not supported for probability targets (as in torch)")
     C = x.shape[1]
     _check_weight(weight, C)
-    out_dtype = _out_dtype(input)
+    out_dtype = _out_dtype(input) if dtype is None else _check_dtype(dtype)
     which = _resolve_impl(impl, x, "cross_entropy", t, weight)
     # the CPU operator checks 2-D targets itself (same positions): no second pass
-    own_check = which == "cpu" and input.dim() == 2 and not shift
+    own_check = which == "cpu" and input.dim() == 2 and not n and C > 0
     if not prob and not own_check and _real(x, target):
-        # with shift=True the first label of each sequence is never a target
-        used = target[..., 1:] if shift else target
-        _ops.check_index_target(used, C, ignore_index, last_offset=1 if shift else 0)
+        # with shift=n the first n labels of each sequence are never targets
+        used = target[..., n:] if n else target
+        _ops.check_index_target(used, C, ignore_index, last_offset=n)
     with _no_autocast(input):
-        out, lse = _rows_2d(x, t, weight, opts, which, norm_t, prob)
+        if C == 0:  # no classes: torch's values on every implementation
+            out, lse = zero_class_rows(x, t, prob, opts, norm_t)
+        else:
+            out, lse = _rows_2d(x, t, weight, opts, which, norm_t, prob)
     if out.dtype != out_dtype:
         out = out.to(out_dtype)
     if opts.reduction is Reduction.NONE:
@@ -545,6 +643,19 @@ def binary_cross_entropy_with_logits(
         return _binary_finish(loss, weight, opts, dtype)
 
 
+def _check_log_clamp(log_clamp: Any) -> float | None:
+    if log_clamp is None:
+        return None
+    if isinstance(log_clamp, bool) or not isinstance(log_clamp, numbers.Real):
+        raise TypeError(f"log_clamp must be None (the exact form) or a real number <= 0, got "
+                        f"{log_clamp!r}")
+    c = float(log_clamp)
+    if not (math.isfinite(c) and c <= 0.0):
+        raise ValueError(f"log_clamp must be a finite number <= 0 (torch: -100) or None, got "
+                         f"{log_clamp!r}")
+    return c
+
+
 def binary_cross_entropy(
     input: Tensor,
     target: Tensor,
@@ -554,15 +665,24 @@ def binary_cross_entropy(
     reduction: str = "mean",
     *,
     base: float | None = None,
+    log_clamp: float | None = -100.0,
     impl: str = "auto",
 ) -> Tensor:
-    r"""Binary cross-entropy from probabilities (as torch's), without the log clamp at -100.
+    r"""Binary cross-entropy from probabilities, as torch's: each log clamped at -100.
+
+    .. math:: \ell = -\big(y \max(\log q, c) + (1-y)\max(\operatorname{log1p}(-q), c)\big),
+              \qquad \frac{\partial\ell}{\partial q} = \frac{q - y}{\max(q(1-q), \delta)}
+
+    with ``c = log_clamp`` (-100, torch's BCELoss) and the gradient torch computes
+    (``delta`` = float32 1e-12; ``d loss / d y = log1p(-q) - log q``, unclamped): ``q = 0``
+    or ``1`` give a finite loss (100 for a wrong certain answer) and finite gradients, the
+    same values as torch.  ``log_clamp=None`` is the exact form of the NumPy API:
 
     .. math:: \ell = -\big(y \log q + (1-y)\operatorname{log1p}(-q)\big), \qquad
               \frac{\partial\ell}{\partial q} = \frac{1-y}{1-q} - \frac{y}{q}
 
-    A term whose coefficient is 0 adds exactly 0 (q = 0, y = 0 gives 0 and gradient 1).
-    ``q = 1e-300, y = 1`` gives 690.78 (torch: 100).  ``impl`` as for
+    where a term whose coefficient is 0 adds exactly 0 (q = 0, y = 0 gives 0 and gradient
+    1), ``q = 1e-300, y = 1`` gives 690.78 and ``q = 0, y = 1`` gives inf.  ``impl`` as for
     :func:`binary_cross_entropy_with_logits`.
 
     Examples
@@ -570,21 +690,26 @@ def binary_cross_entropy(
     >>> import torch
     >>> import crossentropy.torch as cet
     >>> q, y = torch.tensor([1e-300], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
-    >>> float(cet.binary_cross_entropy(q, y))
+    >>> float(cet.binary_cross_entropy(q, y))  # torch's clamp: -max(log q, -100)
+    100.0
+    >>> float(cet.binary_cross_entropy(q, y, log_clamp=None))  # exact: -log(1e-300)
     690.7755278982137
     """
     reduction = _legacy_reduction(size_average, reduce, reduction)
+    clamp = _check_log_clamp(log_clamp)
     q, y, opts, dtype = _binary_prep(input, target, reduction, base, impl,
                                      "binary_cross_entropy")
     if _real(input):
         bad = (q < 0) | (q > 1)
         if bool(bad.any()):
             flat = int(torch.nonzero(bad.reshape(-1))[0, 0])
-            raise ValueError(
+            raise TorchValueError(  # torch: RuntimeError
                 f"input must hold probabilities in [0, 1]; element {flat} (flat index) is "
                 f"{float(q.reshape(-1)[flat])!r}"
             )
     with _no_autocast(input):
+        if clamp is not None:
+            return _binary_finish(clamped_binary_rows(q, y, clamp), weight, opts, dtype)
         ny = 1.0 - y
         one = torch.ones_like(q)
         # the log's argument is replaced by 1 where its coefficient is 0, so that neither
@@ -615,23 +740,48 @@ class LinearCrossEntropyOutput(NamedTuple):
 
 def _check_linear(input: Tensor, linear_weight: Tensor, linear_bias: Tensor | None,
                   ) -> tuple[int, int, tuple[int, ...]]:
+    # torch raises RuntimeError for each of these
     if input.dim() < 1:
-        raise ValueError(f"input must have shape (..., in_features), got {tuple(input.shape)}")
+        raise TorchValueError(
+            f"input must have shape (..., in_features), got {tuple(input.shape)}")
     if linear_weight.dim() < 2:
-        raise ValueError("linear_weight must have shape (C, in_features) or "
-                         f"(C, d1, ..., in_features), got {tuple(linear_weight.shape)}")
+        raise TorchValueError("linear_weight must have shape (C, in_features) or "
+                              f"(C, d1, ..., in_features), got {tuple(linear_weight.shape)}")
     D = input.shape[-1]
     if linear_weight.shape[-1] != D:
-        raise ValueError(f"input has in_features={D} but linear_weight has "
-                         f"{linear_weight.shape[-1]}")
+        raise TorchValueError(f"input has in_features={D} but linear_weight has "
+                              f"{linear_weight.shape[-1]}")
     C = linear_weight.shape[0]
     out_features = tuple(linear_weight.shape[1:-1])
     if linear_bias is not None and tuple(linear_bias.shape) != (C, *out_features):
-        raise ValueError(f"linear_bias must have shape {(C, *out_features)}, got "
-                         f"{tuple(linear_bias.shape)}")
+        raise TorchValueError(f"linear_bias must have shape {(C, *out_features)}, got "
+                              f"{tuple(linear_bias.shape)}")
     if out_features and input.dim() != 2:
-        raise ValueError("a K-dimensional linear_weight needs input of shape (N, in_features)")
+        raise TorchValueError(
+            "a K-dimensional linear_weight needs input of shape (N, in_features)")
     return D, C, out_features
+
+
+def _linear_materialised(input: Tensor, linear_weight: Tensor, target: Tensor,
+                         linear_bias: Tensor | None, prob: bool,
+                         out_features: tuple[int, ...], weight: Tensor | None, **kw: Any
+                         ) -> Any:
+    """:func:`cross_entropy` of the logits themselves (probability targets, K-dimensional
+    weights).  Hidden states (..., T, D) with two or more leading axes give logits
+    (..., T, C) whose class axis is the last, not cross_entropy's axis 1: those are
+    flattened to (M, C) rows and the per-token outputs take the leading shape back."""
+    D, C = input.shape[-1], linear_weight.shape[0]
+    b2 = None if linear_bias is None else linear_bias.reshape(-1)
+    W2 = linear_weight.reshape(math.prod(linear_weight.shape[:-1]), D)
+    z = torch.nn.functional.linear(input, W2, b2)
+    lead = tuple(input.shape[:-1])
+    if out_features or len(lead) <= 1:
+        return cross_entropy(z.reshape(*lead, C, *out_features), target, weight, **kw)
+    M = math.prod(lead)
+    res = cross_entropy(z.reshape(M, C), target.reshape(M, C), weight, **kw)
+    outs = res if isinstance(res, tuple) else (res,)
+    back = tuple(o.reshape(lead) if o.dim() == 1 else o for o in outs)
+    return back if isinstance(res, tuple) else back[0]
 
 
 def linear_cross_entropy(
@@ -650,12 +800,13 @@ def linear_cross_entropy(
     softcap: float | None = None,
     return_lse: bool = False,
     normalizer: float | Tensor | None = None,
-    shift: bool = False,
+    shift: bool | int = False,
     chunks: ChunkPlan | None = None,
     temperature: float = 1.0,
     return_logprobs: bool = False,
     return_entropy: bool = False,
     impl: str = "auto",
+    dtype: torch.dtype | None = None,
 ) -> Any:
     r"""``cross_entropy(input @ linear_weight.T + linear_bias, target, ...)`` without the logits.
 
@@ -674,8 +825,12 @@ def linear_cross_entropy(
     compute the logits and call :func:`cross_entropy`.
 
     Extra keywords: ``base``, ``z_loss``, ``softcap``, ``return_lse``, ``normalizer``,
-    ``shift`` and ``impl`` as in :func:`cross_entropy` (``shift=True`` takes hidden states
-    ``(..., T, in_features)`` and labels ``(..., T)``).  For reinforcement learning:
+    ``shift``, ``impl`` and ``dtype`` as in :func:`cross_entropy` (``dtype=torch.float32``
+    with bfloat16/float16 hidden states returns the float32 accumulation of the loss
+    unrounded; the gradients keep the inputs' dtypes; ``shift=n`` takes hidden states
+    ``(..., T, in_features)`` and labels ``(..., T)``: position t predicts label t + n).
+    ``linear_weight`` with zero rows (C = 0) gives torch's values, as :func:`cross_entropy`
+    of (..., 0) logits.  For reinforcement learning:
     ``temperature`` (every output is that of ``softmax(softcap(z) / temperature)``),
     ``return_logprobs`` and ``return_entropy``: then a :class:`LinearCrossEntropyOutput`
     ``(loss, lse, logprobs, entropy)`` is returned, per-token fields with the target's shape,
@@ -702,50 +857,53 @@ def linear_cross_entropy(
     tau = _check_temperature(temperature)
     rl = return_logprobs or return_entropy or tau != 1.0
     D, C, out_features = _check_linear(input, linear_weight, linear_bias)
+    n = _check_shift(shift)
+    if n and out_features:
+        raise ValueError("shift takes a 2-D linear_weight (C, in_features), not a "
+                         "K-dimensional one")
     logits_shape = (*input.shape[:-1], C, *out_features)
-    prob = not shift and tuple(target.shape) == logits_shape and target.is_floating_point()
-    if prob and ignore_index is not None:
-        raise ValueError("ignore_index cannot be given when target holds probabilities")
+    # torch's rule: the target holds probabilities when it has the logits' shape
+    prob = not n and tuple(target.shape) == logits_shape
+    _check_prob_dtype(target, prob)
+    if prob and ignore_index is not None:  # torch: RuntimeError
+        raise TorchValueError("ignore_index cannot be given when target holds probabilities")
     if (prob or out_features) and not rl:
         # materialise the logits (documented): the chunked path takes index targets
-        W2 = linear_weight.reshape(-1, D)
-        b2 = None if linear_bias is None else linear_bias.reshape(-1)
-        logits = torch.nn.functional.linear(input, W2, b2).reshape(logits_shape)
-        return cross_entropy(logits, target, weight, ignore_index=ii, reduction=reduction,
-                             label_smoothing=label_smoothing, base=base, z_loss=z_loss,
-                             softcap=softcap, return_lse=return_lse, normalizer=normalizer,
-                             impl=impl)
+        return _linear_materialised(
+            input, linear_weight, target, linear_bias, prob, out_features, weight,
+            ignore_index=ii, reduction=reduction, label_smoothing=label_smoothing, base=base,
+            z_loss=z_loss, softcap=softcap, return_lse=return_lse, normalizer=normalizer,
+            impl=impl, dtype=dtype)
     if prob or out_features:
         raise ValueError("temperature, return_logprobs and return_entropy take index targets "
                          "and a 2-D linear_weight")
     opts = _ce_options(reduction, ii, label_smoothing, z_loss, softcap, base, norm_n)
     _check_weight(weight, C)
-    _check_index_dtype(target, input)
-    if shift:
-        if input.dim() < 2 or tuple(target.shape) != tuple(input.shape[:-1]):
+    batch = tuple(input.shape[:-1])
+    if n:
+        _check_index_dtype(target, logits_shape)
+        if input.dim() < 2 or tuple(target.shape) != batch:
             raise ValueError(
-                f"shift=True takes hidden states (..., T, in_features) and labels (..., T); "
-                f"got input {tuple(input.shape)} and target {tuple(target.shape)}")
-        t = torch.nn.functional.pad(target[..., 1:], (0, 1), value=ii)  # label t+1 at t
+                f"shift={shift!r} takes hidden states (..., T, in_features) and labels "
+                f"(..., T); got input {tuple(input.shape)} and target {tuple(target.shape)}")
+        t = _shift_labels(target, n, ii)  # label t + n at position t
     else:
-        if tuple(target.shape) != tuple(input.shape[:-1]):
-            raise ValueError(f"target must have shape {tuple(input.shape[:-1])}, got "
-                             f"{tuple(target.shape)}")
-        t = target
-    batch = tuple(target.shape)
-    t = t.reshape(-1)
-    if t.dtype != torch.int64:
-        t = t.to(torch.int64)
+        _check_index_shape(target, logits_shape, batch)
+        t = target.reshape(-1)
+        if t.dtype != torch.int64:
+            t = t.to(torch.int64)
     out_dtype = _out_dtype(input)
-    h, Wm, b = input.reshape(-1, D), linear_weight, linear_bias
+    h, Wm, b = input.reshape(math.prod(batch), D), linear_weight, linear_bias
     if input.device.type != "meta" and torch.is_autocast_enabled(input.device.type):
         adt = torch.get_autocast_dtype(input.device.type)
         h, Wm = h.to(adt), Wm.to(adt)
         b = None if b is None else b.to(adt)
         out_dtype = torch.float32 if adt in _LOW else out_dtype
+    if dtype is not None:
+        out_dtype = _check_dtype(dtype)
     if _real(h, target):
-        used = target[..., 1:] if shift else target
-        _ops.check_index_target(used, C, ii, last_offset=1 if shift else 0)
+        used = target[..., n:] if n else target
+        _ops.check_index_target(used, C, ii, last_offset=n)
     which = _resolve_impl(impl, h, "linear_cross_entropy", Wm, t, b, weight)
     cdt = torch.float32 if h.dtype in _LOW else h.dtype
     rows = getattr(options, "batch_chunk_size", None)
@@ -755,13 +913,21 @@ def linear_cross_entropy(
     plan = resolve_plan(plan, h.shape[0], C, cdt)
     extras: tuple[Tensor | None, ...] = ()
     with _no_autocast(input):
-        if rl:
+        if C == 0:  # no classes: torch's values (the (M, 0) logits cost nothing)
+            z = torch.nn.functional.linear(h, Wm, b)
+            out, lse = zero_class_rows(z, t, False, opts, norm_t)
+            # log p_y at (necessarily ignored) positions and the entropy of no class: 0
+            extras = (z.sum(dim=1) if return_logprobs else None,
+                      z.sum(dim=1) if return_entropy else None)
+        elif rl:
             out, lse, lp, ent = _linear_rl(h, Wm, b, t, weight, opts, plan, tau, norm_t,
                                            return_logprobs, return_entropy)
             extras = (lp, ent)
         elif which == "triton":
             o = opts if norm_t is None else _with_reduction(opts, Reduction.SUM)
-            out, lse = _triton().linear_cross_entropy_2d(h, Wm, b, t, weight, o)
+            # the float32 accumulation unrounded (rounded once below, to out_dtype)
+            out, lse = _triton().linear_cross_entropy_2d(
+                h, Wm, b, t, weight, o, value_dtype=torch.promote_types(h.dtype, torch.float32))
             if norm_t is not None:
                 out = out / norm_t.to(out.dtype)
         elif which == "torch":

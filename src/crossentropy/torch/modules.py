@@ -7,12 +7,13 @@ checks and ``repr`` are unchanged) plus the keyword-only options ``base``, ``z_l
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from crossentropy.torch import functional as F
+from crossentropy.torch._compat import torch_too_old
 
 __all__ = ["BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "LinearCrossEntropyLoss"]
 
@@ -56,7 +57,9 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
 
 
 class BCELoss(torch.nn.BCELoss):
-    """:class:`torch.nn.BCELoss` without the log clamp (:func:`binary_cross_entropy`).
+    """:class:`torch.nn.BCELoss` computed by :func:`binary_cross_entropy`: each log clamped
+    at ``log_clamp`` (-100, torch's; value and gradient equal to torch's), or the exact
+    form with ``log_clamp=None``.
 
     Examples
     --------
@@ -64,6 +67,10 @@ class BCELoss(torch.nn.BCELoss):
     >>> import crossentropy.torch as cet
     >>> float(cet.BCELoss()(torch.tensor([0.5]), torch.tensor([1.0])))  # ln 2
     0.693147
+    >>> float(cet.BCELoss()(torch.tensor([0.0]), torch.tensor([1.0])))  # -max(log 0, -100)
+    100.0
+    >>> float(cet.BCELoss(log_clamp=None)(torch.tensor([0.0]), torch.tensor([1.0])))
+    inf
     """
 
     def __init__(
@@ -74,15 +81,16 @@ class BCELoss(torch.nn.BCELoss):
         reduction: str = "mean",
         *,
         base: float | None = None,
+        log_clamp: float | None = -100.0,
         impl: str = "auto",
     ) -> None:
         super().__init__(weight, size_average, reduce, reduction)
-        self.base, self.impl = base, impl
+        self.base, self.log_clamp, self.impl = base, log_clamp, impl
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy(
             input, target, self.weight, reduction=self.reduction, base=self.base,
-            impl=self.impl,
+            log_clamp=self.log_clamp, impl=self.impl,
         )
 
 
@@ -119,7 +127,19 @@ class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
         )
 
 
-class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
+if TYPE_CHECKING or hasattr(torch.nn, "LinearCrossEntropyLoss"):
+    _TorchLinearCrossEntropyLoss = torch.nn.LinearCrossEntropyLoss
+else:
+
+    class _TorchLinearCrossEntropyLoss(torch.nn.Module):
+        """torch < 2.13 has no LinearCrossEntropyLoss: the class imports, constructing it
+        raises the error that names the release to install."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            raise torch_too_old("LinearCrossEntropyLoss", "LinearCrossEntropyLoss")
+
+
+class LinearCrossEntropyLoss(_TorchLinearCrossEntropyLoss):
     """:class:`torch.nn.LinearCrossEntropyLoss` computed by the chunked
     :func:`crossentropy.torch.linear_cross_entropy` (the logits are never materialised).
 

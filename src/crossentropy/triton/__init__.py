@@ -137,6 +137,18 @@ def _require(x: torch.Tensor) -> None:
         raise TritonUnavailable(reason)
 
 
+def _no_classes(z: torch.Tensor, target: torch.Tensor, opts: CrossEntropyOptions,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seams' result for (N, 0) logits: torch's values (each row 0, 'mean' NaN; see
+    :func:`crossentropy.torch._reference.zero_class_rows`), lse -inf in float32."""
+    import torch
+
+    from crossentropy.torch._reference import zero_class_rows
+
+    out, lse = zero_class_rows(z, target, target.dim() == 2, opts)
+    return out.to(z.dtype), lse.to(torch.float32)
+
+
 def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.dim() < 2 or t.shape[1] <= 1 or t.stride(1) == 1 else t.contiguous()
 
@@ -148,6 +160,7 @@ def cross_entropy_2d(
     opts: CrossEntropyOptions,
     *,
     inplace_grad: bool = False,
+    value_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The seam: cross-entropy of 2-D logits with validated options, on the kernels.
 
@@ -170,11 +183,14 @@ def cross_entropy_2d(
     inplace_grad : bool
         Write the gradient into ``x``'s memory during backward (the logits are destroyed;
         ignored for a leaf tensor and for logits without contiguous rows).
+    value_dtype : torch.dtype or None
+        The dtype of the returned loss: the float32 accumulation rounded once to it (None:
+        x's dtype; ``torch.float32`` keeps a bfloat16 loss unrounded).
 
     Returns
     -------
     (torch.Tensor, torch.Tensor)
-        The loss reduced per ``opts`` in x's dtype (shape [N] for 'none') and the float32
+        The loss reduced per ``opts`` in ``value_dtype`` (shape [N] for 'none') and the float32
         lse [N] (of the soft-capped logits, nats, not differentiable).  Autograd-capable;
         no host synchronisation.  Raises :class:`TritonUnavailable` (why) when the
         kernels cannot take the call.
@@ -191,13 +207,18 @@ def cross_entropy_2d(
     crossentropy.triton.TritonUnavailable: float64 tensors: the Triton kernels compute in float32
     """
     _require(x)
+    vdt = x.dtype if value_dtype is None else value_dtype
+    if x.shape[1] == 0:  # no classes: torch's values (the kernels need a class to read)
+        out, lse = _no_classes(x, target, opts)
+        return out.to(vdt), lse
     from crossentropy.triton._autograd import CrossEntropyFunction
 
     xc = _rows_contiguous(x)
     inplace = bool(inplace_grad) and xc is x and not x.is_leaf  # never a leaf's own memory
     t = target.contiguous() if target.dim() == 1 else _rows_contiguous(target)
     w = weight.contiguous() if weight is not None else None
-    loss, lse = CrossEntropyFunction.apply(xc, t, w, opts, inplace)  # type: ignore[no-untyped-call]
+    loss, lse = CrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
+        xc, t, w, opts, inplace, vdt)
     return loss, lse
 
 
@@ -208,6 +229,8 @@ def linear_cross_entropy_2d(
     target: torch.Tensor,
     weight: torch.Tensor | None,
     opts: CrossEntropyOptions,
+    *,
+    value_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The seam: fused ``cross_entropy_2d(h @ w.T + b, target, weight, opts)``.
 
@@ -235,7 +258,8 @@ def linear_cross_entropy_2d(
     Returns
     -------
     (torch.Tensor, torch.Tensor)
-        Loss (h's dtype, reduced per ``opts``) and float32 lse [N].
+        Loss (reduced per ``opts``, in ``value_dtype`` as for :func:`cross_entropy_2d`;
+        None: h's dtype) and float32 lse [N].
 
     Examples
     --------
@@ -250,6 +274,12 @@ def linear_cross_entropy_2d(
     crossentropy.triton.TritonUnavailable: float64 tensors: the Triton kernels compute in float32
     """
     _require(h)
+    vdt = h.dtype if value_dtype is None else value_dtype
+    if w.shape[0] == 0:  # no classes: the (N, 0) logits cost nothing
+        import torch
+
+        out, lse = _no_classes(torch.nn.functional.linear(h, w, b), target, opts)
+        return out.to(vdt), lse
     from crossentropy.triton._autograd import LinearCrossEntropyFunction
 
     t = target.contiguous() if target.dim() == 1 else _rows_contiguous(target)
@@ -260,6 +290,7 @@ def linear_cross_entropy_2d(
         t,
         weight.contiguous() if weight is not None else None,
         opts,
+        vdt,
     )
     return loss, lse
 

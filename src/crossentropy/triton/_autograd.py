@@ -113,6 +113,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         weight: torch.Tensor | None,
         opts: CrossEntropyOptions,
         inplace_grad: bool,
+        value_dtype: torch.dtype,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         C = logits.shape[1]
         st = _launch.ce_forward(logits, target, weight, opts)
@@ -124,12 +125,13 @@ class CrossEntropyFunction(torch.autograd.Function):
         ctx.inplace = inplace_grad
         ctx.used = False
         ctx.mark_non_differentiable(lse)
-        return value.to(logits.dtype), lse
+        # the float32 accumulation rounded once, to the dtype the caller asked for
+        return value.to(value_dtype), lse
 
     @staticmethod
     def backward(ctx: Any, grad_value: torch.Tensor, grad_lse: Any) -> Any:
         if grad_value is None or not ctx.needs_input_grad[0]:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         if ctx.inplace and ctx.used:
             raise RuntimeError(
                 "crossentropy.triton.cross_entropy(inplace_grad=True): backward ran twice "
@@ -146,7 +148,7 @@ class CrossEntropyFunction(torch.autograd.Function):
             # The kernel wrote through a raw pointer: bump the version counter so that any
             # other autograd node that saved these logits refuses to use the overwritten values.
             torch.autograd.graph.increment_version(logits)
-        return out, None, None, None, None
+        return out, None, None, None, None, None
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):
@@ -165,6 +167,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         target: torch.Tensor,
         weight: torch.Tensor | None,
         opts: CrossEntropyOptions,
+        value_dtype: torch.dtype,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         V = linear_weight.shape[0]
         st = _launch.lce_forward(hidden, linear_weight, linear_bias, target, weight, opts)
@@ -177,7 +180,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         )
         ctx.opts = opts
         ctx.mark_non_differentiable(lse)
-        return value.to(hidden.dtype), lse
+        return value.to(value_dtype), lse
 
     @staticmethod
     def backward(ctx: Any, grad_value: torch.Tensor, grad_lse: Any) -> Any:
@@ -233,6 +236,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             dh.to(hidden.dtype) if dh is not None else None,
             dw,
             db.to(linear_bias.dtype) if db is not None and linear_bias is not None else None,
+            None,
             None,
             None,
             None,
