@@ -2,16 +2,14 @@
 
 Expected values come from the unpatched model: its logits (labels=None) fed to torch's own
 ``torch.nn.functional.cross_entropy`` with transformers' next-token shift and normalisation
-written out here (exact, float64), and transformers' own loss (which upcasts the logits to
-float32, so it is compared at float32 precision).
+written out in tests/_transformers_models.py (exact, float64), and transformers' own loss
+(which upcasts the logits to float32, so it is compared at float32 precision).  The Trainer,
+PEFT and low-precision tests are in tests/test_transformers_{trainer,peft,lowprec}.py.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import math
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,139 +17,72 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from transformers.modeling_outputs import CausalLMOutputWithPast  # noqa: E402
+
 import crossentropy.transformers as cet  # noqa: E402
+from _transformers_models import (  # noqa: E402
+    FAMILIES,
+    V,
+    assert_grads_close,
+    batch,
+    grads,
+    make,
+    patched_step,
+    reference_loss,
+    reference_step,
+)
 
-V = 48  # vocabulary
-B, T = 2, 7  # batch, sequence length
-
-_COMMON = {"vocab_size": V, "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2,
-           "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 32,
-           "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
-
-# class name -> (model class, config); Gemma's final soft cap is small so that it matters
-CONFIGS: dict[str, Callable[[], Any]] = {
-    "llama": lambda: transformers.LlamaConfig(**_COMMON),
-    "mistral": lambda: transformers.MistralConfig(**_COMMON, sliding_window=4),
-    "qwen2": lambda: transformers.Qwen2Config(**_COMMON),
-    "qwen3": lambda: transformers.Qwen3Config(**_COMMON, head_dim=4),
-    "gemma2": lambda: transformers.Gemma2Config(**_COMMON, head_dim=4, sliding_window=4,
-                                                final_logit_softcapping=2.0,
-                                                query_pre_attn_scalar=4),
-    "gemma3": lambda: transformers.Gemma3TextConfig(**_COMMON, head_dim=4, sliding_window=4,
-                                                    final_logit_softcapping=2.0,
-                                                    query_pre_attn_scalar=4),
-    "phi3": lambda: transformers.Phi3Config(**_COMMON),
-    "gpt2": lambda: transformers.GPT2Config(vocab_size=V, n_positions=32, n_embd=16, n_layer=2,
-                                            n_head=4, bos_token_id=1, eos_token_id=2,
-                                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
-    "cohere": lambda: transformers.CohereConfig(**_COMMON, logit_scale=0.5),
-    "granite": lambda: transformers.GraniteConfig(**_COMMON, logits_scaling=2.5),
-}
-CLASSES = {
-    "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM",
-    "phi3": "Phi3ForCausalLM", "gpt2": "GPT2LMHeadModel", "cohere": "CohereForCausalLM",
-    "granite": "GraniteForCausalLM",
-}
-ARCHS = list(CONFIGS)
-
-
-def make(arch: str, seed: int = 0) -> Any:
-    torch.manual_seed(seed)
-    config = CONFIGS[arch]()
-    config._attn_implementation = "eager"
-    model = getattr(transformers, CLASSES[arch])(config).double()
-    with torch.no_grad():  # random biases/norm weights too, so every parameter matters
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model
-
-
-def batch(seed: int = 1, ignored: bool = True) -> tuple[Any, Any]:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, V, (B, T), generator=g)
-    labels = ids.clone()
-    if ignored:
-        labels[0, 2] = labels[1, 4] = labels[1, 5] = -100
-    return ids, labels
-
-
-def reference_loss(logits: Any, labels: Any, num_items: Any = None, *, shift_labels: Any = None,
-                   label_smoothing: float = 0.0, z_loss: float = 0.0, base: float | None = None,
-                   ignore_index: int = -100) -> Any:
-    """transformers' ForCausalLMLoss in float64, written with torch's cross_entropy."""
-    if shift_labels is None:
-        # position t predicts label t+1; the last position predicts nothing
-        shift_labels = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], ignore_index)], 1)
-    z, y = logits.reshape(-1, logits.shape[-1]), shift_labels.reshape(-1)
-    rows = torch.nn.functional.cross_entropy(z, y, ignore_index=ignore_index, reduction="none",
-                                             label_smoothing=label_smoothing)
-    counted = y != ignore_index
-    rows = rows + z_loss * torch.logsumexp(z, -1) ** 2 * counted
-    total = rows.sum() / (math.log(base) if base is not None else 1.0)
-    return total / (counted.sum() if num_items is None else num_items)
-
-
-def grads(model: Any) -> dict[str, Any]:
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def assert_grads_close(got: dict[str, Any], want: dict[str, Any], rtol: float = 1e-9) -> None:
-    assert got.keys() == want.keys()
-    for n in want:
-        scale = want[n].abs().max().item()
-        torch.testing.assert_close(got[n], want[n], rtol=rtol, atol=rtol * scale, msg=n)
-
-
-def reference_step(model: Any, ids: Any, labels: Any, num_items: Any = None,
-                   **kw: Any) -> tuple[Any, dict[str, Any]]:
-    model.zero_grad()
-    loss = reference_loss(model(ids).logits, labels, num_items, **kw)
-    loss.backward()
-    return loss.detach(), grads(model)
-
-
-def patched_step(model: Any, ids: Any, labels: Any, **kw: Any) -> tuple[Any, Any]:
-    model.zero_grad()
-    out = model(ids, labels=labels, **kw)
-    out.loss.backward()
-    return out, grads(model)
+ARCHS = list(FAMILIES)
 
 
 # --------------------------------------------------------------------------- loss and gradients
 
 
+def test_at_least_twenty_families_and_supported_lists_them() -> None:
+    assert len(ARCHS) >= 20
+    assert {name for name, _ in FAMILIES.values()} == set(cet.SUPPORTED)
+
+
+def _patch_family(model: Any) -> Any:
+    """cet.patch, except where this transformers computes a VLM's loss without
+    self.loss_function (4.x): then the refusal must say so, and the test is skipped."""
+    try:
+        return cet.patch(model)
+    except cet.UnsupportedModelError as exc:
+        if transformers.__version__.startswith("4.") and "without self.loss_function" in str(exc):
+            pytest.skip(f"transformers {transformers.__version__}: {exc}")
+        raise
+
+
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("variant", ["mean", "num_items", "no_ignored"])
-def test_loss_and_gradients_equal_unpatched(arch: str, variant: str) -> None:
+def test_loss_and_gradients_equal_unpatched(arch: str) -> None:
     model = make(arch)
-    ids, labels = batch(ignored=variant != "no_ignored")
+    ids, labels = batch()
     # num_items_in_batch as the Trainer passes it: a tensor, here a global count larger than
     # this micro-batch's
-    n = torch.tensor(17) if variant == "num_items" else None
-    kw = {} if n is None else {"num_items_in_batch": n}
-    want, want_g = reference_step(model, ids, labels, n)
+    n = torch.tensor(17)
+    want, want_g = reference_step(model, ids, labels)
+    want_n, want_ng = reference_step(model, ids, labels, n)
     with torch.no_grad():
-        theirs = model(ids, labels=labels, **kw).loss  # transformers' loss, float32 logits
-    cet.patch(model)
-    out, got_g = patched_step(model, ids, labels, **kw)
+        theirs = model(ids, labels=labels).loss  # transformers' loss, float32 logits
+    assert _patch_family(model) is model
+    out, got_g = patched_step(model, ids, labels)
     assert out.logits is None
     torch.testing.assert_close(out.loss, want, rtol=1e-9, atol=0)
     assert_grads_close(got_g, want_g)
     torch.testing.assert_close(out.loss, theirs.double(), rtol=2e-6, atol=0)
-
-
-@pytest.mark.parametrize("arch", ["llama", "gemma2"])
-def test_fused_false_keeps_logits(arch: str) -> None:
-    model = make(arch)
-    ids, labels = batch()
-    n = torch.tensor(9)
-    with torch.no_grad():
-        logits = model(ids).logits
-    want, want_g = reference_step(model, ids, labels, n, label_smoothing=0.1)
-    cet.patch(model, fused=False, label_smoothing=0.1)
     out, got_g = patched_step(model, ids, labels, num_items_in_batch=n)
-    torch.testing.assert_close(out.logits, logits, rtol=0, atol=0)
+    torch.testing.assert_close(out.loss, want_n, rtol=1e-9, atol=0)
+    assert_grads_close(got_g, want_ng)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "phi"])
+def test_no_ignored_labels(arch: str) -> None:
+    model = make(arch)
+    ids, labels = batch(ignored=False)
+    want, want_g = reference_step(model, ids, labels)
+    cet.patch(model)
+    out, got_g = patched_step(model, ids, labels)
     torch.testing.assert_close(out.loss, want, rtol=1e-9, atol=0)
     assert_grads_close(got_g, want_g)
 
@@ -168,20 +99,21 @@ def test_options(arch: str) -> None:
     assert_grads_close(got_g, want_g)
 
 
-@pytest.mark.parametrize(("arch", "fused"), [("llama", True), ("gpt2", True), ("gemma2", False)])
-def test_shift_labels_and_ignore_index(arch: str, fused: bool) -> None:
+@pytest.mark.parametrize(("arch", "skip"), [("llama", True), ("gpt2", True), ("gemma2", False)])
+def test_shift_labels_and_ignore_index(arch: str, skip: bool) -> None:
     # shift_labels taken as given (no shift inside), ignore_index as transformers passes it
     model = make(arch)
     ids, _ = batch()
     g = torch.Generator().manual_seed(5)
-    shift = torch.randint(0, V, (B, T), generator=g)
+    shift = torch.randint(0, V, ids.shape, generator=g)
     shift[0, :3] = 7
     kw = {"shift_labels": shift, "ignore_index": 7}
     want, want_g = reference_step(model, ids, ids, shift_labels=shift, ignore_index=7)
     with torch.no_grad():
         theirs = model(ids, labels=ids, **kw).loss
-    cet.patch(model, fused=fused)
+    cet.patch(model, skip_logits=skip)
     out, got_g = patched_step(model, ids, ids, **kw)
+    assert (out.logits is None) == skip
     torch.testing.assert_close(out.loss, want, rtol=1e-9, atol=0)
     assert_grads_close(got_g, want_g)
     torch.testing.assert_close(out.loss, theirs.double(), rtol=2e-6, atol=0)
@@ -197,33 +129,78 @@ def test_micro_batches_with_global_count_add_up_to_the_batch() -> None:
     n = (labels[:, 1:] != -100).sum()  # as the Trainer counts: labels[..., 1:]
     model.zero_grad()
     total = sum(model(ids[i:i + 1], labels=labels[i:i + 1], num_items_in_batch=n).loss
-                for i in range(B))
+                for i in range(ids.shape[0]))
     total.backward()
     torch.testing.assert_close(total, want, rtol=1e-9, atol=0)
     assert_grads_close(grads(model), want_g)
 
 
-def test_bfloat16_loss_is_float32_as_transformers() -> None:
-    # transformers upcasts bf16 logits to float32 for its loss; the patched loss is float32
-    # too, equal to bf16 precision (its value and the fused gradients are rounded to bf16)
-    model = make("llama").to(torch.bfloat16)
+# --------------------------------------------------------------------------- eval / skip_logits
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "cohere", "qwen2_vl"])
+def test_eval_mode_returns_the_logits_and_their_loss(arch: str) -> None:
+    # evaluation (model.eval(), labels given): the real logits, bit for bit, and the loss of
+    # those logits; skip_logits=True per call skips them anyway
+    model = make(arch).eval()
     ids, labels = batch()
-    model.zero_grad()
-    theirs = model(ids, labels=labels).loss
-    theirs.backward()
-    want_g = grads(model)
-    cet.patch(model)
+    with torch.no_grad():
+        logits = model(ids).logits
+        want = reference_loss(logits, labels)
+    _patch_family(model)
+    with torch.no_grad():
+        out = model(ids, labels=labels)
+        assert torch.equal(out.logits, logits)
+        torch.testing.assert_close(out.loss, want, rtol=1e-9, atol=0)
+        skipped = model(ids, labels=labels, skip_logits=True)
+        assert skipped.logits is None
+        torch.testing.assert_close(skipped.loss, want, rtol=1e-9, atol=0)
+
+
+def test_skip_logits_option_and_per_call_keyword() -> None:
+    model = make("granite")
+    ids, labels = batch()
+    with torch.no_grad():
+        logits = model(ids).logits
+    want, want_g = reference_step(model, ids, labels)
+    cet.patch(model, skip_logits=False)  # training, but the logits are kept
     out, got_g = patched_step(model, ids, labels)
-    assert out.loss.dtype == theirs.dtype == torch.float32
-    torch.testing.assert_close(out.loss, theirs, rtol=1e-2, atol=0)
-    g, w = got_g["lm_head.weight"].float(), want_g["lm_head.weight"].float()
-    assert (g - w).norm() <= 2e-2 * w.norm()
+    assert torch.equal(out.logits.detach(), logits)
+    torch.testing.assert_close(out.loss, want, rtol=1e-9, atol=0)
+    assert_grads_close(got_g, want_g)
+    out, got_g = patched_step(model, ids, labels, skip_logits=True)  # the call decides
+    assert out.logits is None
+    assert_grads_close(got_g, want_g)
+    cet.patch(model.eval(), skip_logits=True)  # evaluation, logits skipped
+    with torch.no_grad():
+        assert model(ids, labels=labels).logits is None
+        assert model(ids, labels=labels, skip_logits=False).logits is not None
+    with pytest.raises(ValueError, match="skip_logits=True needs labels"):
+        model(ids, skip_logits=True)
+    with pytest.raises(TypeError, match="skip_logits"):
+        model(ids, labels=labels, skip_logits="yes")
+
+
+def test_fused_false_is_skip_logits_false() -> None:
+    model = make("gemma2")
+    ids, labels = batch()
+    n = torch.tensor(9)
+    with torch.no_grad():
+        logits = model(ids).logits
+    want, want_g = reference_step(model, ids, labels, n, label_smoothing=0.1)
+    cet.patch(model, fused=False, label_smoothing=0.1)
+    out, got_g = patched_step(model, ids, labels, num_items_in_batch=n)
+    torch.testing.assert_close(out.logits, logits, rtol=0, atol=0)
+    torch.testing.assert_close(out.loss, want, rtol=1e-9, atol=0)
+    assert_grads_close(got_g, want_g)
+    with pytest.raises(ValueError, match="fused=False"):
+        cet.patch(model, fused=False, skip_logits=True)
 
 
 # --------------------------------------------------------------------------- unchanged paths
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2", "gpt_neox", "qwen2_vl"])
 def test_generation_unchanged(arch: str) -> None:
     model = make(arch)
     ids, _ = batch()
@@ -231,7 +208,7 @@ def test_generation_unchanged(arch: str) -> None:
     want = model.generate(ids, attention_mask=torch.ones_like(ids), **cfg)
     with torch.no_grad():
         logits = model(ids).logits
-    cet.patch(model)
+    _patch_family(model)
     got = model.generate(ids, attention_mask=torch.ones_like(ids), **cfg)
     assert torch.equal(got, want)
     with torch.no_grad():
@@ -269,6 +246,7 @@ def test_unpatch_and_deepcopy() -> None:
     with torch.no_grad():
         after = model(ids, labels=labels)
     assert type(model.lm_head) is torch.nn.Linear
+    assert "forward" not in vars(model.lm_head) and "_loss_function" not in vars(model)
     assert torch.equal(after.loss, before.loss)  # transformers' own loss again
     assert torch.equal(after.logits, before.logits)
 
@@ -283,65 +261,33 @@ def test_patch_twice_replaces_the_options() -> None:
         torch.testing.assert_close(model(ids, labels=labels).loss, want, rtol=1e-9, atol=0)
 
 
-# --------------------------------------------------------------------------- Trainer
-
-
-def _train(model: Any, data: list[dict[str, Any]], bs: int, ga: int, tmp: Any) -> float:
-    fields = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
-    # in order (transformers >= 5.x); before, the seeded random permutation is the same for
-    # every batch size, so the doubled batch still holds the two micro-batches
-    order = {"train_sampling_strategy": "sequential"} if "train_sampling_strategy" in fields else {}
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp), per_device_train_batch_size=bs, gradient_accumulation_steps=ga,
-        max_steps=2, learning_rate=0.5, optim="sgd", lr_scheduler_type="constant",
-        weight_decay=0.0, max_grad_norm=0.0, report_to=[], save_strategy="no", use_cpu=True,
-        logging_strategy="no", dataloader_num_workers=0, disable_tqdm=True, **order,
-    )
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
-    return float(trainer.train().training_loss)
-
-
-def test_trainer_gradient_accumulation_equals_the_doubled_batch(tmp_path: Any) -> None:
-    # 8 sequences with different numbers of ignored labels: a per-micro-batch mean would
-    # weight their tokens differently from the global mean
-    g = torch.Generator().manual_seed(3)
-    data = []
-    for i in range(8):
-        ids = torch.randint(0, V, (T,), generator=g)
-        labels = ids.clone()
-        labels[: i % 4 + 1] = -100
-        data.append({"input_ids": ids, "labels": labels})
-    model = make("llama")
-    runs = {}
-    for name, bs, ga, patched in [("ga", 2, 2, True), ("doubled", 4, 1, True),
-                                  ("unpatched", 4, 1, False)]:
-        m = copy.deepcopy(model)
-        if patched:
-            cet.patch(m)
-        loss = _train(m, data, bs, ga, tmp_path / name)
-        runs[name] = (loss, dict(m.named_parameters()))
-    (l_ga, w_ga), (l_2b, w_2b), (l_un, w_un) = runs["ga"], runs["doubled"], runs["unpatched"]
-    assert math.isclose(l_ga, l_2b, rel_tol=1e-9)
-    assert_grads_close({n: p.detach() for n, p in w_ga.items()},
-                       {n: p.detach() for n, p in w_2b.items()})
-    # and transformers' own loss trains to the same weights (its loss is float32)
-    assert math.isclose(l_ga, l_un, rel_tol=1e-6)
-    changed = [n for n, p in w_ga.items() if not torch.equal(p, dict(model.named_parameters())[n])]
-    assert changed  # the steps did move the weights
-    assert_grads_close({n: p.detach() for n, p in w_ga.items()},
-                       {n: p.detach() for n, p in w_un.items()}, rtol=1e-5)
+def test_training_without_labels_warns_once() -> None:
+    # a patched model called in training without labels builds its logits: said once
+    model = cet.patch(make("llama"))
+    ids, _ = batch()
+    with pytest.warns(cet.UnfusedLossWarning, match="caller passed no labels"):
+        model(ids)
+    model(ids)  # not again (the suite turns warnings into errors)
+    with torch.no_grad():
+        model(ids)
 
 
 # --------------------------------------------------------------------------- torch.compile
 
 
+# The probe (crossentropy.transformers._probe) is a tensor subclass made by as_subclass; the
+# dynamo of torch 2.7.1 cannot trace it (InternalTorchDynamoError "argument of type
+# _TensorMeta"), that of 2.13.0 does.  Versions in between are not tested.
+@pytest.mark.skipif(not hasattr(torch.nn, "LinearCrossEntropyLoss"),  # added in torch 2.13
+                    reason="torch.compile of a patched model is tested on torch 2.13 only: "
+                           "torch 2.7.1's dynamo cannot trace the logits probe")
 def test_torch_compile_forward_backward() -> None:
-    model = make("llama")
+    model = make("gemma2")  # the soft cap: the probe's recording under dynamo
     ids, labels = batch()
     want, want_g = reference_step(model, ids, labels)
     cet.patch(model)
     # aot_eager: the same dynamo graph and autograd tracing as inductor, without its minute of
-    # C++ compilation; no graph break (the recorded hidden states are a dynamo side effect)
+    # C++ compilation; no graph break (the probe's recording is traced through)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     model.zero_grad()
     loss = compiled(ids, labels=labels).loss
@@ -350,17 +296,114 @@ def test_torch_compile_forward_backward() -> None:
     assert_grads_close(grads(model), want_g)
 
 
-# --------------------------------------------------------------------------- bad input
+# --------------------------------------------------------------------------- detection
 
 
-def test_unsupported_model_names_its_class() -> None:
-    config = transformers.LlamaConfig(**_COMMON)
-    with pytest.raises(cet.UnsupportedModelError, match="LlamaForSequenceClassification"):
+class _Custom(transformers.LlamaForCausalLM):
+    """A causal LM that does its own things to the logits before self.loss_function."""
+
+    recipe = "slice-scale-cap"
+
+    def forward(self, input_ids: Any = None, labels: Any = None, **kwargs: Any) -> Any:
+        h = self.model(input_ids).last_hidden_state
+        logits = self.lm_head(h)
+        k = logits.shape[-1] - 8  # a padded vocabulary: the last 8 classes are not real
+        if self.recipe == "slice-scale-cap":
+            logits = logits[..., :k]
+            logits = torch.mul(3.0, logits)  # the scale on the left
+            logits.div_(6.0)  # in place
+            logits = torch.nn.functional.tanh(logits / 1.5) * 1.5
+            logits = logits.to(h.dtype).contiguous()
+        elif self.recipe == "bias":
+            logits = (logits + 1.0)[..., :k]
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, k, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+
+class _OwnLoss(transformers.LlamaForCausalLM):
+    """A causal LM computing its loss itself."""
+
+    def forward(self, input_ids: Any = None, labels: Any = None, **kwargs: Any) -> Any:
+        logits = self.lm_head(self.model(input_ids).last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+
+def _small_batch() -> tuple[Any, Any]:
+    ids, labels = batch()  # within the V - 8 real classes
+    return ids % (V - 8), torch.where(labels < 0, labels, labels % (V - 8))
+
+
+def _custom(recipe: str, cls: Any = _Custom) -> Any:
+    torch.manual_seed(0)
+    model = cls(transformers.LlamaConfig(
+        vocab_size=V, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2)).double()
+    model.recipe = recipe
+    return model
+
+
+def test_transforms_are_recorded_not_listed() -> None:
+    # a class no list knows: slice of the classes, scale (either side, in place), soft cap
+    # through torch.nn.functional.tanh, casts; all read from what the forward does
+    model = _custom("slice-scale-cap")
+    ids, labels = _small_batch()
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape[-1] == V - 8
+    want, want_g = reference_step(model, ids, labels)
+    cet.patch(model)
+    out, got_g = patched_step(model, ids, labels)
+    assert out.logits is None
+    torch.testing.assert_close(out.loss, want, rtol=1e-9, atol=0)
+    assert_grads_close(got_g, want_g)
+
+
+def test_a_transform_that_cannot_be_fused_is_named() -> None:
+    model = cet.patch(_custom("bias"))
+    ids, labels = _small_batch()
+    with pytest.raises(cet.UnsupportedModelError,
+                       match=r"_Custom: the forward applies add to the logits"):
+        model(ids, labels=labels)
+    with torch.no_grad():  # evaluation keeps the logits: no probe, the loss is computed
+        model.eval()
+        assert model(ids, labels=labels).loss is not None
+
+
+def test_a_loss_computed_without_loss_function_is_refused() -> None:
+    with pytest.raises(cet.UnsupportedModelError, match=r"without self\.loss_function"):
+        cet.patch(_custom("own-loss", _OwnLoss))
+
+
+def test_unsupported_models_say_why() -> None:
+    config = transformers.LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=24,
+                                      num_hidden_layers=1, num_attention_heads=4)
+    with pytest.raises(cet.UnsupportedModelError, match="ForSequenceClassification"):
         cet.patch(transformers.LlamaForSequenceClassification(config))
-    with pytest.raises(TypeError, match="Linear"):
+    t5 = transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=V, d_model=16, d_kv=4, d_ff=24, num_layers=1, num_heads=2))
+    with pytest.raises(cet.UnsupportedModelError, match="encoder-decoder"):
+        cet.patch(t5)
+    model = make("llama")
+    model.lm_head = torch.nn.Sequential(model.lm_head)
+    with pytest.raises(cet.UnsupportedModelError, match=r"Sequential, not a torch\.nn\.Linear"):
+        cet.patch(model)
+    model = make("llama")
+    model.loss_function = lambda *a, **k: 0.0
+    with pytest.raises(cet.UnsupportedModelError, match="loss_function was replaced"):
+        cet.patch(model)
+    with pytest.raises(cet.UnsupportedModelError, match="has no get_output_embeddings"):
         cet.patch(torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match="model must be"):
         cet.patch("llama")
+
+
+# --------------------------------------------------------------------------- bad input
 
 
 @pytest.mark.parametrize(("options", "error", "match"), [
@@ -369,6 +412,7 @@ def test_unsupported_model_names_its_class() -> None:
     ({"z_loss": "big"}, TypeError, "z_loss"),
     ({"base": 1.0}, ValueError, "base"),
     ({"fused": "yes"}, TypeError, "fused"),
+    ({"skip_logits": 1}, TypeError, "skip_logits"),
     ({"impl": 3}, TypeError, "impl"),
     ({"chunk": 3}, TypeError, "chunk"),
 ])
