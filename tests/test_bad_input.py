@@ -294,6 +294,30 @@ def test_row_sum_tolerance(name: str, call: Any, dtype: type, C: int) -> None:
     _raises(ValueError, [f"rows of {name}", "row at [0]"], lambda: call(wrong))
 
 
+def test_rounded_probabilities_name_prob_tol() -> None:
+    """Issue 27: probabilities rounded to 6 decimals fail the default tolerance; the message
+    names prob_tol= (and renormalising), and prob_tol= accepts them."""
+    rng = np.random.default_rng(27)
+    z = rng.normal(size=(4, 5))
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)  # an independent softmax
+    y = np.array([0, 1, 2, 3])
+    rounded = np.round(p, 6)
+    _raises(ValueError, ["rows of probs must sum to 1", "the default of prob_tol=",
+                         "pass prob_tol=", "divide each row by its sum"],
+            lambda: ce.cross_entropy_from_probs(rounded, y))
+    # the same hint for the other functions that take prob_tol=
+    _raises(ValueError, ["rows of probs", "prob_tol="], lambda: ce.entropy(rounded))
+    _raises(ValueError, ["rows of target", "prob_tol="],
+            lambda: ce.cross_entropy(z, rounded))
+    # an explicit tolerance that is still too small is named as the caller's
+    _raises(ValueError, ["tolerance 1e-09, from prob_tol="],
+            lambda: ce.cross_entropy_from_probs(rounded, y, prob_tol=1e-9))
+    worst = float(np.max(np.abs(rounded.sum(axis=1) - 1.0)))
+    got = ce.cross_entropy_from_probs(rounded, y, prob_tol=2 * worst, reduction="none")
+    want = -np.log(rounded[np.arange(4), y])  # used as given, never renormalised
+    np.testing.assert_allclose(got, want, rtol=1e-15)
+
+
 def test_rows_are_never_renormalised() -> None:
     """A row accepted within tolerance is used as it is: -log(q_y) of the given q_y."""
     eps = np.finfo(np.float64).eps

@@ -366,3 +366,70 @@ def test_platt_text_report_lists_the_labels(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "Platt          a, b per label (fitted in" in r.stdout
     assert "  0            a = " in r.stdout and "  1            a = " in r.stdout
+
+
+# --------------------------------------------------------------------------- issue 27:
+# perfectly separated labels have no finite Platt fit; calibrate says so (exit status 1)
+
+
+@pytest.mark.parametrize(("rows", "why"), [
+    # complete separation, a -> +inf: every target-1 score above every target-0 score
+    ("0.9,1\n0.8,1\n0.2,0\n0.1,0\n", "logit(p) >= 1.38629"),
+    # the other way round, a -> -inf
+    ("0.9,0\n0.8,0\n0.2,1\n0.1,1\n", "logit(p) <= -1.38629"),
+    # quasi-complete: the two target values meet at p = 0.5 (logit 0) but do not cross
+    ("0.9,1\n0.5,1\n0.5,0\n0.1,0\n", "logit(p) >= 0"),
+    # the one row that would overlap has weight 0, so it does not count
+    ("0.9,1,1\n0.3,1,0\n0.5,0,1\n0.1,0,1\n", "logit(p) >= 2.19722"),
+])
+def test_separated_labels_have_no_finite_platt_fit(tmp_path: Path, rows: str,
+                                                    why: str) -> None:
+    f = tmp_path / "sep.csv"
+    weighted = rows.count(",") > rows.count("\n")
+    f.write_text(("p,y,w\n" if weighted else "p,y\n") + rows)
+    args = ["calibrate", str(f), "--multilabel", "--columns", "p", "--targets", "y"]
+    if weighted:
+        args += ["--weight", "w"]
+    r = run(*args)
+    # before: 100 passes, exit status 0 and "NOT converged" on standard output
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout == ""
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    assert "label 'p': the scores separate the targets" in r.stderr
+    assert why in r.stderr
+    assert "no finite fit" in r.stderr
+    # found on the first pass over the file, not by letting a and b grow for 100 passes
+    passes: list[int] = []
+    spec = ColumnSpec(pred="p", targets="y", multilabel=True, weight="w" if weighted else None)
+    with pytest.raises(ScoreError, match="separate the targets"):
+        fit_platt(str(f), ScoreOptions(columns=spec), on_pass=lambda k: passes.append(k))
+    assert passes == [1]
+
+
+def test_separated_logits_and_one_label_of_several(tmp_path: Path) -> None:
+    # label b is separated (logits -2, -1 have target 0; 1, 3 have target 1), label a is not
+    f = tmp_path / "two.csv"
+    f.write_text("a,b,ya,yb\n2,-2,1,0\n-1,-1,1,0\n1,1,0,1\n-2,3,0,1\n")
+    r = run("calibrate", str(f), "--multilabel", "--logits", "--columns", "a,b",
+            "--targets", "ya,yb")
+    assert r.returncode == 1
+    assert "label 'b': the scores separate the targets (every entry with target 1 has " \
+           "logit >= 1, every one with target 0 has logit <= -1)" in r.stderr
+
+
+def test_overlapping_labels_still_fit_like_sklearn(tmp_path: Path) -> None:
+    # one overlap (0.3 with target 1 below 0.5 with target 0): a finite maximum-likelihood fit
+    from sklearn.linear_model import LogisticRegression
+
+    p = np.array([0.9, 0.3, 0.5, 0.1])
+    t = np.array([1, 1, 0, 0])
+    f = tmp_path / "overlap.csv"
+    f.write_text("p,y\n" + "".join(f"{a!r},{b}\n"
+                                    for a, b in zip(p.tolist(), t.tolist(), strict=True)))
+    fit = fit_platt(str(f), ScoreOptions(columns=ColumnSpec(pred="p", targets="y",
+                                                           multilabel=True)))
+    assert fit.converged
+    x = scipy.special.logit(p)[:, None]
+    lr = LogisticRegression(C=1e12, tol=1e-12, max_iter=10_000).fit(x, t)
+    assert fit.a[0] == pytest.approx(float(lr.coef_[0, 0]), rel=1e-5)
+    assert fit.b[0] == pytest.approx(float(lr.intercept_[0]), rel=1e-5, abs=1e-6)

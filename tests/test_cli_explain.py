@@ -67,16 +67,17 @@ def test_explain_works_with_numpy_only(tmp_path: Path) -> None:
     assert "Sigmoid of the article's x1..x5" in r.stdout
     r = run("explain", "--format", "rich", env=env)
     assert r.returncode == 1
-    assert "pip install 'crossentropy[cli]'" in r.stderr
+    assert 'pip install ".[cli]" in a clone of the crossentropy repository' in r.stderr
+    assert 'pip install "rich>=13"' in r.stderr
     r = run("plot", "sigmoid", "-o", str(tmp_path / "s.png"), env=env)
     assert r.returncode == 1
-    assert "pip install 'crossentropy[plot]'" in r.stderr
+    assert 'pip install ".[plot]"' in r.stderr and 'pip install "matplotlib>=3.7"' in r.stderr
     assert not (tmp_path / "s.png").exists()
     pq = tmp_path / "x.parquet"
     pq.write_bytes(b"PAR1")
     r = run("score", str(pq), env=env)
     assert r.returncode == 1
-    assert "pip install 'crossentropy[io]'" in r.stderr
+    assert 'pip install ".[io]"' in r.stderr and 'pip install "pyarrow>=14"' in r.stderr
 
 
 def test_import_stays_light() -> None:
@@ -134,7 +135,7 @@ def test_explain_output_file(tmp_path: Path) -> None:
     (["explain", "cross-entropy", "--scores", "1", "2", "--target", "cow",
       "--classes", "cat,dog"], "--target 'cow' is not one of the classes"),
     (["explain", "cross-entropy", "--probs", "0.5", "0.4", "--target", "0"], "sum to 0.9"),
-    (["explain", "bce", "--prob", "0.5", "--label", "1", "0"], "1 predictions but 2 labels"),
+    (["explain", "bce", "--prob", "0.5", "--label", "1", "0"], "1 prediction but 2 labels"),
     (["explain", "bce", "--prob", "0.5", "--label", "1", "--base", "1"], "base must be"),
     (["explain", "sigmoid", "abc"], "invalid float value"),
 ])
@@ -148,8 +149,8 @@ def test_explain_usage_errors(args: list[str], needle: str) -> None:
 def test_help_is_complete() -> None:
     r = run("--help")
     assert r.returncode == 0
-    for word in ("explain", "plot", "score", "crossentropy[cli]", "crossentropy[plot]",
-                 "crossentropy[io]"):
+    for word in ("explain", "plot", "score", '".[cli]"', '".[plot]"', '".[io]"',
+                 "from a clone of the repository (not on PyPI yet)"):
         assert word in r.stdout
     r = run("explain", "--help")
     for word in ("sigmoid", "softmax", "cross-entropy", "bce", "--format", "markdown", "latex",
@@ -172,6 +173,86 @@ def test_main_in_process_and_python_m() -> None:
     r = subprocess.run([sys.executable, "-m", "crossentropy", "explain", "sigmoid", "0",
                         "--format", "text"], capture_output=True, text=True)
     assert r.returncode == 0 and "0.5" in r.stdout
+
+
+# --------------------------------------------------------------------------- issue 27:
+# every note follows from the input shown
+
+
+def _notes(*args: str) -> tuple[str, list[dict[str, object]]]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["explain", *args, "--format", "json"])
+    assert rc == 0, err.getvalue()
+    doc = json.loads(out.getvalue())
+    return " | ".join(n for t in doc for n in t["notes"]), doc
+
+
+@pytest.mark.parametrize(("args", "present", "absent"), [
+    # NaN: neither overflow nor a stable form, only the NaN
+    (["softmax", "nan", "1"], ["z1 is NaN", "the whole row NaN"],
+     ["overflow", "709.78", "stable form", "nothing overflows"]),
+    (["softmax", "1", "nan", "nan"], ["z2 and z3 are NaN"], ["overflow", "stable form"]),
+    # +inf: inf - inf is no subtraction to speak of; the limit is what the library takes
+    (["softmax", "inf", "1", "inf"], ["m = +inf", "share the mass equally: p = 1/2"],
+     ["overflow", "709.78", "stable form"]),
+    (["softmax", "-inf", "-inf"], ["every score is -inf", "0 / 0"], ["overflow", "stable"]),
+    # -inf beside finite scores: the stable form holds, and the -inf entry is told apart
+    (["softmax", "-inf", "1"], ["stable form", "z1 is -inf"], ["overflows float64"]),
+    # the unshifted e^z overflows only for a finite z above 709.78, and that z is named
+    (["softmax", "800", "1"], ["overflows float64 for z above 709.78 (here z = 800)",
+                               "p of z2 underflows to 0", "ln p = -799 is exact"], []),
+    (["softmax", "3", "0.6", "6.3"], ["stable form"], ["overflows float64", "underflow"]),
+    (["softmax", "-800", "-801"], ["every unshifted e^z underflows to 0"], ["overflows"]),
+    (["sigmoid", "-inf"], ["sigmoid(-inf) = 0: the limit,"], ["overflows", "e^inf"]),
+    (["sigmoid", "nan"], ["NaN in, NaN out"], ["overflow", "stable form"]),
+    (["sigmoid", "-800"], ["e^800 overflows float64"], []),
+    (["ce", "--scores", "nan", "1", "--target", "0"], ["a score is NaN"],
+     ["m = nan", "never log(0)", "terms with p_j = 0"]),
+    (["ce", "--scores", "inf", "1", "--target", "1"],
+     ["class 0 gets q = 1", "q of class 1 is exactly 0", "infinite"],
+     ["m = inf", "subtracted first", "never log(0)"]),
+    (["ce", "--scores", "-inf", "1", "2", "--target", "0"],
+     ["a score of -inf gives q = 0", "q of class 0 is exactly 0"], ["never log(0)"]),
+    (["ce", "--scores", "800", "1", "--target", "1"],
+     ["q of class 1 underflows to 0 in float64, yet its ln q = -799 is exact"], ["/ ln e"]),
+    # a logit far enough to round p is named; no example stands in for the input shown
+    (["bce", "--logit", "3", "--label", "1"], ["never formed"], ["x = 40", "40 nats"]),
+    (["bce", "--logit", "40", "--label", "0"], ["row 1: x = 40 rounds p to 1"], []),
+    (["bce", "--logit", "nan", "--label", "1"], ["row 1: x = nan", "NaN in, NaN out"],
+     ["is exactly 0"]),
+    (["bce", "--prob", "0", "--label", "1"], ["row 1: p = 0 with y = 1", "infinite",
+                                              "torch's binary_cross_entropy clamps"], []),
+    (["bce", "--logit", "inf", "--label", "0"], ["x = inf gives p = 1 exactly"], ["torch"]),
+])
+def test_explain_notes_follow_from_the_input(args: list[str], present: list[str],
+                                             absent: list[str]) -> None:
+    notes, _ = _notes(*args)
+    for text in present:
+        assert text in notes, (text, notes)
+    for text in absent:
+        assert text not in notes, (text, notes)
+
+
+def test_explain_nan_rows_are_nan_throughout() -> None:
+    _, doc = _notes("bce", "--logit", "nan", "2", "--label", "1", "0")
+    row = doc[0]["rows"][0]  # [name, x, p, y, log p, log(1-p), t1, t2, loss]
+    assert row[6:] == ["nan", "nan", "nan"]  # the terms agree with the loss: NaN
+    _, doc = _notes("ce", "--scores", "nan", "1", "--target", "1")
+    assert [r[-1] for r in doc[0]["rows"]] == ["nan", "nan", "nan"]  # even where p_j = 0
+    _, doc = _notes("softmax", "inf", "1", "inf")
+    # the limit the library takes, shown step by step: z - m -> 0 or -inf, e^(z - m), p
+    assert [r[2] for r in doc[0]["rows"][:3]] == [0.0, "-inf", 0.0]
+    assert [r[3] for r in doc[0]["rows"][:3]] == [1.0, 0.0, 1.0]
+    assert doc[0]["results"]["p"] == [0.5, 0.0, 0.5]
+
+
+def test_explain_label_error_is_a_whole_sentence() -> None:
+    r = run("explain", "bce", "--prob", "0.3", "--label", "2")
+    assert r.returncode == 2
+    # before: "... a label is 0, 1 or a soft label between" (cut off)
+    assert r.stderr == ("crossentropy explain: error: --label 2.0 is not in [0, 1]: a label "
+                        "is 0, 1, or a soft label between 0 and 1\n")
 
 
 # --------------------------------------------------------------------------- docs/cli.md

@@ -10,6 +10,7 @@ through the installed console script.  The bugs the issue lists are pinned one b
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import json
@@ -36,6 +37,23 @@ def call(argv: Sequence[str]) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
+#: Words a sentence does not end on: an error ending on one was cut off (issue 27: "a label
+#: is 0, 1 or a soft label between").
+DANGLING = {"a", "an", "the", "and", "or", "nor", "but", "of", "to", "in", "on", "at", "by",
+            "for", "with", "from", "between", "than", "as", "is", "are", "be", "not", "if",
+            "then", "use", "pass", "see", "e.g.", "i.e.", "its", "their", "this", "that",
+            "which", "one", "both", "either", "neither", "into", "onto", "via", "per"}
+
+
+def assert_full_sentence(message: str) -> None:
+    """`message` ends as a sentence does: not on a dangling word nor on punctuation that
+    leads on (quoted values, which may hold anything, count as one word)."""
+    bare = re.sub(r"'[^']*'|\"[^\"]*\"", "''", message)
+    assert not bare.rstrip().endswith((",", ";", ":", "(", "[", "{", "-", "=", "/")), message
+    words = re.findall(r"[A-Za-z][A-Za-z.]*|\S", bare)
+    assert words and words[-1].lower() not in DANGLING, message
+
+
 def assert_one_line_error(rc: int, err: str) -> None:
     assert rc != 0
     assert "Traceback" not in err
@@ -43,6 +61,7 @@ def assert_one_line_error(rc: int, err: str) -> None:
     assert len(lines) == 1 and err.endswith("\n"), err
     assert lines[0].startswith("crossentropy"), err
     assert ": error: " in lines[0], err
+    assert_full_sentence(lines[0].split(": error: ", 1)[1])
 
 
 @contextlib.contextmanager
@@ -175,6 +194,159 @@ def test_usage_errors_are_one_line_too() -> None:
         assert rc == 2, argv
         assert_one_line_error(rc, err)
         assert out == ""
+
+
+# --------------------------------------------------------------------------- issue 27
+
+
+def test_semicolon_csv_hints_delimiter(tmp_path: Path) -> None:
+    (tmp_path / "semi.csv").write_text("cat;dog;label\n0.9;0.1;cat\n0.3;0.7;dog\n")
+    (tmp_path / "tabs.csv").write_text("cat\tdog\tlabel\n0.9\t0.1\tcat\n")
+    with chdir(tmp_path):
+        rc, out, err = call(["score", "semi.csv"])
+        assert_one_line_error(rc, err)
+        assert rc == 1 and out == ""
+        # before: "no label column: name it with --label (...)", no word of the delimiter
+        assert err.rstrip().endswith("the header line looks ';'-separated (3 columns): pass "
+                                     "--delimiter ';'"), err
+        rc, _, err = call(["score", "semi.csv", "--label", "label"])
+        assert rc == 1 and "pass --delimiter ';'" in err, err
+        rc, _, err = call(["calibrate", "tabs.csv"])
+        assert rc == 1 and "looks tab-separated (3 columns): pass --delimiter tab" in err, err
+        rc, out, _ = call(["score", "semi.csv", "--delimiter", ";", "--json"])
+        assert rc == 0 and json.loads(out)["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("cell", ["-0.26", "-3", "2.5"])
+def test_logits_scored_as_probabilities_hint_logits(tmp_path: Path, cell: str) -> None:
+    (tmp_path / "lg.csv").write_text(f"a,b,label\n{cell},0.5,0\n1.5,-1.25,1\n")
+    with chdir(tmp_path):
+        rc, _, err = call(["score", "lg.csv"])
+        assert_one_line_error(rc, err)
+        # before: "probability -0.26 is outside [0, 1]" and nothing more for a negative one
+        assert f"probability {float(cell)!r} is outside [0, 1]; are these logits? then pass " \
+               "--logits" in err, err
+        rc, _, err = call(["score", "lg.csv", "--logits", "--json"])
+        assert rc == 0, err
+
+
+#: Bad calls of every command (usage errors, bad files, bad values): each ends in one line
+#: that is a whole sentence.
+BAD_CALLS = [
+    ["explain", "bce", "--prob", "0.3", "--label", "2"],
+    ["explain", "bce", "--logit", "1", "--label", "-0.5"],
+    ["explain", "bce", "--prob", "0.3", "0.2", "--label", "1"],
+    ["explain", "bce", "--prob", "1.5", "--label", "1"],
+    ["explain", "bce", "--prob", "0.5", "--label", "1", "--names", "a,b"],
+    ["explain", "ce", "--probs", "0.5", "0.6", "--target", "0"],
+    ["explain", "ce", "--probs", "0.5", "0.5", "--target", "cow", "--classes", "cat,dog"],
+    ["explain", "ce", "--scores", "1", "2", "--target-probs", "0.5", "0.4"],
+    ["explain", "ce", "--scores", "1", "2", "--target-probs", "1"],
+    ["explain", "ce", "--scores", "1", "2", "--target", "0", "--classes", "a,b,c"],
+    ["explain", "ce", "--probs", "0", "0", "--target", "0", "--normalize"],
+    ["explain", "softmax", "1", "2", "--names", "a"],
+    ["explain", "softmax", "1", "--names", "a,,b"],
+    ["explain", "sigmoid", "1", "--base", "1"],
+    ["explain", "ce", "--scores", "1", "2", "--target", "0", "--base", "-2"],
+    ["explain", "-o", "nodir/x.txt"],
+    ["plot", "sigmoid", "-o", "x.gif"],
+    ["plot", "sigmoid", "-o", "noext"],
+    ["plot", "sigmoid", "-o", "nodir/x.png"],
+    ["plot", "all", "-o", "x.png"],
+    ["plot", "bce", "--dpi", "5"],
+    ["plot", "reliability"],
+    ["plot", "reliability", "--report", "missing.json"],
+    ["plot", "reliability", "--report", "good.csv"],
+    ["score", "missing.csv"],
+    ["score", "good.csv", "--bins", "0"],
+    ["score", "good.csv", "--chunk-rows", "0"],
+    ["score", "good.csv", "--per-class", "x"],
+    ["score", "good.csv", "--targets", "y"],
+    ["score", "good.csv", "--top-k", "0"],
+    ["score", "good.csv", "--top-k", "x"],
+    ["score", "good.csv", "--multilabel"],
+    ["score", "good.csv", "--columns", "nope"],
+    ["score", "good.csv", "--label", "cat"],
+    ["score", "good.csv", "--classes", "a,b"],
+    ["score", "good.csv", "--delimiter", ""],
+    ["score", "good.csv", "--reliability", "r.bmp"],
+    ["score", "good.csv", "-o", "nodir/r.json"],
+    ["score", "bad.csv"],
+    ["score", "empty.csv"],
+    ["score", "ids.csv"],
+    ["score", "logits.tsv"],
+    ["score", "semi.csv"],
+    ["score", "unsummed.csv"],
+    ["score", "p.npy"],
+    ["score", "junk.parquet"],
+    ["score", "junk.npz"],
+    ["calibrate", "right.csv"],
+    ["calibrate", "separated.csv", "--multilabel", "--columns", "p", "--targets", "y"],
+    ["calibrate", "good.csv", "--apply", "-1"],
+    ["calibrate", "good.csv", "--apply", "x"],
+    ["calibrate", "good.csv", "--apply", "2", "--apply-to", "good.csv"],
+    ["calibrate", "good.csv", "-o", "good.csv"],
+    ["calibrate", "good.csv", "--report", "nodir/c.json"],
+    ["calibrate", "good.csv", "--reliability", "c.gif"],
+]
+
+
+def _tail(node: ast.expr) -> str | None:
+    """The literal text a message expression ends with ('' after a replacement field)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr) and node.values:
+        last = node.values[-1]
+        return last.value if isinstance(last, ast.Constant) else ""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _tail(node.right)
+    return None
+
+
+def test_no_error_message_in_the_source_is_cut_off() -> None:
+    """Every message raised by the command line's modules (and every hint handed to its
+    checks) ends on a whole sentence, read from the source: also the ones no test reaches."""
+    import crossentropy
+
+    pkg = Path(crossentropy.__file__).resolve().parent
+    files = [pkg / "cli.py", pkg / "plot.py", *sorted((pkg / "score").glob("*.py")),
+             *sorted((pkg / "explain").glob("*.py"))]
+    seen = 0
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            texts: list[ast.expr] = []
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and node.exc.args:
+                texts = [node.exc.args[0]]
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                  and node.func.id.startswith("_check_")):
+                texts = [a for a in node.args if isinstance(a, (ast.Constant, ast.JoinedStr))]
+            for t in texts:
+                tail = _tail(t)
+                if tail and tail.strip():
+                    seen += 1
+                    assert_full_sentence("x " + tail), f"{path.name}:{node.lineno}: {tail!r}"
+    assert seen > 100
+
+
+@pytest.mark.parametrize("argv", BAD_CALLS, ids=[" ".join(a) for a in BAD_CALLS])
+def test_every_error_is_one_whole_sentence(tmp_path: Path, argv: list[str]) -> None:
+    (tmp_path / "good.csv").write_text("cat,dog,bird,label\n0.7,0.2,0.1,cat\n"
+                                       "0.1,0.8,0.1,1\n0.2,0.2,0.6,bird\n")
+    (tmp_path / "bad.csv").write_text("a,b,label\n0.5,x,0\n")
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "ids.csv").write_text("id,a,b,label\n17,0.5,0.5,0\n")
+    (tmp_path / "logits.tsv").write_text("a\tb\tlabel\n3.5\t-1\t0\n")
+    (tmp_path / "semi.csv").write_text("a;b;label\n0.5;0.5;0\n")
+    (tmp_path / "unsummed.csv").write_text("a,b,label\n0.5,0.6,0\n")
+    (tmp_path / "right.csv").write_text("a,b,label\n0.9,0.1,0\n0.2,0.8,1\n")
+    (tmp_path / "separated.csv").write_text("p,y\n0.9,1\n0.2,0\n")
+    (tmp_path / "junk.parquet").write_bytes(b"PAR1 not really")
+    (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not a zip")
+    np.save(tmp_path / "p.npy", np.array([[0.3, 0.7], [0.9, 0.1]]))
+    with chdir(tmp_path):
+        rc, out, err = call(argv)
+    assert_one_line_error(rc, err)
+    assert out == ""
 
 
 # --------------------------------------------------------------------------- the fuzzer

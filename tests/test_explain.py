@@ -204,7 +204,7 @@ def test_without_rich_falls_back_to_text(monkeypatch: pytest.MonkeyPatch) -> Non
     buf = _Tty()
     render(article_tables(), "table", buf)
     assert buf.getvalue().startswith("Sigmoid of the article's x1..x5\n====")
-    with pytest.raises(ImportError, match=r"crossentropy\[cli\]"):
+    with pytest.raises(ImportError, match=r'pip install "\.\[cli\]" in a clone'):
         render(article_tables(), "rich", io.StringIO())
 
 
@@ -278,3 +278,84 @@ def test_rich_cells_are_not_markup() -> None:
     # rich would read '[bold]' as a style and fail on '[/x]'; names print as given
     out = _render_at([softmax_table([1.0, 2.0], ["[bold]", "[/x]"])], 100)
     assert "[bold]" in out and "[/x]" in out
+
+
+# --------------------------------------------------------------------------- issue 27:
+# every note follows from the input shown (hypothesis, over ordinary and special values)
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_EXP_MAX = 709.782712893384  # ln(largest double), from mpmath: ln(1.7976931348623157e308)
+_special = st.sampled_from([float("nan"), float("inf"), float("-inf"), 800.0, -800.0, 1e308,
+                            -1e308, 710.0, -746.0, 0.0, 36.0, 40.0, -40.0])
+_value = st.one_of(st.floats(-1000, 1000), _special)
+
+
+def _named_numbers(notes: list[str]) -> set[str]:
+    """Every 'x = N' / 'z = N' a note names (but the threshold 'below x = -709.78')."""
+    found = re.findall(r"\b[xz] = (-?(?:inf|nan|[0-9][0-9.e+-]*))", " ".join(notes))
+    return set(found) - {"-709.78"}
+
+
+def _shown(values: list[float]) -> set[str]:
+    return {f"{v:g}" for v in values}
+
+
+@settings(max_examples=150, derandomize=True, deadline=None, database=None)
+@given(st.lists(_value, min_size=1, max_size=5))
+def test_softmax_notes_follow_from_the_scores(z: list[float]) -> None:
+    t = softmax_table(z)
+    notes = " | ".join(t.notes)
+    nan = any(v != v for v in z)
+    finite = [v for v in z if abs(v) != float("inf") and v == v]
+    top = max(z) if not nan else float("nan")
+    assert ("the whole row NaN" in notes) == nan, notes
+    assert ("stable form" in notes) == (not nan and abs(top) != float("inf")), notes
+    assert ("+inf" in notes) == (not nan and top == float("inf")), notes
+    assert ("every score is -inf" in notes) == (not nan and top == float("-inf")), notes
+    overflow = any(v > _EXP_MAX for v in finite) and not nan and abs(top) != float("inf")
+    assert ("overflows float64" in notes) == overflow, notes
+    assert _named_numbers(t.notes) <= _shown(z), notes
+    # the table's steps are the library's: p = e^(z - m) / sum e^(z - m) where it is defined
+    if not nan and top != float("-inf"):
+        e = [r[3] for r in t.rows[:-1]]
+        total = sum(e)
+        for pj, ej, dj in zip(t.results["p"], e, [r[2] for r in t.rows[:-1]], strict=True):
+            # the shown z - m is rounded, and e^(z - m) turns that absolute error into a
+            # relative one of |z - m| ulp (the library keeps the rounding error of z - m)
+            spread = abs(dj) if abs(dj) != float("inf") else 0.0
+            assert pj == pytest.approx(ej / total, rel=4e-16 * (4.0 + spread), abs=0.0)
+
+
+@settings(max_examples=150, derandomize=True, deadline=None, database=None)
+@given(st.lists(_value, min_size=1, max_size=5))
+def test_sigmoid_notes_follow_from_the_inputs(x: list[float]) -> None:
+    t = sigmoid_table(x)
+    notes = " | ".join(t.notes)
+    neg = [v for v in x if v < 0 and v != float("-inf")]
+    assert ("NaN in, NaN out" in notes) == any(v != v for v in x), notes
+    assert ("stable form" in notes) == bool(neg), notes
+    assert ("overflows float64" in notes) == bool(neg and min(neg) < -_EXP_MAX), notes
+    assert ("the limit" in notes) == any(abs(v) == float("inf") for v in x), notes
+    assert _named_numbers(t.notes) <= _shown(x), notes
+
+
+# (no +-1e308: the mean of two such losses overflows; that is the library's reduction, not
+# the notes under test here)
+@settings(max_examples=100, derandomize=True, deadline=None, database=None)
+@given(st.lists(st.tuples(_value.filter(lambda v: abs(v) != 1e308),
+                          st.sampled_from([0.0, 1.0, 0.5])), min_size=1, max_size=4))
+def test_bce_notes_follow_from_the_logits(pairs: list[tuple[float, float]]) -> None:
+    x = [a for a, _ in pairs]
+    y = [b for _, b in pairs]
+    t = bce_table(y, logits=x)
+    notes = " | ".join(t.notes)
+    assert ("NaN in, NaN out" in notes) == any(v != v for v in x), notes
+    assert _named_numbers(t.notes) <= _shown(x), notes
+    for row, loss in zip(t.rows, t.results["loss"], strict=True):  # type: ignore[arg-type]
+        # the two terms add up to the library's loss (NaN where it is NaN)
+        assert row[-1] == loss or (loss != loss and row[-1] != row[-1])
+        total = row[6] + row[7]
+        assert total == pytest.approx(loss, rel=1e-15) or (total != total and loss != loss) \
+            or (total == loss)

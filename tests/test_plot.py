@@ -126,3 +126,120 @@ def test_plot_all_creates_the_outdir(tmp_path: Path) -> None:
     r = run("plot", "all", "--outdir", str(tmp_path / "file" / "sub"))
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("crossentropy plot: error:")
+
+
+# --------------------------------------------------------------------------- issue 27: the
+# format the suffix names, unknown suffixes refused, a missing folder named
+
+MAGIC = {
+    "png": (b"\x89PNG\r\n\x1a\n",),
+    "jpg": (b"\xff\xd8\xff",),
+    "jpeg": (b"\xff\xd8\xff",),
+    "JPG": (b"\xff\xd8\xff",),
+    "pdf": (b"%PDF-",),
+    "svg": (b"<?xml",),
+    "eps": (b"%!PS-Adobe-3.0 EPSF-",),
+    "ps": (b"%!PS-Adobe-3.0\n",),
+    "tif": (b"II*\x00", b"MM\x00*"),
+    "tiff": (b"II*\x00", b"MM\x00*"),
+}
+
+
+@pytest.mark.parametrize("suffix", sorted(MAGIC))
+def test_plot_writes_the_format_its_suffix_names(tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / f"s.{suffix}"
+    r = run("plot", "sigmoid", "-o", str(out), "--dpi", "20")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # the PostScript writer's note on transparency is kept quiet
+    assert r.stdout == f"{out}\n"
+    data = out.read_bytes()
+    assert data.startswith(MAGIC[suffix]), data[:20]  # before: PNG bytes whatever the suffix
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
+    if suffix == "pdf":
+        assert b"/Title (sigmoid)" in data and b"/Subject (sigmoid\\(1\\) = 0.731059" in data
+    if suffix == "svg":
+        assert b"<svg" in data and b"<dc:title>sigmoid</dc:title>" in data
+        assert b"sigmoid(-243) = 2.92712e-106" in data
+    if suffix in ("eps", "ps"):
+        assert b"%%Creator: crossentropy" in data and b".tmp" not in data[:400]
+    if suffix in ("jpg", "tif"):
+        from PIL import Image  # matplotlib's own dependency, which writes these formats
+
+        with Image.open(out) as img:
+            assert img.format == ("JPEG" if suffix == "jpg" else "TIFF")
+            assert img.size == (220, 90)  # 11 x 4.5 inches at 20 dpi
+
+
+def test_score_and_calibrate_reliability_in_other_formats(tmp_path: Path) -> None:
+    f = tmp_path / "v.csv"
+    f.write_text("a,b,label\n0.9,0.1,0\n0.8,0.2,1\n0.3,0.7,1\n0.6,0.4,0\n")
+    r = run("score", str(f), "--reliability", str(tmp_path / "r.pdf"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "r.pdf").read_bytes().startswith(b"%PDF-")
+    r = run("calibrate", str(f), "--reliability", str(tmp_path / "c.jpg"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "c.jpg").read_bytes().startswith(b"\xff\xd8\xff")
+    rep = tmp_path / "s.json"
+    assert run("score", str(f), "-o", str(rep)).returncode == 0
+    r = run("plot", "reliability", "--report", str(rep), "-o", str(tmp_path / "p.svg"))
+    assert r.returncode == 0, r.stderr
+    assert b"<svg" in (tmp_path / "p.svg").read_bytes()
+
+
+SUFFIXES = ".png, .pdf, .svg, .jpg (.jpeg), .eps, .ps, .tif (.tiff)"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["plot", "sigmoid", "-o", "x.gif"],
+     f"--output x.gif: cannot write a '.gif' image; the suffix picks the image format: one "
+     f"of {SUFFIXES}"),
+    (["plot", "bce", "-o", "x.foo"], "--output x.foo: cannot write a '.foo' image"),
+    (["plot", "softmax", "-o", "picture"],
+     f"--output picture: the file name needs a suffix to pick the image format: one of "
+     f"{SUFFIXES}"),
+    (["score", "v.csv", "--reliability", "r.webm"], "--reliability r.webm: cannot write"),
+    (["calibrate", "v.csv", "--reliability", "r.txt"], "--reliability r.txt: cannot write"),
+])
+def test_unknown_suffix_is_refused_in_one_line(tmp_path: Path, args: list[str],
+                                                message: str) -> None:
+    (tmp_path / "v.csv").write_text("a,b,label\n0.9,0.1,0\n0.3,0.7,0\n")
+    r = run(*args, cwd=str(tmp_path))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stdout == ""
+    assert len(r.stderr.splitlines()) == 1
+    assert r.stderr.startswith(f"crossentropy {args[0]}: error: ")
+    assert message in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.csv"]  # nothing written
+
+
+@pytest.mark.parametrize("args", [
+    ["plot", "sigmoid", "-o", "nodir/x.png"],
+    ["plot", "reliability", "--report", "s.json", "-o", "nodir/x.png"],
+    ["explain", "-o", "nodir/e.txt"],
+    ["score", "v.csv", "-o", "nodir/r.json"],
+    ["score", "v.csv", "--reliability", "nodir/r.png"],
+    ["calibrate", "v.csv", "-o", "nodir/c.csv"],
+    ["calibrate", "v.csv", "--report", "nodir/c.json"],
+    ["calibrate", "v.csv", "--reliability", "nodir/c.png"],
+])
+def test_missing_output_folder_is_named(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "v.csv").write_text("a,b,label\n0.9,0.1,0\n0.3,0.7,0\n0.6,0.4,1\n")
+    (tmp_path / "s.json").write_text("{}")
+    r = run(*args, cwd=str(tmp_path))
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = next(a for a in args if a.startswith("nodir/"))
+    assert r.stderr == (f"crossentropy {args[0]}: error: {out}: the folder 'nodir' does not "
+                        "exist\n")  # before: the temporary name, nodir/x.png.tmp1234.png
+    assert r.stdout == ""
+
+
+def test_output_in_place_of_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "v.csv").write_text("a,b,label\n0.9,0.1,0\n0.3,0.7,0\n")
+    r = run("score", "v.csv", "-o", "v.csv/r.json", cwd=str(tmp_path))
+    assert r.returncode == 1
+    assert r.stderr == "crossentropy score: error: v.csv/r.json: 'v.csv' is a file, not a " \
+                       "folder\n"
+    (tmp_path / "d.png").mkdir()
+    r = run("plot", "sigmoid", "-o", "d.png", cwd=str(tmp_path))
+    assert r.returncode == 1
+    assert r.stderr == "crossentropy plot: error: d.png: is a folder; name a file to write\n"

@@ -8,6 +8,7 @@ calibration bins.
 from __future__ import annotations
 
 import io
+import json
 import math
 from pathlib import Path
 
@@ -585,3 +586,95 @@ def test_adaptive_ece_is_null_past_its_memory_limit(tmp_path: Path,
     rep = score_file(str(tmp_path / "a.csv"), ScoreOptions(chunk_rows=8))
     assert rep["adaptive_ece"] is None and rep["reliability_adaptive"] == []
     assert rep["ece"] == full["ece"]  # the equal-width metrics are still there
+
+
+# --------------------------------------------------------------------------- issue 27: the
+# RMS calibration error (torchmetrics' norm="l2"), with the bins of the ECE
+
+
+def _rmsce_by_hand(conf: np.ndarray, hit: np.ndarray, w: np.ndarray, nbins: int) -> float:
+    """sqrt(sum_b (W_b / W) (acc_b - conf_b)^2), bin by bin in plain Python."""
+    bins: dict[int, list[float]] = {}
+    for c, h, wi in zip(conf.tolist(), hit.tolist(), w.tolist(), strict=True):
+        b = min(math.floor(c * nbins), nbins - 1)
+        s = bins.setdefault(b, [0.0, 0.0, 0.0])
+        s[0] += wi
+        s[1] += wi * c
+        s[2] += wi * h
+    total = sum(s[0] for s in bins.values())
+    return math.sqrt(sum(s[0] / total * (s[2] / s[0] - s[1] / s[0]) ** 2
+                         for s in bins.values() if s[0] > 0))
+
+
+def test_rms_calibration_error_matches_torchmetrics_multiclass(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    # a test-only dependency (the 'test' extra): skipped, and said so, where it is missing
+    tmc = pytest.importorskip("torchmetrics.functional.classification")
+
+    rng = np.random.default_rng(27)
+    p = rng.dirichlet(np.ones(5) * 0.5, size=900)
+    y = rng.integers(0, 5, size=900)
+    rep = _probs_npy(tmp_path, p, y, bins=10, chunk_rows=64)
+    want = float(tmc.multiclass_calibration_error(torch.from_numpy(p), torch.from_numpy(y),
+                                                  num_classes=5, n_bins=10, norm="l2"))
+    # torchmetrics sums in float32 whatever the input's dtype: agreement to its rounding
+    assert rep["rmsce"] == pytest.approx(want, rel=1e-6)
+    conf, hit = p.max(axis=1), (p.argmax(axis=1) == y).astype(float)
+    assert rep["rmsce"] == pytest.approx(_rmsce_by_hand(conf, hit, np.ones(900), 10),
+                                         rel=1e-13)
+    # the RMS of the per-bin gaps lies between their weighted mean (ECE) and maximum (MCE)
+    assert rep["ece"] <= rep["rmsce"] <= rep["mce"]
+
+
+def test_rms_calibration_error_matches_torchmetrics_binary(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    tmc = pytest.importorskip("torchmetrics.functional.classification")
+
+    rng = np.random.default_rng(28)
+    q = rng.uniform(size=600)
+    t = (rng.uniform(size=600) < q**1.5).astype(np.int64)  # over-confident P(label = 1)
+    f = tmp_path / "b.csv"
+    f.write_text("p,y\n" + "".join(f"{a!r},{b}\n" for a, b in zip(q.tolist(), t.tolist(),
+                                                                      strict=True)))
+    rep = score_file(str(f), ScoreOptions(columns=ColumnSpec(pred="p", targets="y",
+                                                             multilabel=True), bins=7))
+    want = float(tmc.binary_calibration_error(torch.from_numpy(q), torch.from_numpy(t),
+                                              n_bins=7, norm="l2"))
+    assert rep["rmsce"] == pytest.approx(want, rel=1e-12)
+
+
+def test_rms_calibration_error_with_weights_and_the_function(tmp_path: Path) -> None:
+    from crossentropy.score.metrics import rms_calibration_error
+
+    p, y, w = _data(n=301, seed=27)
+    rep = _probs_npy(tmp_path, p, y, w, bins=6, chunk_rows=50)
+    conf, hit = p.max(axis=1), (p.argmax(axis=1) == y).astype(float)
+    want = _rmsce_by_hand(conf, hit, w, 6)
+    assert rep["rmsce"] == pytest.approx(want, rel=1e-13)
+    assert rms_calibration_error(conf, hit, w, nbins=6) == pytest.approx(want, rel=1e-13)
+    # a weight of 0 removes the row; a confidence of exactly 1 is in the last bin
+    assert rms_calibration_error([1.0, 0.95, 0.2], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0],
+                                 nbins=10) == pytest.approx(abs(0.5 - 1.95 / 2), rel=1e-15)
+    with pytest.raises(ValueError, match="one length"):
+        rms_calibration_error([0.5, 0.5], [1.0])
+
+
+def test_rms_calibration_error_in_text_json_and_calibrate(tmp_path: Path) -> None:
+    from test_cli_explain import run
+
+    f = tmp_path / "v.csv"
+    # confidences 0.9 (right), 0.8 (wrong), 0.7 (right) in one bin of 2: acc 2/3, conf 0.8
+    f.write_text("a,b,label\n0.9,0.1,0\n0.8,0.2,1\n0.3,0.7,1\n")
+    r = run("score", str(f), "--bins", "2", "--per-class", "0")
+    assert r.returncode == 0, r.stderr
+    want = abs(2 / 3 - 0.8)  # one non-empty bin: the RMS is its gap
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("RMSCE"))
+    assert float(line.split()[1]) == pytest.approx(want, rel=1e-5)
+    r = run("score", str(f), "--bins", "2", "--json")
+    assert json.loads(r.stdout)["rmsce"] == pytest.approx(want, rel=1e-14)
+    r = run("calibrate", str(f), "--bins", "2", "--json")
+    rep = json.loads(r.stdout)
+    assert rep["before"]["rmsce"] == pytest.approx(want, rel=1e-14)
+    assert rep["after"]["rmsce"] >= 0.0
+    r = run("calibrate", str(f), "--bins", "2")
+    assert any(ln.startswith("RMSCE") for ln in r.stdout.splitlines())

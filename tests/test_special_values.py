@@ -19,6 +19,7 @@ comes from the code under test.
 from __future__ import annotations
 
 import doctest
+import math
 import re
 import sys
 import warnings
@@ -570,6 +571,22 @@ def test_readme_api_examples() -> None:
         warnings.simplefilter("error")
         runner.run(test)
     assert runner.failures == 0, f"{runner.failures} README api example(s) failed"
+
+
+@pytest.mark.parametrize("n", [2, 3, 70_000])
+def test_mean_of_losses_whose_sum_overflows(backend: str, n: int) -> None:
+    """Regression: n losses of about 1e308 (logit 1e308, label 0: softplus(1e308) = 1e308
+    exactly) sum past the float64 maximum; their mean is 1e308, not inf, and no
+    RuntimeWarning is raised (the suite turns warnings into errors).  Their sum is inf."""
+    x = np.full(n, 1e308)
+    y = np.zeros(n)
+    assert float(ce.binary_cross_entropy_with_logits(x, y)) == pytest.approx(1e308, rel=1e-15)
+    assert float(ce.binary_cross_entropy_with_logits(x, y, reduction="sum")) == math.inf
+    # cross-entropy of rows [1e308, 0] against class 1: lse - 0 = 1e308 + log1p(e^-1e308)
+    rows = np.zeros((n, 2))
+    rows[:, 0] = 1e308
+    t = np.ones(n, dtype=np.int64)
+    assert float(ce.cross_entropy(rows, t)) == pytest.approx(1e308, rel=1e-15)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,9 @@ def set_backend(name: Backend) -> None:
     if name not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {name!r}")
     if name == "numba" and not numba_available():
-        raise ValueError("backend 'numba' needs numba: pip install 'crossentropy[fast]'")
+        # numba is a dependency of crossentropy (the 'fast' extra is an empty alias now): the
+        # package itself is what is missing from this environment
+        raise ValueError("backend 'numba' needs numba, which is not installed: pip install numba")
     _state["backend"] = name
 
 

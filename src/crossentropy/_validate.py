@@ -200,16 +200,25 @@ def check_rows_sum_to_one(
     precision the values were computed in, see :func:`precision_dtype`); never renormalised.
     """
     # An axis of length 0 sums to 0, so rows with no classes are rejected too.
+    given = tol is not None
     if tol is None:
-        tol = row_sum_tolerance(p.shape[axis], precision_dtype(p, dtype))
+        prec = precision_dtype(p, dtype)
+        tol = row_sum_tolerance(p.shape[axis], prec)
     err = np.abs(np.sum(p, axis=axis) - 1.0)
     bad = err > tol  # NaN rows are not flagged: NaN propagates to their result
     if bad.any():
         idx = first_index(bad)
         total = float(np.sum(p, axis=axis)[idx])
+        if given:
+            raise ValueError(
+                f"rows of {name} must sum to 1 (tolerance {tol:.3g}, from prob_tol=); the row "
+                f"at {where_str(idx)} sums to {total!r}"
+            )
         raise ValueError(
-            f"rows of {name} must sum to 1 (tolerance {tol:.3g}); the row at {where_str(idx)} "
-            f"sums to {total!r}"
+            f"rows of {name} must sum to 1 (tolerance {tol:.3g}: max(C, 16) {prec.name} "
+            f"epsilons, the default of prob_tol=); the row at {where_str(idx)} sums to "
+            f"{total!r}; to accept rounded probabilities pass prob_tol= (the largest "
+            "|row sum - 1| to allow), or divide each row by its sum"
         )
 
 

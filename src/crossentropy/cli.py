@@ -26,8 +26,8 @@ _MAIN_EPILOG = """\
 commands:
   explain   the article's arithmetic step by step, or any sigmoid, softmax,
             cross-entropy or binary cross-entropy you give it
-  plot      PNG plots of the sigmoid, softmax, binary and categorical
-            cross-entropy, with the article's example points labelled
+  plot      plots (PNG, PDF, SVG, JPEG, ...) of the sigmoid, softmax, binary and
+            categorical cross-entropy, with the article's example points labelled
   score     cross-entropy, perplexity, accuracy, per-class breakdown and
             calibration (ECE, reliability diagram) of a file of predictions
   calibrate fit a temperature (or Platt scaling) to a file of predictions, report
@@ -42,8 +42,8 @@ examples:
   crossentropy score predictions.csv --label label --base 2 --json
 
 Run 'crossentropy COMMAND --help' for each command's options.
-optional extras: pip install 'crossentropy[cli]' (rich tables),
-  'crossentropy[plot]' (matplotlib), 'crossentropy[io]' (pyarrow, Parquet)
+optional extras, installed from a clone of the repository (not on PyPI yet):
+  pip install ".[cli]" (rich tables), ".[plot]" (matplotlib), ".[io]" (pyarrow, Parquet)
 """
 
 _EXPLAIN_EPILOG = """\
@@ -74,7 +74,7 @@ examples:
 _SCORE_EPILOG = """\
 input files (the format comes from the suffix, or --file-format):
   .csv/.tsv   a header line of column names, then one row per sample
-  .parquet    columns as in CSV (needs pyarrow: pip install 'crossentropy[io]')
+  .parquet    columns as in CSV (needs pyarrow: the 'io' extra, see 'crossentropy --help')
   .npy        an (N, C) array of predictions; labels in their own .npy (--label FILE)
   .npz        arrays by key: predictions (--columns KEY; default probs/logits/...),
               labels (--label KEY; default label/labels/y/target), weights (--weight KEY)
@@ -241,11 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     # ----------------------------------------------------------------- plot
     pl = sub.add_parser(
-        "plot", help="PNG plots of the curves, with the article's points labelled",
+        "plot", help="plots of the curves, with the article's points labelled",
         formatter_class=_Formatter,
-        description="Draw a curve as a PNG file (needs matplotlib: pip install "
-                    "'crossentropy[plot]'), with the article's example points marked and "
-                    "labelled.",
+        description="Draw a curve as an image file (PNG, or the format its suffix names; "
+                    "needs matplotlib: the 'plot' extra, see 'crossentropy --help'), with the "
+                    "article's example points marked and labelled.",
         epilog="what each plot shows:\n"
                "  sigmoid        sigmoid on [-10, 10] with x = 1, 9, -3; and the tails in log10\n"
                "                 with x = 424.5 and -243\n"
@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="for 'reliability': a JSON report of score (-o) or calibrate "
                          "(--report); a calibrate report gives the before/after figure")
     pl.add_argument("--output", "-o", metavar="FILE.png",
-                    help="output file (default: WHAT.png in --outdir)")
+                    help="output file; its suffix picks the format: .png, .pdf, .svg, .jpg, "
+                         ".eps, .ps, .tif (default: WHAT.png in --outdir)")
     pl.add_argument("--outdir", default=".", metavar="DIR",
                     help="directory for the default file names (default: .)")
     pl.add_argument("--dpi", type=int, default=100, help="resolution (default: 100)")
@@ -297,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--bins", type=int, default=15,
                     help="confidence bins for the calibration error (default: 15)")
     sc.add_argument("--reliability", metavar="FILE.png",
-                    help="also write a reliability diagram (needs matplotlib)")
+                    help="also write a reliability diagram (needs matplotlib; the suffix "
+                         "picks the format, as for plot)")
     sc.add_argument("--json", action="store_true", help="print the report as JSON")
     sc.add_argument("--output", "-o", metavar="FILE",
                     help="also write the JSON report to FILE")
@@ -339,6 +341,15 @@ class _UsageError(Exception):
     pass
 
 
+def _n(k: int, word: str) -> str:
+    """'1 label', '2 labels', '1 entry', '3 entries', '2 classes'."""
+    if k == 1:
+        return f"1 {word}"
+    if word.endswith("y"):
+        return f"{k} {word[:-1]}ies"
+    return f"{k} {word}{'es' if word.endswith('s') else 's'}"
+
+
 def _split_names(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -378,6 +389,8 @@ def _atomic_write(path: str, text: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as exc:  # name the file asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror, path) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -403,15 +416,16 @@ def _explain_tables(args: argparse.Namespace) -> list[Any]:
     if topic == "softmax":
         names = _split_names(args.names)
         if names is not None and len(names) != len(args.z):
-            raise _UsageError(f"--names gives {len(names)} names for {len(args.z)} scores")
+            raise _UsageError(f"--names gives {_n(len(names), 'name')} for "
+                              f"{_n(len(args.z), 'score')}")
         return [softmax_table(args.z, names)]
     if topic in ("cross-entropy", "ce"):
         pred = args.scores if args.scores is not None else args.probs
         c = len(pred)
         classes = _split_names(args.classes)
         if classes is not None and len(classes) != c:
-            raise _UsageError(f"--classes names {len(classes)} classes but the prediction "
-                              f"has {c} entries")
+            raise _UsageError(f"--classes names {_n(len(classes), 'class')} but the "
+                              f"prediction has {_n(c, 'entry')}")
         if args.target is not None:
             names = classes or [str(j) for j in range(c)]
             t = args.target.strip()
@@ -429,8 +443,8 @@ def _explain_tables(args: argparse.Namespace) -> list[Any]:
         else:
             target = list(args.target_probs)
             if len(target) != c:
-                raise _UsageError(f"--target-probs has {len(target)} entries, the prediction "
-                                  f"{c}")
+                raise _UsageError(f"--target-probs has {_n(len(target), 'entry')}, the "
+                                  f"prediction {c}")
             _check_unit_interval(target, "--target-probs")
             _check_sums_to_one(target, "--target-probs", " (a one-hot target: --target CLASS)")
         base = _base(args.base)
@@ -446,17 +460,35 @@ def _explain_tables(args: argparse.Namespace) -> list[Any]:
     if topic in ("bce", "binary-cross-entropy"):
         pred = args.prob if args.prob is not None else args.logit
         if len(args.label) != len(pred):
-            raise _UsageError(f"{len(pred)} predictions but {len(args.label)} labels "
+            raise _UsageError(f"{_n(len(pred), 'prediction')} but {_n(len(args.label), 'label')} "
                               "(--label needs one per prediction)")
         names = _split_names(args.names)
         if names is not None and len(names) != len(pred):
-            raise _UsageError(f"--names gives {len(names)} names for {len(pred)} rows")
+            raise _UsageError(f"--names gives {_n(len(names), 'name')} for "
+                              f"{_n(len(pred), 'row')}")
         if args.prob is not None:
             _check_unit_interval(args.prob, "--prob", " (for scores use --logit)")
-        _check_unit_interval(args.label, "--label", ": a label is 0, 1 or a soft label between")
+        _check_unit_interval(args.label, "--label",
+                             ": a label is 0, 1, or a soft label between 0 and 1")
         return [bce_table(args.label, probs=args.prob, logits=args.logit, names=names,
                           base=_base(args.base))]
     raise _UsageError(f"unknown topic {topic!r}")  # pragma: no cover - argparse guards it
+
+
+def _output_checks(outputs: Sequence[str | None] = (),
+                   images: Sequence[tuple[str, str | None]] = ()) -> None:
+    """Before any work: each output's folder exists; each image's suffix names a format."""
+    from crossentropy.score.command import UsageError, check_image_output, check_output
+
+    try:
+        for option, path in images:
+            if path:
+                check_image_output(path, option)
+        for path in outputs:
+            if path and path != "-":
+                check_output(path)
+    except UsageError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -466,6 +498,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         tables = _explain_tables(args)
     except (ValueError, TypeError) as exc:  # the library's own checks of the values given
         raise _UsageError(str(exc)) from None
+    _output_checks([args.output])
     if args.output and args.output != "-":
         import io
 
@@ -496,6 +529,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         raise _UsageError("--output names one file; for 'all' use --outdir")
     if not 10 <= args.dpi <= 600:
         raise _UsageError(f"--dpi must be between 10 and 600, got {args.dpi}")
+    _output_checks(images=[("--output", args.output)])
     if not args.output:
         os.makedirs(args.outdir, exist_ok=True)  # 'plot all --outdir figures/' makes figures/
     for name in names:
@@ -644,12 +678,15 @@ def _cmd_score(args: argparse.Namespace) -> int:
         raise _UsageError("--targets goes with --multilabel")
     if args.top_k is not None and args.multilabel:
         raise _UsageError("--top-k is for multi-class files")
+    _output_checks([args.output], [("--reliability", args.reliability)])
     if args.reliability:
+        from crossentropy.extras import install_hint
+
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise ImportError("--reliability needs matplotlib: pip install "
-                              "'crossentropy[plot]'") from None
+            raise ImportError(f"--reliability needs matplotlib: {install_hint('plot')}"
+                              ) from None
     opts = ScoreOptions(
         columns=ColumnSpec(pred=args.columns, label=args.label, targets=args.targets,
                            weight=args.weight, multilabel=args.multilabel,

@@ -756,6 +756,12 @@ def binary_cross_entropy_with_logits(
             x, y, pos, 0.0, per_element=per_element, grad=g, grad_scale=gf.grad_scale,
         )
         loss = part.reshape(x.shape) if per_element else part
+        if not per_element and np.isinf(part).any():
+            # a block's partial sum overflowed, although the mean may not (two losses of
+            # 1e308): the per-element losses again, summed by the core's reduction, which
+            # rescales an overflowing sum (rare: only for losses near the float64 maximum)
+            loss = _cpu.bce_with_logits(x, y, pos, 0.0, per_element=True, grad=None,
+                                        grad_scale=1.0)
         out = check.cast_out(_reduced(loss, float(x.size), opts).value, dtype)
         if g is None:
             return out

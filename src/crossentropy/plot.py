@@ -1,9 +1,13 @@
-"""PNG plots of the article's curves with its example points, and reliability diagrams.
+"""Plots of the article's curves with its example points, and reliability diagrams.
 
 Needs matplotlib (the 'plot' extra), imported only when a plot is drawn.  Each function
-draws with the library's own functions, writes a PNG (atomically: to a temporary name, then
-renamed) and returns the path.  The PNG's ``Title`` and ``Description`` text chunks name the
-curves and the labelled points, so a program can check what a file shows.
+draws with the library's own functions, writes the image in the format the file's suffix
+names (:data:`IMAGE_FORMATS`: PNG, PDF, SVG, JPEG, EPS, PS, TIFF), atomically (to a
+temporary name, then renamed), and returns the path.  The title and the description name the
+curves and the labelled points, so a program can check what a file shows: in a PNG as its
+``Title`` and ``Description`` text chunks, in a PDF as ``Title`` and ``Subject``, in an SVG
+as ``<dc:title>`` and ``<dc:description>``, in PS and EPS as the ``%%Title`` comment (JPEG and
+TIFF carry none: matplotlib writes no metadata into them).
 """
 
 from __future__ import annotations
@@ -15,29 +19,82 @@ from typing import Any
 import numpy as np
 
 import crossentropy as ce
+from crossentropy.extras import install_hint
 
-__all__ = ["PLOTS", "plot_bce", "plot_cross_entropy", "plot_sigmoid", "plot_softmax",
-           "reliability_before_after", "reliability_diagram", "reliability_from_report"]
+__all__ = ["IMAGE_FORMATS", "PLOTS", "image_format", "plot_bce", "plot_cross_entropy",
+           "plot_sigmoid", "plot_softmax", "reliability_before_after", "reliability_diagram",
+           "reliability_from_report"]
+
+#: The suffixes an output file may have, and the matplotlib format each one names (JPEG and
+#: TIFF are written by Pillow, a dependency of matplotlib).
+IMAGE_FORMATS = {"png": "png", "pdf": "pdf", "svg": "svg", "jpg": "jpeg", "jpeg": "jpeg",
+                 "eps": "eps", "ps": "ps", "tif": "tiff", "tiff": "tiff"}
+
+_SUFFIXES = ".png, .pdf, .svg, .jpg (.jpeg), .eps, .ps, .tif (.tiff)"
+
+
+def image_format(path: str) -> str:
+    """The image format that the suffix of `path` names (any case); ValueError for a file
+    name without one of the suffixes of :data:`IMAGE_FORMATS`.
+
+    >>> image_format("figures/sigmoid.png"), image_format("fig.JPG"), image_format("r.tif")
+    ('png', 'jpeg', 'tiff')
+    """
+    suffix = os.path.splitext(os.path.basename(path))[1]
+    fmt = IMAGE_FORMATS.get(suffix[1:].lower())
+    if fmt is None:
+        what = (f"cannot write a {suffix!r} image; the suffix picks the image format"
+                if suffix else "the file name needs a suffix to pick the image format")
+        raise ValueError(f"{path}: {what}: one of {_SUFFIXES}")
+    return fmt
+
+
+def _metadata(fmt: str, title: str, description: str) -> dict[str, str] | None:
+    """The title and description in the fields that format has for them (None: it has none
+    that matplotlib writes)."""
+    software = f"crossentropy {ce.__version__}"
+    if fmt == "png":
+        return {"Title": title, "Description": description, "Software": software}
+    if fmt == "pdf":
+        return {"Title": title, "Subject": description, "Creator": software}
+    if fmt == "svg":
+        return {"Title": title, "Description": description, "Creator": software}
+    if fmt in ("eps", "ps"):
+        # matplotlib's PostScript writer takes only a Creator (its %%Title is the file name,
+        # and none when it writes to an open file, as here)
+        return {"Creator": software}
+    return None
 
 
 def _figure(ncols: int = 1, width: float = 7.0) -> tuple[Any, Any]:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("plotting needs matplotlib: pip install 'crossentropy[plot]'") from None
+        raise ImportError(f"plotting needs matplotlib: {install_hint('plot')}") from None
     fig = Figure(figsize=(width, 4.5), dpi=100, layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     return fig, axes
 
 
 def _save(fig: Any, path: str, title: str, points: Sequence[str], dpi: int) -> str:
-    tmp = f"{path}.tmp{os.getpid()}.png"
+    import logging
+
+    fmt = image_format(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    # The PostScript writer logs that it draws the translucent fills (the grid, the shaded
+    # gaps) opaque: a note on standard error after a successful command, so kept quiet.
+    ps_log = logging.getLogger("matplotlib.backends.backend_ps")
+    level = ps_log.level
     try:
-        fig.savefig(tmp, format="png", dpi=dpi,
-                    metadata={"Title": title, "Description": "; ".join(points),
-                              "Software": f"crossentropy {ce.__version__}"})
+        ps_log.setLevel(logging.ERROR)
+        with open(tmp, "wb") as f:  # a file object: no temporary name inside the file
+            fig.savefig(f, format=fmt, dpi=dpi,
+                        metadata=_metadata(fmt, title, "; ".join(points)))
         os.replace(tmp, path)
+    except OSError as exc:  # name the file asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror, path) from None
     finally:
+        ps_log.setLevel(level)
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
@@ -210,7 +267,7 @@ def _reliability_figure(ncols: int) -> tuple[Any, Any]:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("plotting needs matplotlib: pip install 'crossentropy[plot]'") from None
+        raise ImportError(f"plotting needs matplotlib: {install_hint('plot')}") from None
     fig = Figure(figsize=(5.5 * ncols, 6.0), dpi=100, layout="constrained")
     axes = fig.subplots(2, ncols, squeeze=False, sharex="col",
                         gridspec_kw={"height_ratios": [3, 1]})

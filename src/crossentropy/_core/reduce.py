@@ -99,10 +99,29 @@ def reduce(
     if reduction is Reduction.NONE:
         return Reduced(loss * scale, scale, 1.0)
     D = divisor(reduction, omega, normalizer)
-    value = scalar(float(np.add.reduce(loss, axis=None)), scale, D, empty_mean)  # np.sum's sum
+    total, grow = _total(loss)
+    value = scalar(total, scale, D, empty_mean)
     if D is None:  # a mean over nothing: zero gradient
         return Reduced(np.asarray(value), 0.0, 1.0)
-    return Reduced(np.asarray(value), scale, D)
+    # (total * s / D) * 2^64: the power of two applied last is exact unless the result
+    # itself overflows (then inf is its correctly rounded value)
+    return Reduced(np.asarray(value * grow), scale, D)
+
+
+# 2^-64 and 2^64: scaling by a power of two is exact (terms below 2^-1010 lose bits, but
+# they are below the rounding of any sum that overflowed)
+_SHRINK, _GROW = 2.0**-64, 2.0**64
+
+
+def _total(loss: F64) -> tuple[float, float]:
+    """(t, g): the sum of `loss` is t * g.  np.sum's pairwise sum; where it overflows
+    although the mean may not (two losses of 1e308: the mean is 1e308, not inf), the
+    terms are summed scaled by 2^-64 and g = 2^64."""
+    with np.errstate(over="ignore"):  # an overflow is handled here, not warned about
+        total = float(np.add.reduce(loss, axis=None))
+        if math.isinf(total):
+            return float(np.add.reduce(loss * _SHRINK, axis=None)), _GROW
+    return total, 1.0
 
 
 def scalar(total: float, scale: float, D: float | None, empty_mean: float) -> float:

@@ -68,6 +68,8 @@ def fmt(value: Cell, digits: int = 10) -> str:
         return "nan"
     if math.isinf(v):
         return "inf" if v > 0 else "-inf"
+    if v == 0.0:
+        return "0"  # -0.0 (log 1 computed as -log1p(0), say) is zero to a reader
     return f"{v:.{digits}g}"
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from crossentropy.explain.model import Cell, Check, Table, fmt
+from crossentropy.extras import install_hint
 
 __all__ = ["FORMATS", "render", "render_rich", "to_json", "to_latex", "to_markdown", "to_text"]
 
@@ -358,9 +359,7 @@ def render(tables: Sequence[Table], fmt_name: str, file: TextIO) -> None:
         try:
             import rich  # noqa: F401
         except ImportError:
-            raise ImportError(
-                "--format rich needs rich: pip install 'crossentropy[cli]'"
-            ) from None
+            raise ImportError(f"--format rich needs rich: {install_hint('cli')}") from None
         render_rich(tables, file)
         return
     text = {"text": to_text, "markdown": to_markdown, "latex": to_latex, "json": to_json}[

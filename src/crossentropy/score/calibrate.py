@@ -267,13 +267,14 @@ def _newton_log_temperature(evaluate: Callable[[float, bool], tuple[float, float
 
 def _no_optimum(path: str, why: str, fit: Fit) -> ScoreError:
     T = fit.history[-1]["temperature"] if fit.history else 1.0
+    passes = f"{fit.passes} pass{'' if fit.passes == 1 else 'es'}"
     if why == "0":
         return ScoreError(f"{path}: the cross-entropy keeps falling as T -> 0 (T = {T:.3g} "
-                          f"after {fit.passes} passes): the top class is (almost) always "
+                          f"after {passes}): the top class is (almost) always "
                           "right, so no finite temperature minimises it")
     if why == "inf":
         return ScoreError(f"{path}: the cross-entropy keeps falling as T -> infinity (T = "
-                          f"{T:.3g} after {fit.passes} passes): the predictions carry no "
+                          f"{T:.3g} after {passes}): the predictions carry no "
                           "information about the labels, so no finite temperature "
                           "minimises it")
     return ScoreError(f"{path}: the predictions are constant within every row, so no "
@@ -350,9 +351,15 @@ def fit_temperature(path: str, opts: ScoreOptions, *, tol: float = TOL,
     return fit
 
 
-def _platt_pass(path: str, opts: ScoreOptions, a: F64, b: F64, on_chunk: Progress | None
-                ) -> tuple[F64, F64, F64, MultiLabel]:
-    """Per label: weighted mean loss, gradient (2,) and Hessian (2, 2) at (a, b)."""
+def _platt_pass(path: str, opts: ScoreOptions, a: F64, b: F64, on_chunk: Progress | None,
+                bounds: F64 | None = None) -> tuple[F64, F64, F64, MultiLabel]:
+    """Per label: weighted mean loss, gradient (2,) and Hessian (2, 2) at (a, b).
+
+    `bounds` (4, k), when given, is updated in place with, per label and over the rows of
+    positive weight: the largest x whose target is below 1, the smallest x whose target is
+    above 0, the smallest x whose target is below 1, the largest x whose target is above 0
+    (what :func:`_separated` needs).
+    """
     reader, classes = open_checked(path, opts)
     try:
         k = len(classes)
@@ -378,6 +385,13 @@ def _platt_pass(path: str, opts: ScoreOptions, a: F64, b: F64, on_chunk: Progres
             S[4] += np.sum(wc * h * x, axis=0)
             S[5] += np.sum(wc * h, axis=0)
             acc.add(sig, ch.targets, ch.w, loss)
+            if bounds is not None and x.shape[0]:
+                live = (ch.w > 0.0)[:, None]
+                neg, pos = live & (ch.targets < 1.0), live & (ch.targets > 0.0)
+                np.maximum(bounds[0], np.max(np.where(neg, x, -np.inf), axis=0), out=bounds[0])
+                np.minimum(bounds[1], np.min(np.where(pos, x, np.inf), axis=0), out=bounds[1])
+                np.minimum(bounds[2], np.min(np.where(neg, x, np.inf), axis=0), out=bounds[2])
+                np.maximum(bounds[3], np.max(np.where(pos, x, -np.inf), axis=0), out=bounds[3])
             if on_chunk is not None:
                 on_chunk(reader.progress(), acc.rows)
         check_totals(path, acc)
@@ -389,12 +403,37 @@ def _platt_pass(path: str, opts: ScoreOptions, a: F64, b: F64, on_chunk: Progres
         reader.close()
 
 
+def _separated(bounds: F64, x: str) -> str | None:
+    """Why the scores of one label separate its targets (None if they do not).
+
+    `bounds` = (hi0, lo1, lo0, hi1) from :func:`_platt_pass`.  When every x with a target
+    below 1 is <= every x with a target above 0 (hi0 <= lo1), the loss falls all the way
+    along a -> +inf with b = -a c, for any c in [hi0, lo1]: each row off c tends to loss 0
+    and the rows at c keep a constant loss, so no finite (a, b) is a minimum (complete or
+    quasi-complete separation; Albert and Anderson 1984).  Likewise hi1 <= lo0 for
+    a -> -inf.  Scores that do not vary at all (lo = hi) are another failure, left to the
+    Hessian's check.  `x` names the score in the message ("logit", "logit(p)").
+    """
+    hi0, lo1, lo0, hi1 = (float(v) for v in bounds)
+    if not min(lo0, lo1) < max(hi0, hi1):
+        return None
+    if hi0 <= lo1:
+        return (f"every entry with target 1 has {x} >= {lo1:.6g}, every one with target 0 "
+                f"has {x} <= {hi0:.6g}")
+    if hi1 <= lo0:
+        return (f"every entry with target 1 has {x} <= {hi1:.6g}, every one with target 0 "
+                f"has {x} >= {lo0:.6g}")
+    return None
+
+
 def fit_platt(path: str, opts: ScoreOptions, *, tol: float = TOL,
               on_pass: Callable[[int], Progress | None] | None = None) -> Fit:
     """Fit Platt's (a, b) for each label of `path` (binary or multi-label).
 
     Raises ScoreError when a label has no finite fit (one target value never occurs, or the
-    scores separate the targets, or they are constant).
+    scores separate the targets, or they are constant); separation is found on the first
+    pass, from the extreme scores of each target value (:func:`_separated`), not by letting
+    a and b grow.
     """
     fit = Fit("platt")
     names: list[str] = []
@@ -409,7 +448,10 @@ def fit_platt(path: str, opts: ScoreOptions, *, tol: float = TOL,
             reader.close()
             k = len(names)
             a_try, b_try = np.ones(k), np.zeros(k)
-        F, grad, hess, acc = _platt_pass(path, opts, a_try, b_try, cb)
+        first = fit.before is None
+        bounds = np.array([[-np.inf], [np.inf], [np.inf], [-np.inf]]) * np.ones(
+            len(names)) if first else None
+        F, grad, hess, acc = _platt_pass(path, opts, a_try, b_try, cb, bounds)
         fit.passes += 1
         k = F.size
         if fit.before is None:
@@ -420,6 +462,13 @@ def fit_platt(path: str, opts: ScoreOptions, *, tol: float = TOL,
                     raise ScoreError(f"{path}: label {names[j]!r}: every target is "
                                      f"{'1' if pos[j] >= 1.0 else '0'}, so Platt scaling has "
                                      "no finite fit")
+            assert bounds is not None
+            for j in range(k):
+                why = _separated(bounds[:, j], "logit" if opts.logits else "logit(p)")
+                if why is not None:
+                    raise ScoreError(f"{path}: label {names[j]!r}: the scores separate the "
+                                     f"targets ({why}), so Platt scaling has no finite fit: "
+                                     "the loss keeps falling as |a| grows")
             a_acc, b_acc, F_acc = a_try.copy(), b_try.copy(), F.copy()
             accept = np.ones(k, dtype=bool)
             d = np.zeros((k, 2))
@@ -632,6 +681,10 @@ def apply_file(path: str, opts: ScoreOptions, fit: Fit, *, output: str | None = 
             writer.close()
         ok = True
         return before, after
+    except OSError as exc:
+        if writer is not None and exc.filename == writer.tmp:  # name the file asked for
+            raise OSError(exc.errno, exc.strerror, output) from None
+        raise
     finally:
         if writer is not None and not ok:
             writer.abort()

@@ -13,14 +13,50 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from crossentropy.extras import install_hint
 from crossentropy.score.readers import ScoreError
 
 __all__ = ["CALIBRATE_EPILOG", "UsageError", "add_calibrate_parser", "calibrate_text",
-           "json_safe", "metric_lines", "parse_top_k", "plot_report", "run_calibrate"]
+           "check_image_output", "check_output", "json_safe", "metric_lines", "parse_top_k",
+           "plot_report", "run_calibrate"]
 
 
 class UsageError(ValueError):
     """A bad combination of options (exit status 2)."""
+
+
+def check_output(path: str) -> None:
+    """ScoreError (exit status 1) unless `path` can be created: its folder exists and it is
+    not itself a folder.  Checked before any work, so that a long run does not end on a
+    missing folder, and named as the user gave it (the file is written under a temporary
+    name first, which is no concern of theirs).
+
+    >>> check_output("report.json")  # in the current folder
+    >>> try:
+    ...     check_output("no/such/folder/r.json")
+    ... except ScoreError as exc:
+    ...     print(exc)
+    no/such/folder/r.json: the folder 'no/such/folder' does not exist
+    """
+    folder = os.path.dirname(path)
+    if folder and not os.path.exists(folder):
+        raise ScoreError(f"{path}: the folder {folder!r} does not exist")
+    if folder and not os.path.isdir(folder):
+        raise ScoreError(f"{path}: {folder!r} is a file, not a folder")
+    if os.path.isdir(path):
+        raise ScoreError(f"{path}: is a folder; name a file to write")
+
+
+def check_image_output(path: str, option: str) -> None:
+    """:func:`check_output`, and the suffix must name an image format (UsageError, exit
+    status 2, listing the suffixes accepted)."""
+    from crossentropy.plot import image_format
+
+    try:
+        image_format(path)
+    except ValueError as exc:
+        raise UsageError(f"{option} {exc}") from None
+    check_output(path)
 
 
 CALIBRATE_EPILOG = """\
@@ -152,6 +188,7 @@ def metric_lines(rep: dict[str, Any]) -> list[str]:
     out = [
         f"adaptive ECE   {_fmt(rep.get('adaptive_ece'))} ({rep['bins']} equal-mass bins)",
         f"MCE            {_fmt(rep.get('mce'))}",
+        f"RMSCE          {_fmt(rep.get('rmsce'))}",
         f"classwise ECE  {_fmt(rep.get('classwise_ece'))}",
         f"Brier          {_fmt(rep.get('brier'))}",
     ]
@@ -187,7 +224,7 @@ def calibrate_text(rep: dict[str, Any]) -> str:
                 lines.append(f"  ... and {len(names) - 10} more (--json lists them all)")
     lines.append("")
     rows = [("cross-entropy", "cross_entropy", f" {unit}"), ("ECE", "ece", ""),
-            ("adaptive ECE", "adaptive_ece", ""), ("MCE", "mce", ""),
+            ("adaptive ECE", "adaptive_ece", ""), ("MCE", "mce", ""), ("RMSCE", "rmsce", ""),
             ("classwise ECE", "classwise_ece", ""), ("Brier", "brier", ""),
             ("accuracy", "accuracy", "")]
     lines.append(f"{'':15}{'before':>14}{'after':>14}")
@@ -210,6 +247,7 @@ def plot_report(args: argparse.Namespace) -> str:
     if not 10 <= args.dpi <= 600:
         raise UsageError(f"--dpi must be between 10 and 600, got {args.dpi}")
     out = args.output or os.path.join(args.outdir, "reliability.png")
+    check_image_output(out, "--output")
     try:
         return reliability_from_report(args.report, out, dpi=args.dpi)
     except (ValueError, KeyError, TypeError) as exc:
@@ -249,11 +287,16 @@ def run_calibrate(args: argparse.Namespace, base: float | None,
                                                                     args.file)}:
             raise UsageError(f"{f}: would overwrite an input file")
     if args.reliability:
+        check_image_output(args.reliability, "--reliability")
+    for f in (args.output, args.report):
+        if f is not None:
+            check_output(f)
+    if args.reliability:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise ImportError("--reliability needs matplotlib: pip install "
-                              "'crossentropy[plot]'") from None
+            raise ImportError(f"--reliability needs matplotlib: {install_hint('plot')}"
+                              ) from None
     classes = None
     if args.classes is not None:
         classes = [n.strip() for n in args.classes.split(",")]

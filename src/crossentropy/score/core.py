@@ -125,7 +125,8 @@ def _check_batch(b: Batch, reader: Reader, opts: ScoreOptions, multilabel: bool)
         out = (pred < 0.0) | (pred > 1.0)
         if out.any():
             r, c = _first_bad(out)
-            hint = "; are these logits? then pass --logits" if pred[r, c] > 1.0 else ""
+            # Probabilities are never negative nor above 1; logits are both.
+            hint = "; are these logits? then pass --logits"
             col = pred[:, c]
             if pred[r, c] > 1.0 and np.all(col == np.round(col)):
                 # Whole numbers above 1 (0, 1, 2, ... or 1017, 1018, ...) are an id or row

@@ -14,7 +14,8 @@ Calibration conventions (the same for every metric below; see docs/evaluation.md
   weight 0 is empty: it adds nothing to ECE or MCE and its accuracy and confidence are
   undefined (NaN here, ``null`` in JSON);
 * ``ECE = sum_b (W_b / W) |acc_b - conf_b|``, ``MCE = max_b |acc_b - conf_b|`` over
-  non-empty bins;
+  non-empty bins, ``RMSCE = sqrt(sum_b (W_b / W) (acc_b - conf_b)^2)`` (the root-mean-square
+  calibration error, torchmetrics' ``norm="l2"``);
 * equal-mass (adaptive) ECE: rows sorted by confidence, rows of equal confidence kept
   together; a group of tied rows goes to bin ``min(floor(B * m / W), B - 1)`` where m is
   the weight before the group plus half the group's weight (the midpoint rule: with unit
@@ -33,7 +34,8 @@ import numpy.typing as npt
 
 import crossentropy as ce
 
-__all__ = ["ADAPTIVE_LIMIT", "Categorical", "MultiLabel", "adaptive_ece", "bin_index"]
+__all__ = ["ADAPTIVE_LIMIT", "Categorical", "MultiLabel", "adaptive_ece", "bin_index",
+           "rms_calibration_error"]
 
 F64 = npt.NDArray[np.float64]
 _LN2 = math.log(2.0)
@@ -93,6 +95,40 @@ def adaptive_ece(conf: F64, hit: F64, w: F64, nbins: int) -> tuple[float, list[d
     return float(np.sum(np.abs(hb - cb)) / total), table
 
 
+def rms_calibration_error(conf: npt.ArrayLike, hit: npt.ArrayLike,
+                          w: npt.ArrayLike | None = None, nbins: int = 15) -> float:
+    r"""Root-mean-square calibration error over `nbins` equal-width confidence bins.
+
+    .. math::
+
+        \mathrm{RMSCE} = \sqrt{\sum_b \frac{W_b}{W}\,(\mathrm{acc}_b - \mathrm{conf}_b)^2},
+
+    where bin b (``min(floor(conf * nbins), nbins - 1)``, as for the ECE) holds the rows of
+    total weight W_b, acc_b is their weighted mean `hit` (1 for a right top class, or the 0/1
+    target of a binary prediction) and conf_b their weighted mean `conf`; W is the total
+    weight, and empty bins add nothing.  This is torchmetrics' ``calibration_error(...,
+    norm="l2")`` with sample weights (and with a confidence of exactly 1 in the last bin,
+    where torchmetrics opens a bin of its own).  ``crossentropy score`` reports it as
+    ``rmsce``.
+
+    >>> conf = np.array([0.9, 0.8, 0.3, 0.2])   # bins of 0.5: [0.3, 0.2] and [0.9, 0.8]
+    >>> hit = np.array([1.0, 0.0, 1.0, 0.0])    # acc 0.5 in each: gaps 0.25 and 0.35
+    >>> round(rms_calibration_error(conf, hit, nbins=2), 12)  # sqrt((0.25^2 + 0.35^2) / 2)
+    0.304138126515
+    """
+    c = np.asarray(conf, dtype=np.float64).reshape(-1)
+    h = np.asarray(hit, dtype=np.float64).reshape(-1)
+    ww = np.ones(c.size) if w is None else np.asarray(w, dtype=np.float64).reshape(-1)
+    if not (c.shape == h.shape == ww.shape):
+        raise ValueError(f"conf, hit and w must have one length, got {c.size}, {h.size} and "
+                         f"{ww.size}")
+    if nbins < 1:
+        raise ValueError(f"nbins must be at least 1, got {nbins}")
+    cal = _Calibration(nbins, keep=0)
+    cal.update(c, h, ww)
+    return cal.rmsce()
+
+
 class _Calibration:
     """Reliability sums: per equal-width bin the weight, confidences and hits; and the
     confidences themselves (up to :data:`ADAPTIVE_LIMIT`) for the equal-mass ECE."""
@@ -135,6 +171,19 @@ class _Calibration:
         if not full.any():
             return NAN
         return float(np.max(np.abs(self.hit[full] - self.conf[full]) / self.count[full]))
+
+    def rmsce(self) -> float:
+        """Root-mean-square calibration error: sqrt(sum_b (W_b / W) (acc_b - conf_b)^2).
+
+        With acc_b - conf_b = (hits_b - confidences_b) / W_b, each non-empty bin adds
+        (hits_b - confidences_b)^2 / (W_b W): the sums kept, no per-row pass.
+        """
+        total = float(np.sum(self.count))
+        full = self.count > 0
+        if not total or not full.any():
+            return NAN
+        gap = self.hit[full] - self.conf[full]
+        return math.sqrt(float(np.sum(gap * gap / self.count[full])) / total)
 
     def adaptive(self, nbins: int) -> tuple[float | None, list[dict[str, Any]]]:
         if self.parts is None:
@@ -313,6 +362,7 @@ class Categorical:
             "brier": _mean(self.brier, W),
             "ece": self.cal.ece(),
             "mce": self.cal.mce(),
+            "rmsce": self.cal.rmsce(),
             "adaptive_ece": aece,
             "classwise_ece": float(np.mean(cw)) if W else NAN,
             "infinite_loss_rows": self.infinite,
@@ -400,6 +450,7 @@ class MultiLabel:
             "brier": _mean(float(np.sum(self.brier)), W * k),
             "ece": self.cal.ece(),
             "mce": self.cal.mce(),
+            "rmsce": self.cal.rmsce(),
             "adaptive_ece": aece,
             "classwise_ece": float(np.mean(cw)) if W else NAN,
             "infinite_loss_rows": self.infinite,

@@ -19,6 +19,8 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 
+from crossentropy.extras import install_hint
+
 __all__ = [
     "Batch",
     "ColumnSpec",
@@ -191,6 +193,34 @@ def _single(item: str, names: Sequence[str], what: str, path: str) -> int:
 
 # --------------------------------------------------------------------------- CSV
 
+#: Delimiters a CSV file is often written with, and how --delimiter takes each.
+_OTHER_DELIMITERS = {";": "';'", "\t": "tab", "|": "'|'", ",": "','"}
+
+
+def _delimiter_hint(header: str, delim: str, ncols: int) -> str:
+    """A hint naming --delimiter when the header line splits into more columns at another
+    common delimiter than at `delim` (a ';'-separated file read with ',' is one column).
+
+    >>> _delimiter_hint("cat;dog;label", ",", 1)
+    "the header line looks ';'-separated (3 columns): pass --delimiter ';'"
+    >>> _delimiter_hint("cat,dog,label", ",", 3)
+    ''
+    """
+    best, most = "", ncols
+    for d in _OTHER_DELIMITERS:
+        if d == delim:
+            continue
+        try:
+            n = len(next(csv.reader([header], delimiter=d)))
+        except csv.Error:
+            continue
+        if n > most:
+            best, most = d, n
+    if not best:
+        return ""
+    shown = _OTHER_DELIMITERS[best]
+    return f"the header line looks {shown}-separated ({most} columns): pass --delimiter {shown}"
+
 
 class CsvReader(Reader):
     """CSV with a header line, one record per line.  Numbers are parsed by ``np.loadtxt``;
@@ -227,8 +257,11 @@ class CsvReader(Reader):
             raise self.err(f"line 1: the column name {dup!r} appears twice")
         try:
             pred, label, targets, weight = _resolve(self.names, spec, path)
-        except ScoreError:
+        except ScoreError as exc:
             self.f.close()
+            hint = _delimiter_hint(header, self.delim, len(self.names))
+            if hint:
+                raise ScoreError(f"{exc}; {hint}") from None
             raise
         self.pred, self.label, self.targets, self.weight = pred, label, targets, weight
         self.pred_names = [self.names[i] for i in pred]
@@ -362,8 +395,7 @@ class ParquetReader(Reader):
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
-            raise ImportError("reading Parquet needs pyarrow: pip install 'crossentropy[io]'"
-                              ) from None
+            raise ImportError(f"reading Parquet needs pyarrow: {install_hint('io')}") from None
         self.path = path
         self.pa = pa
         self.pq = pq
