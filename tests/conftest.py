@@ -1,11 +1,30 @@
 """Shared test configuration: a deterministic hypothesis profile, the CPU-backend fixture."""
 
+import importlib.util
+import os
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 import crossentropy as ce
+
+# Triton is imported once per process, in interpreter mode (the only mode a CPU can run),
+# before any test module: test_triton.py would otherwise re-import it when something had
+# imported it compiled first, and with jaxlib loaded (test_jax*.py) a second import of
+# Triton's native module aborts the process (both register their enums in one nanobind
+# table: "refusing to add duplicate key").  TRITON_INTERPRET is restored: the library reads
+# it at each call (crossentropy.triton._launch.interpreting).
+if importlib.util.find_spec("triton") is not None:
+    _interpret = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton.language  # noqa: F401
+    finally:
+        if _interpret is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = _interpret
 
 settings.register_profile(
     "deterministic",
