@@ -301,3 +301,19 @@ def test_install_lines_install_from_the_clone() -> None:
     bad = [f"{p.relative_to(ROOT)}: pip install {a}" for p in paths
            for a in _index_installs(p.read_text())]
     assert not bad, "not published on any index; install from the clone:\n" + "\n".join(bad)
+
+
+def test_without_torch_the_error_says_how_to_install_it() -> None:
+    """``import crossentropy.torch`` with no torch: a ModuleNotFoundError (an ImportError,
+    ``name == "torch"``) saying what to install, not torch's bare 'No module named'."""
+    r = _run(textwrap.dedent("""
+        import sys
+        sys.modules["torch"] = None  # as if torch were not installed
+        try:
+            import crossentropy.torch
+        except ModuleNotFoundError as exc:
+            assert exc.name == "torch", exc.name
+            print(exc)
+        """))
+    _ok(r)
+    assert "needs PyTorch (torch >= 2.7)" in r.stdout and 'pip install ".[torch]"' in r.stdout

@@ -26,8 +26,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn as _torch_nn
-import torch.nn.functional as _torch_functional
+try:
+    import torch.nn as _torch_nn
+    import torch.nn.functional as _torch_functional
+except ModuleNotFoundError as _exc:
+    if _exc.name != "torch":
+        raise
+    raise ModuleNotFoundError(
+        "crossentropy.torch needs PyTorch (torch >= 2.7): pip install torch (on a machine "
+        "without a GPU, the CPU wheel: --index-url https://download.pytorch.org/whl/cpu), or "
+        'pip install ".[torch]" in a clone of the crossentropy repository', name="torch",
+    ) from None
 
 from crossentropy.torch._compat import check_torch, torch_too_old
 
