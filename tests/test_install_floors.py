@@ -307,13 +307,20 @@ def test_without_torch_the_error_says_how_to_install_it() -> None:
     """``import crossentropy.torch`` with no torch: a ModuleNotFoundError (an ImportError,
     ``name == "torch"``) saying what to install, not torch's bare 'No module named'."""
     r = _run(textwrap.dedent("""
-        import sys
-        sys.modules["torch"] = None  # as if torch were not installed
+        import importlib.abc, sys
+
+        class NoTorch(importlib.abc.MetaPathFinder):  # as if torch were not installed
+            def find_spec(self, name, path=None, target=None):
+                if name.partition(".")[0] == "torch":
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+        sys.meta_path.insert(0, NoTorch())
         try:
             import crossentropy.torch
         except ModuleNotFoundError as exc:
             assert exc.name == "torch", exc.name
             print(exc)
+            print("OK")
         """))
     _ok(r)
     assert "needs PyTorch (torch >= 2.7)" in r.stdout and 'pip install ".[torch]"' in r.stdout

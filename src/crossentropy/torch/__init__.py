@@ -30,7 +30,7 @@ try:
     import torch.nn as _torch_nn
     import torch.nn.functional as _torch_functional
 except ModuleNotFoundError as _exc:
-    if _exc.name != "torch":
+    if (_exc.name or "").partition(".")[0] != "torch":
         raise
     raise ModuleNotFoundError(
         "crossentropy.torch needs PyTorch (torch >= 2.7): pip install torch (on a machine "
