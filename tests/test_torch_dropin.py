@@ -640,3 +640,20 @@ def test_bce_clamped_form_under_torch_func_and_second_derivatives() -> None:
     qa = q.clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda a: cet.binary_cross_entropy(a, y), (qa,))
     assert torch.autograd.gradgradcheck(lambda a: cet.binary_cross_entropy(a, y), (qa,))
+
+
+def test_crossentropy_torch_nn_is_a_whole_torch_nn() -> None:
+    """``import crossentropy.torch.nn as nn`` (the issue's spelling): the loss modules are
+    ours, every other name torch.nn's; the zero-class example gives torch's value."""
+    import crossentropy.torch.nn as cnn
+    from crossentropy.torch import modules
+
+    assert cnn.CrossEntropyLoss is modules.CrossEntropyLoss
+    assert cnn.BCELoss is modules.BCELoss and cnn.BCEWithLogitsLoss is modules.BCEWithLogitsLoss
+    assert cnn.Linear is torch.nn.Linear and cnn.functional is torch.nn.functional
+    assert {"CrossEntropyLoss", "Linear", "Module"} <= set(dir(cnn))
+    x, t = torch.rand(5, 0), torch.rand(5, 0)
+    got, want = cnn.CrossEntropyLoss()(x, t), torch.nn.CrossEntropyLoss()(x, t)
+    assert torch.equal(got.isnan(), want.isnan()) and got.shape == want.shape
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchLayer'"):
+        cnn.NoSuchLayer  # noqa: B018
