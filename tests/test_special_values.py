@@ -589,5 +589,20 @@ def test_mean_of_losses_whose_sum_overflows(backend: str, n: int) -> None:
     assert float(ce.cross_entropy(rows, t)) == pytest.approx(1e308, rel=1e-15)
 
 
+
+def test_where_masks_after_the_soft_cap(backend: str) -> None:
+    """Regression: a class left out by ``where`` has logit -inf after the soft cap too (the
+    cap of -inf is -cap, which gave it probability e^-cap / sum: 0.16842619 below)."""
+    # mpmath.mp.dps = 40; z = [5 * tanh(mpf(1) / 5), 5 * tanh(mpf(3) / 5)]
+    # log(exp(z[0]) + exp(z[1])) - z[1] -> 0.16803779048460363...
+    # d/dx_j = (softmax(z)_j - [j == 1]) * (1 - tanh(x_j / 5)^2) -> 0.148652313236126566...,
+    #   -0.110065504177046097...
+    loss, g = ce.cross_entropy([[1.0, 2.0, 3.0]], [2], where=[[True, False, True]], softcap=5.0,
+                               return_grad=True)
+    assert float(loss) == pytest.approx(0.16803779048460363, rel=4e-16)
+    assert g[0, 1] == 0.0
+    assert g[0, 0] == pytest.approx(0.14865231323612657, rel=1e-15)
+    assert g[0, 2] == pytest.approx(-0.11006550417704610, rel=1e-15)
+
 if __name__ == "__main__":
     sys.stdout.write(render_table())

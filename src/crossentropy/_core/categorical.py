@@ -153,6 +153,10 @@ def logits_rows(
     if t.classes is not None:  # classes left out: logit -inf, probability 0
         x = np.where(t.classes, x, -np.inf)
     z, dzdx = softcap(x, cap)
+    if t.classes is not None and cap is not None:
+        # after the cap too: cap tanh(-inf / cap) = -cap would give a left-out class the
+        # probability e^-cap / sum (its derivative there is 0: the gradient stays 0)
+        z = np.where(t.classes, z, -np.inf)
     r = decompose(z, exact, scratch)
     counted = t.counted
     if t.labels is not None and not label_smoothing and t.classes is None:
