@@ -7,7 +7,8 @@ Layers, from the bottom:
 2. plumbing: ``_options``, ``_validate``, ``_config``, ``_small``, and the selection
    ``_backends`` (which may import the numba backend, lazily, to run it);
 3. backends: ``crossentropy._cpu`` (numba), ``crossentropy.triton``, the torch layer
-   ``crossentropy.torch`` -- never import the public NumPy modules;
+   ``crossentropy.torch``, the JAX layer ``crossentropy.jax`` -- never import the public
+   NumPy modules (the JAX layer imports only JAX, NumPy, the plumbing and itself);
 4. the public NumPy API: ``activations``, ``losses``, ``targets``, the package itself;
 5. applications: ``cli``, ``explain``, ``score``, ``plot``, ``transformers`` -- import only the
    public API (``crossentropy`` and its public subpackages), never a private module.
@@ -90,7 +91,7 @@ def test_the_core_imports_numpy_math_and_itself_only():
 
 
 PUBLIC_NUMPY = ("crossentropy.activations", "crossentropy.losses", "crossentropy.targets")
-BACKENDS = ("crossentropy._cpu", "crossentropy.triton", "crossentropy.torch")
+BACKENDS = ("crossentropy._cpu", "crossentropy.triton", "crossentropy.torch", "crossentropy.jax")
 APPS = (
     "crossentropy.cli",
     "crossentropy.explain",
@@ -108,6 +109,21 @@ def test_backends_never_import_the_public_numpy_modules():
         for name in _internal(imps):
             bad = name == "crossentropy" or any(_in(name, p) for p in PUBLIC_NUMPY + APPS)
             assert not bad, f"{mod} (a backend) imports {name}"
+
+
+def test_the_jax_layer_imports_jax_numpy_the_plumbing_and_itself():
+    """crossentropy.jax stands beside the torch layer, not on it: no torch, no numba."""
+    jax_layer = {m: imps for m, imps in MODULES.items() if _in(m, "crossentropy.jax")}
+    assert jax_layer, "crossentropy.jax not found"
+    allowed = ("crossentropy._options", "crossentropy._validate", "crossentropy.jax")
+    for mod, imps in jax_layer.items():
+        for name in imps:
+            if _top(name) == "crossentropy":
+                ok = any(_in(name, a) for a in allowed)
+            else:
+                ok = _top(name) in STDLIB or _top(name) in ("jax", "numpy")
+            assert ok, f"{mod} imports {name}: the JAX layer may import jax, numpy, the " \
+                       "stdlib, crossentropy._options/_validate and itself"
 
 
 def test_plumbing_imports_only_the_core_and_plumbing():
@@ -167,7 +183,7 @@ def test_import_crossentropy_stays_light():
     code = (
         "import sys, crossentropy\n"
         "heavy = [m for m in ('torch', 'triton', 'numba', 'matplotlib', 'rich', 'pyarrow', "
-        "'scipy', 'transformers') if m in sys.modules]\n"
+        "'scipy', 'transformers', 'jax', 'jaxlib', 'optax') if m in sys.modules]\n"
         "print(heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
