@@ -20,8 +20,6 @@ from jax.sharding import PartitionSpec as P
 
 import crossentropy.jax as cej
 
-jax.config.update("jax_enable_x64", True)
-
 
 def both(f: Any) -> Any:
     """Value and gradients (of the sum) in one jitted program."""
@@ -98,4 +96,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # here, not at import: pytest's --doctest-modules imports this file in the test process,
+    # where a global float64 switch would change every later JAX result
+    jax.config.update("jax_enable_x64", True)
     main()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 BLOCK_JAX = (
     "import sys\n"
     "class Block:\n"
@@ -38,3 +40,11 @@ def test_crossentropy_jax_without_jax_says_how_to_install() -> None:
     msg = out.stdout.strip()
     assert 'pip install ".[jax]"' in msg, msg
     assert "not on PyPI" in msg and "crossentropy.jax needs JAX" in msg
+
+
+def test_no_module_switches_float64_on_for_the_whole_process() -> None:
+    """Every module of tests/ and src/ is imported before the first test runs (collection,
+    --doctest-modules included); none may leave ``jax_enable_x64`` on, or every later JAX
+    result in this worker changes dtype (the docstring examples show float32)."""
+    jax = pytest.importorskip("jax")
+    assert not jax.config.jax_enable_x64
