@@ -43,8 +43,25 @@ def test_crossentropy_jax_without_jax_says_how_to_install() -> None:
 
 
 def test_no_module_switches_float64_on_for_the_whole_process() -> None:
-    """Every module of tests/ and src/ is imported before the first test runs (collection,
+    """pytest imports every module of tests/ and src/ before the first test runs (collection,
     --doctest-modules included); none may leave ``jax_enable_x64`` on, or every later JAX
-    result in this worker changes dtype (the docstring examples show float32)."""
+    result in that worker changes dtype (the docstring examples show float32).  Imports the
+    JAX helpers of tests/ and the JAX layer again here, so that the check does not depend on
+    which files this run collected."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
     jax = pytest.importorskip("jax")
+    here = Path(__file__).resolve().parent
+    for path in sorted(here.glob("_jax*.py")):
+        spec = importlib.util.spec_from_file_location(f"_probe_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    import crossentropy.jax as cej
+
+    for name in cej.__all__:
+        getattr(cej, name)
+    for mod in ("_activations", "_losses", "_linear", "_sharded", "optax", "_checks"):
+        importlib.import_module(f"crossentropy.jax.{mod}")
     assert not jax.config.jax_enable_x64
