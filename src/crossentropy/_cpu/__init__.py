@@ -46,6 +46,32 @@ _applied: dict[int, int | None] = {}  # per thread: the thread count last given 
 _NO_WEIGHT = np.ones(1)
 
 
+class _Memory:
+    """Holds an array interface for :func:`_kernel_input` (and the array it describes)."""
+
+    __slots__ = ("__array_interface__", "_owner")
+
+    def __init__(self, a: np.ndarray) -> None:
+        iface = dict(a.__array_interface__)
+        iface["data"] = (iface["data"][0], False)  # (address, read-only flag)
+        self.__array_interface__ = iface
+        self._owner = a  # the memory stays alive as long as the alias
+
+
+def _kernel_input(a: np.ndarray) -> np.ndarray:
+    """`a` itself, or for a read-only array a writable alias of the same memory.
+
+    numba types a read-only array apart from a writable one and compiles every kernel again
+    for it (5-20 s each, at the first call, with the caller waiting) although the kernels
+    never write their inputs.  Read-only arrays are common: pyarrow's ``to_numpy``,
+    ``np.frombuffer``, read-only memory maps, ``np.broadcast_to``.  The alias lets the
+    signatures :func:`compile_all` cached take them (nothing writes through it).
+    """
+    if a.flags.writeable:
+        return a
+    return np.asarray(_Memory(a))
+
+
 def kernels() -> ModuleType:
     """Import (on first use) the numba kernels and apply the thread setting."""
     mod = _mod.get("k")
@@ -82,6 +108,7 @@ def compile_all() -> None:
             ce_rows_kernel(x, t, None, -100, 0.0, 0.0, None, g if want else None, 1.0)
         if dt == np.float32:
             index_targets(t, shape[1], -100)
+            k._weight_sum(_NO_WEIGHT, True, 1)  # (class weights: summed on the host side)
         flat = x.reshape(-1)
         for log in (False, True):
             k.sigmoid_flat(flat, np.empty_like(flat), np.empty_like(flat), True, log)
@@ -155,7 +182,7 @@ def softmax(x: np.ndarray, axis: int | None, *, log: bool, out: Any = None) -> A
     buf, into_out = _result_buffer(x2, x, out, direct)
     # the caller's `out` is a buffer already in use: large results are written with
     # non-temporal stores (no read of each line before it is overwritten)
-    k.softmax_rows_into(x2, x.dtype == np.float64, log, buf, k._chunks(x2.shape[0]),
+    k.softmax_rows_into(_kernel_input(x2), x.dtype == np.float64, log, buf, k._chunks(x2.shape[0]),
                         _stream(k, buf, x2, into_out))
     return _place(buf, x, axis, out, into_out)
 
@@ -165,7 +192,7 @@ def logsumexp(x: np.ndarray, axis: int | None) -> F64:
     x2, _ = _rows_of(x, axis)
     k = kernels()
     res = np.empty(x2.shape[0])
-    k.logsumexp_rows(x2, x.dtype == np.float64, res, k._chunks(x2.shape[0]))
+    k.logsumexp_rows(_kernel_input(x2), x.dtype == np.float64, res, k._chunks(x2.shape[0]))
     return res
 
 
@@ -176,7 +203,7 @@ def sigmoid(x: np.ndarray, *, log: bool, return_grad: bool, out: Any = None) -> 
     direct = out is not None and out.flags.c_contiguous
     o = out.reshape(-1) if direct else np.empty_like(flat)
     d = np.empty_like(flat) if return_grad else np.empty(0, dtype=x.dtype)
-    k.sigmoid_flat(flat, o, d, return_grad, log)
+    k.sigmoid_flat(_kernel_input(flat), o, d, return_grad, log)
     if out is not None:
         if not direct:
             np.copyto(out, o.reshape(x.shape))
@@ -197,7 +224,7 @@ def index_targets(target: np.ndarray, num_classes: int, ignore_index: int) -> tu
     """(first position of a target outside [0, C) that is not ignore_index, or -1; the
     number of targets other than ignore_index), by the kernel of one pass."""
     t = np.ascontiguousarray(target, dtype=np.int64)
-    bad, counted = kernels().index_targets(t, int(num_classes), int(ignore_index))
+    bad, counted = kernels().index_targets(_kernel_input(t), int(num_classes), int(ignore_index))
     return int(bad), int(counted)
 
 
@@ -227,7 +254,8 @@ def ce_rows_kernel(
     serial = getattr(k, "_serial", None)
     nchunks = 1 if serial is not None and serial(x2) else k._chunks(N)
     args = (
-        x2, np.ascontiguousarray(target, dtype=np.int64), w, weight is not None,
+        _kernel_input(x2), _kernel_input(np.ascontiguousarray(target, dtype=np.int64)),
+        _kernel_input(w), weight is not None,
         int(ignore_index), float(label_smoothing), float(z_loss),
         float(softcap) if softcap is not None else 0.0, g, grad is not None,
         float(grad_scale), x2.dtype == np.float64, loss, lse, nchunks,
@@ -293,6 +321,6 @@ def bce_with_logits(
     loss = np.empty(n) if per_element else np.empty(0)
     g = grad if grad is not None else np.empty(0, dtype=x.dtype)
     partial = np.empty((n + k._BLOCK - 1) // k._BLOCK)
-    k.bce_logits_flat(xf, yf, pos_weight, label_smoothing, per_element, loss,
-                      grad is not None, g, grad_scale, partial)
+    k.bce_logits_flat(_kernel_input(xf), _kernel_input(yf), pos_weight, label_smoothing,
+                      per_element, loss, grad is not None, g, grad_scale, partial)
     return loss if per_element else partial
