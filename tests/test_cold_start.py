@@ -28,7 +28,7 @@ def test_cold_cache_first_call_runs_on_numpy_while_kernels_compile(tmp_path):
     import time, numpy as np
     import crossentropy as ce
     from crossentropy import _backends, _cpu
-    _cpu.compile_all = lambda: time.sleep(3.0)
+    _cpu.compile_all = _cpu.compile_in_parallel = lambda *a: time.sleep(3.0)
     _backends._CHILD_CODE = "import time; time.sleep(1.0)"  # the child's compile, shortened
     x = np.random.default_rng(0).normal(size=(64, 1024))
     y = np.arange(64) % 1024
@@ -72,7 +72,7 @@ def test_background_compile_runs_in_a_child_process_of_this_package(tmp_path):
     code = f"""
     import crossentropy, os
     from crossentropy import _backends, _cpu
-    _cpu.compile_all = lambda: None
+    _cpu.compile_all = _cpu.compile_in_parallel = lambda *a: None
     _backends._CHILD_CODE = (
         "import crossentropy, os; "
         "open({str(marker)!r}, 'w').write(str(os.getpid()) + ' ' + crossentropy.__file__)")
@@ -98,3 +98,43 @@ def test_a_half_written_cache_counts_as_cold(tmp_path, monkeypatch):
     assert not _backends._cache_is_warm()
     _backends._mark_cache_complete()
     assert _backends._cache_is_warm()
+
+
+def test_a_cold_compile_shares_its_parts_between_processes(tmp_path):
+    # On a cold cache the parts of compile_all are spread over processes: a helper process
+    # compiles its share into the on-disk cache and this process loads it (numba counts
+    # cache hits and no misses for it) after compiling its own share (misses: compiled
+    # here).  Two cheap parts stand in for the real ones (about a minute cold).  The
+    # cache's saves are locked: no index names one data file for two signatures.
+    code = f"""
+    import glob, pickle
+    from crossentropy import _cpu
+    _cpu.PARTS = ((("targets", "float32"),), (("sigmoid", "float64"),))
+    _cpu.compile_in_parallel(2)
+    k = _cpu.kernels()
+    for f in (k.index_targets, k._sigmoid_flat, k._sigmoid_block):
+        print(sum(f._cache_hits.values()), sum(f._cache_misses.values()))
+    for path in glob.glob({str(tmp_path)!r} + "/*/*.nbi"):
+        with open(path, "rb") as fh:
+            pickle.load(fh)
+            names = list(pickle.loads(fh.read())[1].values())
+        assert len(set(names)) == len(names), path
+    print("indexes", len(glob.glob({str(tmp_path)!r} + "/*/*.nbi")) > 0)
+    """
+    lines = _run(code, {"NUMBA_CACHE_DIR": str(tmp_path)}).splitlines()
+    targets, sigmoid, block = (tuple(map(int, line.split())) for line in lines[:3])
+    assert targets[0] == 0 and targets[1] >= 1, lines  # compiled here
+    assert sigmoid[0] >= 1 and sigmoid[1] == 0, lines  # loaded: the helper compiled it
+    assert block[0] >= 1 and block[1] == 0, lines
+    assert lines[3] == "indexes True", lines
+
+
+def test_cache_saves_can_be_locked_on_the_installed_numba():
+    # The lock wraps numba's IndexDataCacheFile.save; were numba's cache to change shape,
+    # compile_in_parallel would fall back to one process: this test says so first.
+    from numba.core import caching
+
+    from crossentropy import _cpu
+
+    assert _cpu._lock_cache_saves()
+    assert getattr(caching.IndexDataCacheFile.save, "_crossentropy_locked", False)

@@ -11,8 +11,9 @@ answer follows the user's setting (:func:`crossentropy.set_backend`):
   elements when numba can be imported.  When it cannot, the first large call emits one
   :class:`PerformanceHint` saying how to get the fast path.
 
-**Cold start.**  Compiling the kernels takes several seconds the first time (numba then
-caches them on disk, and later processes load them in well under a second).  Under
+**Cold start.**  Compiling the kernels takes a minute or two the first time, spread over
+the cores (``_cpu.compile_in_parallel``; numba then caches them on disk, and later processes
+load them in about a second).  Under
 ``"auto"``, when the on-disk cache is empty, the first large call starts compiling in a
 child process (watched by a background thread, which then loads what the child cached) and
 is itself computed by the NumPy core, as are the calls that follow until the kernels are
@@ -84,16 +85,23 @@ def use_numba(x: Any, *, supported: bool = True, min_size: int | None = None) ->
     return False
 
 
-def _compile() -> None:
+def _compile(processes: int | None = None) -> None:
+    """Compile the kernels (on a cold cache over `processes`, default every core: see
+    ``_cpu.compile_in_parallel``) or load them (a warm cache), and mark them ready."""
     from crossentropy import _cpu
 
-    _cpu.compile_all()
+    if _cache_is_warm():
+        _cpu.compile_all()
+    else:
+        _cpu.compile_in_parallel(processes)
     _mark_cache_complete()
     _ready.set()
 
 
-#: What the child process runs (tests replace it to keep a cold start short).
-_CHILD_CODE = "from crossentropy import _backends; _backends._compile()"
+#: What the child process runs (tests replace it to keep a cold start short): it leaves
+#: one core to the caller, whose calls run on the NumPy core meanwhile.
+_CHILD_CODE = ("from crossentropy import _backends, _cpu; "
+               "_backends._compile(max(1, _cpu._usable_cpus() - 1))")
 
 
 def _compile_in_child() -> None:
