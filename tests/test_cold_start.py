@@ -138,3 +138,22 @@ def test_cache_saves_can_be_locked_on_the_installed_numba():
 
     assert _cpu._lock_cache_saves()
     assert getattr(caching.IndexDataCacheFile.save, "_crossentropy_locked", False)
+
+
+def test_cache_saves_without_file_locks_still_save(tmp_path):
+    # On a file system where flock fails, a save goes ahead unlocked (as numba alone would
+    # do) instead of failing the compile.
+    (tmp_path / "twice.py").write_text(
+        "import numba\n@numba.njit(cache=True)\ndef twice(x):\n    return 2 * x\n")
+    code = f"""
+    import fcntl, glob, sys
+    from crossentropy import _cpu
+    assert _cpu._lock_cache_saves()
+    def no_locks(*a):
+        raise OSError(38, "Function not implemented")
+    fcntl.flock = no_locks
+    sys.path.insert(0, {str(tmp_path)!r})
+    from twice import twice
+    print(twice(21), len(glob.glob({str(tmp_path / "cache")!r} + "/**/*.nbi", recursive=True)))
+    """
+    assert _run(code, {"NUMBA_CACHE_DIR": str(tmp_path / "cache")}) == "42 1"

@@ -177,8 +177,16 @@ def _lock_cache_saves() -> bool:
     unlocked: Any = cls.save
 
     def save(self: Any, key: Any, data: Any) -> None:
-        with open(self._index_path + ".lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            f = open(self._index_path + ".lock", "a")  # (closed by the with below)
+        except OSError:  # (numba's own save reports what is wrong with the folder)
+            unlocked(self, key, data)
+            return
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+            except OSError:  # a file system without locks: as numba alone would
+                pass
             unlocked(self, key, data)
 
     save._crossentropy_locked = True  # type: ignore[attr-defined]
