@@ -111,14 +111,12 @@ def _compile_in_child() -> None:
     compiling thread slowed about 4x (numba's compiler is Python).  Whatever goes wrong
     in the child (no cache directory, no interpreter to spawn), ``_compile`` still
     compiles here."""
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (pkg_parent, env.get("PYTHONPATH", "")) if p)  # this copy of the package
+    from crossentropy import _cpu
+
     try:
         subprocess.run(
             [sys.executable, "-c", _CHILD_CODE],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            env=_cpu.child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, timeout=900, check=False)
     except (OSError, subprocess.SubprocessError):
         pass

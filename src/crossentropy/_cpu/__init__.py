@@ -143,13 +143,12 @@ def _compile_kernel(family: str, dtype: str) -> None:
             raise ValueError(f"no kernel family {family!r}")
 
 
-def compile_all(parts: Sequence[int] | None = None) -> None:
+def compile_all(parts: Sequence[Sequence[tuple[str, str]]] | None = None) -> None:
     """Compile (or load from numba's cache) every kernel for float32 and float64, or only
-    the :data:`PARTS` with the given indices."""
-    for i, part in enumerate(PARTS):
-        if parts is None or i in parts:
-            for family, dtype in part:
-                _compile_kernel(family, dtype)
+    those of the given `parts` (entries of :data:`PARTS`)."""
+    for part in PARTS if parts is None else parts:
+        for family, dtype in part:
+            _compile_kernel(family, dtype)
 
 
 def _lock_cache_saves() -> bool:
@@ -170,10 +169,10 @@ def _lock_cache_saves() -> bool:
     except ImportError:
         return False
     cls = caching.IndexDataCacheFile
-    if getattr(cls.save, "_crossentropy_locked", False):
-        return True
     if not hasattr(cls, "save") or "_index_path" not in cls.__init__.__code__.co_names:
         return False
+    if getattr(cls.save, "_crossentropy_locked", False):
+        return True
     unlocked: Any = cls.save
 
     def save(self: Any, key: Any, data: Any) -> None:
@@ -194,9 +193,19 @@ def _lock_cache_saves() -> bool:
     return True
 
 
-#: What each helper process of :func:`compile_in_parallel` runs (with its part indices).
+#: What each helper process of :func:`compile_in_parallel` runs (its share as arguments,
+#: ``family:dtype`` each).
 _PART_CODE = ("import sys; from crossentropy import _cpu; _cpu._lock_cache_saves(); "
-              "[_cpu._compile_kernel(*a.split(':')) for a in sys.argv[1:]]")
+              "_cpu.compile_all([[tuple(a.split(':')) for a in sys.argv[1:]]])")
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a child Python process that must import this copy of the
+    package (a checkout on no path, an editable install): its folder first on PYTHONPATH."""
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_parent, env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 def _usable_cpus() -> int:
@@ -220,10 +229,7 @@ def compile_in_parallel(processes: int | None = None) -> None:
         compile_all()
         return
     shares = [[p for i, p in enumerate(PARTS) if i % n == j] for j in range(n)]
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (pkg_parent, env.get("PYTHONPATH", "")) if p)  # this copy of the package
+    env = child_env()
     helpers = []
     for share in shares[1:]:
         argv = [f"{family}:{dtype}" for part in share for family, dtype in part]
@@ -234,9 +240,7 @@ def compile_in_parallel(processes: int | None = None) -> None:
         except OSError:
             break
     try:
-        for part in shares[0]:
-            for family, dtype in part:
-                _compile_kernel(family, dtype)
+        compile_all(shares[0])
     finally:
         for h in helpers:
             try:
