@@ -138,18 +138,23 @@ def index_rows(z: Array, y: Array, wy: Array, counted: Array, invalid: Array,
     return loss, lse
 
 
+def _along(dz: Any, loss: Array, lse: Array, g: Array | None, p: Array | None,
+           ) -> tuple[Array, Array]:
+    """The tangents of (loss, lse) along the logits' tangent `dz`: sum_c g_c dz_c and
+    sum_c p_c dz_c, with g = d loss / dz and p = softmax = d lse / dz (zeros where `dz` is a
+    symbolic zero, and g and p were not formed)."""
+    if g is None or p is None:
+        return jnp.zeros_like(loss), jnp.zeros_like(lse)
+    return _sum_last(g * dz), _sum_last(p * dz)
+
+
 def _index_rows_jvp(zeta: float, primals: tuple[Array, ...], tangents: tuple[Any, ...],
                     ) -> tuple[tuple[Array, Array], tuple[Array, Array]]:
     z, y, wy, counted, invalid = primals
     dz, _, dwy, _, _ = tangents
     want = not _zero(dz)
     loss, lse, g, p, nls_y = _index(z, y, wy, counted, invalid, zeta, want_grad=want)
-    dloss = jnp.zeros_like(loss)
-    dlse = jnp.zeros_like(lse)
-    if want:
-        assert g is not None and p is not None
-        dloss = _sum_last(g * dz)
-        dlse = _sum_last(p * dz)
+    dloss, dlse = _along(dz, loss, lse, g, p)
     if not _zero(dwy):
         # d loss / d w_y = -log softmax_y on the counted rows (the others do not use w)
         dloss = dloss + jnp.where(counted, nls_y, 0.0) * dwy
@@ -207,12 +212,7 @@ def _dense_rows_jvp(zeta: float, primals: tuple[Array, ...], tangents: tuple[Any
     dz, da, _, _ = tangents
     want = not _zero(dz)
     loss, lse, g, p, nls = _dense(z, a, counted, keep, zeta, want_grad=want)
-    dloss = jnp.zeros_like(loss)
-    dlse = jnp.zeros_like(lse)
-    if want:
-        assert g is not None and p is not None
-        dloss = _sum_last(g * dz)
-        dlse = _sum_last(p * dz)
+    dloss, dlse = _along(dz, loss, lse, g, p)
     if not _zero(da):
         # d loss / d a_c = -log softmax_c (the classes and rows that use it)
         dloss = dloss + _sum_last(jnp.where(counted[..., None], nls, 0.0) * da)
