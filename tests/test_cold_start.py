@@ -157,3 +157,17 @@ def test_cache_saves_without_file_locks_still_save(tmp_path):
     print(twice(21), len(glob.glob({str(tmp_path / "cache")!r} + "/**/*.nbi", recursive=True)))
     """
     assert _run(code, {"NUMBA_CACHE_DIR": str(tmp_path / "cache")}) == "42 1"
+
+
+def test_a_compile_in_one_process_locks_its_saves_too(tmp_path):
+    # Two short scripts in a row can each start a background compile (the first is still
+    # running when the second finds the cache cold): one-process compiles must lock their
+    # saves as well.
+    code = """
+    from numba.core import caching
+    from crossentropy import _cpu
+    _cpu.PARTS = ((("targets", "float32"),),)
+    _cpu.compile_in_parallel(1)
+    print(getattr(caching.IndexDataCacheFile.save, "_crossentropy_locked", False))
+    """
+    assert _run(code, {"NUMBA_CACHE_DIR": str(tmp_path)}) == "True"

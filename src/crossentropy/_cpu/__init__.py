@@ -220,12 +220,13 @@ def compile_in_parallel(processes: int | None = None) -> None:
     machine's cores): on a cold cache each helper process compiles some parts into
     numba's on-disk cache while this one compiles the rest, then this process loads what
     they cached (under a second).  Cold, on 2 cores (AMD Zen 3), 55-67 s instead of 99-100 s
-    (``bench/cold_start.py``).
-    With one process, or where the cache writes cannot be locked, it is
-    :func:`compile_all`.  A helper that fails costs only time: what it did not cache is
-    compiled here at the end."""
+    (``bench/cold_start.py``).  With one process, or where the cache writes cannot be
+    locked, it is :func:`compile_all` (the saves locked where they can be).  A helper that
+    fails costs only time: what it did not cache is compiled here at the end."""
     n = min(_usable_cpus() if processes is None else processes, len(PARTS))
-    if n < 2 or not _lock_cache_saves():
+    # locked even in one process: another process (a second script started before this
+    # compile ended) may be compiling the same kernels into the same cache
+    if not _lock_cache_saves() or n < 2:
         compile_all()
         return
     shares = [[p for i, p in enumerate(PARTS) if i % n == j] for j in range(n)]
