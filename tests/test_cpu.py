@@ -732,8 +732,9 @@ def test_compile_all_compiles_the_multithreaded_entry_points() -> None:
     # entry points, which only inputs of >= 2**17 elements reach, must have a float32 and
     # a float64 signature too, not just the one-thread bodies.
     from crossentropy import _cpu
+    from crossentropy._cpu import _compile
 
-    _cpu.compile_all()
+    _compile.compile_all()
     k = _cpu.kernels()
     for name in ("_softmax_rows", "_logsumexp_rows", "_ce_rows", "_sigmoid_flat",
                  "_bce_logits_flat", "_softmax_chunk", "_ce_chunk"):
@@ -754,9 +755,9 @@ def test_read_only_inputs_use_the_compiled_kernels() -> None:
     (pyarrow's to_numpy, np.frombuffer, read-only memory maps).  After compile_all, calls
     on read-only inputs at both sizes (one-thread and prange bodies) compile nothing, and
     give the writable inputs' results bit for bit."""
-    from crossentropy import _cpu
+    from crossentropy._cpu import _compile
 
-    _cpu.compile_all()
+    _compile.compile_all()
     before = _signature_counts()
     rng = np.random.default_rng(5)
     with ce.use_backend("numba"):

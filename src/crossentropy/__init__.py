@@ -4,7 +4,7 @@ The NumPy functions here are the exact reference; faster backends (``crossentrop
 ``crossentropy.triton``) are tested against them.  Importing this package imports NumPy only.
 """
 
-from crossentropy._backends import PerformanceHint, warm_up
+from crossentropy._backends import PerformanceHint, kernel_status, warm_up
 from crossentropy._config import (
     get_backend,
     get_num_threads,
@@ -50,6 +50,7 @@ __all__ = [
     "entropy",
     "get_backend",
     "get_num_threads",
+    "kernel_status",
     "kl_divergence",
     "log_sigmoid",
     "log_softmax",

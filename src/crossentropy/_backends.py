@@ -12,17 +12,17 @@ answer follows the user's setting (:func:`crossentropy.set_backend`):
   :class:`PerformanceHint` saying how to get the fast path.
 
 **Cold start.**  Compiling the kernels takes a minute or two the first time, spread over
-the cores (``_cpu.compile_in_parallel``; numba then caches them on disk, and later processes
-load them in about a second).  Under
-``"auto"``, when the on-disk cache is empty, the first large call starts compiling in a
-child process (watched by a background thread, which then loads what the child cached) and
-is itself computed by the NumPy core, as are the calls that follow until the kernels are
-ready: no call waits for the compiler.  (numba compiles in Python, holding the GIL: in a
-thread of this process it slowed the caller's NumPy work about 4x.)  With a warm cache the kernels
-are loaded at the first large call.  :func:`warm_up` compiles (or loads) them now and
-waits; ``"numba"`` always waits.  Both paths meet the same accuracy bounds, but their last
-bits may differ: call :func:`crossentropy.warm_up` at start-up for bitwise-reproducible
-runs.
+the cores and shared with any other process compiling into the same cache
+(``_cpu._compile``); numba caches them on disk, and later processes load each kernel at its
+first call (numba's start-up and the load: about a second).  Under ``"auto"``, when the
+on-disk cache is cold, the first large call starts compiling in a child process, in a
+session of its own so that it finishes even when this process ends (a background thread
+waits for it), and is itself computed by the NumPy core, as are the calls that follow
+until the kernels are ready: no call waits for the compiler.  (numba compiles in Python,
+holding the GIL: in a thread of this process it slowed the caller's NumPy work about 4x.)
+:func:`warm_up` compiles (or loads) every kernel now and waits; ``"numba"`` always waits.
+Both paths meet the same accuracy bounds, but their last bits may differ: call
+:func:`crossentropy.warm_up` at start-up for bitwise-reproducible runs.
 
 There is no other copy of this rule: backends never re-validate and never decline a call
 they were given.
@@ -30,11 +30,11 @@ they were given.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,12 +43,13 @@ import numpy.typing as npt
 from crossentropy import _config
 from crossentropy._core import categorical as core_ce
 
-__all__ = ["PerformanceHint", "cross_entropy_rows", "index_targets", "kernels_ready", "use_numba",
-           "warm_up"]
+__all__ = ["PerformanceHint", "cross_entropy_rows", "index_targets", "kernel_status",
+           "kernels_ready", "use_numba", "warm_up"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _hinted: list[bool] = []
-_ready = threading.Event()  # the kernels are compiled (or loaded) in this process
+_ready = threading.Event()  # the kernels are compiled (or in numba's cache, warm)
+_loaded = threading.Event()  # ... and every one of them is loaded into this process
 _lock = threading.Lock()
 _started: list[threading.Thread] = []
 
@@ -85,87 +86,65 @@ def use_numba(x: Any, *, supported: bool = True, min_size: int | None = None) ->
     return False
 
 
-def _compile(processes: int | None = None) -> None:
-    """Compile the kernels (on a cold cache over `processes`, default every core: see
-    ``_cpu.compile_in_parallel``) or load them (a warm cache), and mark them ready."""
-    from crossentropy import _cpu
+def _compile(processes: int | None = None, *, load: bool = True,
+             progress: Callable[[int, int, str], None] | None = None) -> None:
+    """Compile the kernels into numba's on-disk cache over `processes` (default every core;
+    a cold cache only: see ``_cpu._compile``), load them into this process when `load`
+    (else numba loads each one at its first call), and mark them ready."""
+    from crossentropy._cpu import _compile as compiler
 
-    if _cache_is_warm():
-        _cpu.compile_all()
-    else:
-        _cpu.compile_in_parallel(processes)
-    _mark_cache_complete()
+    if not compiler.is_warm():
+        compiler.compile_shared(processes, load=load, progress=progress)
+    elif load:
+        compiler.compile_all()
+        if progress is not None:
+            progress(len(compiler.PARTS), len(compiler.PARTS), "loaded from numba's cache")
+    if load:
+        _loaded.set()
     _ready.set()
 
 
 #: What the child process runs (tests replace it to keep a cold start short): it leaves
 #: one core to the caller, whose calls run on the NumPy core meanwhile.
-_CHILD_CODE = ("from crossentropy import _backends, _cpu; "
-               "_backends._compile(max(1, _cpu._usable_cpus() - 1))")
+_CHILD_CODE = ("from crossentropy import _backends; from crossentropy._cpu import _compile; "
+               "_backends._compile(max(1, _compile.usable_cpus() - 1), load=False)")
 
 
 def _compile_in_child() -> None:
     """The background compilation: numba compiles the kernels in a child process, which
-    writes them to the on-disk cache, and this (watching) thread then loads them from
-    there (under a second).  A child shares no GIL with the caller, whose NumPy work a
-    compiling thread slowed about 4x (numba's compiler is Python).  Whatever goes wrong
-    in the child (no cache directory, no interpreter to spawn), ``_compile`` still
-    compiles here."""
-    from crossentropy import _cpu
+    writes them to the on-disk cache; this (watching) thread then marks them ready, and
+    numba loads each one from there at its first call.  A child shares no GIL with the
+    caller, whose NumPy work a compiling thread slowed about 4x (numba's compiler is
+    Python).  The child runs in a session of its own: it finishes the compile when this
+    process ends, or its process group is interrupted or killed (a closed terminal, Ctrl-C,
+    a job runner), so that the next process finds a warm cache.  Whatever goes wrong in the
+    child (no interpreter to spawn), ``_compile`` still compiles here."""
+    from crossentropy._cpu import _compile as compiler
 
     try:
-        subprocess.run(
-            [sys.executable, "-c", _CHILD_CODE],
-            env=_cpu.child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, timeout=900, check=False)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD_CODE], env=compiler.child_env(),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        child.wait()
     except (OSError, subprocess.SubprocessError):
         pass
-    _compile()
-
-
-def _cache_marker() -> str:
-    """The file that says numba's on-disk cache holds every kernel of this version: in
-    numba's cache directory (beside the source, ``__pycache__``, or NUMBA_CACHE_DIR when
-    set), named after the kernels' source stamp (numba keys its cache on the same)."""
-    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cpu", "_kernels.py")
-    where = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(os.path.dirname(src),
-                                                              "__pycache__")
-    st = os.stat(src)
-    return os.path.join(where, f"crossentropy-kernels-{int(st.st_mtime)}-{st.st_size}.done")
-
-
-def _mark_cache_complete() -> None:
-    """Write the marker once ``compile_all`` has cached every kernel (no marker where the
-    directory is not writable: every process then compiles, or loads, in the background)."""
-    try:
-        path = _cache_marker()
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w"):
-            pass
-    except OSError:
-        pass
-
-
-def _cache_is_warm() -> bool:
-    """Does numba's on-disk cache hold all the compiled kernels?  A cache that a compile
-    left half-way (its process ended first) counts as cold, so that the next process
-    compiles the rest in the background instead of at its first call."""
-    try:
-        return os.path.exists(_cache_marker())
-    except OSError:
-        return False
+    _compile(load=False)
 
 
 def _start_kernels() -> bool:
-    """Under "auto", the first large call: load the kernels now when the cache is warm
-    (True: use them), else compile them in the background (False: NumPy meanwhile)."""
+    """Under "auto", the first large call: with a warm cache the kernels are ready (True:
+    numba loads each from its cache at its first call), else they are compiled in the
+    background (False: NumPy meanwhile)."""
     with _lock:
         if _ready.is_set():
             return True
         if _started:
             return False
-        if _cache_is_warm():
-            _compile()
+        from crossentropy._cpu import _compile as compiler
+
+        if compiler.is_warm():  # numba loads each kernel from its cache at its first call
+            _ready.set()
             return True
         t = threading.Thread(target=_compile_in_child, name="crossentropy-compile",
                              daemon=True)
@@ -179,12 +158,33 @@ def kernels_ready() -> bool:
     return _ready.is_set()
 
 
-def warm_up() -> bool:
+def kernel_status() -> str:
+    """One line on where the compiled CPU kernels stand: compiled into numba's on-disk
+    cache (and where), partly compiled, not compiled yet, or numba not installed.
+
+    >>> import crossentropy as ce
+    >>> ce.kernel_status().startswith(("compiled", "numba is not installed"))
+    True
+    """
+    if not _config.numba_available():
+        return "numba is not installed: every call runs on the exact NumPy core"
+    from crossentropy._cpu import _compile as compiler
+
+    return compiler.describe()
+
+
+def warm_up(progress: Callable[[int, int, str], None] | None = None) -> bool:
     """Compile (or load from numba's cache) the CPU kernels now and wait for them.
 
     Returns False when numba is not installed (nothing to do).  Call it at start-up to
     keep the first large calls of a process on the compiled kernels (see the module
-    notes on cold starts).
+    notes on cold starts).  The first compile on a machine takes a minute or two, spread
+    over the cores; later processes load the kernels from numba's on-disk cache.
+
+    Parameters
+    ----------
+    progress : called as ``progress(done, total, what)`` each time a part of the compile is
+        done (``crossentropy warm-up`` draws its progress bar with it).
 
     >>> import crossentropy as ce
     >>> ce.warm_up()
@@ -196,8 +196,8 @@ def warm_up() -> bool:
         thread = _started[0] if _started else None
     if thread is not None:
         thread.join()
-    if not _ready.is_set():
-        _compile()
+    if not _loaded.is_set():
+        _compile(progress=progress)
     return True
 
 

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
@@ -32,6 +33,8 @@ commands:
             calibration (ECE, reliability diagram) of a file of predictions
   calibrate fit a temperature (or Platt scaling) to a file of predictions, report
             the metrics before and after, write the calibrated predictions
+  warm-up   compile the fast CPU kernels now (once per install: a minute or two),
+            or with --status say where they stand
 
 examples:
   crossentropy explain                       # the article's whole worked example
@@ -268,6 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--outdir", default=".", metavar="DIR",
                     help="directory for the default file names (default: .)")
     pl.add_argument("--dpi", type=int, default=100, help="resolution (default: 100)")
+
+    # ----------------------------------------------------------------- warm-up
+    wu = sub.add_parser(
+        "warm-up", help="compile the fast CPU kernels now, with a progress bar",
+        formatter_class=_Formatter,
+        description="Compile the numba CPU kernels into numba's on-disk cache now (the first "
+                    "time on a machine: a minute or two, spread over the cores), or load "
+                    "them when they are compiled already.  Without it the first large call "
+                    "starts the compile in the background and runs on the exact NumPy core "
+                    "meanwhile.")
+    wu.add_argument("--status", action="store_true",
+                    help="only say where the compiled kernels stand")
 
     # ----------------------------------------------------------------- score
     sc = sub.add_parser(
@@ -718,6 +733,80 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- warm-up
+
+
+def _kernel_status() -> str:
+    from crossentropy import kernel_status
+
+    status = kernel_status()
+    if status.startswith("compiled"):
+        return status
+    return f"{status} (`crossentropy warm-up` compiles them: a minute or two, once)"
+
+
+class _Bar:
+    """A progress bar on a terminal (redrawn in place every second, so the time runs while
+    a part compiles), else one line per part done."""
+
+    WIDTH = 24
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.t0 = time.perf_counter()
+        self.state = (0, 0, "starting")
+        self.stop = threading.Event()
+
+    def __enter__(self) -> _Bar:
+        if self.tty:
+            threading.Thread(target=self._tick, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.tty:
+            self._draw(end="\n")
+
+    def _tick(self) -> None:
+        while not self.stop.wait(1.0):
+            self._draw()
+
+    def _draw(self, end: str = "") -> None:
+        done, total, what = self.state
+        fill = self.WIDTH * done // total if total else 0
+        bar = "#" * fill + "." * (self.WIDTH - fill)
+        took = time.perf_counter() - self.t0
+        print(f"\r[{bar}] {done}/{total or '?'} {took:4.0f} s  {what:40.40s}", end=end,
+              file=self.stream, flush=True)
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        self.state = (done, total, what)
+        if self.tty:
+            self._draw()
+        else:
+            print(f"{done}/{total} done after {time.perf_counter() - self.t0:.0f} s: {what}",
+                  file=self.stream, flush=True)
+
+
+def _cmd_warm_up(args: argparse.Namespace) -> int:
+    from crossentropy import kernel_status, warm_up
+
+    if args.status:
+        print(_kernel_status())
+        return 0
+    before = kernel_status()
+    if before.startswith("numba is not installed"):
+        raise ImportError(f"{before}; `pip install numba` gives the fast CPU kernels")
+    if not before.startswith("compiled"):
+        print("compiling the CPU kernels into numba's cache (a minute or two, once per "
+              "install)", file=sys.stderr, flush=True)
+    with _Bar(sys.stderr) as bar:
+        warm_up(progress=bar)
+    print(kernel_status())
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -733,11 +822,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     if args.command is None:
         parser.print_help()
+        print(f"\nCPU kernels: {_kernel_status()}")
         return 0
     from crossentropy.score.readers import ScoreError
 
     cmd = {"explain": _cmd_explain, "plot": _cmd_plot, "score": _cmd_score,
-           "calibrate": _cmd_calibrate}[args.command]
+           "calibrate": _cmd_calibrate, "warm-up": _cmd_warm_up}[args.command]
     prog = f"crossentropy {args.command}"
 
     def fail(message: str, status: int) -> int:

@@ -12,15 +12,14 @@ them.  The kernels are deterministic: the result does not depend on the number o
 The per-row entry point of the torch layer's CPU path,
 :func:`crossentropy._backends.cross_entropy_rows`, runs :func:`ce_rows_kernel` when the
 backend setting allows, else the exact core.
+
+Compiling the kernels ahead of their first call, shared by every process that compiles into
+the same cache: :mod:`crossentropy._cpu._compile`.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
-from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
@@ -92,163 +91,6 @@ def kernels() -> ModuleType:
         numba.set_num_threads(most if n is None else min(n, most))
         _applied[me] = n
     return mod
-
-
-#: compile_all's work in parts that processes can share (:func:`compile_in_parallel`):
-#: each part is a list of (kernel family, dtype).  The cross-entropy kernels and the others
-#: for float32 and float64; compiled one after another in one process (AMD Zen 3, numba
-#: 0.68), about 37, 47, 22 and 27 s.
-PARTS: tuple[tuple[tuple[str, str], ...], ...] = (
-    (("ce", "float32"), ("targets", "float32")),
-    (("softmax", "float32"), ("logsumexp", "float32"), ("sigmoid", "float32"),
-     ("bce", "float32")),
-    (("ce", "float64"),),
-    (("softmax", "float64"), ("logsumexp", "float64"), ("sigmoid", "float64"),
-     ("bce", "float64")),
-)
-
-
-def _compile_kernel(family: str, dtype: str) -> None:
-    """Compile (or load) one family's kernels for one dtype, by calling each once on a tiny
-    array and once on one just above the serial threshold (2 x 2^16 elements): below it a
-    kernel runs its one-thread body, above it the ``prange`` entry point, a separate
-    compilation."""
-    k = kernels()
-    dt = np.dtype(dtype)
-    exact = dt == np.float64
-    for shape in ((2, 3), (2, 1 << 16)):
-        x = np.zeros(shape, dtype=dt)
-        flat = x.reshape(-1)
-        if family == "ce":
-            t = np.zeros(2, dtype=np.int64)
-            for g in (None, np.empty_like(x)):
-                ce_rows_kernel(x, t, None, -100, 0.0, 0.0, None, g, 1.0)
-        elif family == "targets":  # the torch layer's check of index targets
-            index_targets(np.zeros(2, dtype=np.int64), shape[1], -100)
-            k._weight_sum(_NO_WEIGHT, True, 1)  # (class weights: summed on the host side)
-        elif family == "softmax":
-            for log in (False, True):
-                k.softmax_rows(x, exact, log, np.empty_like(x), 1)
-        elif family == "logsumexp":
-            k.logsumexp_rows(x, exact, np.empty(2), 1)
-        elif family == "sigmoid":
-            for log in (False, True):
-                k.sigmoid_flat(flat, np.empty_like(flat), np.empty_like(flat), True, log)
-        elif family == "bce":
-            y = np.zeros(flat.size)
-            for per in (False, True):  # (the BCE kernel's own threshold, as for the others)
-                k.bce_logits_flat(flat, y, 1.0, 0.0, per, np.empty(flat.size if per else 0),
-                                  True, np.empty_like(flat), 1.0, np.empty(1))
-        else:
-            raise ValueError(f"no kernel family {family!r}")
-
-
-def compile_all(parts: Sequence[Sequence[tuple[str, str]]] | None = None) -> None:
-    """Compile (or load from numba's cache) every kernel for float32 and float64, or only
-    those of the given `parts` (entries of :data:`PARTS`)."""
-    for part in PARTS if parts is None else parts:
-        for family, dtype in part:
-            _compile_kernel(family, dtype)
-
-
-def _lock_cache_saves() -> bool:
-    """Make numba's cache writes safe between processes that compile at once.
-
-    numba saves an entry by reading the function's index file, adding the new key under
-    the first free data-file name, and writing both back: two processes that compile
-    different signatures of one function (the helpers every kernel shares) could each
-    pick the same name, and the index would point one signature at the other's machine
-    code.  An exclusive ``flock`` on a file beside the index around each save makes the
-    read-add-write atomic.  Returns False where that cannot be arranged (no fcntl, or a
-    numba whose cache does not have the expected shape): compile in one process then.
-    """
-    try:
-        import fcntl
-
-        from numba.core import caching
-    except ImportError:
-        return False
-    cls = caching.IndexDataCacheFile
-    if not hasattr(cls, "save") or "_index_path" not in cls.__init__.__code__.co_names:
-        return False
-    if getattr(cls.save, "_crossentropy_locked", False):
-        return True
-    unlocked: Any = cls.save
-
-    def save(self: Any, key: Any, data: Any) -> None:
-        try:
-            f = open(self._index_path + ".lock", "a")  # (closed by the with below)
-        except OSError:  # (numba's own save reports what is wrong with the folder)
-            unlocked(self, key, data)
-            return
-        with f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
-            except OSError:  # a file system without locks: as numba alone would
-                pass
-            unlocked(self, key, data)
-
-    save._crossentropy_locked = True  # type: ignore[attr-defined]
-    cls.save = save  # type: ignore[method-assign]
-    return True
-
-
-#: What each helper process of :func:`compile_in_parallel` runs (its share as arguments,
-#: ``family:dtype`` each).
-_PART_CODE = ("import sys; from crossentropy import _cpu; _cpu._lock_cache_saves(); "
-              "_cpu.compile_all([[tuple(a.split(':')) for a in sys.argv[1:]]])")
-
-
-def child_env() -> dict[str, str]:
-    """The environment for a child Python process that must import this copy of the
-    package (a checkout on no path, an editable install): its folder first on PYTHONPATH."""
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_parent, env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def compile_in_parallel(processes: int | None = None) -> None:
-    """:func:`compile_all` with its :data:`PARTS` spread over `processes` (default: this
-    machine's cores): on a cold cache each helper process compiles some parts into
-    numba's on-disk cache while this one compiles the rest, then this process loads what
-    they cached (under a second).  Cold, on 2 cores (AMD Zen 3), 55-67 s instead of 99-100 s
-    (``bench/cold_start.py``).  With one process, or where the cache writes cannot be
-    locked, it is :func:`compile_all` (the saves locked where they can be).  A helper that
-    fails costs only time: what it did not cache is compiled here at the end."""
-    n = min(_usable_cpus() if processes is None else processes, len(PARTS))
-    # locked even in one process: another process (a second script started before this
-    # compile ended) may be compiling the same kernels into the same cache
-    if not _lock_cache_saves() or n < 2:
-        compile_all()
-        return
-    shares = [[p for i, p in enumerate(PARTS) if i % n == j] for j in range(n)]
-    env = child_env()
-    helpers = []
-    for share in shares[1:]:
-        argv = [f"{family}:{dtype}" for part in share for family, dtype in part]
-        try:
-            helpers.append(subprocess.Popen(
-                [sys.executable, "-c", _PART_CODE, *argv], env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        except OSError:
-            break
-    try:
-        compile_all(shares[0])
-    finally:
-        for h in helpers:
-            try:
-                h.wait(timeout=900)
-            except subprocess.TimeoutExpired:
-                h.kill()
-    compile_all()  # loads the helpers' parts (and compiles whatever they did not cache)
 
 
 # --------------------------------------------------------------------------- layout
