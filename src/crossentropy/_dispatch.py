@@ -146,6 +146,15 @@ class Backend:
 # --------------------------------------------------------------------------- plain Python
 
 
+def _rows(arr: np.ndarray, axes: Axes) -> tuple[list[list[float]], tuple[int, ...]]:
+    """The rows of :func:`~crossentropy._layout.moved` as Python floats, and the moved
+    shape (a 1-d array is one row whichever the axes: read as it is)."""
+    if arr.ndim == 1:
+        return [arr.tolist()], arr.shape
+    xm = moved(arr, axes)
+    return xm.reshape(-1, xm.shape[-1]).tolist(), xm.shape
+
+
 class _Plain(Backend):
     """Plain Python floats: no NumPy call per element (:mod:`crossentropy._small`)."""
 
@@ -153,16 +162,14 @@ class _Plain(Backend):
 
     def softmax(self, arr: np.ndarray, axes: Axes, *, log: bool, dtype: np.dtype[Any],
                 out: Any) -> Any:
-        xm = moved(arr, axes)
-        rows = xm.reshape(-1, xm.shape[-1]).tolist()
+        rows, shape = _rows(arr, axes)
         if not _small.finite(rows):
             return pick(arr).softmax(arr, axes, log=log, dtype=dtype, out=out)
         plain = _small.log_softmax_rows if log else _small.softmax_rows
-        return back(np.array(plain(rows)).reshape(xm.shape), arr.shape, axes)
+        return back(np.array(plain(rows)).reshape(shape), arr.shape, axes)
 
     def logsumexp(self, arr: np.ndarray, axes: Axes) -> F64:
-        xm = moved(arr, axes)
-        rows = xm.reshape(-1, xm.shape[-1]).tolist()
+        rows, _ = _rows(arr, axes)
         if not _small.finite(rows):
             return pick(arr).logsumexp(arr, axes)
         return np.array(_small.logsumexp_rows(rows))

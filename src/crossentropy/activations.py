@@ -77,16 +77,18 @@ def _softmax_like(x: Any, axis: Any, out: Any, where: Any, *, log: bool) -> Any:
     axes = _axes(axis, arr.ndim)
     if out is not None:
         check_out(out, arr.shape, dtype)
-    arr, mask = _masked(arr, where)
+    mask = None
+    if where is not None:
+        arr, mask = _masked(arr, where)
     # a few numbers go to plain Python first, unless they come with `out` or `where`
     be = pick(arr, numba=arr.size > 0, plain=True,
               kernels_first=out is not None or mask is not None)
     res = be.softmax(arr, axes, log=log, dtype=dtype, out=None if mask is not None else out)
-    if res is out:  # written in place by the kernels
+    if res is out and out is not None:  # written in place by the kernels
         return out
     if mask is not None:  # excluded entries: probability 0, log-probability -inf
         res = np.where(mask, res, -np.inf if log else 0.0)
-    return write_out(cast_out(np.asarray(res), dtype), out)
+    return cast_out(res, dtype) if out is None else write_out(cast_out(res, dtype), out)
 
 
 def _logsumexp_rows(arr: np.ndarray, axes: tuple[int, ...] | None, kernels_first: bool) -> F64:
@@ -96,6 +98,8 @@ def _logsumexp_rows(arr: np.ndarray, axes: tuple[int, ...] | None, kernels_first
     if axes is None:
         rows_shape: tuple[int, ...] = (1,)
         C = arr.size
+    elif axes == (arr.ndim - 1,):  # the common case, without the general loop
+        rows_shape, C = arr.shape[:-1], arr.shape[-1]
     else:
         rows_shape = tuple(d for i, d in enumerate(arr.shape) if i not in axes)
         C = math.prod(arr.shape[a] for a in axes)
@@ -292,7 +296,8 @@ def logsumexp(
     """
     arr, dtype = real_array(x, "x")
     axes = _axes(axis, arr.ndim)
-    arr, _ = _masked(arr, where)
+    if where is not None:
+        arr, _ = _masked(arr, where)
     if b is None:
         # a 1-d row without options goes to plain Python first when it is short
         out = _logsumexp_rows(arr, axes, where is not None or keepdims or return_sign
