@@ -209,6 +209,15 @@ def _reduce_rows(
     return reduced, None if g64 is None else reduced.apply(g64)
 
 
+def _check_grad_out(grad_out: Any, return_grad: bool, shape: tuple[int, ...],
+                    dtype: np.dtype[Any]) -> None:
+    """`grad_out`, when given: only with `return_grad`, the prediction's shape and dtype."""
+    if grad_out is not None:
+        if not return_grad:
+            raise ValueError("grad_out is only used with return_grad=True")
+        check.check_out(grad_out, shape, dtype, "grad_out")
+
+
 def _finish(
     value: F64,
     grad: Any,
@@ -353,10 +362,7 @@ def cross_entropy(
     classes = _classes(where, arr.shape, ax)
     tg, dtype, w, sw = _categorical(arr, ax, dtype, target, weight, sample_weight, classes,
                                     tol, opts)
-    if grad_out is not None:
-        if not return_grad:
-            raise ValueError("grad_out is only used with return_grad=True")
-        check.check_out(grad_out, arr.shape, gdtype, "grad_out")
+    _check_grad_out(grad_out, return_grad, arr.shape, gdtype)
     omega = _omega(tg, w, opts)
     if sw is not None:  # sample weights scale each loss and its share of the mean
         omega = omega * sw
@@ -663,10 +669,7 @@ def binary_cross_entropy_with_logits(
         reduction=reduction, label_smoothing=label_smoothing, base=base, normalizer=normalizer
     )
     x, y, w, pw, dtype, gdtype = _binary_args(logits, target, "logits", weight, pos_weight, opts)
-    if grad_out is not None:
-        if not return_grad:
-            raise ValueError("grad_out is only used with return_grad=True")
-        check.check_out(grad_out, x.shape, gdtype, "grad_out")
+    _check_grad_out(grad_out, return_grad, x.shape, gdtype)
     gf = _factor(float(x.size), opts)
     one_pos = pw is None or pw.size == 0 or bool(np.all(pw == pw.flat[0]))
     be = pick(x, numba=w is None and one_pos and x.size > 0 and math.isfinite(gf.grad_scale))
