@@ -1,7 +1,8 @@
-"""Which implementation computes a call: the exact NumPy core or the numba kernels.
+"""Whether the numba kernels take a call, and the kernels' state (compiled, loading, missing).
 
-The public functions validate their arguments, lay them out, then ask :func:`use_numba`
-once, with the facts that decide it: the array, and whether the kernels cover the call
+The one pick between the NumPy backends is :func:`crossentropy._dispatch.pick` (plain Python
+for a few numbers, the exact core, the kernels); its kernel part is :func:`use_numba`, asked
+with the facts that decide it: the array, and whether the kernels cover the call
 (``supported``: e.g. index targets, no elementwise weights, a finite gradient scale).  The
 answer follows the user's setting (:func:`crossentropy.set_backend`):
 
@@ -25,7 +26,7 @@ Both paths meet the same accuracy bounds, but their last bits may differ: call
 :func:`crossentropy.warm_up` at start-up for bitwise-reproducible runs.
 
 There is no other copy of this rule: backends never re-validate and never decline a call
-they were given.
+they were given (but for plain Python, which hands a NaN or an infinity on to the pick).
 """
 
 from __future__ import annotations
@@ -61,8 +62,11 @@ class PerformanceHint(UserWarning):
 def use_numba(x: Any, *, supported: bool = True, min_size: int | None = None) -> bool:
     """Should this call run on the numba kernels?  `x` is the prediction array.
 
-    `min_size` replaces ``FAST_MIN_SIZE`` under "auto" (the torch layer passes 0: its
-    per-call costs are its own, so the kernels pay off at every size).
+    The kernel step of :func:`crossentropy._dispatch.pick` (which the public functions
+    ask, not this): the backend setting, then the dtype (float32/float64), the size and
+    the kernels' state.  `min_size` replaces ``FAST_MIN_SIZE`` under "auto" (the torch
+    layer passes 0: its per-call costs are its own, so the kernels pay off at every size).
+    Under "auto" the first large call may start the kernels (see the module notes).
     """
     backend = _config.get_backend()
     if backend == "numpy" or not supported:

@@ -13,8 +13,9 @@ activations._Rows:
 * log-softmax = (dh - log1p(s)) + dl, and the cross-entropy of an index target
   -log softmax_y = (log1p(s) - dh_y) - dl_y, as in ``crossentropy._core``.
 
-This is the plain-Python backend of the public functions for tiny inputs; it is tested
-against the core (tests/test_small.py).
+This is the arithmetic of the plain-Python backend (``crossentropy._dispatch.PLAIN``,
+which :func:`crossentropy._dispatch.pick` gives calls of at most ``SMALL`` elements); it is
+tested against the core (tests/test_small.py).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Sigmoid, log-sigmoid, softmax, log-softmax and log-sum-exp: the public NumPy functions.
 
 Each function validates its arguments, lays the array out with the class axis last, picks
-the implementation (:func:`crossentropy._backends.use_numba`: the numba kernels for large
-float arrays, else the exact core), computes, and rounds once to the result dtype.  The
+the implementation (:func:`crossentropy._dispatch.pick`: plain Python for a few numbers, the
+numba kernels for large float arrays, else the exact core), computes, and rounds once to the
+result dtype.  The
 arithmetic itself lives in :mod:`crossentropy._core` (``sigmoid`` and ``rows``): inputs of
 float16 and float32 are computed there in float64 and rounded once at the end, so their
 results are correctly rounded in all but rare ties; float64 inputs keep a few ulp over the
@@ -17,11 +18,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from crossentropy import _small
-from crossentropy._backends import use_numba
 from crossentropy._core import rows as core_rows
 from crossentropy._core import sigmoid as core_sigmoid
-from crossentropy._core.scratch import Scratch, row_blocks
+from crossentropy._dispatch import pick
+from crossentropy._layout import moved
 from crossentropy._validate import (
     as_float_array,
     cast_out,
@@ -55,34 +55,6 @@ def _axes(axis: Any, ndim: int) -> tuple[int, ...] | None:
     return (check_axis(axis, ndim),)
 
 
-def _moved(x: np.ndarray, axes: tuple[int, ...] | None) -> np.ndarray:
-    """`x` as contiguous rows with the axes in `axes` (None: all) flattened into the last.
-
-    Contiguous rows: NumPy sums a contiguous last axis pairwise but a strided one term by
-    term, so without the copy axis=k would differ (by up to ~sqrt(C) ulp) from moving k last.
-    """
-    if axes is None:
-        return np.ascontiguousarray(x).reshape(1, x.size)
-    if axes == (x.ndim - 1,):
-        return np.ascontiguousarray(x)  # (moveaxis costs ~3 us)
-    k = len(axes)
-    moved = np.moveaxis(x, axes, tuple(range(x.ndim - k, x.ndim)))
-    classes = math.prod(moved.shape[x.ndim - k :])
-    return np.ascontiguousarray(moved).reshape(*moved.shape[: x.ndim - k], classes)
-
-
-def _back(y: np.ndarray, shape: tuple[int, ...], axes: tuple[int, ...] | None) -> np.ndarray:
-    """Undo :func:`_moved` for a result with the input's shape."""
-    if axes is None:
-        return y.reshape(shape)
-    if axes == (len(shape) - 1,):
-        return y.reshape(shape)
-    k = len(axes)
-    rest = [d for i, d in enumerate(shape) if i not in axes]
-    moved = y.reshape(*rest, *(shape[a] for a in axes))
-    return np.moveaxis(moved, tuple(range(len(shape) - k, len(shape))), axes)
-
-
 def _masked(arr: np.ndarray, where: Any) -> tuple[np.ndarray, npt.NDArray[np.bool_] | None]:
     """Apply a `where` mask (True: the entry takes part): excluded entries become -inf,
     which gives them probability 0 and leaves the log-sum-exp of the others."""
@@ -100,89 +72,43 @@ def _masked(arr: np.ndarray, where: Any) -> tuple[np.ndarray, npt.NDArray[np.boo
     return np.where(m, arr, -np.inf).astype(arr.dtype, copy=False), m
 
 
-def _small_rows(x: F64) -> list[list[float]] | None:
-    """The rows of `x` as Python floats when the plain-Python path applies, else None."""
-    if not 0 < x.size <= _small.SMALL or x.shape[-1] == 0:
-        return None
-    rows: list[list[float]] = x.reshape(-1, x.shape[-1]).tolist()
-    return rows if _small.finite(rows) else None
-
-
 def _softmax_like(x: Any, axis: Any, out: Any, where: Any, *, log: bool) -> Any:
     arr, dtype = real_array(x, "x")
     axes = _axes(axis, arr.ndim)
-    if out is None and where is None and 0 < arr.size <= _small.SMALL:
-        # a few numbers (the article's vectors): plain Python floats, no NumPy overhead
-        xm = _moved(arr, axes)
-        rows = xm.reshape(-1, xm.shape[-1]).tolist()
-        if xm.shape[-1] and _small.finite(rows):
-            plain = _small.log_softmax_rows if log else _small.softmax_rows
-            res = np.array(plain(rows)).reshape(xm.shape)
-            return cast_out(_back(res, arr.shape, axes), dtype)
     if out is not None:
         check_out(out, arr.shape, dtype)
-    arr, mask = _masked(arr, where)
-    if arr.size and use_numba(arr):  # large float arrays: the numba kernels
-        from crossentropy import _cpu
-
-        simple = axes is None or len(axes) == 1
-        if simple and mask is None:
-            return _cpu.softmax(arr, None if axes is None else axes[0], log=log, out=out)
-        rows = _cpu.softmax(_moved(arr, axes), -1, log=log)
-        res = _back(rows, arr.shape, axes)
-    else:
-        xm = _moved(arr, axes)
-        x2 = xm.reshape(int(np.prod(xm.shape[:-1])), xm.shape[-1])
-        exact = arr.dtype == np.float64  # float32/16 inputs are rounded to their own dtype
-        r2 = np.empty(x2.shape, dtype=dtype)
-        small = _small_rows(x2.astype(np.float64)) if x2.size <= _small.SMALL else None
-        if small is not None:
-            plain = _small.log_softmax_rows if log else _small.softmax_rows
-            with np.errstate(over="ignore"):  # beyond the dtype's range: rounded to inf
-                r2[...] = np.array(plain(small)).reshape(x2.shape)  # a few numbers: no overhead
-        elif x2.size:
-            core = core_rows.log_softmax if log else core_rows.softmax
-            scratch = Scratch()  # the same temporaries for every block (see _core.scratch)
-            for sl in row_blocks(x2):  # row blocks: the float64 temporaries stay in cache
-                with np.errstate(over="ignore"):  # beyond float16's range: rounded to inf
-                    r2[sl] = core(scratch.f64("x", x2[sl]), exact, scratch)
-        res = _back(r2.reshape(xm.shape), arr.shape, axes)
+    mask = None
+    if where is not None:
+        arr, mask = _masked(arr, where)
+    # a few numbers go to plain Python first, unless they come with `out` or `where`
+    be = pick(arr, numba=arr.size > 0, plain=True,
+              kernels_first=out is not None or mask is not None)
+    res = be.softmax(arr, axes, log=log, dtype=dtype, out=None if mask is not None else out)
+    if res is out and out is not None:  # written in place by the kernels
+        return out
     if mask is not None:  # excluded entries: probability 0, log-probability -inf
         res = np.where(mask, res, -np.inf if log else 0.0)
-    return write_out(cast_out(np.asarray(res), dtype), out)
+    return cast_out(res, dtype) if out is None else write_out(cast_out(res, dtype), out)
 
 
-def _logsumexp_rows(arr: np.ndarray, axes: tuple[int, ...] | None) -> F64:
+def _logsumexp_rows(arr: np.ndarray, axes: tuple[int, ...] | None, kernels_first: bool) -> F64:
     """float64 log-sum-exp over `axes` (None: all elements), the reduced shape."""
     if arr.ndim == 0:  # (only with axes=None) one row of one element
         arr = arr.reshape(1)
     if axes is None:
         rows_shape: tuple[int, ...] = (1,)
         C = arr.size
+    elif axes == (arr.ndim - 1,):  # the common case, without the general loop
+        rows_shape, C = arr.shape[:-1], arr.shape[-1]
     else:
         rows_shape = tuple(d for i, d in enumerate(arr.shape) if i not in axes)
-        C = int(np.prod([arr.shape[a] for a in axes]))
+        C = math.prod(arr.shape[a] for a in axes)
     if C == 0:
         return np.full(rows_shape, -np.inf)
     if arr.size == 0:
         return np.zeros(rows_shape)
-    if use_numba(arr):
-        from crossentropy import _cpu
-
-        if axes is None or len(axes) == 1:
-            return _cpu.logsumexp(arr, None if axes is None else axes[0]).reshape(rows_shape)
-        return _cpu.logsumexp(_moved(arr, axes), -1).reshape(rows_shape)
-    xm = _moved(arr, axes)
-    x2 = xm.reshape(int(np.prod(xm.shape[:-1])), xm.shape[-1])
-    small = _small_rows(x2.astype(np.float64)) if x2.size <= _small.SMALL else None
-    if small is not None:
-        return np.array(_small.logsumexp_rows(small)).reshape(rows_shape)
-    out = np.empty(x2.shape[0])
-    scratch = Scratch()  # the same temporaries for every block (see _core.scratch)
-    for sl in row_blocks(x2):  # row blocks: the float64 temporaries stay in cache
-        x64 = scratch.f64("x", x2[sl])
-        out[sl] = core_rows.logsumexp(x64, arr.dtype == np.float64, scratch)
-    return out.reshape(rows_shape)
+    be = pick(arr, plain=True, kernels_first=kernels_first)
+    return be.logsumexp(arr, axes).reshape(rows_shape)
 
 
 def sigmoid(x: Any, *, return_grad: bool = False, out: Any = None) -> Any:
@@ -221,15 +147,7 @@ def sigmoid(x: Any, *, return_grad: bool = False, out: Any = None) -> Any:
     arr, dtype = real_array(x, "x")
     if out is not None:
         check_out(out, arr.shape, dtype)
-    if use_numba(arr):  # large float arrays: the numba kernels (crossentropy._cpu)
-        from crossentropy import _cpu
-
-        return _cpu.sigmoid(arr, log=False, return_grad=return_grad, out=out)
-    x64 = arr.astype(np.float64, copy=False)
-    value = write_out(cast_out(core_sigmoid.sigmoid(x64), dtype), out)
-    if return_grad:
-        return value, cast_out(core_sigmoid.sigmoid_prime(x64), dtype)
-    return value
+    return pick(arr).sigmoid(arr, dtype, log=False, return_grad=return_grad, out=out)
 
 
 def log_sigmoid(x: Any, *, return_grad: bool = False, out: Any = None) -> Any:
@@ -255,16 +173,7 @@ def log_sigmoid(x: Any, *, return_grad: bool = False, out: Any = None) -> Any:
     arr, dtype = real_array(x, "x")
     if out is not None:
         check_out(out, arr.shape, dtype)
-    if use_numba(arr):
-        from crossentropy import _cpu
-
-        return _cpu.sigmoid(arr, log=True, return_grad=return_grad, out=out)
-    x64 = arr.astype(np.float64, copy=False)
-    value = write_out(cast_out(core_sigmoid.log_sigmoid(x64), dtype), out)
-    if return_grad:
-        # d/dx log sigmoid(x) = sigmoid(-x)
-        return value, cast_out(core_sigmoid.sigmoid(-x64), dtype)
-    return value
+    return pick(arr).sigmoid(arr, dtype, log=True, return_grad=return_grad, out=out)
 
 
 def softmax(
@@ -387,40 +296,15 @@ def logsumexp(
     """
     arr, dtype = real_array(x, "x")
     axes = _axes(axis, arr.ndim)
-    if b is None and where is None and not keepdims and not return_sign and (
-            0 < arr.size <= _small.SMALL and arr.ndim == 1):
-        # a few numbers: plain Python floats, no NumPy overhead
-        row = arr.tolist()
-        if _small.finite([row]):
-            return cast_out(np.asarray(_small.logsumexp_rows([row])[0]), dtype)
-    arr, _ = _masked(arr, where)
+    if where is not None:
+        arr, _ = _masked(arr, where)
     if b is None:
-        out = _logsumexp_rows(arr, axes)
-        sign = np.where(np.isnan(out), np.nan, 1.0)
+        # a 1-d row without options goes to plain Python first when it is short
+        out = _logsumexp_rows(arr, axes, where is not None or keepdims or return_sign
+                              or arr.ndim != 1)
+        sign = np.where(np.isnan(out), np.nan, 1.0) if return_sign else out
     else:
-        x64 = arr.astype(np.float64, copy=False)
-        b64, bdtype = as_float_array(b, "b")
-        try:
-            x64, b64 = np.broadcast_arrays(x64, b64)
-        except ValueError:
-            raise ValueError(
-                f"b with shape {b64.shape} cannot be broadcast to x with shape {x64.shape}"
-            ) from None
-        if np.asarray(b).dtype.kind == "f":  # integer weights (b=[1, -1]) never widen
-            dtype = max(dtype, bdtype, key=lambda d: d.itemsize)
-        if x64.ndim == 0:
-            x64, b64 = x64.reshape(1), b64.reshape(1)
-        rows_shape = (1,) if axes is None else tuple(
-            d for i, d in enumerate(x64.shape) if i not in axes)
-        out, sign = core_rows.weighted_logsumexp(_moved(x64, axes), _moved(b64, axes))
-        out, sign = out.reshape(rows_shape), sign.reshape(rows_shape)
-        if not return_sign:
-            neg = sign < 0
-            if neg.any():
-                raise ValueError(
-                    "the weighted sum sum(b * exp(x)) is negative for some rows, so its log is "
-                    "not real; pass return_sign=True to get log|sum| and the sign"
-                )
+        out, sign, dtype = _weighted_logsumexp(arr, b, axes, dtype, return_sign)
     if keepdims:
         kept = tuple(1 if axes is None or i in axes else d for i, d in enumerate(np.shape(x)))
         out, sign = out.reshape(kept), sign.reshape(kept)
@@ -429,6 +313,35 @@ def logsumexp(
     if return_sign:
         return cast_out(out, dtype), cast_out(sign, dtype)
     return cast_out(out, dtype)
+
+
+def _weighted_logsumexp(arr: np.ndarray, b: Any, axes: tuple[int, ...] | None,
+                        dtype: np.dtype[Any], return_sign: bool,
+                        ) -> tuple[F64, F64, np.dtype[Any]]:
+    """``(log|sum b e^x|, sign, result dtype)`` over `axes` (the core only); a negative sum
+    raises without `return_sign`."""
+    x64 = arr.astype(np.float64, copy=False)
+    b64, bdtype = as_float_array(b, "b")
+    try:
+        x64, b64 = np.broadcast_arrays(x64, b64)
+    except ValueError:
+        raise ValueError(
+            f"b with shape {b64.shape} cannot be broadcast to x with shape {x64.shape}"
+        ) from None
+    if np.asarray(b).dtype.kind == "f":  # integer weights (b=[1, -1]) never widen
+        dtype = max(dtype, bdtype, key=lambda d: d.itemsize)
+    if x64.ndim == 0:
+        x64, b64 = x64.reshape(1), b64.reshape(1)
+    rows_shape = (1,) if axes is None else tuple(
+        d for i, d in enumerate(x64.shape) if i not in axes)
+    out, sign = core_rows.weighted_logsumexp(moved(x64, axes), moved(b64, axes))
+    out, sign = out.reshape(rows_shape), sign.reshape(rows_shape)
+    if not return_sign and (sign < 0).any():
+        raise ValueError(
+            "the weighted sum sum(b * exp(x)) is negative for some rows, so its log is "
+            "not real; pass return_sign=True to get log|sum| and the sign"
+        )
+    return out, sign, dtype
 
 
 def softplus(x: Any, *, return_grad: bool = False) -> Any:

@@ -44,14 +44,12 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from crossentropy import _small
 from crossentropy import _validate as check
-from crossentropy._backends import use_numba
 from crossentropy._core import binary as core_bce
 from crossentropy._core import categorical as core_ce
 from crossentropy._core import information as core_info
-from crossentropy._core.reduce import Reduced, reduce
-from crossentropy._core.scratch import Scratch, row_blocks
+from crossentropy._core.reduce import Factor, Reduced, factor, reduce
+from crossentropy._dispatch import pick
 from crossentropy._options import BinaryOptions, CrossEntropyOptions, Reduction
 
 __all__ = [
@@ -87,23 +85,6 @@ def _last(arr: np.ndarray, ax: int) -> F64:
     """float64 rows with the class axis last, contiguous (so that axis=k sums in the same
     pairwise order as moving k last)."""
     return np.ascontiguousarray(np.moveaxis(arr.astype(np.float64, copy=False), ax, -1))
-
-
-def _rows2d(arr: np.ndarray, ax: int) -> np.ndarray:
-    """`arr` as (rows, classes), class axis last, in its own dtype (a view when possible)."""
-    C = arr.shape[ax]
-    moved = np.moveaxis(arr, ax, -1)
-    return np.ascontiguousarray(moved).reshape(math.prod(moved.shape[:-1]), C)
-
-
-def _from_rows2d(a2: np.ndarray, shape: tuple[int, ...], ax: int) -> np.ndarray:
-    """Undo :func:`_rows2d` for an array of the prediction's shape."""
-    moved = list(shape)
-    moved.append(moved.pop(ax))
-    out = np.moveaxis(a2.reshape(moved), -1, ax)
-    return out[()] if out.ndim == 0 else out
-
-
 
 
 def _target(
@@ -151,6 +132,26 @@ def _target(
     )
 
 
+def _categorical(
+    arr: np.ndarray,
+    ax: int,
+    dtype: np.dtype[Any],
+    target: Any,
+    weight: Any,
+    sample_weight: Any,
+    classes: npt.NDArray[np.bool_] | None,
+    tol: float | None,
+    opts: CrossEntropyOptions,
+) -> tuple[core_ce.Target, np.dtype[Any], F64 | None, F64 | None]:
+    """``(targets, result dtype, class weights, sample weights)`` of a categorical loss on
+    the prediction `arr` (class axis `ax`, result dtype so far `dtype`)."""
+    tg, tdtype = _target(target, arr.shape, ax, opts.ignore_index, tol, classes)
+    if tdtype is not None:
+        dtype = check.result_dtype(dtype, tdtype)
+    w = check.check_class_weight(weight, arr.shape[ax])
+    return tg, dtype, w, _sample_weight(sample_weight, tg.counted.shape)
+
+
 def _classes(where: Any, shape: tuple[int, ...], ax: int) -> npt.NDArray[np.bool_] | None:
     """A `where` mask over the prediction (True: the class takes part), class axis last."""
     if where is None:
@@ -185,8 +186,15 @@ def _omega(t: core_ce.Target, weight: F64 | None, opts: CrossEntropyOptions) -> 
 
 
 def _reduced(loss: F64, omega: Any, opts: CrossEntropyOptions | BinaryOptions) -> Reduced:
+    """The core's reduction (:func:`crossentropy._core.reduce.reduce`) under `opts`."""
     return reduce(loss, omega, opts.reduction, opts.scale, normalizer=opts.normalizer,
                   empty_mean=opts.empty_mean)
+
+
+def _factor(omega: Any, opts: CrossEntropyOptions | BinaryOptions) -> Factor:
+    """How the gradient is scaled to match :func:`_reduced` (factor first, divisor last),
+    known before the losses are: a kernel scales the gradient while computing them."""
+    return factor(opts.reduction, omega, opts.scale, normalizer=opts.normalizer)
 
 
 def _reduce_rows(
@@ -198,21 +206,16 @@ def _reduce_rows(
         loss, omega = loss * sw, omega * sw
         g64 = None if g64 is None else g64 * sw[..., None]
     reduced = _reduced(loss, omega, opts)
-    return reduced, None if g64 is None else _scaled(g64, reduced)
+    return reduced, None if g64 is None else reduced.apply(g64)
 
 
-def _grad_factor(omega: Any, opts: CrossEntropyOptions | BinaryOptions) -> Reduced:
-    """The reduction of all-zero losses: only its factor and divisor are used (they do not
-    depend on the loss values)."""
-    shape = np.shape(omega) if opts.reduction is Reduction.NONE else ()
-    return _reduced(np.zeros(shape), omega, opts)
-
-
-def _scaled(g: F64, reduced: Reduced) -> F64:
-    """Per-sample gradients scaled by the reduction: factor first, divisor last."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        out: F64 = (g * reduced.factor) / reduced.divisor
-    return out
+def _check_grad_out(grad_out: Any, return_grad: bool, shape: tuple[int, ...],
+                    dtype: np.dtype[Any]) -> None:
+    """`grad_out`, when given: only with `return_grad`, the prediction's shape and dtype."""
+    if grad_out is not None:
+        if not return_grad:
+            raise ValueError("grad_out is only used with return_grad=True")
+        check.check_out(grad_out, shape, dtype, "grad_out")
 
 
 def _finish(
@@ -357,75 +360,21 @@ def cross_entropy(
     gdtype = dtype  # the gradient keeps the prediction's dtype
     tol = check.check_tolerance(prob_tol)
     classes = _classes(where, arr.shape, ax)
-    tg, tdtype = _target(target, arr.shape, ax, opts.ignore_index, tol, classes)
-    if tdtype is not None:
-        dtype = check.result_dtype(dtype, tdtype)
-    w = check.check_class_weight(weight, arr.shape[ax])
-    sw = _sample_weight(sample_weight, tg.counted.shape)
-    if grad_out is not None:
-        if not return_grad:
-            raise ValueError("grad_out is only used with return_grad=True")
-        check.check_out(grad_out, arr.shape, gdtype, "grad_out")
+    tg, dtype, w, sw = _categorical(arr, ax, dtype, target, weight, sample_weight, classes,
+                                    tol, opts)
+    _check_grad_out(grad_out, return_grad, arr.shape, gdtype)
     omega = _omega(tg, w, opts)
     if sw is not None:  # sample weights scale each loss and its share of the mean
         omega = omega * sw
-    plain = (not return_grad and tg.labels is not None and w is None and sw is None
-             and classes is None and not opts.label_smoothing and not opts.z_loss
-             and opts.softcap is None and 0 < arr.size <= _small.SMALL)
-    if plain:  # a few numbers (the article's vectors): plain Python floats, no overhead
-        x2 = _rows2d(arr, ax)
-        rows = x2.tolist()
-        if _small.finite(rows):
-            assert tg.labels is not None
-            counted = tg.counted.reshape(-1)
-            labels = tg.labels.reshape(-1).tolist()
-            per = _small.cross_entropy_rows(rows, labels)
-            loss = np.where(counted, np.array(per), 0.0).reshape(tg.counted.shape)
-            return _finish(_reduced(loss, omega, opts).value, None, dtype, gdtype, None)
-    gf = _grad_factor(omega, opts) if return_grad else None
-    fused = (
-        tg.labels is not None and arr.ndim > 0 and arr.size > 0 and classes is None
-        # a subnormal summed weight overflows factor / divisor: the core divides last
-        and (gf is None or np.isfinite(gf.grad_scale))
+    gf = _factor(omega, opts) if return_grad else None
+    index = tg.labels is not None and classes is None
+    be = pick(  # a subnormal summed weight overflows factor / divisor: the core divides last
+        arr, numba=index and arr.size > 0 and (gf is None or math.isfinite(gf.grad_scale)),
+        plain=index and gf is None and w is None and sw is None and not opts.label_smoothing
+        and not opts.z_loss and opts.softcap is None,
     )
-    if use_numba(arr, supported=fused):  # the numba kernels (crossentropy._cpu)
-        from crossentropy import _cpu
-
-        assert tg.labels is not None
-        loss, g = _cpu.categorical(
-            arr, ax, tg.labels, tg.counted, w, label_smoothing=opts.label_smoothing,
-            z_loss=opts.z_loss, softcap=opts.softcap, grad_out=grad_out,
-            want_grad=return_grad, grad_scale=1.0 if gf is None else gf.grad_scale,
-        )
-        if sw is not None:
-            loss = loss * sw
-            if g is not None:
-                g *= np.expand_dims(sw, ax).astype(g.dtype)
-        return _finish(_reduced(loss, omega, opts).value, g, dtype, gdtype, None)
-    exact = arr.dtype == np.float64  # float32/16 inputs are rounded to their own dtype
-    x2 = _rows2d(arr, ax)
-    loss2 = np.zeros(x2.shape[0])
-    g2 = np.zeros(x2.shape, dtype=gdtype) if return_grad else None
-    sw2 = None if sw is None else sw.reshape(-1)
-    scratch = Scratch()  # the same temporaries for every block (see _core.scratch)
-    for sl in row_blocks(x2):  # row blocks: the float64 temporaries stay in cache
-        loss_b, _, g_b = core_ce.logits_rows(
-            scratch.f64("x", x2[sl]), tg.rows(sl), w, label_smoothing=opts.label_smoothing,
-            z_loss=opts.z_loss, cap=opts.softcap, want_grad=return_grad, exact=exact,
-            scratch=scratch,
-        )
-        if sw2 is not None:  # sample weights scale each loss and its gradient row
-            loss_b = loss_b * sw2[sl]
-            g_b = None if g_b is None else g_b * sw2[sl, None]
-        loss2[sl] = loss_b
-        if g2 is not None and g_b is not None and gf is not None:
-            with np.errstate(over="ignore"):  # beyond float16's range: +-inf, as rounded
-                g2[sl] = _scaled(g_b, gf)
-    rows = tg.counted.shape
-    reduced = _reduced(loss2.reshape(rows), omega, opts)
-    g = None if g2 is None else _from_rows2d(g2, arr.shape, ax)
-    return _finish(reduced.value, g, dtype, gdtype, None, grad_out)
-
+    loss, g = be.categorical(arr, ax, tg, w, sw, opts, gf, grad_out)
+    return _finish(_reduced(loss, omega, opts).value, g, dtype, gdtype, None, grad_out)
 
 
 def _from_normalised(
@@ -459,11 +408,8 @@ def _from_normalised(
     else:
         check.check_probabilities(qc, name)
         check.check_rows_sum_to_one(qs, -1, dtype, name, tol)
-    tg, tdtype = _target(target, arr.shape, ax, opts.ignore_index, tol, classes)
-    if tdtype is not None:
-        dtype = check.result_dtype(dtype, tdtype)
-    w = check.check_class_weight(weight, arr.shape[ax])
-    sw = _sample_weight(sample_weight, tg.counted.shape)
+    tg, dtype, w, sw = _categorical(arr, ax, dtype, target, weight, sample_weight, classes,
+                                    tol, opts)
     loss, g64 = core_ce.normalised_rows(
         q, tg, w, log=is_log, label_smoothing=opts.label_smoothing, want_grad=return_grad
     )
@@ -649,24 +595,12 @@ def _binary_args(
 
 
 def _binary_finish(
-    loss: F64,
-    grad: F64 | None,
-    weight: F64 | None,
-    opts: BinaryOptions,
-    dtype: np.dtype[Any],
-    gdtype: np.dtype[Any],
-    grad_out: Any = None,
+    loss: F64, grad: Any, opts: BinaryOptions, dtype: np.dtype[Any], size: int
 ) -> Any:
-    """Weight, reduce (a mean is over all elements) and round once."""
-    if weight is not None:
-        loss = loss * weight
-        grad = None if grad is None else grad * weight
-    reduced = _reduced(loss, float(loss.size), opts)
-    out = check.cast_out(reduced.value, dtype)
-    if grad is None:
-        return out
-    g = check.cast_out(_scaled(grad, reduced), gdtype)
-    return out, check.write_out(g, grad_out, "grad_out")
+    """Reduce (a mean is over all `size` elements) and round once; the gradient comes
+    scaled and placed."""
+    out = check.cast_out(_reduced(loss, float(size), opts).value, dtype)
+    return out if grad is None else (out, grad)
 
 
 _BCE_PARAMS = """    weight : array_like, optional
@@ -735,46 +669,13 @@ def binary_cross_entropy_with_logits(
         reduction=reduction, label_smoothing=label_smoothing, base=base, normalizer=normalizer
     )
     x, y, w, pw, dtype, gdtype = _binary_args(logits, target, "logits", weight, pos_weight, opts)
-    if grad_out is not None:
-        if not return_grad:
-            raise ValueError("grad_out is only used with return_grad=True")
-        check.check_out(grad_out, x.shape, gdtype, "grad_out")
-    per_element = opts.reduction is Reduction.NONE
-    gf = _grad_factor(np.ones(x.shape) if per_element else float(x.size), opts)
+    _check_grad_out(grad_out, return_grad, x.shape, gdtype)
+    gf = _factor(float(x.size), opts)
     one_pos = pw is None or pw.size == 0 or bool(np.all(pw == pw.flat[0]))
-    fused = w is None and one_pos and x.size > 0 and np.isfinite(gf.grad_scale)
-    if use_numba(x, supported=fused):  # the numba kernels (crossentropy._cpu)
-        from crossentropy import _cpu
-
-        g = None
-        if return_grad:
-            direct = grad_out is not None and grad_out.flags.c_contiguous
-            g = grad_out.reshape(-1) if direct else np.empty(x.size, dtype=x.dtype)
-        # y is already smoothed: the kernel's own smoothing is off (eps = 0)
-        pos = 1.0 if pw is None or pw.size == 0 else float(pw.flat[0])
-        part = _cpu.bce_with_logits(
-            x, y, pos, 0.0, per_element=per_element, grad=g, grad_scale=gf.grad_scale,
-        )
-        loss = part.reshape(x.shape) if per_element else part
-        if not per_element and np.isinf(part).any():
-            # a block's partial sum overflowed, although the mean may not (two losses of
-            # 1e308): the per-element losses again, summed by the core's reduction, which
-            # rescales an overflowing sum (rare: only for losses near the float64 maximum)
-            loss = _cpu.bce_with_logits(x, y, pos, 0.0, per_element=True, grad=None,
-                                        grad_scale=1.0)
-        out = check.cast_out(_reduced(loss, float(x.size), opts).value, dtype)
-        if g is None:
-            return out
-        gg = g.reshape(x.shape)
-        if grad_out is not None:
-            if not np.shares_memory(gg, grad_out):
-                np.copyto(grad_out, gg)
-            gg = grad_out
-        return out, gg[()] if gg.ndim == 0 else gg
-    loss, grad = core_bce.from_logits(
-        x.astype(np.float64, copy=False), y, pw, want_grad=return_grad
-    )
-    return _binary_finish(loss, grad, w, opts, dtype, gdtype, grad_out)
+    be = pick(x, numba=w is None and one_pos and x.size > 0 and math.isfinite(gf.grad_scale))
+    loss, g = be.bce_with_logits(x, y, w, pw, gf if return_grad else None, grad_out,
+                                 per_element=opts.reduction is Reduction.NONE)
+    return _binary_finish(loss, g, opts, dtype, x.size)
 
 
 @_options(_BCE_PARAMS)
@@ -824,7 +725,12 @@ def binary_cross_entropy(
     q64 = q.astype(np.float64, copy=False)
     check.check_probabilities(q64, "probs")
     loss, grad = core_bce.from_probs(q64, y, pw, want_grad=return_grad)
-    return _binary_finish(loss, grad, w, opts, dtype, gdtype)
+    if w is not None:
+        loss = loss * w
+        grad = None if grad is None else grad * w
+    gf = _factor(float(q.size), opts)
+    g = None if grad is None else check.cast_out(gf.apply(grad), gdtype)
+    return _binary_finish(loss, g, opts, dtype, q.size)
 
 
 # --------------------------------------------------------------------------- information

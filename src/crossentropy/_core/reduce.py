@@ -14,10 +14,12 @@ A mean over zero counted samples is ``empty_mean`` (0.0 in the core, NaN under t
 semantics) with a zero gradient.
 
 **Divide last.**  The gradient of sample *i* is :math:`(g_i\,f_i) / D` with the factor
-:math:`f_i` and the divisor :math:`D` returned separately: forming :math:`s / D` first
-overflows to inf when :math:`D` is a subnormal summed weight, although the gradient itself,
-:math:`w (p - t) / D`, is of order 1.  Fused kernels that need one number use
-:attr:`Reduced.grad_scale` and must check that it is finite.
+:math:`f_i` and the divisor :math:`D` returned separately (a :class:`Factor`, whose
+:meth:`Factor.apply` scales): forming :math:`s / D` first overflows to inf when :math:`D` is a
+subnormal summed weight, although the gradient itself, :math:`w (p - t) / D`, is of order 1.
+Fused kernels that need one number use :attr:`Factor.grad_scale` and must check that it is
+finite.  :func:`factor` gives the factor before the losses exist (a kernel scales the gradient
+while it computes them); :func:`reduce` gives the same factor with the value.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "Factor",
     "Reduced",
     "Reduction",
     "divisor",
+    "factor",
     "reduce",
     "scalar",
 ]
@@ -61,10 +65,9 @@ class Reduction(str, enum.Enum):
 
 
 @dataclass(frozen=True)
-class Reduced:
-    """A reduced value and how the per-sample gradients are scaled to match it."""
+class Factor:
+    """How the per-sample gradients are scaled to match a reduction: factor, divisor last."""
 
-    value: F64  # 0-d for sum/mean, the per-sample shape for none
     factor: float  # multiply each per-sample gradient by this ...
     divisor: float  # ... then divide by this (1.0 when there is nothing to divide)
 
@@ -74,8 +77,22 @@ class Reduced:
         with np.errstate(over="ignore"):
             return float(np.float64(self.factor) / np.float64(self.divisor))
 
+    def apply(self, g: F64) -> F64:
+        """``(g * factor) / divisor``: the per-sample gradients `g` scaled, divided last
+        (beyond the float64 range: +-inf, as rounded)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            out: F64 = (g * self.factor) / self.divisor
+        return out
 
-def divisor(reduction: Reduction, omega: F64, normalizer: float | None) -> float | None:
+
+@dataclass(frozen=True)
+class Reduced(Factor):
+    """A reduced value and how the per-sample gradients are scaled to match it."""
+
+    value: F64  # 0-d for sum/mean, the per-sample shape for none
+
+
+def divisor(reduction: Reduction, omega: F64 | float, normalizer: float | None) -> float | None:
     """What the summed loss is divided by: 1, the normalizer or the summed weight; None
     for a mean over zero counted samples."""
     if reduction is Reduction.NONE or (reduction is Reduction.SUM and normalizer is None):
@@ -84,6 +101,17 @@ def divisor(reduction: Reduction, omega: F64, normalizer: float | None) -> float
         return float(normalizer)
     wsum = float(np.add.reduce(omega, axis=None))  # np.sum's pairwise sum, its wrapper skipped
     return None if wsum == 0.0 else wsum
+
+
+def factor(
+    reduction: Reduction, omega: F64 | float, scale: float, *, normalizer: float | None = None
+) -> Factor:
+    """The gradient factor of :func:`reduce` for these mean weights, without the losses:
+    ``(scale, D)``, or ``(0, 1)`` for a mean over nothing (zero gradient)."""
+    if reduction is Reduction.NONE:
+        return Factor(scale, 1.0)
+    D = divisor(reduction, omega, normalizer)
+    return Factor(0.0, 1.0) if D is None else Factor(scale, D)
 
 
 def reduce(
@@ -97,15 +125,15 @@ def reduce(
 ) -> Reduced:
     """Reduce per-sample losses (nats) by the rule in the module docstring."""
     if reduction is Reduction.NONE:
-        return Reduced(loss * scale, scale, 1.0)
+        return Reduced(scale, 1.0, loss * scale)
     D = divisor(reduction, omega, normalizer)
     total, grow = _total(loss)
     value = scalar(total, scale, D, empty_mean)
     if D is None:  # a mean over nothing: zero gradient
-        return Reduced(np.asarray(value), 0.0, 1.0)
+        return Reduced(0.0, 1.0, np.asarray(value))
     # (total * s / D) * 2^64: the power of two applied last is exact unless the result
     # itself overflows (then inf is its correctly rounded value)
-    return Reduced(np.asarray(value * grow), scale, D)
+    return Reduced(scale, D, np.asarray(value * grow))
 
 
 # 2^-64 and 2^64: scaling by a power of two is exact (terms below 2^-1010 lose bits, but
