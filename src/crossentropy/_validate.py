@@ -93,8 +93,11 @@ def result_dtype(*dtypes: np.dtype[Any]) -> np.dtype[Any]:
 
 def cast_out(x: npt.NDArray[np.float64], dtype: np.dtype[Any]) -> Any:
     """Round a float64 result once to `dtype`; 0-d results become NumPy scalars."""
-    with np.errstate(over="ignore"):  # beyond the range of `dtype`: +-inf, the rounded value
-        out = x.astype(dtype, copy=False)
+    if x.dtype == dtype:  # nothing to round (np.errstate alone costs about 2 us)
+        out = x
+    else:
+        with np.errstate(over="ignore"):  # beyond the range of `dtype`: +-inf, rounded
+            out = x.astype(dtype, copy=False)
     return out[()] if out.ndim == 0 else out
 
 
