@@ -46,6 +46,7 @@ from crossentropy.torch._reference import (
     row_weights,
     zero_class_rows,
 )
+from crossentropy.triton._available import TritonUnavailable
 
 __all__ = [
     "LinearCrossEntropyOutput",
@@ -169,15 +170,16 @@ def _real(*ts: Tensor | None) -> bool:
 
 
 def _triton() -> Any:
-    import crossentropy.triton as tr
+    """The torch side of the Triton kernels (its seams), imported on first use."""
+    from crossentropy.torch import _triton as seam
 
-    return tr
+    return seam
 
 
 def _triton_reason(x: Tensor) -> str | None:
     """None when the Triton kernels can take tensors like `x`, else why not."""
     try:
-        tr = _triton()
+        from crossentropy.triton import _available as tr
     except ImportError as exc:  # pragma: no cover - the package is part of the wheel
         return f"crossentropy.triton cannot be imported ({exc})"
     if not tr.is_available():
@@ -208,7 +210,7 @@ def _resolve_impl(impl: str, x: Tensor, name: str, *others: Tensor | None) -> st
     if impl == "triton":
         reason = _triton_reason(x)
         if reason is not None:
-            raise _triton().TritonUnavailable(
+            raise TritonUnavailable(
                 f"crossentropy.torch.{name}(impl='triton'): {reason}")
         return "triton"
     if impl == "cpu":
@@ -566,7 +568,7 @@ def _binary_prep(
         opts = BinaryOptions.create(reduction=reduction, base=base, semantics="torch")
     impl = _check_impl(impl)
     if impl == "triton":
-        raise _triton().TritonUnavailable(
+        raise TritonUnavailable(
             f"crossentropy.torch.{name}(impl='triton'): there is no Triton kernel for the "
             "binary losses (elementwise: the torch path is already one fused pass); use "
             "impl='auto' or 'torch'")

@@ -1,4 +1,11 @@
-"""autograd Functions (layer 3 of 4) over the launchers.
+"""The torch side of the Triton kernels: autograd Functions over the launchers, and the seam.
+
+:func:`cross_entropy_2d` and :func:`linear_cross_entropy_2d` are what
+:mod:`crossentropy.torch` calls with ``impl="triton"`` (and ``"auto"`` on CUDA), after it
+has validated the arguments into a :class:`~crossentropy._options.CrossEntropyOptions` and
+reshaped the inputs to 2-D; :mod:`crossentropy.triton` re-exports them by name.  The
+kernels (``crossentropy/triton/_kernels.py``) and their launchers
+(``crossentropy/triton/_launch.py``) hold the device code; this module is the host side.
 
 No function here reads a device value on the host: weight sums, means and the scale of the
 gradient stay tensors on the device (no ``.item()``), so a step can be captured in a CUDA
@@ -14,12 +21,21 @@ import math
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from crossentropy._options import CrossEntropyOptions, Reduction
+from crossentropy.torch._reference import reduce_rows, row_weights, zero_class_rows
 from crossentropy.triton import _launch
+from crossentropy.triton._available import require
 from crossentropy.triton._launch import RowStats
 
-__all__ = ["CrossEntropyFunction", "LinearCrossEntropyFunction", "finish_rows"]
+__all__ = [
+    "CrossEntropyFunction",
+    "LinearCrossEntropyFunction",
+    "cross_entropy_2d",
+    "finish_rows",
+    "linear_cross_entropy_2d",
+]
 
 
 def _index_rows(
@@ -76,8 +92,6 @@ def _grad_scale(
     """``(omega, gscale)``: the mean's row weights (None unless a mean divides by them) and
     ``d value / d loss_i`` as a float32 tensor of one element, on the device (0 for a mean
     over nothing: the empty mean has a zero gradient)."""
-    from crossentropy.torch._reference import row_weights
-
     dev = target.device
     if opts.reduction is not Reduction.MEAN or opts.normalizer is not None:
         div = opts.normalizer if opts.normalizer is not None else 1.0
@@ -89,8 +103,6 @@ def _grad_scale(
 
 
 def _value(loss: torch.Tensor, omega: torch.Tensor | None, opts: CrossEntropyOptions) -> Any:
-    from crossentropy.torch._reference import reduce_rows
-
     return reduce_rows(loss, omega, opts)
 
 
@@ -241,3 +253,154 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             None,
             None,
         )
+
+
+# --------------------------------------------------------------------------- the seam
+
+
+def _no_classes(z: Tensor, target: Tensor, opts: CrossEntropyOptions,
+                ) -> tuple[Tensor, Tensor]:
+    """The seams' result for (N, 0) logits: torch's values (each row 0, 'mean' NaN; see
+    :func:`crossentropy.torch._reference.zero_class_rows`), lse -inf in float32."""
+    out, lse = zero_class_rows(z, target, target.dim() == 2, opts)
+    return out.to(z.dtype), lse.to(torch.float32)
+
+
+def _rows_contiguous(t: Tensor) -> Tensor:
+    return t if t.dim() < 2 or t.shape[1] <= 1 or t.stride(1) == 1 else t.contiguous()
+
+
+def cross_entropy_2d(
+    x: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    opts: CrossEntropyOptions,
+    *,
+    inplace_grad: bool = False,
+    value_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""The seam: cross-entropy of 2-D logits with validated options, on the kernels.
+
+    .. math:: \ell_i = \sum_c a_{ic} \big((m_i - z'_{ic}) + \operatorname{log1p}(s_i)\big)
+              + \zeta\,\mathrm{lse}_i^2, \qquad
+              \frac{\partial \ell_i}{\partial z'_{ic}} = P_i\, p_{ic} - a_{ic}
+
+    (``a_ic`` the target weights of class ``c``, ``P_i = sum_c a_ic + 2 zeta lse_i``).
+
+    Parameters
+    ----------
+    x : Tensor
+        (N, C) float16/bfloat16/float32 logits (rows are made contiguous if needed).
+    target : Tensor
+        int64 [N] class indices, or floating [N, C] probability rows (not differentiated).
+    weight : Tensor or None
+        [C] class weights.
+    opts : CrossEntropyOptions
+        Validated options (not checked again).
+    inplace_grad : bool
+        Write the gradient into ``x``'s memory during backward (the logits are destroyed;
+        ignored for a leaf tensor and for logits without contiguous rows).
+    value_dtype : torch.dtype or None
+        The dtype of the returned loss: the float32 accumulation rounded once to it (None:
+        x's dtype; ``torch.float32`` keeps a bfloat16 loss unrounded).
+
+    Returns
+    -------
+    (Tensor, Tensor)
+        The loss reduced per ``opts`` in ``value_dtype`` (shape [N] for 'none') and the float32
+        lse [N] (of the soft-capped logits, nats, not differentiable).  Autograd-capable;
+        no host synchronisation.  Raises :class:`TritonUnavailable` (why) when the
+        kernels cannot take the call.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from crossentropy._options import CrossEntropyOptions
+    >>> o = CrossEntropyOptions.create(semantics="torch")
+    >>> x = torch.zeros(2, 3, dtype=torch.float64)
+    >>> cross_entropy_2d(x, torch.tensor([0, 1]), None, o)
+    Traceback (most recent call last):
+    ...
+    crossentropy.triton.TritonUnavailable: float64 tensors: the Triton kernels compute in float32
+    """
+    require(x)
+    vdt = x.dtype if value_dtype is None else value_dtype
+    if x.shape[1] == 0:  # no classes: torch's values (the kernels need a class to read)
+        out, lse = _no_classes(x, target, opts)
+        return out.to(vdt), lse
+    xc = _rows_contiguous(x)
+    inplace = bool(inplace_grad) and xc is x and not x.is_leaf  # never a leaf's own memory
+    t = target.contiguous() if target.dim() == 1 else _rows_contiguous(target)
+    w = weight.contiguous() if weight is not None else None
+    loss, lse = CrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
+        xc, t, w, opts, inplace, vdt)
+    return loss, lse
+
+
+def linear_cross_entropy_2d(
+    h: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    target: Tensor,
+    weight: Tensor | None,
+    opts: CrossEntropyOptions,
+    *,
+    value_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""The seam: fused ``cross_entropy_2d(h @ w.T + b, target, weight, opts)``.
+
+    .. math:: z = h W^\top + b, \qquad
+              \frac{\partial L}{\partial h} = G W, \quad
+              \frac{\partial L}{\partial W} = G^\top h, \quad
+              \frac{\partial L}{\partial b} = \textstyle\sum_i G_i
+
+    with ``G = dL/dz``.  The logits never exist in memory: the forward folds each on-chip
+    tile into the row statistics; the backward recomputes them one vocabulary chunk at a
+    time, writes that chunk of ``G`` once and forms both gradients by GEMMs (no atomics;
+    ``docs/gpu.md`` has the roofline).  Logits and products accumulate in float32.
+
+    Parameters
+    ----------
+    h : Tensor
+        (N, D) hidden states, float16/bfloat16/float32.
+    w : Tensor
+        (V, D) classifier weight, same dtype and device.
+    b : Tensor or None
+        (V,) classifier bias.
+    target, weight, opts
+        As for :func:`cross_entropy_2d` (with ``C = V``); probability targets are [N, V].
+
+    Returns
+    -------
+    (Tensor, Tensor)
+        Loss (reduced per ``opts``, in ``value_dtype`` as for :func:`cross_entropy_2d`;
+        None: h's dtype) and float32 lse [N].
+
+    Examples
+    --------
+    >>> import torch
+    >>> from crossentropy._options import CrossEntropyOptions
+    >>> o = CrossEntropyOptions.create(ignore_index=None, semantics="torch")
+    >>> h = torch.zeros(2, 4, dtype=torch.float64)
+    >>> linear_cross_entropy_2d(h, torch.zeros(5, 4, dtype=torch.float64), None,
+    ...                         torch.tensor([0, 1]), None, o)
+    Traceback (most recent call last):
+    ...
+    crossentropy.triton.TritonUnavailable: float64 tensors: the Triton kernels compute in float32
+    """
+    require(h)
+    vdt = h.dtype if value_dtype is None else value_dtype
+    if w.shape[0] == 0:  # no classes: the (N, 0) logits cost nothing
+        out, lse = _no_classes(torch.nn.functional.linear(h, w, b), target, opts)
+        return out.to(vdt), lse
+    t = target.contiguous() if target.dim() == 1 else _rows_contiguous(target)
+    loss, lse = LinearCrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
+        _rows_contiguous(h),
+        _rows_contiguous(w),
+        b.contiguous() if b is not None else None,
+        t,
+        weight.contiguous() if weight is not None else None,
+        opts,
+        vdt,
+    )
+    return loss, lse
