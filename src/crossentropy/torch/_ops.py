@@ -44,7 +44,8 @@ from crossentropy.torch._chunks import (
     rows_for,
 )
 from crossentropy.torch._errors import TargetIndexError
-from crossentropy.torch._reference import categorical_rows, reduce_rows, row_weights
+from crossentropy.torch._reduction import ReductionPlan, host_scale, reduce_rows, row_weights
+from crossentropy.torch._reference import categorical_rows
 
 #: The option pieces, in the order of CrossEntropyOptions.to_tuple().
 OPTS = ("reduction", "ignore_index", "label_smoothing", "z_loss", "softcap", "scale",
@@ -103,8 +104,7 @@ def check_index_target(target: Tensor, num_classes: int, ignore_index: int | Non
 
 def _grad_scale(opts: CrossEntropyOptions, omega: Tensor | None) -> float:
     """The factor of d(row loss) in d(out): scale, / normalizer, or / sum(omega) (host)."""
-    denom = _denominator(opts, omega)
-    return opts.scale / denom if denom != 0.0 else 0.0
+    return ReductionPlan(opts, omega).host_scale()
 
 
 def _is_one(g: Tensor) -> bool:
@@ -226,7 +226,7 @@ def index_body(
     w64 = None if weight is None else weight.detach().to(torch.float64).contiguous()
     denom = _denominator_of(opts, t, w64, C, in_range, counted)
     grad, gn = _fresh_like(x) if need_grad else (x.new_empty(0), None)
-    gscale = opts.scale / denom if denom != 0.0 else 0.0
+    gscale = host_scale(opts.scale, denom)
     w64n = None if w64 is None else w64.numpy()
     if found is not None:  # the kernels take the call (_backends decided above): directly
         loss, lse = _cpu.ce_rows_kernel(
@@ -247,26 +247,14 @@ def index_body(
     return out, (torch.from_numpy(lse).to(x.dtype) if want_lse else None), grad
 
 
-def _denominator(opts: CrossEntropyOptions, omega: Tensor | None) -> float:
-    """What the summed, scaled loss is divided by: 1, the normalizer or sum(omega) (host)."""
-    if opts.reduction is Reduction.NONE:
-        return 1.0
-    if opts.normalizer is not None:
-        return opts.normalizer
-    if opts.reduction is Reduction.SUM:
-        return 1.0
-    assert omega is not None
-    return float(omega.sum())
-
-
 def _denominator_of(opts: CrossEntropyOptions, t: Tensor, w64: Tensor | None, C: int,
                     in_range: bool, counted: int | None = None) -> float:
-    """:func:`_denominator` of checked index targets, without building omega where the
+    """:meth:`ReductionPlan.host_divisor` of checked index targets, without building omega where the
     count is known: with no class weights the mean divides by the number of counted rows
     (``counted``, when the caller has it), which is N when every target is in [0, C) and
     ignore_index is outside that range."""
     if opts.reduction is not Reduction.MEAN or opts.normalizer is not None:
-        return _denominator(opts, None)
+        return ReductionPlan(opts).host_divisor()
     if w64 is None:
         if counted is not None:
             return float(counted)  # the counted rows (exact below 2^53)
@@ -274,7 +262,7 @@ def _denominator_of(opts: CrossEntropyOptions, t: Tensor, w64: Tensor | None, C:
         if ii is None or (in_range and not 0 <= ii < C):
             return float(t.shape[0])  # sum of N ones (exact)
         return float(int((t != ii).sum()))  # the counted rows (exact below 2^53)
-    return _denominator(opts, _omega(t, w64, opts, C))
+    return ReductionPlan(opts, _omega(t, w64, opts, C)).host_divisor()
 
 
 @cross_entropy_index.register_fake

@@ -10,13 +10,15 @@ kernels (``crossentropy/triton/_kernels.py``) and their launchers
 No function here reads a device value on the host: weight sums, means and the scale of the
 gradient stay tensors on the device (no ``.item()``), so a step can be captured in a CUDA
 graph.  The per-row loss is finished from the kernels' row statistics in float64 (a few
-[N] vectors), the reduction is :func:`crossentropy.torch._reference.reduce_rows` (a mean
-over zero counted rows is ``opts.empty_mean``, NaN for torch semantics, with a zero
-gradient).  Probability targets are not differentiated (their gradient is None).
+[N] vectors) by the one row formula (:mod:`._rowstats`), the reduction is the one
+:class:`~._reduction.ReductionPlan` (a mean over zero counted rows is ``opts.empty_mean``,
+NaN for torch semantics, with a zero gradient).  Probability targets are not
+differentiated (their gradient is None).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -24,10 +26,19 @@ import torch
 from torch import Tensor
 
 from crossentropy._options import CrossEntropyOptions, Reduction
-from crossentropy.torch._reference import reduce_rows, row_weights, zero_class_rows
+from crossentropy.torch._reduction import ReductionPlan, grad_factor, row_weights
+from crossentropy.torch._reference import zero_class_rows
+from crossentropy.torch._rowstats import (
+    RowStats,
+    dense_coefficients,
+    finish,
+    index_coefficients,
+    index_targets,
+    merge_stacked,
+)
 from crossentropy.triton import _launch
 from crossentropy.triton._available import require
-from crossentropy.triton._launch import RowStats
+from crossentropy.triton._launch import KernelStats
 
 __all__ = [
     "CrossEntropyFunction",
@@ -38,72 +49,69 @@ __all__ = [
 ]
 
 
-def _index_rows(
-    target: torch.Tensor, weight: torch.Tensor | None, opts: CrossEntropyOptions, C: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(counted, bad, w_y)`` of index targets: ``w_y`` float64, 0 where not counted;
-    ``bad``: counted but outside ``[0, C)`` (a NaN row, found without a host sync)."""
-    if opts.ignore_index is None:
-        counted = torch.ones_like(target, dtype=torch.bool)
-    else:
-        counted = target != opts.ignore_index
-    in_range = (target >= 0) & (target < C)
-    y = torch.where(in_range, target, 0)
-    if weight is None:
-        wy = counted.to(torch.float64)
-    else:
-        wy = torch.where(counted, weight.to(torch.float64)[y], 0.0)
-    return counted, counted & ~in_range, wy
+def _row_stats(k: KernelStats) -> tuple[RowStats, Tensor]:
+    """The kernels' statistics as the whole rows' :class:`RowStats` (float64) and ``z'_y``.
+
+    The fused forward leaves ``[SPLIT, N]`` statistics of contiguous vocabulary ranges:
+    they are merged here, on the device, in range order, by the one merge rule
+    (:func:`~crossentropy.torch._rowstats.merge_stacked`; the kernels' ``k`` are columns of
+    the whole row, so the argmax of the first range reaching the maximum is the row's).
+    The kernels report the target logit ``z'_y`` itself (0 off its range), not its gap to
+    their maximum: ``m - z'_y`` is taken against the whole row's ``m`` by
+    :func:`finish_rows`, in float64, where the float32 values subtract exactly enough.
+    """
+    zero = torch.zeros_like(k.s)
+    st = RowStats(k.m.double(), k.s, zero, torch.zeros_like(zero, dtype=torch.bool),
+                  asum=k.A, agap=k.B, argmax=k.k)
+    if k.m.dim() == 2:
+        return merge_stacked(st), k.zy.sum(dim=0)
+    return st, k.zy
+
+
+def _kernel_stats(m: Tensor, s: Tensor, k: Tensor, A: Tensor) -> KernelStats:
+    """What the backward kernels read of the row statistics (``m`` float32)."""
+    m32 = m.to(torch.float32)
+    return KernelStats(m=m32, s=s, k=k, A=A, B=A, zy=m32)
 
 
 def finish_rows(
-    st: RowStats, target: torch.Tensor, weight: torch.Tensor | None,
+    st: RowStats, z_y: Tensor, target: Tensor, weight: Tensor | None,
     opts: CrossEntropyOptions, C: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Per-row loss (float64, nats, no scale) and lse (float32) from the row statistics.
 
-    ``L = log1p(s)``, ``lse = m + L``; index targets: ``(1 - eps) w_y ((m - z'_y) + L) +
-    (B + A L)`` on counted rows (``finish`` of crossentropy/torch/_merge.py); probability
-    targets: ``B + A L``; plus ``z_loss lse^2`` per counted row (unweighted).  Every
-    term is >= 0: nothing cancels, and the float64 arithmetic on float32 statistics adds
-    no error of its own.
+    :func:`~crossentropy.torch._rowstats.finish`: index targets
+    ``(1 - eps) w_y ((m - z'_y) + L) + (B + A L)`` on counted rows (NaN where the index is
+    outside ``[0, C)``, found without a host sync), probability targets ``B + A L``; plus
+    ``z_loss lse^2`` per counted row (unweighted), ``L = log1p(rest)``.  Every term is
+    >= 0: nothing cancels, and the float64 arithmetic on float32 statistics adds no error
+    of its own.
     """
-    m = st.m.double()
-    L = torch.log1p(st.s)
-    lse = m + L
     if target.dim() == 2:
-        loss = st.B + st.A * L
-        if opts.z_loss > 0.0:
-            loss = loss + opts.z_loss * lse * lse
+        every = torch.ones_like(st.has_y)
+        loss, lse = finish(st, counted=every, target_coef=None, z_loss=opts.z_loss)
         return loss, lse.float()
-    counted, bad, wy = _index_rows(target, weight, opts, C)
-    main = (1.0 - opts.label_smoothing) * wy * ((m - st.zy.double()) + L)
-    loss = torch.where(counted, main, 0.0)
-    if opts.label_smoothing > 0.0:
-        loss = loss + torch.where(counted, st.B + st.A * L, 0.0)
-    if opts.z_loss > 0.0:
-        loss = loss + torch.where(counted, opts.z_loss * lse * lse, 0.0)
-    return torch.where(bad, math.nan, loss), lse.float()
+    t = index_targets(target, ignore_index=opts.ignore_index, num_classes=C, weight=weight,
+                      dtype=torch.float64)
+    whole = dataclasses.replace(st, zy=st.m - z_y.double(), has_y=t.counted)
+    loss, lse = finish(whole, counted=t.counted,
+                       target_coef=(1.0 - opts.label_smoothing) * t.weight,
+                       z_loss=opts.z_loss, invalid=t.invalid)
+    return loss, lse.float()
 
 
-def _grad_scale(
-    target: torch.Tensor, weight: torch.Tensor | None, opts: CrossEntropyOptions, C: int
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """``(omega, gscale)``: the mean's row weights (None unless a mean divides by them) and
-    ``d value / d loss_i`` as a float32 tensor of one element, on the device (0 for a mean
-    over nothing: the empty mean has a zero gradient)."""
-    dev = target.device
-    if opts.reduction is not Reduction.MEAN or opts.normalizer is not None:
-        div = opts.normalizer if opts.normalizer is not None else 1.0
-        return None, torch.full((1,), opts.scale / div, dtype=torch.float32, device=dev)
-    omega = row_weights(target, weight, opts, C, torch.float64)
-    denom = omega.sum()
-    safe = torch.where(denom == 0, 1.0, denom)
-    return omega, torch.where(denom == 0, 0.0, opts.scale / safe).reshape(1).float()
+def _plan(target: Tensor, weight: Tensor | None, opts: CrossEntropyOptions, C: int
+          ) -> ReductionPlan:
+    """The reduction of this call (:mod:`._reduction`), the mean's row weights in float64."""
+    omega = row_weights(target, weight, opts, C, torch.float64) \
+        if opts.reduction is Reduction.MEAN else None
+    return ReductionPlan(opts, omega)
 
 
-def _value(loss: torch.Tensor, omega: torch.Tensor | None, opts: CrossEntropyOptions) -> Any:
-    return reduce_rows(loss, omega, opts)
+def _row_scale(grad_value: Tensor, divisor: Tensor, opts: CrossEntropyOptions) -> Tensor:
+    """``d value / d loss_i`` times the incoming gradient, float32 ``[1]`` or ``[N]``
+    ('none'), read by the kernels on the device (0 for a mean over nothing)."""
+    return grad_factor(grad_value, divisor, opts).to(torch.float32).contiguous()
 
 
 class CrossEntropyFunction(torch.autograd.Function):
@@ -128,11 +136,12 @@ class CrossEntropyFunction(torch.autograd.Function):
         value_dtype: torch.dtype,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         C = logits.shape[1]
-        st = _launch.ce_forward(logits, target, weight, opts)
-        loss, lse = finish_rows(st, target, weight, opts, C)
-        omega, gscale = _grad_scale(target, weight, opts, C)
-        value = _value(loss, omega, opts)
-        ctx.save_for_backward(logits, target, weight, st.m, st.s, st.k, st.A, gscale)
+        st, z_y = _row_stats(_launch.ce_forward(logits, target, weight, opts))
+        loss, lse = finish_rows(st, z_y, target, weight, opts, C)
+        plan = _plan(target, weight, opts, C)
+        value = plan.value(loss)
+        ctx.save_for_backward(logits, target, weight, st.m, st.rest, st.argmax, st.asum,
+                              plan.divisor(loss))
         ctx.opts = opts
         ctx.inplace = inplace_grad
         ctx.used = False
@@ -150,12 +159,11 @@ class CrossEntropyFunction(torch.autograd.Function):
                 "through the same forward; the logits were overwritten by the first"
             )
         ctx.used = True
-        logits, target, weight, m, s, k, A, gscale = ctx.saved_tensors
+        logits, target, weight, m, s, k, A, divisor = ctx.saved_tensors
         opts: CrossEntropyOptions = ctx.opts
-        scale = (grad_value.to(torch.float32) * gscale).contiguous()  # [1] or [N] ('none')
-        st = RowStats(m=m, s=s, k=k, A=A, B=A, zy=m)
+        scale = _row_scale(grad_value, divisor, opts)  # [1] or [N] ('none')
         out = logits if ctx.inplace else torch.empty_like(logits)
-        _launch.ce_backward(logits, target, weight, opts, st, scale, out)
+        _launch.ce_backward(logits, target, weight, opts, _kernel_stats(m, s, k, A), scale, out)
         if ctx.inplace:
             # The kernel wrote through a raw pointer: bump the version counter so that any
             # other autograd node that saved these logits refuses to use the overwritten values.
@@ -182,13 +190,14 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         value_dtype: torch.dtype,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         V = linear_weight.shape[0]
-        st = _launch.lce_forward(hidden, linear_weight, linear_bias, target, weight, opts)
-        loss, lse = finish_rows(st, target, weight, opts, V)
-        omega, gscale = _grad_scale(target, weight, opts, V)
-        value = _value(loss, omega, opts)
+        st, z_y = _row_stats(
+            _launch.lce_forward(hidden, linear_weight, linear_bias, target, weight, opts))
+        loss, lse = finish_rows(st, z_y, target, weight, opts, V)
+        plan = _plan(target, weight, opts, V)
+        value = plan.value(loss)
         ctx.save_for_backward(
-            hidden, linear_weight, linear_bias, target, weight, st.m, st.s, st.k, st.A,
-            lse, gscale,
+            hidden, linear_weight, linear_bias, target, weight, st.m, st.rest, st.argmax,
+            st.asum, lse, plan.divisor(loss),
         )
         ctx.opts = opts
         ctx.mark_non_differentiable(lse)
@@ -197,49 +206,44 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_value: torch.Tensor, grad_lse: Any) -> Any:
         (hidden, linear_weight, linear_bias, target, weight, m, s, k, A, lse,
-         gscale) = ctx.saved_tensors
+         divisor) = ctx.saved_tensors
         opts: CrossEntropyOptions = ctx.opts
         V = linear_weight.shape[0]
         N = hidden.shape[0]
         f32 = torch.float32
         if grad_value is None:
             grad_value = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
-        r = grad_value.to(f32) * gscale  # d L / d loss_i: [N] ('none') or [1]
+        r = _row_scale(grad_value, divisor, opts)  # d L / d loss_i: [N] ('none') or [1]
         r = r.expand(N) if r.numel() == 1 else r
-        # dl/dz_c = P p_c - (T [c = y] + a_c), P = T + A + 2 zl lse (see _kernels)
-        P = A.to(f32)
-        if target.dim() == 2:
-            T = torch.zeros(N, dtype=f32, device=hidden.device)
-        else:
-            counted, bad, wy = _index_rows(target, weight, opts, V)
-            T = ((1.0 - opts.label_smoothing) * wy).to(f32)
-            P = P + T
-            r = torch.where(counted, r, 0.0)
-            r = torch.where(bad, math.nan, r)
-        # P - tgt_k = sum_{c != k} tgt_c + 2 zl lse, summed directly: P - tgt_k itself
-        # cancels for a confident row (P ~ tgt_k) under smoothing or z-loss
+        # dl/dz_c = P p_c - (T [c = y] + a_c), P = T + A + 2 zl lse (see _kernels), and at
+        # the argmax k the kernel takes P - (T [k = y] + a_k) summed from its own terms
+        # (P - a_k itself cancels for a confident row): the one rule of _rowstats
+        f64 = torch.float64
         kk = k.long().clamp(0, max(V - 1, 0))
         eps = opts.label_smoothing
+        zl = 2.0 * opts.z_loss * lse.to(f64) if opts.z_loss > 0.0 else None
         if target.dim() == 2:  # probability rows: a_c = w_c ((1 - eps) t_c + eps / V)
-            t64 = target.to(torch.float64)
-            w64 = None if weight is None else weight.to(torch.float64)
-            a = (1.0 - eps) * t64 + eps / V
-            a = a if w64 is None else a * w64
-            rest = torch.where(torch.arange(V, device=a.device) == kk[:, None], 0.0, a).sum(-1)
+            a = (1.0 - eps) * target.to(f64) + eps / V
+            a = a if weight is None else a * weight.to(f64)
+            W, rest, _ = dense_coefficients(a, kk[:, None], None if zl is None else zl[:, None])
+            W, rest = W[:, 0], rest[:, 0]
+            T = torch.zeros(N, dtype=f64, device=hidden.device)
         else:
-            wtot = float(V) if weight is None else weight.to(torch.float64).sum()
-            wk = 1.0 if weight is None else weight.to(torch.float64)[kk]
-            # sum_{c != k} a_c = T [y != k] + (eps / V) (sum_c w_c - w_k)
-            rest = torch.where(target != kk, T.to(torch.float64), 0.0)
-            rest = rest + (eps / V) * (wtot - wk) if eps else rest
-        if opts.z_loss > 0.0:
-            P = P + 2.0 * opts.z_loss * lse
-            rest = rest + 2.0 * opts.z_loss * lse.to(torch.float64)
+            t = index_targets(target, ignore_index=opts.ignore_index, num_classes=V,
+                              weight=weight, dtype=f64)
+            T = (1.0 - eps) * t.weight
+            W, rest, _ = index_coefficients(
+                a_y=T, k_is_y=t.counted & (t.safe == kk), counted=t.counted, soft=eps / V,
+                total_weight=float(V) if weight is None else weight.to(f64).sum(),
+                w_k=None if weight is None else weight.to(f64)[kk], zl=zl)
+            r = torch.where(t.counted, r, 0.0)
+            r = torch.where(t.invalid, math.nan, r)
+        P, T32 = W.to(f32), T.to(f32)
         need = ctx.needs_input_grad
         dh, dw, db = _launch.lce_backward(
             hidden, linear_weight, linear_bias, target, weight,
-            RowStats(m=m, s=s, k=k, A=A, B=A, zy=m),
-            (r * P).contiguous(), (r * T).contiguous(), r.contiguous(),
+            _kernel_stats(m, s, k, A),
+            (r * P).contiguous(), (r * T32).contiguous(), r.contiguous(),
             (r * rest.to(f32)).contiguous(), opts,
             need_hidden=need[0], need_weight=need[1],
             need_bias=linear_bias is not None and need[2],

@@ -38,6 +38,7 @@ from crossentropy._options import BinaryOptions, CrossEntropyOptions, Reduction
 from crossentropy.torch import _ops
 from crossentropy.torch._chunks import ChunkPlan, resolve_plan
 from crossentropy.torch._errors import TorchTypeError, TorchValueError
+from crossentropy.torch._reduction import ReductionPlan
 from crossentropy.torch._reference import (
     categorical_rows,
     clamped_binary_rows,
@@ -357,29 +358,23 @@ def _check_weight(weight: Tensor | None, C: int) -> None:
         )
 
 
-def _with_reduction(opts: CrossEntropyOptions, red: Reduction) -> CrossEntropyOptions:
-    import dataclasses
-
-    return dataclasses.replace(opts, reduction=red, normalizer=None)
-
-
 def _rows_2d(
     x: Tensor, t: Tensor, weight: Tensor | None, opts: CrossEntropyOptions, impl: str,
     norm_t: Tensor | None, prob: bool,
 ) -> tuple[Tensor, Tensor]:
     """(out, lse) of 2-D rows on the chosen implementation."""
+    red = ReductionPlan(opts, normalizer=norm_t)  # a tensor normalizer divides outside
     if impl == "triton":
-        o = opts if norm_t is None else _with_reduction(opts, Reduction.SUM)
         # the float32 accumulation unrounded (the caller rounds once, to its dtype)
         vdt = torch.promote_types(x.dtype, torch.float32)
-        out, lse = _triton().cross_entropy_2d(x, t, weight, o, value_dtype=vdt)
-        return (out if norm_t is None else out / norm_t.to(out.dtype)), lse
+        out, lse = _triton().cross_entropy_2d(x, t, weight, red.inner(), value_dtype=vdt)
+        return red.outer(out), lse
     if impl == "cpu" and not prob:
         xk = x if x.dtype in (torch.float32, torch.float64) else x.float()
         need = xk.requires_grad and torch.is_grad_enabled()
-        o = opts if norm_t is None else _with_reduction(opts, Reduction.SUM)
-        out, lse, _ = _ops.cross_entropy_index_call(xk, t, weight, *_ops.pieces(o), need)
-        return (out if norm_t is None else out / norm_t.to(out.dtype)), lse
+        out, lse, _ = _ops.cross_entropy_index_call(xk, t, weight, *_ops.pieces(red.inner()),
+                                                    need)
+        return red.outer(out), lse
     cdt = _ref_dtype(x)
     tt = t.to(cdt) if prob else t
     w = None if weight is None else weight.to(cdt)
@@ -926,12 +921,12 @@ def linear_cross_entropy(
                                            return_logprobs, return_entropy)
             extras = (lp, ent)
         elif which == "triton":
-            o = opts if norm_t is None else _with_reduction(opts, Reduction.SUM)
+            red = ReductionPlan(opts, normalizer=norm_t)  # a tensor normalizer divides outside
             # the float32 accumulation unrounded (rounded once below, to out_dtype)
             out, lse = _triton().linear_cross_entropy_2d(
-                h, Wm, b, t, weight, o, value_dtype=torch.promote_types(h.dtype, torch.float32))
-            if norm_t is not None:
-                out = out / norm_t.to(out.dtype)
+                h, Wm, b, t, weight, red.inner(),
+                value_dtype=torch.promote_types(h.dtype, torch.float32))
+            out = red.outer(out)
         elif which == "torch":
             out, lse = _linear_reference(h, Wm, b, t, weight, opts, plan, norm_t)
         else:
@@ -962,13 +957,13 @@ def _linear_op(h: Tensor, Wm: Tensor, b: Tensor | None, t: Tensor, weight: Tenso
                ) -> tuple[Tensor, Tensor]:
     """The chunked custom operator (CPU kernel on the CPU, torch row functions elsewhere)."""
     grad_on = torch.is_grad_enabled()
-    o = opts if norm_t is None else _with_reduction(opts, Reduction.SUM)
+    red = ReductionPlan(opts, normalizer=norm_t)  # a tensor normalizer divides outside
     out, lse, *_ = torch.ops.crossentropy.linear_cross_entropy(
-        h, Wm, t, b, weight, *_ops.pieces(o), int(plan.rows or 1), int(plan.vocab or 0),
-        h.requires_grad and grad_on, Wm.requires_grad and grad_on,
+        h, Wm, t, b, weight, *_ops.pieces(red.inner()), int(plan.rows or 1),
+        int(plan.vocab or 0), h.requires_grad and grad_on, Wm.requires_grad and grad_on,
         b is not None and b.requires_grad and grad_on,
     )
-    return (out if norm_t is None else out / norm_t.to(out.dtype)), lse
+    return red.outer(out), lse
 
 
 def _chunk_logits(hc: Tensor, Wm: Tensor, b: Tensor | None) -> Tensor:
