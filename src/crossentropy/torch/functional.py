@@ -258,6 +258,9 @@ def _ref_dtype(x: Tensor) -> torch.dtype:
 def _flatten(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...], bool]:
     """(M, C) rows of `input`, the matching targets, the batch shape, and whether the
     targets are probabilities (torch's rule: target.shape == input.shape)."""
+    for t, name in ((input, "input"), (target, "target")):
+        if not isinstance(t, Tensor):
+            raise TorchTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if input.dim() == 0:
         raise TorchValueError(
             "input must have a class dimension: shape (C), (N, C) or (N, C, ...)")
@@ -360,20 +363,20 @@ def _check_weight(weight: Tensor | None, C: int) -> None:
 
 def _rows_2d(
     x: Tensor, t: Tensor, weight: Tensor | None, opts: CrossEntropyOptions, impl: str,
-    norm_t: Tensor | None, prob: bool,
+    norm_t: Tensor | None, prob: bool, inplace_grad: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """(out, lse) of 2-D rows on the chosen implementation."""
     red = ReductionPlan(opts, normalizer=norm_t)  # a tensor normalizer divides outside
     if impl == "triton":
         # the float32 accumulation unrounded (the caller rounds once, to its dtype)
         vdt = torch.promote_types(x.dtype, torch.float32)
-        out, lse = _triton().cross_entropy_2d(x, t, weight, red.inner(), value_dtype=vdt)
+        out, lse = _triton().cross_entropy_2d(x, t, weight, red.inner(), value_dtype=vdt,
+                                              inplace_grad=inplace_grad)
         return red.outer(out), lse
     if impl == "cpu" and not prob:
         xk = x if x.dtype in (torch.float32, torch.float64) else x.float()
         need = xk.requires_grad and torch.is_grad_enabled()
-        out, lse, _ = _ops.cross_entropy_index_call(xk, t, weight, *_ops.pieces(red.inner()),
-                                                    need)
+        out, lse, _ = _ops.cross_entropy_index_call(xk, t, weight, red.inner(), need)
         return red.outer(out), lse
     cdt = _ref_dtype(x)
     tt = t.to(cdt) if prob else t
@@ -439,6 +442,7 @@ def cross_entropy(
     shift: bool | int = False,
     impl: str = "auto",
     dtype: torch.dtype | None = None,
+    inplace_grad: bool = False,
 ) -> Any:
     r"""Cross-entropy between logits and class indices or class probabilities (as torch's).
 
@@ -477,7 +481,11 @@ def cross_entropy(
       change (bfloat16/float16 logits are accumulated in float32 or wider), only the final
       rounding: ``dtype=torch.float32`` for bfloat16 logits returns the float32 value
       unrounded, as transformers' loss does (it upcasts the logits), on every path
-      (Triton's included).
+      (Triton's included);
+    * ``inplace_grad``: on the Triton kernels, write the gradient into the memory of 2-D
+      logits with contiguous rows during backward (saves one [N, C] buffer; the logits are
+      destroyed, autograd refuses to reuse them elsewhere; ignored for a leaf tensor and
+      by the other implementations).
 
     Examples
     --------
@@ -534,7 +542,7 @@ def cross_entropy(
         if C == 0:  # no classes: torch's values on every implementation
             out, lse = zero_class_rows(x, t, prob, opts, norm_t)
         else:
-            out, lse = _rows_2d(x, t, weight, opts, which, norm_t, prob)
+            out, lse = _rows_2d(x, t, weight, opts, which, norm_t, prob, bool(inplace_grad))
     if out.dtype != out_dtype:
         out = out.to(out_dtype)
     if opts.reduction is Reduction.NONE:
@@ -958,11 +966,10 @@ def _linear_op(h: Tensor, Wm: Tensor, b: Tensor | None, t: Tensor, weight: Tenso
     """The chunked custom operator (CPU kernel on the CPU, torch row functions elsewhere)."""
     grad_on = torch.is_grad_enabled()
     red = ReductionPlan(opts, normalizer=norm_t)  # a tensor normalizer divides outside
-    out, lse, *_ = torch.ops.crossentropy.linear_cross_entropy(
-        h, Wm, t, b, weight, *_ops.pieces(red.inner()), int(plan.rows or 1),
-        int(plan.vocab or 0), h.requires_grad and grad_on, Wm.requires_grad and grad_on,
-        b is not None and b.requires_grad and grad_on,
-    )
+    out, lse, *_ = _ops.linear_call(
+        h, Wm, t, b, weight, red.inner(), plan,
+        (h.requires_grad and grad_on, Wm.requires_grad and grad_on,
+         b is not None and b.requires_grad and grad_on))
     return red.outer(out), lse
 
 

@@ -19,8 +19,9 @@ and reshaped the inputs to 2-D:
   :class:`TritonUnavailable` with the reason (never a silent fallback); kept here by name,
   they are :mod:`crossentropy.torch._triton`'s.
 
-The user-facing :func:`cross_entropy` and :func:`linear_cross_entropy` check their
-arguments, build the options with torch semantics and call the seam.
+The user-facing :func:`cross_entropy` and :func:`linear_cross_entropy` are thin aliases
+of :func:`crossentropy.torch.cross_entropy` and :func:`crossentropy.torch.linear_cross_entropy`
+with ``impl="triton"`` (their validation, options and reduction), on 2-D inputs.
 
 Loss of row *i* (logits ``z``, soft-capped ``z' = s tanh(z / s)`` when ``softcap=s``; index
 target ``y`` or probability row ``t``; class weights ``w``; label smoothing ``eps`` over
@@ -104,74 +105,21 @@ def linear_cross_entropy_2d(
 # ----------------------------------------------------------------------------- public
 
 
-def _check_tensor(x: Any, name: str) -> None:
+def _matrix(x: Any, name: str) -> None:
+    """The front door's contract, narrower than crossentropy.torch's: a 2-D floating tensor."""
     import torch
 
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-
-
-def _check_matrix(x: Any, name: str) -> None:
-    _check_tensor(x, name)
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-d, got shape {tuple(x.shape)}")
     if not x.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
 
 
-def _check_target(target: Any, n: int, num_classes: int, ignore_index: int | None,
-                  device: Any) -> None:
-    """Shape, dtype and device of the targets; on the CPU also the values of index targets
-    (first bad position named).  On a GPU the values are not read (no host sync): an index
-    outside ``[0, C)`` that is not ``ignore_index`` gives a NaN loss and gradient row."""
-    import torch
-
-    _check_tensor(target, "target")
-    if target.device != device:
-        raise ValueError(f"target is on {target.device} but the input is on {device}")
-    if target.dtype.is_floating_point:
-        if target.shape != (n, num_classes):
-            raise ValueError(
-                f"probability targets must have shape ({n}, {num_classes}), "
-                f"got {tuple(target.shape)}"
-            )
-        return
-    if target.dtype.is_complex or target.dtype == torch.bool:
-        raise TypeError(
-            f"target must hold integer class indices or probabilities, got dtype {target.dtype}"
-        )
-    if target.shape != (n,):
-        raise ValueError(
-            f"target must have shape ({n},) (one class index per row), got {tuple(target.shape)}"
-        )
-    if target.device.type == "cpu" and n:
-        bad = (target < 0) | (target >= num_classes)
-        if ignore_index is not None:
-            bad &= target != ignore_index
-        if bool(bad.any()):
-            i = int(torch.nonzero(bad)[0, 0])
-            raise ValueError(
-                f"target[{i}] = {int(target[i])} is out of range [0, {num_classes}) "
-                f"(and is not ignore_index={ignore_index})"
-            )
-
-
-def _check_vector(x: Any, name: str, size: int, device: Any) -> None:
-    if x is None:
-        return
-    _check_tensor(x, name)
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.shape != (size,):
-        raise ValueError(f"{name} must have shape ({size},), got {tuple(x.shape)}")
-    if x.device != device:
-        raise ValueError(f"{name} is on {x.device} but the input is on {device}")
-
-
-def _long(target: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    return target if target.dtype.is_floating_point else target.to(torch.int64)
+def _probabilities(target: Any) -> bool:
+    """Floating targets hold class probabilities (``ignore_index`` does not apply)."""
+    return bool(getattr(getattr(target, "dtype", None), "is_floating_point", False))
 
 
 def cross_entropy(
@@ -201,6 +149,9 @@ def cross_entropy(
     backward kernel reads it once more and writes the gradient once (three passes over
     the logits in all).  Raises :class:`TritonUnavailable` when the kernels cannot run
     (use ``crossentropy.torch.cross_entropy`` for automatic dispatch).
+
+    A thin alias: ``crossentropy.torch.cross_entropy(..., impl="triton")`` (its validation,
+    its options, its reduction) on 2-D logits.
 
     Parameters
     ----------
@@ -249,18 +200,15 @@ def cross_entropy(
     >>> bits is None or round(bits, 7) == 0.0033296
     True
     """
-    from crossentropy._options import CrossEntropyOptions
+    from crossentropy.torch.functional import cross_entropy as torch_ce
 
-    _check_matrix(input, "input")
-    opts = CrossEntropyOptions.create(
-        reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
-        z_loss=z_loss, softcap=softcap, base=base, normalizer=normalizer, semantics="torch",
-    )
-    N, C = input.shape
-    _check_target(target, N, C, opts.ignore_index, input.device)
-    _check_vector(weight, "weight", C, input.device)
-    loss, lse = cross_entropy_2d(input, _long(target), weight, opts, inplace_grad=inplace_grad)
-    return (loss, lse) if return_lse else loss
+    _matrix(input, "input")
+    if _probabilities(target):
+        ignore_index = -100  # not used by probability targets (torch refuses another value)
+    return torch_ce(input, target, weight, ignore_index=ignore_index,  # type: ignore[arg-type]
+                    reduction=reduction, label_smoothing=label_smoothing, base=base,
+                    z_loss=z_loss, softcap=softcap, normalizer=normalizer,
+                    return_lse=return_lse, impl="triton", inplace_grad=inplace_grad)
 
 
 def linear_cross_entropy(
@@ -287,6 +235,10 @@ def linear_cross_entropy(
     accumulated in float32, so the result is more accurate than materialising bfloat16
     logits.  Raises :class:`TritonUnavailable` when the kernels cannot run.
 
+    A thin alias: ``crossentropy.torch.linear_cross_entropy(..., impl="triton")`` on 2-D
+    hidden states with a classifier of their dtype (``ignore_index=None`` is torch's
+    meaning there: -100).
+
     Parameters
     ----------
     hidden : torch.Tensor
@@ -311,34 +263,19 @@ def linear_cross_entropy(
     >>> bits is None or round(bits, 7) == 0.0033296
     True
     """
-    from crossentropy._options import CrossEntropyOptions
+    from crossentropy.torch.functional import linear_cross_entropy as torch_lce
 
-    _check_matrix(hidden, "hidden")
-    _check_matrix(linear_weight, "linear_weight")
-    opts = CrossEntropyOptions.create(
-        reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
-        z_loss=z_loss, softcap=softcap, base=base, normalizer=normalizer, semantics="torch",
-    )
-    N, D = hidden.shape
-    V = linear_weight.shape[0]
-    if linear_weight.shape[1] != D:
-        raise ValueError(
-            f"linear_weight must have shape (V, {D}) to match hidden's {D} features, "
-            f"got {tuple(linear_weight.shape)}"
-        )
+    _matrix(hidden, "hidden")
+    _matrix(linear_weight, "linear_weight")
     if linear_weight.dtype != hidden.dtype:
         raise TypeError(
             f"hidden ({hidden.dtype}) and linear_weight ({linear_weight.dtype}) must have "
             "the same dtype"
         )
-    if linear_weight.device != hidden.device:
-        raise ValueError(
-            f"linear_weight is on {linear_weight.device} but hidden is on {hidden.device}"
-        )
-    _check_target(target, N, V, opts.ignore_index, hidden.device)
-    _check_vector(weight, "weight", V, hidden.device)
-    _check_vector(linear_bias, "linear_bias", V, hidden.device)
-    loss, lse = linear_cross_entropy_2d(
-        hidden, linear_weight, linear_bias, _long(target), weight, opts
-    )
-    return (loss, lse) if return_lse else loss
+    if _probabilities(target):
+        ignore_index = None  # not used by probability targets (torch refuses a value)
+    return torch_lce(hidden, linear_weight, target, linear_bias=linear_bias, weight=weight,
+                     ignore_index=ignore_index, reduction=reduction,
+                     label_smoothing=label_smoothing, base=base, z_loss=z_loss,
+                     softcap=softcap, normalizer=normalizer, return_lse=return_lse,
+                     impl="triton")
