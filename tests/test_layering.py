@@ -8,7 +8,10 @@ Layers, from the bottom:
    ``_backends`` (which may import the numba backend, lazily, to run it);
 3. backends: ``crossentropy._cpu`` (numba), ``crossentropy.triton``, the torch layer
    ``crossentropy.torch``, the JAX layer ``crossentropy.jax`` -- never import the public
-   NumPy modules (the JAX layer imports only JAX, NumPy, the plumbing and itself);
+   NumPy modules (the JAX layer imports only JAX, NumPy, the plumbing and itself).  The
+   Triton kernels sit below the torch layer: no module of ``crossentropy.triton`` imports
+   ``crossentropy.torch``, except the front door (the package itself), whose functions
+   call the torch layer lazily, and which no torch module imports;
 4. the public NumPy API: ``activations``, ``losses``, ``targets``, the package itself;
 5. applications: ``cli``, ``explain``, ``score``, ``plot``, ``transformers`` -- import only the
    public API (``crossentropy`` and its public subpackages), never a private module.
@@ -124,6 +127,44 @@ def test_the_jax_layer_imports_jax_numpy_the_plumbing_and_itself():
                 ok = _top(name) in STDLIB or _top(name) in ("jax", "numpy")
             assert ok, f"{mod} imports {name}: the JAX layer may import jax, numpy, the " \
                        "stdlib, crossentropy._options/_validate and itself"
+
+
+TRITON_FRONT_DOOR = "crossentropy.triton"
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """The modules a file imports at import time (module level, not inside functions)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            out.add(node.module or "")
+    return out
+
+
+def test_the_triton_kernels_never_import_the_torch_layer():
+    """triton/ holds kernels, launchers and supports/is_available: the autograd glue, the
+    row formula and the reduction are the torch layer's, which imports them, not the
+    reverse.  Only the front door's functions go up (lazily), and no torch module imports
+    the front door itself (so there is no cycle)."""
+    triton = {m: imps for m, imps in MODULES.items() if _in(m, "crossentropy.triton")}
+    assert TRITON_FRONT_DOOR in triton and len(triton) > 1
+    for mod, imps in triton.items():
+        if mod == TRITON_FRONT_DOOR:
+            continue
+        for name in _internal(imps):
+            assert not _in(name, "crossentropy.torch"), \
+                f"{mod} imports {name}: the Triton kernels sit below the torch layer"
+    door = PKG / "triton" / "__init__.py"
+    for name in _top_level_imports(door):
+        assert not _in(name, "crossentropy.torch"), \
+            f"crossentropy.triton imports {name} at import time: only lazily, in a function"
+    for mod, imps in MODULES.items():
+        if _in(mod, "crossentropy.torch"):
+            assert TRITON_FRONT_DOOR not in imps, \
+                f"{mod} imports the front door crossentropy.triton: import its modules"
 
 
 def test_plumbing_imports_only_the_core_and_plumbing():

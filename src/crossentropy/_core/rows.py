@@ -9,7 +9,7 @@ with L = log1p(s).  Taking log1p of the sum of the *other* terms, rather than th
 rounded 1 + s, keeps log-softmax and the cross-entropy of confident rows exact (Blanchard,
 Higham & Higham, "Accurately computing the log-sum-exp and softmax functions", IMA J. Numer.
 Anal. 41 (2021)).  The same decomposition, merged slice by slice, is the row-statistics rule
-of the vocabulary-sliced and vocabulary-parallel losses (``crossentropy.torch._merge``) and of
+of the vocabulary-sliced and vocabulary-parallel losses (``crossentropy.torch._rowstats``) and of
 the Triton kernels.
 
 Inputs are float64 arrays with at least one row and one class (callers handle empty arrays).

@@ -4,7 +4,7 @@ The fused linear loss (:mod:`._linear`) cuts the vocabulary into chunks, the sha
 (:mod:`._sharded`) into the devices' shards.  Each slice of a row of logits *z* (already
 soft-capped) is reduced to a few numbers relative to the slice maximum; the numbers of all
 slices merge, at once, into those of the whole row; they give the loss.  The rule of
-:mod:`crossentropy.torch._merge`, written for JAX with the compensated arithmetic of
+:mod:`crossentropy.torch._rowstats`, written for JAX with the compensated arithmetic of
 :mod:`._arith`:
 
 * :class:`SliceStats` of a slice: its maximum ``m_i``, ``s_i`` = the sum of its terms

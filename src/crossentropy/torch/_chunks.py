@@ -12,7 +12,7 @@ Two loops:
   them with their gradient, which is multiplied straight into grad_h, grad_W, grad_b;
 * :func:`_vocab_chunks` -- logits cut into vocabulary slices too (a row does not fit the
   budget, or the plan asks for slices): pass 1 merges per-slice row statistics in the
-  log1p form with the rule of ``torch/_merge.py`` (the distributed loss uses it too), pass 2
+  log1p form with the rule of ``torch/_rowstats.py`` (the distributed loss uses it too), pass 2
   recomputes each slice and writes its gradient.
 
 Test hook: :func:`watch_buffers` records the shape of every logits buffer allocated.
@@ -170,8 +170,8 @@ def rows_for(device: torch.device) -> RowsFn:
 
 def lse_grad(x: Tensor, softcap: float | None) -> Tensor:
     """``d lse / d x = softmax(z) * dz/dx``, z the soft-capped logits."""
-    from crossentropy.torch._reference import softcap as cap_
-    from crossentropy.torch._reference import softcap_derivative
+    from crossentropy.torch._rowstats import softcap as cap_
+    from crossentropy.torch._rowstats import softcap_derivative
 
     p = torch.softmax(cap_(x, softcap), dim=1)
     if softcap is not None:
@@ -285,21 +285,29 @@ def _vocab_chunks(
     r""":func:`linear_chunks` with the vocabulary cut into slices ``[v0, v1)`` of
     ``plan.vocab`` classes (``plan.rows`` tokens at a time; `plan` resolved).
 
-    The row statistics and their merge are ``torch/_merge.py``'s (the rule the distributed
-    loss uses too): pass 1 computes each slice's :class:`~._merge.RowStats` (max, rest,
-    ``m - z_y``, weighted sums; float64) and merges them in class order; :func:`~._merge.finish`
-    gives
+    The row statistics and their merge are ``torch/_rowstats.py``'s (the rule the
+    distributed loss and the Triton glue use too): pass 1 computes each slice's
+    :class:`~._rowstats.RowStats` (max, rest, ``m - z_y``, the soft sums ``A``, ``B``;
+    float64) and merges them in class order; :func:`~._rowstats.finish` gives
 
     .. math:: \ell = (1-\varepsilon) w_y \big((m - z_y) + L\big)
-                   + \tfrac{\varepsilon}{V}\big(wz + w_{tot} L\big) + \zeta\,\mathrm{lse}^2,
+                   + (B + A L) + \zeta\,\mathrm{lse}^2,
               \quad L = \operatorname{log1p}(\text{rest})
 
     (0 for ignored rows).  Pass 2 recomputes each slice's logits and writes
-    :func:`~._merge.slice_grad` (``p_c W' - a_c``, the argmax entry without cancellation)
-    plus ``g_lse p_c``, times the soft cap's ``sech^2``.
+    :func:`~._rowstats.slice_grad` (``p_c W' - a_c``, the argmax entry without
+    cancellation) plus ``g_lse p_c``, times the soft cap's ``sech^2``.
     """
-    from crossentropy.torch._merge import exp_diff, finish, merge, slice_grad, slice_stats
-    from crossentropy.torch._reference import softcap_derivative
+    from crossentropy.torch._rowstats import (
+        exp_diff,
+        finish,
+        index_targets,
+        merge,
+        slice_grad,
+        slice_stats,
+        softcap,
+        softcap_derivative,
+    )
 
     rows, vs = plan.rows or 1, plan.vocab or w.shape[0]
     loss, lse, gh, gw, gb = out.loss, out.lse, out.gh, out.gw, out.gb
@@ -312,7 +320,7 @@ def _vocab_chunks(
     f64 = torch.float64
     dev = hidden.device
     eps, z_loss, cap = opts.label_smoothing, opts.z_loss, opts.softcap
-    ii = _NO_IGNORE if opts.ignore_index is None else opts.ignore_index
+    soft = eps / V  # the soft coefficients a_c = (eps / V) w_c
     # float32 logits are exact in float64, and so are their differences: no TwoSum needed
     comp = cdt == f64
     buf = torch.empty(min(rows, N), vs, dtype=cdt, device=dev)
@@ -327,28 +335,27 @@ def _vocab_chunks(
         if cap is None:
             return z, None
         dzdx = softcap_derivative(z, cap)
-        z.copy_(torch.tanh(z / cap) * cap)
+        z.copy_(softcap(z, cap))
         return z, dzdx
 
     for s in range(0, N, rows):
         e = min(N, s + rows)
         n = e - s
         hc = hidden[s:e].to(cdt)
-        y = target[s:e]
-        counted = y != ii
-        ys = torch.where(counted, y, torch.zeros_like(y))
+        tg = index_targets(target[s:e], ignore_index=opts.ignore_index, num_classes=V,
+                           weight=cw, dtype=f64)
+        counted, ys = tg.counted, tg.safe
+        a_y = (1.0 - eps) * tg.weight
         st = None
         for v0 in range(0, V, vs):
             v1 = min(V, v0 + vs)
             z, _ = logits(hc, v0, v1)
             cur = slice_stats(z, ys, v0, counted=counted,
-                              weight=None if cw is None else cw[v0:v1], smoothing=bool(eps),
+                              weight=None if cw is None else cw[v0:v1], soft=soft,
                               compensate=comp, dtype=f64)
             st = cur if st is None else merge(st, cur)
         assert st is not None
-        wy = torch.ones(n, dtype=f64, device=dev) if cw is None else cw[ys]
-        lc, lse_c = finish(st, target_weight=wy, counted=counted, label_smoothing=eps,
-                           num_classes=V, total_weight=wtot, z_loss=z_loss)
+        lc, lse_c = finish(st, counted=counted, target_coef=a_y, z_loss=z_loss)
         loss[s:e] = lc
         lse[s:e] = lse_c
         if not want_grad:
@@ -364,7 +371,7 @@ def _vocab_chunks(
             v1 = min(V, v0 + vs)
             z, dzdx = logits(hc, v0, v1)
             g = slice_grad(z, ys, v0, counted=counted, m=st.m, rest=st.rest, lse=lse_c,
-                           target_weight=wy, label_smoothing=eps, num_classes=V,
+                           target_coef=a_y, soft=soft,
                            weight=None if cw is None else cw[v0:v1], total_weight=wtot,
                            z_loss=z_loss, row_factor=rs, compensate=comp, dtype=f64)
             if gl is not None:

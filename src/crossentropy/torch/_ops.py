@@ -1,9 +1,11 @@
 """The custom operators behind ``crossentropy.torch``, registered with ``torch.library``.
 
 Each has a fake (meta) implementation, so ``torch.compile`` traces it without a graph
-break, and an autograd formula.  Options cross an operator as the flat pieces of
-:meth:`CrossEntropyOptions.to_tuple` (``OPTS`` below names them); chunking as the two
-integers of a resolved :class:`~crossentropy.torch._chunks.ChunkPlan`.
+break, and an autograd formula.  Options cross an operator by field name: each operator has
+one parameter named as each option field it takes (``OPTS``), its inputs are built and read
+back by those names (:func:`_by_name`, :func:`_bound`), never by their position in its
+schema; chunking crosses as the two integers of a resolved
+:class:`~crossentropy.torch._chunks.ChunkPlan`.
 
 ``crossentropy::cross_entropy_index``
     (N, C) logits against index targets on the CPU, through the fused kernel
@@ -25,7 +27,9 @@ functions do not call these operators at all: they decompose into the reference.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -44,11 +48,11 @@ from crossentropy.torch._chunks import (
     rows_for,
 )
 from crossentropy.torch._errors import TargetIndexError
-from crossentropy.torch._reference import categorical_rows, reduce_rows, row_weights
+from crossentropy.torch._reduction import ReductionPlan, host_scale, reduce_rows, row_weights
+from crossentropy.torch._reference import categorical_rows
 
-#: The option pieces, in the order of CrossEntropyOptions.to_tuple().
-OPTS = ("reduction", "ignore_index", "label_smoothing", "z_loss", "softcap", "scale",
-        "normalizer", "empty_mean", "prob_mean")
+#: The option fields, by name (and in the order of CrossEntropyOptions.to_tuple()).
+OPTS = tuple(f.name for f in dataclasses.fields(CrossEntropyOptions))
 
 
 @functools.lru_cache(maxsize=512)
@@ -67,6 +71,35 @@ def pieces(opts: CrossEntropyOptions) -> tuple[Any, ...]:
 @functools.lru_cache(maxsize=512)
 def _pieces_cached(opts: CrossEntropyOptions) -> tuple[Any, ...]:
     return opts.to_tuple()
+
+
+def _parameters(op: Any) -> tuple[str, ...]:
+    """A custom operator's parameter names, in its schema's order."""
+    return tuple(a.name for a in op._opoverload._schema.arguments)
+
+
+def _by_name(names: tuple[str, ...], opts: CrossEntropyOptions | None, **others: Any,
+             ) -> tuple[Any, ...]:
+    """An operator's inputs in the order of `names`: each option field it takes by its
+    name (from `opts`), every other input from `others`."""
+    args = dict(zip(OPTS, pieces(opts), strict=True)) if opts is not None else {}
+    args.update(others)
+    return tuple(args[n] for n in names)
+
+
+def _bound(names: tuple[str, ...], inputs: tuple[Any, ...]) -> dict[str, Any]:
+    """An operator's inputs by parameter name."""
+    return dict(zip(names, inputs, strict=True))
+
+
+def _options_of(args: Mapping[str, Any]) -> CrossEntropyOptions:
+    """The options back from an operator's inputs (or parameters), by field name."""
+    return _opts(tuple(args[f] for f in OPTS))
+
+
+def _grads(names: tuple[str, ...], **grads: Tensor | None) -> tuple[Tensor | None, ...]:
+    """A backward's result: the named inputs' gradients, None for every other input."""
+    return tuple(grads.get(n) for n in names)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -103,8 +136,7 @@ def check_index_target(target: Tensor, num_classes: int, ignore_index: int | Non
 
 def _grad_scale(opts: CrossEntropyOptions, omega: Tensor | None) -> float:
     """The factor of d(row loss) in d(out): scale, / normalizer, or / sum(omega) (host)."""
-    denom = _denominator(opts, omega)
-    return opts.scale / denom if denom != 0.0 else 0.0
+    return ReductionPlan(opts, omega).host_scale()
 
 
 def _is_one(g: Tensor) -> bool:
@@ -167,8 +199,7 @@ def _index_forward(
     need_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Body of the index operator (also run, without the operator dispatch, in eager mode)."""
-    opts = _opts((reduction, ignore_index, label_smoothing, z_loss, softcap, scale,
-                  normalizer, empty_mean, prob_mean))
+    opts = _options_of(locals())  # the parameters named as the option fields
     out, lse, grad = index_body(logits, target, weight, opts, need_grad, True)
     assert lse is not None
     return out, lse, grad
@@ -226,7 +257,7 @@ def index_body(
     w64 = None if weight is None else weight.detach().to(torch.float64).contiguous()
     denom = _denominator_of(opts, t, w64, C, in_range, counted)
     grad, gn = _fresh_like(x) if need_grad else (x.new_empty(0), None)
-    gscale = opts.scale / denom if denom != 0.0 else 0.0
+    gscale = host_scale(opts.scale, denom)
     w64n = None if w64 is None else w64.numpy()
     if found is not None:  # the kernels take the call (_backends decided above): directly
         loss, lse = _cpu.ce_rows_kernel(
@@ -247,26 +278,14 @@ def index_body(
     return out, (torch.from_numpy(lse).to(x.dtype) if want_lse else None), grad
 
 
-def _denominator(opts: CrossEntropyOptions, omega: Tensor | None) -> float:
-    """What the summed, scaled loss is divided by: 1, the normalizer or sum(omega) (host)."""
-    if opts.reduction is Reduction.NONE:
-        return 1.0
-    if opts.normalizer is not None:
-        return opts.normalizer
-    if opts.reduction is Reduction.SUM:
-        return 1.0
-    assert omega is not None
-    return float(omega.sum())
-
-
 def _denominator_of(opts: CrossEntropyOptions, t: Tensor, w64: Tensor | None, C: int,
                     in_range: bool, counted: int | None = None) -> float:
-    """:func:`_denominator` of checked index targets, without building omega where the
+    """:meth:`ReductionPlan.host_divisor` of checked index targets, without building omega where the
     count is known: with no class weights the mean divides by the number of counted rows
     (``counted``, when the caller has it), which is N when every target is in [0, C) and
     ignore_index is outside that range."""
     if opts.reduction is not Reduction.MEAN or opts.normalizer is not None:
-        return _denominator(opts, None)
+        return ReductionPlan(opts).host_divisor()
     if w64 is None:
         if counted is not None:
             return float(counted)  # the counted rows (exact below 2^53)
@@ -274,13 +293,17 @@ def _denominator_of(opts: CrossEntropyOptions, t: Tensor, w64: Tensor | None, C:
         if ii is None or (in_range and not 0 <= ii < C):
             return float(t.shape[0])  # sum of N ones (exact)
         return float(int((t != ii).sum()))  # the counted rows (exact below 2^53)
-    return _denominator(opts, _omega(t, w64, opts, C))
+    return ReductionPlan(opts, _omega(t, w64, opts, C)).host_divisor()
+
+
+#: The index operator's parameters, in its schema's order.
+INDEX_ARGS = _parameters(cross_entropy_index)
 
 
 @cross_entropy_index.register_fake
-def _(logits: Tensor, target: Tensor, weight: Tensor | None, reduction: str, *rest: Any,
-      ) -> tuple[Tensor, Tensor, Tensor]:
-    need_grad = rest[-1]
+def _(*inputs: Any) -> tuple[Tensor, Tensor, Tensor]:
+    args = _bound(INDEX_ARGS, inputs)
+    logits, reduction, need_grad = args["logits"], args["reduction"], args["need_grad"]
     N = logits.shape[0]
     out = logits.new_empty((N,) if reduction == "none" else ())
     grad = logits.new_empty(logits.shape) if need_grad else logits.new_empty(0)
@@ -288,18 +311,18 @@ def _(logits: Tensor, target: Tensor, weight: Tensor | None, reduction: str, *re
 
 
 def _index_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-    logits, target, weight = inputs[:3]
+    args = _bound(INDEX_ARGS, inputs)
     ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(output[2])
-    ctx.save_for_backward(logits, target, weight, output[2])
-    ctx.opts = _opts(tuple(inputs[3:12]))
-    ctx.need = inputs[12]
+    ctx.save_for_backward(args["logits"], args["target"], args["weight"], output[2])
+    ctx.opts = _options_of(args)
+    ctx.need = args["need_grad"]
 
 
 def _index_backward(
     ctx: Any, g_out: Tensor | None, g_lse: Tensor | None, g_grad: Tensor | None
 ) -> tuple[Tensor | None, ...]:
-    return (_index_grad(ctx, g_out, g_lse), *(None,) * 12)
+    return _grads(INDEX_ARGS, logits=_index_grad(ctx, g_out, g_lse))
 
 
 def _index_grad(ctx: Any, g_out: Tensor | None, g_lse: Tensor | None) -> Tensor | None:
@@ -354,10 +377,14 @@ class _IndexEager(torch.autograd.Function):
     backward = staticmethod(_index_backward)
 
 
-def cross_entropy_index_call(*inputs: Any) -> tuple[Tensor, Tensor, Tensor]:
+def cross_entropy_index_call(logits: Tensor, target: Tensor, weight: Tensor | None,
+                             opts: CrossEntropyOptions, need_grad: bool,
+                             ) -> tuple[Tensor, Tensor, Tensor]:
     """The index operator; on real tensors in eager mode its body in a plain
     autograd.Function (meta and fake tensors take the operator and its fake kernel)."""
-    x = inputs[0]
+    inputs = _by_name(INDEX_ARGS, opts, logits=logits, target=target, weight=weight,
+                      need_grad=need_grad)
+    x = logits
     if torch.compiler.is_compiling() or x.device.type == "meta" or is_fake(x):
         out: tuple[Tensor, Tensor, Tensor] = torch.ops.crossentropy.cross_entropy_index(*inputs)
         return out
@@ -453,8 +480,7 @@ def linear_cross_entropy_op(
     Gradients are computed here only for 'mean' and 'sum' (empty tensors otherwise);
     ``vocab_chunk`` 0 means whole logit rows.
     """
-    opts = _opts((reduction, ignore_index, label_smoothing, z_loss, softcap, scale,
-                  normalizer, empty_mean, prob_mean))
+    opts = _options_of(locals())  # the parameters named as the option fields
     return linear_forward(hidden, weight, target, bias, class_weight, opts,
                           _plan(chunk_rows, vocab_chunk), (need_gh, need_gw, need_gb))
 
@@ -492,11 +518,27 @@ def linear_forward(
     )
 
 
+#: The linear operators' parameters, in their schemas' order.
+LINEAR_ARGS = _parameters(linear_cross_entropy_op)
+
+
+def linear_call(hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None,
+                class_weight: Tensor | None, opts: CrossEntropyOptions, plan: ChunkPlan,
+                need: tuple[bool, bool, bool]) -> tuple[Tensor, ...]:
+    """The linear operator, its inputs built by name (`plan` resolved)."""
+    out: tuple[Tensor, ...] = torch.ops.crossentropy.linear_cross_entropy(*_by_name(
+        LINEAR_ARGS, opts, hidden=hidden, weight=weight, target=target, bias=bias,
+        class_weight=class_weight, chunk_rows=int(plan.rows or 1),
+        vocab_chunk=int(plan.vocab or 0), need_gh=need[0], need_gw=need[1], need_gb=need[2]))
+    return out
+
+
 @linear_cross_entropy_op.register_fake
-def _(hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None,
-      class_weight: Tensor | None, reduction: str, *rest: Any,
-      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    need_gh, need_gw, need_gb = rest[-3:]
+def _(*inputs: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    args = _bound(LINEAR_ARGS, inputs)
+    hidden, weight, bias, reduction = args["hidden"], args["weight"], args["bias"], \
+        args["reduction"]
+    need_gh, need_gw, need_gb = args["need_gh"], args["need_gw"], args["need_gb"]
     N = hidden.shape[0]
     acc = _acc_dtype(hidden.dtype)
     out = hidden.new_empty((N,) if reduction == "none" else (), dtype=acc)
@@ -529,7 +571,7 @@ def linear_cross_entropy_backward_op(
     plus ``g_lse[i] * d lse_i / dz``."""
     opts = CrossEntropyOptions(reduction=Reduction.NONE, ignore_index=ignore_index,
                                label_smoothing=label_smoothing, z_loss=z_loss,
-                               softcap=softcap)
+                               softcap=softcap)  # the fields this operator takes
     cw = None if class_weight is None else class_weight.detach().to(torch.float64)
     with torch.no_grad():
         _, _, gh, gw, gb = linear_chunks(
@@ -547,20 +589,27 @@ def linear_cross_entropy_backward_op(
     )
 
 
+#: The recomputing backward operator's parameters, in its schema's order.
+LINEAR_BACKWARD_ARGS = _parameters(linear_cross_entropy_backward_op)
+
+
 @linear_cross_entropy_backward_op.register_fake
-def _(hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None, *rest: Any,
-      ) -> tuple[Tensor, Tensor, Tensor]:
-    return _empty_grads(hidden, weight, bias, tuple(rest[-3:]))
+def _(*inputs: Any) -> tuple[Tensor, Tensor, Tensor]:
+    args = _bound(LINEAR_BACKWARD_ARGS, inputs)
+    return _empty_grads(args["hidden"], args["weight"], args["bias"],
+                        (args["need_gh"], args["need_gw"], args["need_gb"]))
 
 
 def _linear_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-    hidden, weight, target, bias, class_weight = inputs[:5]
+    args = _bound(LINEAR_ARGS, inputs)
+    bias = args["bias"]
     ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(*output[2:])
-    ctx.save_for_backward(hidden, weight, target, bias, class_weight, *output[2:])
-    ctx.opts = _opts(tuple(inputs[5:14]))
-    ctx.chunks = (inputs[14], inputs[15])
-    ctx.need = (inputs[16], inputs[17], inputs[18] and bias is not None)
+    ctx.save_for_backward(args["hidden"], args["weight"], args["target"], bias,
+                          args["class_weight"], *output[2:])
+    ctx.opts = _options_of(args)
+    ctx.chunks = (args["chunk_rows"], args["vocab_chunk"])
+    ctx.need = (args["need_gh"], args["need_gw"], args["need_gb"] and bias is not None)
 
 
 def _linear_backward(
@@ -575,18 +624,14 @@ def _linear_backward(
             "(backward with create_graph=True); use cross_entropy(hidden @ weight.T, ...) "
             "for those"
         )
-    tail = (None,) * 15
     if g_out is None and g_lse is None:
-        return (None, None, None, None, *tail)
+        return _grads(LINEAR_ARGS)
     if opts.reduction is not Reduction.NONE and g_lse is None and g_out is not None:
         # gradients were computed in the forward pass: only scale them
-        return (
-            _scale_rows(gh, g_out) if need[0] else None,
-            _scale_rows(gw, g_out) if need[1] else None,
-            None,
-            _scale_rows(gb, g_out) if need[2] else None,
-            *tail,
-        )
+        return _grads(LINEAR_ARGS,
+                      hidden=_scale_rows(gh, g_out) if need[0] else None,
+                      weight=_scale_rows(gw, g_out) if need[1] else None,
+                      bias=_scale_rows(gb, g_out) if need[2] else None)
     # recompute chunk by chunk with a factor per row
     N = hidden.shape[0]
     if g_out is None:
@@ -597,18 +642,12 @@ def _linear_backward(
         omega = (_omega(target, None if cw is None else cw.to(torch.float64), opts,
                         weight.shape[0]) if opts.reduction is Reduction.MEAN else None)
         row = (g_out.to(torch.float64) * _grad_scale(opts, omega)).expand(N)
-    rgh, rgw, rgb = linear_cross_entropy_backward_op(
-        hidden, weight, target, bias, cw, row.contiguous(), g_lse, opts.ignore_index,
-        opts.label_smoothing, opts.z_loss, opts.softcap, ctx.chunks[0], ctx.chunks[1],
-        *need,
-    )
-    return (
-        rgh if need[0] else None,
-        rgw if need[1] else None,
-        None,
-        rgb if need[2] else None,
-        *tail,
-    )
+    rgh, rgw, rgb = linear_cross_entropy_backward_op(*_by_name(
+        LINEAR_BACKWARD_ARGS, opts, hidden=hidden, weight=weight, target=target, bias=bias,
+        class_weight=cw, row_scale=row.contiguous(), g_lse=g_lse, chunk_rows=ctx.chunks[0],
+        vocab_chunk=ctx.chunks[1], need_gh=need[0], need_gw=need[1], need_gb=need[2]))
+    return _grads(LINEAR_ARGS, hidden=rgh if need[0] else None,
+                  weight=rgw if need[1] else None, bias=rgb if need[2] else None)
 
 
 linear_cross_entropy_op.register_autograd(_linear_backward, setup_context=_linear_setup)

@@ -32,7 +32,9 @@ is ``>= 0``: a confident row (``x = [40, 0, 0]``, target 0) gives ``log1p(2 e^{-
 ``dz/dx = \operatorname{sech}^2(x/c) / \tau``.
 
 Public pieces (see ``docs/torch.md``): :func:`categorical_rows`, :func:`entropy_rows`,
-:func:`row_weights`, :func:`reduce_rows`, :func:`softcap_derivative`.
+:func:`row_weights`, :func:`reduce_rows`, :func:`softcap_derivative`.  The soft cap, the
+target bookkeeping and the gradient's coefficients (``W'`` and ``W' - a_k``) are those of
+:mod:`._rowstats`, the one statement of the row formula; this module is its dense form.
 """
 
 from __future__ import annotations
@@ -43,7 +45,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from crossentropy._options import CrossEntropyOptions, Reduction
+from crossentropy._options import CrossEntropyOptions
+from crossentropy.torch._reduction import reduce_rows, row_weights
+from crossentropy.torch._rowstats import (
+    dense_coefficients,
+    index_coefficients,
+    index_targets,
+    softcap,
+    softcap_derivative,
+)
 
 __all__ = [
     "categorical_rows",
@@ -55,32 +65,6 @@ __all__ = [
     "softcap_derivative",
     "zero_class_rows",
 ]
-
-
-# --------------------------------------------------------------------------- soft cap
-
-
-def softcap(x: Tensor, cap: float | None) -> Tensor:
-    """``cap * tanh(x / cap)`` (Gemma 2 soft capping); `x` itself when cap is None."""
-    if cap is None:
-        return x
-    return torch.tanh(x / cap) * cap
-
-
-def softcap_derivative(x: Tensor, cap: float) -> Tensor:
-    r"""``d/dx [c tanh(x/c)] = sech^2(x/c)``, exactly.
-
-    .. math:: \operatorname{sech}^2 u = \frac{4 e^{-2|u|}}{(1 + e^{-2|u|})^2}
-
-    has no cancellation and no overflow (``(1 - t)(1 + t)`` with ``t = tanh u`` is off by 2x
-    at u = 9 in float32 and gives 0 at u = 12).
-
-    >>> import torch
-    >>> float(softcap_derivative(torch.tensor([12.0]), 1.0)[0])  # 4 e^-24 / (1 + e^-24)^2
-    1.5100537487100496e-10
-    """
-    t = torch.exp(-2.0 * torch.abs(x / cap))
-    return 4.0 * t / ((1.0 + t) * (1.0 + t))
 
 
 # --------------------------------------------------------------------------- the row decomposition
@@ -166,13 +150,13 @@ def _weighted_nll(a: Tensor, nl: Tensor) -> Tensor:
 
 
 def _index_parts(target: Tensor, weight: Tensor | None, opts: CrossEntropyOptions,
-                 like: Tensor, counted: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(safe target [N, 1], ``(1 - eps) w_y`` on counted rows [N, 1], w or None)."""
-    safe = torch.where(counted, target.unsqueeze(1), torch.zeros_like(target).unsqueeze(1))
+                 like: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(safe target [N, 1], ``a_y = (1 - eps) w_y`` on counted rows [N, 1], w or None)."""
     w = None if weight is None else weight.to(like.dtype)
-    wy = torch.ones_like(safe, dtype=like.dtype) if w is None else w[safe]
-    ay = torch.where(counted, (1.0 - opts.label_smoothing) * wy, 0.0)
-    return safe, ay, w
+    t = index_targets(target, ignore_index=opts.ignore_index, num_classes=like.shape[1],
+                      weight=w, dtype=like.dtype)
+    ay = (1.0 - opts.label_smoothing) * t.weight
+    return t.safe.unsqueeze(1), ay.unsqueeze(1), w
 
 
 def _smooth_sum(nl: Tensor, w: Tensor | None) -> Tensor:
@@ -192,7 +176,7 @@ def _forward_rows(
     if target.dim() == 2:
         loss = _weighted_nll(_prob_coefficients(target, weight, opts, r.z), r.neg_log_p())
     else:
-        safe, ay, w = _index_parts(target, weight, opts, r.z, counted)
+        safe, ay, w = _index_parts(target, weight, opts, r.z)
         # (1 - eps) w_y [(m - z_y) + log1p(s)]; a weight-0 target adds 0 (even at inf)
         loss = torch.where(ay == 0, 0.0, ay * r.neg_log_p_at(safe)).squeeze(1)
         if eps:
@@ -223,28 +207,19 @@ def _grad_rows(
     gs = None if g_lse is None else g_lse.unsqueeze(1).to(x.dtype)
     glc = torch.where(counted, gl, 0.0)  # ignored rows carry no loss gradient
     prob = target.dim() == 2
-    # W = sum_c a_c and W - a_k, the latter summed from its own terms (W rounded first and
-    # a_k subtracted would cancel: with z-loss, (1 + 2 zeta lse) - 1 loses 2 zeta lse's digits)
+    # W = sum_c a_c (+ 2 zeta lse) and W - a_k, the latter summed from its own terms (the
+    # one rule of _rowstats.index_coefficients: W rounded first and a_k subtracted would
+    # cancel; with z-loss, (1 + 2 zeta lse) - 1 loses 2 zeta lse's digits)
+    zl = torch.where(counted, 2.0 * opts.z_loss * r.lse, 0.0) if opts.z_loss else None
     if prob:
         a = _prob_coefficients(target, weight, opts, r.z)
-        W = a.sum(dim=1, keepdim=True)
-        ak = a.gather(1, r.k)
-        w_minus = a.scatter(1, r.k, 0.0).sum(dim=1, keepdim=True)
+        W, w_minus, ak = dense_coefficients(a, r.k, zl)
     else:
-        safe, ay, w = _index_parts(target, weight, opts, r.z, counted)
-        wtot = float(C) if w is None else w.sum()
-        W = torch.where(counted, ay + (eps / C) * wtot, 0.0)
-        wk = torch.ones_like(ay) if w is None else w[r.k]  # a tensor: keeps the dtype
-        k_is_y = r.k == safe
-        ak = torch.where(k_is_y, ay, 0.0) + torch.where(counted, (eps / C) * wk, 0.0)
-        # W - a_k = (1 - eps) w_y [k != y] + (eps / C)(sum_c w_c - w_k)
-        w_minus = torch.where(k_is_y, 0.0, ay)
-        if eps:
-            w_minus = w_minus + torch.where(counted, (eps / C) * (wtot - wk), 0.0)
-    if opts.z_loss:
-        zt = torch.where(counted, 2.0 * opts.z_loss * r.lse, 0.0)  # d zeta lse^2 = 2 zeta lse p
-        W = W + zt
-        w_minus = w_minus + zt
+        safe, ay, w = _index_parts(target, weight, opts, r.z)
+        W, w_minus, ak = index_coefficients(
+            a_y=ay, k_is_y=r.k == safe, counted=counted, soft=eps / C,
+            total_weight=float(C) if w is None else w.sum(),
+            w_k=None if w is None else w[r.k], zl=zl)
     one_s = 1.0 + r.s
     coef = glc * W if gs is None else glc * W + gs  # d lse / dz = p
     # c != k: p_c coef - g a_c, p_c = e_c / (1 + s)
@@ -396,66 +371,6 @@ class _CappedEntropy(torch.autograd.Function):
             h = _entropy_of(zc, ctx.temperature, ctx.compensate)
             (gz,) = torch.autograd.grad(h, zc, g, create_graph=torch.is_grad_enabled())
         return gz * softcap_derivative(x, ctx.cap), None, None, None
-
-
-# --------------------------------------------------------------------------- reduction
-
-
-def row_weights(
-    target: Tensor, weight: Tensor | None, opts: CrossEntropyOptions, num_classes: int,
-    dtype: torch.dtype,
-) -> Tensor:
-    """``omega_i``, what the mean divides by: ``w_{y_i}`` on counted index rows (0 when
-    ignored); for probability rows 1 (``prob_mean='rows'``, torch) or ``sum_c w_c t_ic``."""
-    if target.dim() == 2:
-        if opts.prob_mean == "rows" or weight is None:
-            return torch.ones(target.shape[0], dtype=dtype, device=target.device)
-        return (target.to(dtype) * weight.to(dtype)).sum(dim=1)
-    if opts.ignore_index is None:
-        counted = torch.ones_like(target, dtype=torch.bool)
-    else:
-        counted = target != opts.ignore_index
-    if weight is None:
-        return counted.to(dtype)
-    safe = torch.where(counted, target, torch.zeros_like(target))
-    return torch.where(counted, weight.to(dtype)[safe], 0.0)
-
-
-def reduce_rows(
-    loss: Tensor, omega: Tensor | None, opts: CrossEntropyOptions,
-    normalizer: Tensor | None = None,
-) -> Tensor:
-    """The one torch reduction (divide last), no host synchronisation.
-
-    none -> ``loss * scale``; sum -> ``sum * scale`` (divided by the normalizer when given);
-    mean -> ``sum * scale / sum(omega)`` (or the normalizer).  A mean over zero counted rows
-    is ``opts.empty_mean`` (torch: NaN) with a zero gradient.  `normalizer` (a 0-d tensor)
-    wins over ``opts.normalizer``.
-
-    >>> import torch
-    >>> from crossentropy._options import CrossEntropyOptions
-    >>> o = CrossEntropyOptions.create(semantics="torch")
-    >>> float(reduce_rows(torch.zeros(2), torch.zeros(2), o))  # all ignored: torch's NaN
-    nan
-    """
-    red = opts.reduction
-    if red is Reduction.NONE:
-        return loss * opts.scale if opts.scale != 1.0 else loss
-    total = loss.sum()
-    if opts.scale != 1.0:
-        total = total * opts.scale
-    if normalizer is not None:
-        return total / normalizer.to(total.dtype)
-    if opts.normalizer is not None:
-        return total / opts.normalizer
-    if red is Reduction.SUM:
-        return total
-    assert omega is not None
-    denom = omega.sum().to(total.dtype)
-    empty = denom == 0
-    out = total / torch.where(empty, torch.ones_like(denom), denom)
-    # the empty mean is a constant added where nothing is counted: its gradient is 0
-    return out + torch.where(empty, opts.empty_mean, 0.0)
 
 
 # --------------------------------------------------------------------------- no classes

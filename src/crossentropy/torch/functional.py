@@ -38,6 +38,7 @@ from crossentropy._options import BinaryOptions, CrossEntropyOptions, Reduction
 from crossentropy.torch import _ops
 from crossentropy.torch._chunks import ChunkPlan, resolve_plan
 from crossentropy.torch._errors import TorchTypeError, TorchValueError
+from crossentropy.torch._reduction import ReductionPlan
 from crossentropy.torch._reference import (
     categorical_rows,
     clamped_binary_rows,
@@ -46,6 +47,7 @@ from crossentropy.torch._reference import (
     row_weights,
     zero_class_rows,
 )
+from crossentropy.triton._available import TritonUnavailable
 
 __all__ = [
     "LinearCrossEntropyOutput",
@@ -169,15 +171,16 @@ def _real(*ts: Tensor | None) -> bool:
 
 
 def _triton() -> Any:
-    import crossentropy.triton as tr
+    """The torch side of the Triton kernels (its seams), imported on first use."""
+    from crossentropy.torch import _triton as seam
 
-    return tr
+    return seam
 
 
 def _triton_reason(x: Tensor) -> str | None:
     """None when the Triton kernels can take tensors like `x`, else why not."""
     try:
-        tr = _triton()
+        from crossentropy.triton import _available as tr
     except ImportError as exc:  # pragma: no cover - the package is part of the wheel
         return f"crossentropy.triton cannot be imported ({exc})"
     if not tr.is_available():
@@ -208,7 +211,7 @@ def _resolve_impl(impl: str, x: Tensor, name: str, *others: Tensor | None) -> st
     if impl == "triton":
         reason = _triton_reason(x)
         if reason is not None:
-            raise _triton().TritonUnavailable(
+            raise TritonUnavailable(
                 f"crossentropy.torch.{name}(impl='triton'): {reason}")
         return "triton"
     if impl == "cpu":
@@ -255,6 +258,9 @@ def _ref_dtype(x: Tensor) -> torch.dtype:
 def _flatten(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...], bool]:
     """(M, C) rows of `input`, the matching targets, the batch shape, and whether the
     targets are probabilities (torch's rule: target.shape == input.shape)."""
+    for t, name in ((input, "input"), (target, "target")):
+        if not isinstance(t, Tensor):
+            raise TorchTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if input.dim() == 0:
         raise TorchValueError(
             "input must have a class dimension: shape (C), (N, C) or (N, C, ...)")
@@ -355,29 +361,23 @@ def _check_weight(weight: Tensor | None, C: int) -> None:
         )
 
 
-def _with_reduction(opts: CrossEntropyOptions, red: Reduction) -> CrossEntropyOptions:
-    import dataclasses
-
-    return dataclasses.replace(opts, reduction=red, normalizer=None)
-
-
 def _rows_2d(
     x: Tensor, t: Tensor, weight: Tensor | None, opts: CrossEntropyOptions, impl: str,
-    norm_t: Tensor | None, prob: bool,
+    norm_t: Tensor | None, prob: bool, inplace_grad: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """(out, lse) of 2-D rows on the chosen implementation."""
+    red = ReductionPlan(opts, normalizer=norm_t)  # a tensor normalizer divides outside
     if impl == "triton":
-        o = opts if norm_t is None else _with_reduction(opts, Reduction.SUM)
         # the float32 accumulation unrounded (the caller rounds once, to its dtype)
         vdt = torch.promote_types(x.dtype, torch.float32)
-        out, lse = _triton().cross_entropy_2d(x, t, weight, o, value_dtype=vdt)
-        return (out if norm_t is None else out / norm_t.to(out.dtype)), lse
+        out, lse = _triton().cross_entropy_2d(x, t, weight, red.inner(), value_dtype=vdt,
+                                              inplace_grad=inplace_grad)
+        return red.outer(out), lse
     if impl == "cpu" and not prob:
         xk = x if x.dtype in (torch.float32, torch.float64) else x.float()
         need = xk.requires_grad and torch.is_grad_enabled()
-        o = opts if norm_t is None else _with_reduction(opts, Reduction.SUM)
-        out, lse, _ = _ops.cross_entropy_index_call(xk, t, weight, *_ops.pieces(o), need)
-        return (out if norm_t is None else out / norm_t.to(out.dtype)), lse
+        out, lse, _ = _ops.cross_entropy_index_call(xk, t, weight, red.inner(), need)
+        return red.outer(out), lse
     cdt = _ref_dtype(x)
     tt = t.to(cdt) if prob else t
     w = None if weight is None else weight.to(cdt)
@@ -442,6 +442,7 @@ def cross_entropy(
     shift: bool | int = False,
     impl: str = "auto",
     dtype: torch.dtype | None = None,
+    inplace_grad: bool = False,
 ) -> Any:
     r"""Cross-entropy between logits and class indices or class probabilities (as torch's).
 
@@ -480,7 +481,11 @@ def cross_entropy(
       change (bfloat16/float16 logits are accumulated in float32 or wider), only the final
       rounding: ``dtype=torch.float32`` for bfloat16 logits returns the float32 value
       unrounded, as transformers' loss does (it upcasts the logits), on every path
-      (Triton's included).
+      (Triton's included);
+    * ``inplace_grad``: on the Triton kernels, write the gradient into the memory of 2-D
+      logits with contiguous rows during backward (saves one [N, C] buffer; the logits are
+      destroyed, autograd refuses to reuse them elsewhere; ignored for a leaf tensor and
+      by the other implementations).
 
     Examples
     --------
@@ -537,7 +542,7 @@ def cross_entropy(
         if C == 0:  # no classes: torch's values on every implementation
             out, lse = zero_class_rows(x, t, prob, opts, norm_t)
         else:
-            out, lse = _rows_2d(x, t, weight, opts, which, norm_t, prob)
+            out, lse = _rows_2d(x, t, weight, opts, which, norm_t, prob, bool(inplace_grad))
     if out.dtype != out_dtype:
         out = out.to(out_dtype)
     if opts.reduction is Reduction.NONE:
@@ -566,7 +571,7 @@ def _binary_prep(
         opts = BinaryOptions.create(reduction=reduction, base=base, semantics="torch")
     impl = _check_impl(impl)
     if impl == "triton":
-        raise _triton().TritonUnavailable(
+        raise TritonUnavailable(
             f"crossentropy.torch.{name}(impl='triton'): there is no Triton kernel for the "
             "binary losses (elementwise: the torch path is already one fused pass); use "
             "impl='auto' or 'torch'")
@@ -924,12 +929,12 @@ def linear_cross_entropy(
                                            return_logprobs, return_entropy)
             extras = (lp, ent)
         elif which == "triton":
-            o = opts if norm_t is None else _with_reduction(opts, Reduction.SUM)
+            red = ReductionPlan(opts, normalizer=norm_t)  # a tensor normalizer divides outside
             # the float32 accumulation unrounded (rounded once below, to out_dtype)
             out, lse = _triton().linear_cross_entropy_2d(
-                h, Wm, b, t, weight, o, value_dtype=torch.promote_types(h.dtype, torch.float32))
-            if norm_t is not None:
-                out = out / norm_t.to(out.dtype)
+                h, Wm, b, t, weight, red.inner(),
+                value_dtype=torch.promote_types(h.dtype, torch.float32))
+            out = red.outer(out)
         elif which == "torch":
             out, lse = _linear_reference(h, Wm, b, t, weight, opts, plan, norm_t)
         else:
@@ -960,13 +965,12 @@ def _linear_op(h: Tensor, Wm: Tensor, b: Tensor | None, t: Tensor, weight: Tenso
                ) -> tuple[Tensor, Tensor]:
     """The chunked custom operator (CPU kernel on the CPU, torch row functions elsewhere)."""
     grad_on = torch.is_grad_enabled()
-    o = opts if norm_t is None else _with_reduction(opts, Reduction.SUM)
-    out, lse, *_ = torch.ops.crossentropy.linear_cross_entropy(
-        h, Wm, t, b, weight, *_ops.pieces(o), int(plan.rows or 1), int(plan.vocab or 0),
-        h.requires_grad and grad_on, Wm.requires_grad and grad_on,
-        b is not None and b.requires_grad and grad_on,
-    )
-    return (out if norm_t is None else out / norm_t.to(out.dtype)), lse
+    red = ReductionPlan(opts, normalizer=norm_t)  # a tensor normalizer divides outside
+    out, lse, *_ = _ops.linear_call(
+        h, Wm, t, b, weight, red.inner(), plan,
+        (h.requires_grad and grad_on, Wm.requires_grad and grad_on,
+         b is not None and b.requires_grad and grad_on))
+    return red.outer(out), lse
 
 
 def _chunk_logits(hc: Tensor, Wm: Tensor, b: Tensor | None) -> Tensor:

@@ -1,8 +1,12 @@
 r"""Triton GPU kernels for cross-entropy and fused linear cross-entropy.
 
-Four layers, each in its own module: raw ``@triton.jit`` kernels (``_kernels``), typed
-launchers (``_launch``), ``torch.autograd.Function`` classes (``_autograd``) and the
-functions here.  This module imports without Triton (and without torch).
+This package holds the device code only, in layers that import downward: raw
+``@triton.jit`` kernels (``_kernels``), typed launchers (``_launch``) and whether they can
+run (``_available``).  It imports nothing from :mod:`crossentropy.torch`: the autograd
+glue, the host-side row formula and the reduction are the torch layer's
+(``crossentropy/torch/_triton.py`` over ``torch/_rowstats.py``).  The functions here are
+the front door, whose calls go up to the torch layer lazily.  This module imports without
+Triton (and without torch).
 
 The seam used by :mod:`crossentropy.torch` (``impl="triton"``, and ``impl="auto"`` on CUDA),
 after it has validated the arguments into a :class:`~crossentropy._options.CrossEntropyOptions`
@@ -12,10 +16,12 @@ and reshaped the inputs to 2-D:
   ``TRITON_INTERPRET=1`` selects the CPU interpreter;
 * :func:`supports` -- None when the kernels can take tensors like ``x``, else the reason;
 * :func:`cross_entropy_2d`, :func:`linear_cross_entropy_2d` -- the kernels, or
-  :class:`TritonUnavailable` with the reason (never a silent fallback).
+  :class:`TritonUnavailable` with the reason (never a silent fallback); kept here by name,
+  they are :mod:`crossentropy.torch._triton`'s.
 
-The user-facing :func:`cross_entropy` and :func:`linear_cross_entropy` check their
-arguments, build the options with torch semantics and call the seam.
+The user-facing :func:`cross_entropy` and :func:`linear_cross_entropy` are thin aliases
+of :func:`crossentropy.torch.cross_entropy` and :func:`crossentropy.torch.linear_cross_entropy`
+with ``impl="triton"`` (their validation, options and reduction), on 2-D inputs.
 
 Loss of row *i* (logits ``z``, soft-capped ``z' = s tanh(z / s)`` when ``softcap=s``; index
 target ``y`` or probability row ``t``; class weights ``w``; label smoothing ``eps`` over
@@ -41,8 +47,9 @@ compute in float32, and the torch path is exact in float64.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import TYPE_CHECKING, Any
+
+from crossentropy.triton._available import TritonUnavailable, is_available, supports
 
 if TYPE_CHECKING:
     import torch
@@ -60,97 +67,7 @@ __all__ = [
 ]
 
 
-class TritonUnavailable(RuntimeError):
-    """The Triton kernels cannot take this call; the message says why.
-
-    >>> issubclass(TritonUnavailable, RuntimeError)
-    True
-    """
-
-
-def _triton_reason() -> str | None:
-    """None when triton imports and kernels can run here (a GPU or the interpreter)."""
-    if importlib.util.find_spec("torch") is None:
-        return "torch is not installed"
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed"
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:  # a broken installation
-        return f"triton does not import ({type(exc).__name__}: {exc})"
-    from crossentropy.triton._launch import interpreting
-
-    if interpreting():
-        return None
-    import torch
-
-    if not torch.cuda.is_available():
-        return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on the CPU)"
-    return None
-
-
-def is_available() -> bool:
-    """True when the Triton kernels can run here: Triton imports and either a CUDA device
-    is present or ``TRITON_INTERPRET=1`` selects the CPU interpreter.
-
-    >>> isinstance(is_available(), bool)
-    True
-    """
-    return _triton_reason() is None
-
-
-def supports(x: torch.Tensor) -> str | None:
-    """None if the kernels can take tensors like `x`, else the reason (one sentence).
-
-    Kernels take float16, bfloat16 and float32 tensors on a CUDA device, or on the CPU
-    under ``TRITON_INTERPRET=1``.  float64 is refused: the kernels compute in float32
-    (the torch path is exact in float64).
-
-    >>> import torch
-    >>> supports(torch.zeros(2, 3, dtype=torch.float64))
-    'float64 tensors: the Triton kernels compute in float32'
-    """
-    import torch
-
-    if x.dtype == torch.float64:
-        return "float64 tensors: the Triton kernels compute in float32"  # torch path: exact
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        return f"the Triton kernels take float16, bfloat16 or float32 tensors, not {x.dtype}"
-    reason = _triton_reason()
-    if reason is not None:
-        return reason
-    from crossentropy.triton._launch import interpreting
-
-    if x.device.type == "cuda":
-        return None
-    if x.device.type == "cpu" and interpreting():
-        return None
-    return (
-        f"tensors on {x.device} cannot run the Triton kernels "
-        "(CUDA, or CPU under TRITON_INTERPRET=1)"
-    )
-
-
-def _require(x: torch.Tensor) -> None:
-    reason = supports(x)
-    if reason is not None:
-        raise TritonUnavailable(reason)
-
-
-def _no_classes(z: torch.Tensor, target: torch.Tensor, opts: CrossEntropyOptions,
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The seams' result for (N, 0) logits: torch's values (each row 0, 'mean' NaN; see
-    :func:`crossentropy.torch._reference.zero_class_rows`), lse -inf in float32."""
-    import torch
-
-    from crossentropy.torch._reference import zero_class_rows
-
-    out, lse = zero_class_rows(z, target, target.dim() == 2, opts)
-    return out.to(z.dtype), lse.to(torch.float32)
-
-
-def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dim() < 2 or t.shape[1] <= 1 or t.stride(1) == 1 else t.contiguous()
+# ----------------------------------------------------------------------------- the seam
 
 
 def cross_entropy_2d(
@@ -162,64 +79,11 @@ def cross_entropy_2d(
     inplace_grad: bool = False,
     value_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""The seam: cross-entropy of 2-D logits with validated options, on the kernels.
+    """:func:`crossentropy.torch._triton.cross_entropy_2d` (the autograd glue lives on the
+    torch side: this package holds the kernels, their launchers and :func:`supports`)."""
+    from crossentropy.torch._triton import cross_entropy_2d as seam
 
-    .. math:: \ell_i = \sum_c a_{ic} \big((m_i - z'_{ic}) + \operatorname{log1p}(s_i)\big)
-              + \zeta\,\mathrm{lse}_i^2, \qquad
-              \frac{\partial \ell_i}{\partial z'_{ic}} = P_i\, p_{ic} - a_{ic}
-
-    (``a_ic`` the target weights of class ``c``, ``P_i = sum_c a_ic + 2 zeta lse_i``).
-
-    Parameters
-    ----------
-    x : torch.Tensor
-        (N, C) float16/bfloat16/float32 logits (rows are made contiguous if needed).
-    target : torch.Tensor
-        int64 [N] class indices, or floating [N, C] probability rows (not differentiated).
-    weight : torch.Tensor or None
-        [C] class weights.
-    opts : CrossEntropyOptions
-        Validated options (not checked again).
-    inplace_grad : bool
-        Write the gradient into ``x``'s memory during backward (the logits are destroyed;
-        ignored for a leaf tensor and for logits without contiguous rows).
-    value_dtype : torch.dtype or None
-        The dtype of the returned loss: the float32 accumulation rounded once to it (None:
-        x's dtype; ``torch.float32`` keeps a bfloat16 loss unrounded).
-
-    Returns
-    -------
-    (torch.Tensor, torch.Tensor)
-        The loss reduced per ``opts`` in ``value_dtype`` (shape [N] for 'none') and the float32
-        lse [N] (of the soft-capped logits, nats, not differentiable).  Autograd-capable;
-        no host synchronisation.  Raises :class:`TritonUnavailable` (why) when the
-        kernels cannot take the call.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from crossentropy._options import CrossEntropyOptions
-    >>> o = CrossEntropyOptions.create(semantics="torch")
-    >>> x = torch.zeros(2, 3, dtype=torch.float64)
-    >>> cross_entropy_2d(x, torch.tensor([0, 1]), None, o)
-    Traceback (most recent call last):
-    ...
-    crossentropy.triton.TritonUnavailable: float64 tensors: the Triton kernels compute in float32
-    """
-    _require(x)
-    vdt = x.dtype if value_dtype is None else value_dtype
-    if x.shape[1] == 0:  # no classes: torch's values (the kernels need a class to read)
-        out, lse = _no_classes(x, target, opts)
-        return out.to(vdt), lse
-    from crossentropy.triton._autograd import CrossEntropyFunction
-
-    xc = _rows_contiguous(x)
-    inplace = bool(inplace_grad) and xc is x and not x.is_leaf  # never a leaf's own memory
-    t = target.contiguous() if target.dim() == 1 else _rows_contiguous(target)
-    w = weight.contiguous() if weight is not None else None
-    loss, lse = CrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
-        xc, t, w, opts, inplace, vdt)
-    return loss, lse
+    return seam(x, target, weight, opts, inplace_grad=inplace_grad, value_dtype=value_dtype)
 
 
 def linear_cross_entropy_2d(
@@ -232,140 +96,30 @@ def linear_cross_entropy_2d(
     *,
     value_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""The seam: fused ``cross_entropy_2d(h @ w.T + b, target, weight, opts)``.
+    """:func:`crossentropy.torch._triton.linear_cross_entropy_2d` (see :func:`cross_entropy_2d`)."""
+    from crossentropy.torch._triton import linear_cross_entropy_2d as seam
 
-    .. math:: z = h W^\top + b, \qquad
-              \frac{\partial L}{\partial h} = G W, \quad
-              \frac{\partial L}{\partial W} = G^\top h, \quad
-              \frac{\partial L}{\partial b} = \textstyle\sum_i G_i
-
-    with ``G = dL/dz``.  The logits never exist in memory: the forward folds each on-chip
-    tile into the row statistics; the backward recomputes them one vocabulary chunk at a
-    time, writes that chunk of ``G`` once and forms both gradients by GEMMs (no atomics;
-    ``docs/gpu.md`` has the roofline).  Logits and products accumulate in float32.
-
-    Parameters
-    ----------
-    h : torch.Tensor
-        (N, D) hidden states, float16/bfloat16/float32.
-    w : torch.Tensor
-        (V, D) classifier weight, same dtype and device.
-    b : torch.Tensor or None
-        (V,) classifier bias.
-    target, weight, opts
-        As for :func:`cross_entropy_2d` (with ``C = V``); probability targets are [N, V].
-
-    Returns
-    -------
-    (torch.Tensor, torch.Tensor)
-        Loss (reduced per ``opts``, in ``value_dtype`` as for :func:`cross_entropy_2d`;
-        None: h's dtype) and float32 lse [N].
-
-    Examples
-    --------
-    >>> import torch
-    >>> from crossentropy._options import CrossEntropyOptions
-    >>> o = CrossEntropyOptions.create(ignore_index=None, semantics="torch")
-    >>> h = torch.zeros(2, 4, dtype=torch.float64)
-    >>> linear_cross_entropy_2d(h, torch.zeros(5, 4, dtype=torch.float64), None,
-    ...                         torch.tensor([0, 1]), None, o)
-    Traceback (most recent call last):
-    ...
-    crossentropy.triton.TritonUnavailable: float64 tensors: the Triton kernels compute in float32
-    """
-    _require(h)
-    vdt = h.dtype if value_dtype is None else value_dtype
-    if w.shape[0] == 0:  # no classes: the (N, 0) logits cost nothing
-        import torch
-
-        out, lse = _no_classes(torch.nn.functional.linear(h, w, b), target, opts)
-        return out.to(vdt), lse
-    from crossentropy.triton._autograd import LinearCrossEntropyFunction
-
-    t = target.contiguous() if target.dim() == 1 else _rows_contiguous(target)
-    loss, lse = LinearCrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
-        _rows_contiguous(h),
-        _rows_contiguous(w),
-        b.contiguous() if b is not None else None,
-        t,
-        weight.contiguous() if weight is not None else None,
-        opts,
-        vdt,
-    )
-    return loss, lse
+    return seam(h, w, b, target, weight, opts, value_dtype=value_dtype)
 
 
 # ----------------------------------------------------------------------------- public
 
 
-def _check_tensor(x: Any, name: str) -> None:
+def _matrix(x: Any, name: str) -> None:
+    """The front door's contract, narrower than crossentropy.torch's: a 2-D floating tensor."""
     import torch
 
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-
-
-def _check_matrix(x: Any, name: str) -> None:
-    _check_tensor(x, name)
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-d, got shape {tuple(x.shape)}")
     if not x.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
 
 
-def _check_target(target: Any, n: int, num_classes: int, ignore_index: int | None,
-                  device: Any) -> None:
-    """Shape, dtype and device of the targets; on the CPU also the values of index targets
-    (first bad position named).  On a GPU the values are not read (no host sync): an index
-    outside ``[0, C)`` that is not ``ignore_index`` gives a NaN loss and gradient row."""
-    import torch
-
-    _check_tensor(target, "target")
-    if target.device != device:
-        raise ValueError(f"target is on {target.device} but the input is on {device}")
-    if target.dtype.is_floating_point:
-        if target.shape != (n, num_classes):
-            raise ValueError(
-                f"probability targets must have shape ({n}, {num_classes}), "
-                f"got {tuple(target.shape)}"
-            )
-        return
-    if target.dtype.is_complex or target.dtype == torch.bool:
-        raise TypeError(
-            f"target must hold integer class indices or probabilities, got dtype {target.dtype}"
-        )
-    if target.shape != (n,):
-        raise ValueError(
-            f"target must have shape ({n},) (one class index per row), got {tuple(target.shape)}"
-        )
-    if target.device.type == "cpu" and n:
-        bad = (target < 0) | (target >= num_classes)
-        if ignore_index is not None:
-            bad &= target != ignore_index
-        if bool(bad.any()):
-            i = int(torch.nonzero(bad)[0, 0])
-            raise ValueError(
-                f"target[{i}] = {int(target[i])} is out of range [0, {num_classes}) "
-                f"(and is not ignore_index={ignore_index})"
-            )
-
-
-def _check_vector(x: Any, name: str, size: int, device: Any) -> None:
-    if x is None:
-        return
-    _check_tensor(x, name)
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.shape != (size,):
-        raise ValueError(f"{name} must have shape ({size},), got {tuple(x.shape)}")
-    if x.device != device:
-        raise ValueError(f"{name} is on {x.device} but the input is on {device}")
-
-
-def _long(target: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    return target if target.dtype.is_floating_point else target.to(torch.int64)
+def _probabilities(target: Any) -> bool:
+    """Floating targets hold class probabilities (``ignore_index`` does not apply)."""
+    return bool(getattr(getattr(target, "dtype", None), "is_floating_point", False))
 
 
 def cross_entropy(
@@ -395,6 +149,9 @@ def cross_entropy(
     backward kernel reads it once more and writes the gradient once (three passes over
     the logits in all).  Raises :class:`TritonUnavailable` when the kernels cannot run
     (use ``crossentropy.torch.cross_entropy`` for automatic dispatch).
+
+    A thin alias: ``crossentropy.torch.cross_entropy(..., impl="triton")`` (its validation,
+    its options, its reduction) on 2-D logits.
 
     Parameters
     ----------
@@ -443,18 +200,15 @@ def cross_entropy(
     >>> bits is None or round(bits, 7) == 0.0033296
     True
     """
-    from crossentropy._options import CrossEntropyOptions
+    from crossentropy.torch.functional import cross_entropy as torch_ce
 
-    _check_matrix(input, "input")
-    opts = CrossEntropyOptions.create(
-        reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
-        z_loss=z_loss, softcap=softcap, base=base, normalizer=normalizer, semantics="torch",
-    )
-    N, C = input.shape
-    _check_target(target, N, C, opts.ignore_index, input.device)
-    _check_vector(weight, "weight", C, input.device)
-    loss, lse = cross_entropy_2d(input, _long(target), weight, opts, inplace_grad=inplace_grad)
-    return (loss, lse) if return_lse else loss
+    _matrix(input, "input")
+    if _probabilities(target):
+        ignore_index = -100  # not used by probability targets (torch refuses another value)
+    return torch_ce(input, target, weight, ignore_index=ignore_index,  # type: ignore[arg-type]
+                    reduction=reduction, label_smoothing=label_smoothing, base=base,
+                    z_loss=z_loss, softcap=softcap, normalizer=normalizer,
+                    return_lse=return_lse, impl="triton", inplace_grad=inplace_grad)
 
 
 def linear_cross_entropy(
@@ -481,6 +235,10 @@ def linear_cross_entropy(
     accumulated in float32, so the result is more accurate than materialising bfloat16
     logits.  Raises :class:`TritonUnavailable` when the kernels cannot run.
 
+    A thin alias: ``crossentropy.torch.linear_cross_entropy(..., impl="triton")`` on 2-D
+    hidden states with a classifier of their dtype (``ignore_index=None`` is torch's
+    meaning there: -100).
+
     Parameters
     ----------
     hidden : torch.Tensor
@@ -505,34 +263,19 @@ def linear_cross_entropy(
     >>> bits is None or round(bits, 7) == 0.0033296
     True
     """
-    from crossentropy._options import CrossEntropyOptions
+    from crossentropy.torch.functional import linear_cross_entropy as torch_lce
 
-    _check_matrix(hidden, "hidden")
-    _check_matrix(linear_weight, "linear_weight")
-    opts = CrossEntropyOptions.create(
-        reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
-        z_loss=z_loss, softcap=softcap, base=base, normalizer=normalizer, semantics="torch",
-    )
-    N, D = hidden.shape
-    V = linear_weight.shape[0]
-    if linear_weight.shape[1] != D:
-        raise ValueError(
-            f"linear_weight must have shape (V, {D}) to match hidden's {D} features, "
-            f"got {tuple(linear_weight.shape)}"
-        )
+    _matrix(hidden, "hidden")
+    _matrix(linear_weight, "linear_weight")
     if linear_weight.dtype != hidden.dtype:
         raise TypeError(
             f"hidden ({hidden.dtype}) and linear_weight ({linear_weight.dtype}) must have "
             "the same dtype"
         )
-    if linear_weight.device != hidden.device:
-        raise ValueError(
-            f"linear_weight is on {linear_weight.device} but hidden is on {hidden.device}"
-        )
-    _check_target(target, N, V, opts.ignore_index, hidden.device)
-    _check_vector(weight, "weight", V, hidden.device)
-    _check_vector(linear_bias, "linear_bias", V, hidden.device)
-    loss, lse = linear_cross_entropy_2d(
-        hidden, linear_weight, linear_bias, _long(target), weight, opts
-    )
-    return (loss, lse) if return_lse else loss
+    if _probabilities(target):
+        ignore_index = None  # not used by probability targets (torch refuses a value)
+    return torch_lce(hidden, linear_weight, target, linear_bias=linear_bias, weight=weight,
+                     ignore_index=ignore_index, reduction=reduction,
+                     label_smoothing=label_smoothing, base=base, z_loss=z_loss,
+                     softcap=softcap, normalizer=normalizer, return_lse=return_lse,
+                     impl="triton")

@@ -1,10 +1,11 @@
-r"""Raw Triton kernels (layer 1 of 4: kernel, launcher, autograd Function, seam).
+r"""Raw Triton kernels (layer 1 of 2: kernels, launchers; the autograd Functions and the
+seams are the torch layer's, ``crossentropy/torch/_triton.py``).
 
 Nothing here checks arguments: the launchers in :mod:`crossentropy.triton._launch` do.
 Per-element work is float32 whatever the storage dtype; the per-row running statistics
 are float64 (a few scalars per row and block: free next to the per-element work).
 
-Row statistics (the merge rule of :mod:`crossentropy.torch._merge`, written in-kernel).
+Row statistics (the merge rule of ``crossentropy/torch/_rowstats.py``, written in-kernel).
 For a row of (soft-capped) logits ``z`` with maximum ``m`` reached first at ``k``:
 
 * ``s = sum_{c != k} e^{z_c - m}`` (the *rest*; the maximal term, exactly 1, is left out),
@@ -25,7 +26,7 @@ joins the running ``(m, s, A, B)`` (all relative to the running maximum) as::
     A <- A + bA
 
 so ``s`` never holds the global maximum's term, ``f <= 1`` never overflows and every
-update adds terms >= 0.  (Same rule as ``merge`` in ``crossentropy/torch/_merge.py``.)
+update adds terms >= 0.  (Same rule as ``merge`` in ``crossentropy/torch/_rowstats.py``.)
 
 Exponentials: ``tl.exp`` is ``ex2.approx(x log2 e)`` on NVIDIA GPUs, whose rounded
 argument costs ``|x|`` ulp (20 ulp at ``x = -20``, exactly the terms of a confident row).
@@ -170,7 +171,7 @@ def _rne(x, ROUND_BF16: tl.constexpr):
 
 @triton.jit
 def _merge(m, s, k, A, B, bm, bs, bk, bA, bB):
-    # The merge rule of the module notes (crossentropy/torch/_merge.py: merge).  m, bm
+    # The merge rule of the module notes (crossentropy/torch/_rowstats.py: merge).  m, bm
     # float32; s, A, B, bA, bB float64 (bs float32); k, bk int32.  A running m of -inf
     # (nothing seen yet) has s = A = B = 0 and is replaced.
     m64 = m.to(tl.float64)

@@ -1,4 +1,4 @@
-"""Typed launchers (layer 2 of 4): check shapes and strides, allocate outputs, pick blocks.
+"""Typed launchers (layer 2 of 2): check shapes and strides, allocate outputs, pick blocks.
 
 On a GPU the fused linear cross-entropy kernels are autotuned over a few Hopper-sized tile
 configurations (all of them pure writers: autotuning reruns them safely, except the
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INTERPRETER_BLOCKS",
-    "RowStats",
+    "KernelStats",
     "ce_backward",
     "ce_forward",
     "interpreting",
@@ -137,11 +137,14 @@ def _check_rows(t: torch.Tensor, name: str) -> None:
 
 
 @dataclass
-class RowStats:
-    """Per-row statistics of the whole row (module notes of ``_kernels``), all [N].
+class KernelStats:
+    """The kernels' row-statistics buffers (module notes of ``_kernels``), all [N] (or
+    [SPLIT, N]): what the kernels write and read, not the formula (the torch layer turns
+    them into its ``RowStats``).
 
     ``m`` float32 maximum, ``k`` int32 its first column, ``s`` float64 rest sum,
-    ``A``/``B`` float64 soft-target sums, ``zy`` float32 target logit (index targets).
+    ``A``/``B`` float64 soft-target sums, ``zy`` float32 target logit (index targets; 0
+    outside the range holding it).
     """
 
     m: torch.Tensor
@@ -152,12 +155,12 @@ class RowStats:
     zy: torch.Tensor
 
 
-def _empty_stats(n: int, dev: Any, split: int | None = None) -> RowStats:
+def _empty_stats(n: int, dev: Any, split: int | None = None) -> KernelStats:
     import torch
 
     shape = (n,) if split is None else (split, n)
     f32, f64 = torch.float32, torch.float64
-    return RowStats(
+    return KernelStats(
         m=torch.empty(shape, dtype=f32, device=dev),
         s=torch.empty(shape, dtype=f64, device=dev),
         k=torch.empty(shape, dtype=torch.int32, device=dev),
@@ -207,7 +210,7 @@ def ce_forward(
     target: torch.Tensor,
     weight: torch.Tensor | None,
     opts: CrossEntropyOptions,
-) -> RowStats:
+) -> KernelStats:
     """Launch the cross-entropy forward kernel (one read of each row); the row statistics.
 
     `target` is int64 [N] or a [N, C] tensor of probability rows (contiguous rows).
@@ -244,7 +247,7 @@ def ce_backward(
     target: torch.Tensor,
     weight: torch.Tensor | None,
     opts: CrossEntropyOptions,
-    st: RowStats,
+    st: KernelStats,
     grad_scale: torch.Tensor,
     grad_out: torch.Tensor,
 ) -> torch.Tensor:
@@ -321,11 +324,12 @@ def lce_forward(
     target: torch.Tensor,
     weight: torch.Tensor | None,
     opts: CrossEntropyOptions,
-) -> RowStats:
+) -> KernelStats:
     """Launch the fused forward; return the row statistics of ``hidden @ W^T + b``.
 
-    The kernel leaves the statistics of SPLIT vocabulary ranges; they are merged here, on
-    the device, in float64 and in range order (the merge rule of ``_kernels``).
+    The kernel leaves the statistics of SPLIT contiguous vocabulary ranges, ``[SPLIT, N]``
+    each (``[N]`` when N = 0); the caller merges them (the torch layer's merge rule,
+    ``crossentropy/torch/_rowstats.py``: ``merge_stacked``).
     """
     import torch
 
@@ -371,35 +375,7 @@ def lce_forward(
         "DOT_PRECISION": _dot_precision(hidden.dtype),
     }
     _launch("lce_fwd_kernel", lambda meta: (math.ceil(N / meta["BLOCK_N"]), split), args, flags)
-    return _merge_ranges(part)
-
-
-def _merge_ranges(p: RowStats) -> RowStats:
-    """Merge the ``[SPLIT, N]`` statistics of contiguous vocabulary ranges (float64).
-
-    With ``M = max_j m_j`` reached first at range ``j*``: ``s = s_j* + sum_{j != j*}
-    e^{m_j - M} (1 + s_j)`` (the maximal element of range ``j*`` stays out of the rest),
-    ``B = sum_j B_j + A_j (M - m_j)``, ``A = sum_j A_j``; a range without columns has
-    ``m_j = -inf`` and adds 0.  (``merge`` of crossentropy/torch/_merge.py, in bulk.)
-    """
-    import torch
-
-    top = p.m.max(dim=0)
-    jstar = top.indices[None, :]
-    m64 = p.m.double()
-    M = top.values.double()
-    f = torch.exp(m64 - M)  # exact difference in float64; 0 for empty ranges
-    terms = f * (1.0 + p.s)
-    terms = terms.scatter(0, jstar, p.s.gather(0, jstar))
-    shift = torch.where(p.A == 0.0, 0.0, p.A * (M - m64))
-    return RowStats(
-        m=top.values,
-        s=terms.sum(dim=0),
-        k=p.k.gather(0, jstar)[0],
-        A=p.A.sum(dim=0),
-        B=(p.B + shift).sum(dim=0),
-        zy=p.zy.sum(dim=0),
-    )
+    return part
 
 
 def lce_backward(
@@ -408,7 +384,7 @@ def lce_backward(
     linear_bias: torch.Tensor | None,
     target: torch.Tensor,
     weight: torch.Tensor | None,
-    stats: RowStats,
+    stats: KernelStats,
     coef_p: torch.Tensor,
     coef_t: torch.Tensor,
     coef_a: torch.Tensor,

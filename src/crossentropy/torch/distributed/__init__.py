@@ -49,7 +49,7 @@ hold for the logits as formed.
 Collectives per loss (``P`` ranks, ``N`` rows; ``k = 3``, or 4 with label smoothing)
 -----------------------------------------------------------------------------------
 Each rank reduces its shard to per-row statistics relative to its *local* maximum
-(:mod:`crossentropy.torch._merge`: ``m_r``, ``rest_r``, ``m_r - z_y`` on the owner of the
+(:mod:`crossentropy.torch._rowstats`: ``m_r``, ``rest_r``, ``m_r - z_y`` on the owner of the
 target, ``sum_c w_c (m_r - z_c)`` with smoothing).  Then
 
 * ``collective="all_gather"`` (default): one all-gather of ``[N, k]`` per rank

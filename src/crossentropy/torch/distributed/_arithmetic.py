@@ -1,18 +1,19 @@
 r"""The arithmetic of the vocabulary-parallel loss: local slice statistics, their merge
 across the ranks, the loss rows, the reduction and the gradients.
 
-Each rank reduces its shard to :class:`~crossentropy.torch._merge.RowStats` (relative to its
-own maximum, in the log1p form), then the ranks' statistics are merged with the one merge
-rule of :mod:`crossentropy.torch._merge`:
+Each rank reduces its shard to :class:`~crossentropy.torch._rowstats.RowStats` (relative
+to its own maximum, in the log1p form), then the ranks' statistics are merged with the one
+merge rule of :mod:`crossentropy.torch._rowstats`:
 
 * ``all_gather``: every rank gathers ``[P, N, k]`` (``m, rest, m - z_y`` and, with label
-  smoothing, ``sum_c w_c (m - z_c)``) and folds :func:`~crossentropy.torch._merge.merge`
-  over the ranks in rank order (so every rank computes bit-identical results);
+  smoothing, ``B = (eps / V) sum_c w_c (m - z_c)``) and folds
+  :func:`~crossentropy.torch._rowstats.merge` over the ranks in rank order (so every rank
+  computes bit-identical results);
 * ``all_reduce``: one all-reduce MAX of the row maxima ``m``, then one all-reduce SUM of
-  the statistics rescaled to ``m``: ``rest_r`` on a rank that reaches ``m`` (plus a count
-  of such ranks: all but one of their maximal elements belong to ``rest``), and
-  ``(1 + rest_r) e^{m_r - m}`` on the others; ``m - z_y`` and ``sum_c w_c (m - z_c)``
-  shifted by ``m - m_r >= 0``.  Every summand is >= 0.
+  the statistics lifted to ``m`` (:func:`~crossentropy.torch._rowstats.lift`): ``rest_r``
+  on a rank that reaches ``m`` (plus a count of such ranks: all but one of their maximal
+  elements belong to ``rest``), and ``(1 + rest_r) e^{m_r - m}`` on the others; ``m - z_y``
+  and ``B`` shifted by ``m - m_r >= 0``.  Every summand is >= 0.
 
 The computation runs in :attr:`Agreement.compute_dtype` (float64 on CPU, rounded once to
 the input dtype at the end).
@@ -20,7 +21,6 @@ the input dtype at the end).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +29,9 @@ import torch.distributed as dist
 from torch import Tensor
 
 from crossentropy._options import Reduction
-from crossentropy.torch import _merge
-from crossentropy.torch._merge import RowStats
+from crossentropy.torch import _rowstats
+from crossentropy.torch._reduction import ReductionPlan, grad_factor
+from crossentropy.torch._rowstats import RowStats, softcap, softcap_derivative
 from crossentropy.torch.distributed._protocol import Agreement
 
 __all__ = ["AllReduceGrad", "LinearCrossEntropy", "LogitsCrossEntropy"]
@@ -40,52 +41,42 @@ __all__ = ["AllReduceGrad", "LinearCrossEntropy", "LogitsCrossEntropy"]
 class _Targets:
     """The targets of one call, flattened, with what the loss needs of the class weights."""
 
-    index: Tensor  # [N] int64 class indices (any value on rows not counted)
+    index: Tensor  # [N] int64 class indices (0 on rows not counted)
     counted: Tensor  # [N] bool: not ignore_index
     target_weight: Tensor  # [N] w_y (1 without class weights; 0 on rows not counted)
     local_weight: Tensor | None  # [V_r] this rank's class weights (None: all 1)
-    shard_weight_sums: Tensor | None  # [P] sum of each shard's class weights (smoothing)
+    shard_soft_sums: Tensor | None  # [P] A of each shard: (eps / V) sum of its weights
     total_weight: Tensor | float  # sum_c w_c over the vocabulary (V without weights)
+
+
+def _soft(a: Agreement) -> float:
+    """The soft coefficients' factor ``eps / V`` (``a_c = (eps / V) w_c``)."""
+    return a.options.label_smoothing / a.num_classes
 
 
 def _targets(a: Agreement, target: Tensor, class_weight: Tensor | None) -> _Targets:
     ct = a.compute_dtype
-    y = target.reshape(-1).to(torch.int64)
-    ignore = a.options.ignore_index
-    counted = torch.ones_like(y, dtype=torch.bool) if ignore is None else y != ignore
-    safe = torch.where(counted, y, torch.zeros_like(y))
-    if class_weight is None:
-        wy = counted.to(ct)
+    w = None if class_weight is None else class_weight.detach().to(ct)
+    # (the range of the targets is check_targets_in_range's, in _protocol)
+    t = _rowstats.index_targets(target.reshape(-1).to(torch.int64),
+                                ignore_index=a.options.ignore_index,
+                                num_classes=a.num_classes, weight=w, dtype=ct)
+    soft = _soft(a)
+    if w is None:
         local = None
         total: Tensor | float = float(a.num_classes)
-        sums = torch.tensor(a.shard_sizes, dtype=ct, device=a.device)
+        # slice_stats' A of a shard without weights: soft * V_r
+        sums = torch.tensor([soft * v for v in a.shard_sizes], dtype=ct, device=a.device)
     else:
-        w = class_weight.detach().to(ct)
-        wy = torch.where(counted, w[safe], torch.zeros((), dtype=ct, device=a.device))
         local = w[a.start : a.start + a.local_size]
         total = w.sum()
-        sums = torch.stack([part.sum() for part in torch.split(w, list(a.shard_sizes))])
-    return _Targets(safe, counted, wy, local, sums if a.options.label_smoothing else None,
-                    total)
+        sums = torch.stack([part.sum() * soft for part in torch.split(w, list(a.shard_sizes))])
+    return _Targets(t.safe, t.counted, t.weight, local, sums if soft else None, total)
 
 
-# --------------------------------------------------------------------------- soft cap
-
-
-def _softcap(x: Tensor, cap: float | None) -> Tensor:
-    """``cap * tanh(x / cap)`` (Gemma 2), `x` itself without a cap."""
-    return x if cap is None else torch.tanh(x / cap).mul_(cap)
-
-
-def _softcap_slope(x: Tensor, cap: float) -> Tensor:
-    """d/dx cap tanh(x / cap) = sech(u)^2 = 4 e^{-2|u|} / (1 + e^{-2|u|})^2, u = x / cap.
-
-    No cancellation and no overflow (``(1 - t)(1 + t)`` with ``t = tanh(u)`` is off by 2x at
-    u = 9 in float32 and 0 at u = 12); 0 at ``x = +-inf``.
-    """
-    t = (x / cap).abs_().mul_(-2.0).exp_()
-    one_t = 1.0 + t
-    return t.mul_(4.0).div_(one_t.mul_(one_t))
+def _target_coef(a: Agreement, t: _Targets) -> Tensor:
+    """``a_y = (1 - eps) w_y`` per row (0 on rows not counted)."""
+    return (1.0 - a.options.label_smoothing) * t.target_weight
 
 
 # --------------------------------------------------------------------------- statistics
@@ -96,13 +87,14 @@ def _cat_stats(blocks: list[RowStats], a: Agreement) -> RowStats:
         e = torch.zeros(0, dtype=a.compute_dtype, device=a.device)
         smooth = bool(a.options.label_smoothing)
         return RowStats(e, e, e, torch.zeros(0, dtype=torch.bool, device=a.device),
-                        e if smooth else None, e.new_zeros(()) if smooth else None)
-    wz = None if blocks[0].wz is None else torch.cat([b.wz for b in blocks if b.wz is not None])
+                        e.new_zeros(()) if smooth else None, e if smooth else None)
+    agap = None if blocks[0].agap is None else torch.cat(
+        [b.agap for b in blocks if b.agap is not None])
     k = None if blocks[0].argmax is None else torch.cat(
         [b.argmax for b in blocks if b.argmax is not None])
     return RowStats(torch.cat([b.m for b in blocks]), torch.cat([b.rest for b in blocks]),
                     torch.cat([b.zy for b in blocks]), torch.cat([b.has_y for b in blocks]),
-                    wz, blocks[0].wsum, k)
+                    blocks[0].asum, agap, k)
 
 
 def _owner_mask(a: Agreement, t: _Targets, rank: int) -> Tensor:
@@ -112,87 +104,60 @@ def _owner_mask(a: Agreement, t: _Targets, rank: int) -> Tensor:
 
 def _merge_ranks(a: Agreement, local: RowStats, t: _Targets) -> RowStats:
     """The whole vocabulary's statistics from every rank's (the collectives of the forward)."""
-    smooth = local.wz is not None
+    smooth = local.agap is not None
+    sums = t.shard_soft_sums
     if a.collective == "all_gather":
-        cols = [local.m, local.rest, local.zy] + ([local.wz] if local.wz is not None else [])
+        cols = [local.m, local.rest, local.zy] + ([local.agap] if local.agap is not None else [])
         mine = torch.stack(cols, dim=1).contiguous()
         parts = [torch.empty_like(mine) for _ in range(a.world_size)]
         dist.all_gather(parts, mine, group=a.group)  # the one collective: [P, N, k]
-        sums = t.shard_weight_sums
         stats = [
             RowStats(p[:, 0], p[:, 1], p[:, 2], _owner_mask(a, t, r),
-                     p[:, 3] if smooth else None,
-                     sums[r] if sums is not None else None)
+                     sums[r] if sums is not None else None,
+                     p[:, 3] if smooth else None)
             for r, p in enumerate(parts)
         ]
-        return _merge.merge_all(stats)  # in rank order: identical on every rank
+        return _rowstats.merge_all(stats)  # in rank order: identical on every rank
     m = local.m.clone()
     dist.all_reduce(m, op=dist.ReduceOp.MAX, group=a.group)  # collective 1: [N]
-    top = local.m == m  # this rank reaches the row maximum (ties on several ranks count)
-    f = _merge.exp_diff(local.m, m)  # e^{m_r - m}, 0 for an empty shard
-    # a rank below the maximum adds its whole sum (1 + rest_r) e^{m_r - m}; a rank at the
-    # maximum adds rest_r (without one maximal element) and 1 to the count of such ranks:
-    # rest = sum + (count - 1) leaves out exactly one maximal element of the whole row
-    rest = torch.where(top, local.rest, f + f * local.rest)
-    shift = torch.where(top, torch.zeros_like(m), m - local.m)  # m - m_r >= 0
-    # the owner's m - z_y = (m - m_r) + (m_r - z_y)
-    zy = torch.where(local.has_y, local.zy + shift, torch.zeros_like(m))
-    cols = [rest, zy, top.to(m.dtype)]
-    if local.wz is not None and local.wsum is not None:
-        # sum_{c in r} w_c (m - z_c) = wz_r + (m - m_r) sum_{c in r} w_c (0 for an empty shard)
-        extra = torch.where(local.wsum == 0, torch.zeros_like(shift), shift * local.wsum)
-        cols.append(local.wz + extra)
+    # this rank's terms relative to the row maximum (the merge rule of _rowstats.lift): the
+    # rank's whole sum rescaled below the maximum, its rest and a count of 1 at it (ties on
+    # several ranks count: rest = sum + (count - 1) leaves out exactly one maximal element)
+    up = _rowstats.lift(local, m)
+    cols = [up.rest, up.zy, up.top.to(m.dtype)] + ([up.agap] if up.agap is not None else [])
     buf = torch.stack(cols, dim=1)
     dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=a.group)  # collective 2: [N, k]
     rest_all = buf[:, 0] + (buf[:, 2] - 1.0)
     has_y = t.counted & (t.index >= 0) & (t.index < a.num_classes)
-    wsum = None if t.shard_weight_sums is None else t.shard_weight_sums.sum()
-    return RowStats(m, rest_all, buf[:, 1], has_y, buf[:, 3] if smooth else None, wsum)
+    asum = None if sums is None else sums.sum()
+    return RowStats(m, rest_all, buf[:, 1], has_y, asum, buf[:, 3] if smooth else None)
 
 
 def _loss_rows(a: Agreement, stats: RowStats, t: _Targets) -> tuple[Tensor, Tensor]:
-    o = a.options
-    return _merge.finish(stats, target_weight=t.target_weight, counted=t.counted,
-                         label_smoothing=o.label_smoothing, num_classes=a.num_classes,
-                         total_weight=t.total_weight, z_loss=o.z_loss)
+    return _rowstats.finish(stats, counted=t.counted, target_coef=_target_coef(a, t),
+                            z_loss=a.options.z_loss)
 
 
 # --------------------------------------------------------------------------- reduction
 
 
 def _reduce(a: Agreement, loss: Tensor, t: _Targets) -> tuple[Tensor, Tensor]:
-    """``(value, divisor)``: the one torch reduction, in the compute dtype, no host sync.
-
-    none: ``loss * scale``; sum: ``sum * scale`` (``/ normalizer`` if given); mean:
-    ``sum * scale / normalizer`` or ``/ sum_i w_{y_i}`` over the counted rows (divided last);
-    a mean over zero counted rows is ``options.empty_mean`` (torch: NaN) with gradient 0.
-    The gradient of row i is its own gradient times ``grad_out * scale / divisor``.
+    """``(value, divisor)``: the one torch reduction (:class:`ReductionPlan`), in the
+    compute dtype, no host sync; the mean divides by ``sum_i w_{y_i}`` over the counted
+    rows.  The gradient of row i is its own gradient times ``grad_out * scale / divisor``.
     """
     o = a.options
-    one = torch.ones((), dtype=loss.dtype, device=loss.device)
+    plan = ReductionPlan(o, t.target_weight if o.reduction is Reduction.MEAN else None)
+    value = plan.value(loss)
     if o.reduction is Reduction.NONE:
-        return (loss * o.scale).reshape(a.rows), one
-    total = loss.sum() * o.scale
-    if o.normalizer is not None:
-        div = torch.full((), o.normalizer, dtype=loss.dtype, device=loss.device)
-        return total / div, div
-    if o.reduction is Reduction.SUM:
-        return total, one
-    div = t.target_weight.sum()
-    empty = div == 0
-    value = torch.where(empty, torch.full_like(total, o.empty_mean), total / div)
-    # nothing counted: a zero gradient (an infinite divisor makes grad_out * scale / div 0)
-    return value, torch.where(empty, torch.full_like(div, math.inf), div)
+        value = value.reshape(a.rows)
+    return value, plan.divisor(loss)
 
 
 def _row_factor(a: Agreement, grad_out: Tensor, div: Tensor) -> Tensor:
     """``d result / d loss_i`` times grad_out, per row ([N], compute dtype)."""
-    g = grad_out.to(a.compute_dtype)
-    if a.options.reduction is Reduction.NONE:
-        g = g.reshape(-1)
-    else:
-        g = g.reshape(()).expand(a.num_rows)
-    return (g * a.options.scale) / div  # divide last (a subnormal divisor stays finite)
+    f = grad_factor(grad_out, div, a.options)  # divide last (a subnormal divisor stays finite)
+    return f if a.options.reduction is Reduction.NONE else f.expand(a.num_rows)
 
 
 def _grad_block(a: Agreement, x: Tensor, t: _Targets, rows: slice, saved: _Saved,
@@ -201,25 +166,25 @@ def _grad_block(a: Agreement, x: Tensor, t: _Targets, rows: slice, saved: _Saved
     o = a.options
     cap = o.softcap
     xc = x if cap is None else x.to(a.compute_dtype)
-    g = _merge.slice_grad(
-        _softcap(xc, cap), t.index[rows], a.start, counted=t.counted[rows], m=saved.m[rows],
-        rest=saved.rest[rows], lse=saved.lse[rows], target_weight=t.target_weight[rows],
-        label_smoothing=o.label_smoothing, num_classes=a.num_classes, weight=t.local_weight,
+    g = _rowstats.slice_grad(
+        softcap(xc, cap), t.index[rows], a.start, counted=t.counted[rows], m=saved.m[rows],
+        rest=saved.rest[rows], lse=saved.lse[rows],
+        target_coef=_target_coef(a, t)[rows], soft=_soft(a), weight=t.local_weight,
         total_weight=t.total_weight, z_loss=o.z_loss, row_factor=f[rows],
         compensate=_compensate(a), dtype=a.compute_dtype, argmax=saved.argmax[rows],
     )
     if cap is not None:
-        g.mul_(_softcap_slope(xc, cap))  # chain rule through z = c tanh(x / c)
+        g.mul_(softcap_derivative(xc, cap))  # chain rule through z = c tanh(x / c)
     return g
 
 
 def _block_stats(a: Agreement, x: Tensor, t: _Targets, rows: slice) -> RowStats:
     """The statistics of a block of raw logits (any float dtype: promoted, not copied)."""
     cap = a.options.softcap
-    z = x if cap is None else _softcap(x.to(a.compute_dtype), cap)
-    return _merge.slice_stats(z, t.index[rows], a.start, counted=t.counted[rows],
-                              weight=t.local_weight, smoothing=bool(a.options.label_smoothing),
-                              compensate=_compensate(a), dtype=a.compute_dtype)
+    z = x if cap is None else softcap(x.to(a.compute_dtype), cap)
+    return _rowstats.slice_stats(z, t.index[rows], a.start, counted=t.counted[rows],
+                                 weight=t.local_weight, soft=_soft(a),
+                                 compensate=_compensate(a), dtype=a.compute_dtype)
 
 
 def _compensate(a: Agreement) -> bool:
