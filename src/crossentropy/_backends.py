@@ -125,13 +125,13 @@ def _compile_in_child() -> None:
 
 def _cache_marker() -> str:
     """The file that says numba's on-disk cache holds every kernel of this version: in
-    numba's cache directory (beside the source, ``__pycache__``, or NUMBA_CACHE_DIR when
-    set), named after the kernels' source stamp (numba keys its cache on the same)."""
-    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cpu", "_kernels.py")
-    where = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(os.path.dirname(src),
-                                                              "__pycache__")
-    st = os.stat(src)
-    return os.path.join(where, f"crossentropy-kernels-{int(st.st_mtime)}-{st.st_size}.done")
+    numba's cache directory (beside the sources, ``__pycache__``, or NUMBA_CACHE_DIR when
+    set), named after the stamp of all the kernel modules (numba keys its cache on the
+    same: ``crossentropy._cpu._stamp``)."""
+    from crossentropy._cpu import _stamp  # (no numba import)
+
+    where = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(_stamp.DIR, "__pycache__")
+    return os.path.join(where, f"crossentropy-kernels-{_stamp.source_stamp()[:16]}.done")
 
 
 def _mark_cache_complete() -> None:

@@ -11,7 +11,8 @@ one-thread body or the ``prange`` one (``_serial``) and ordinary or non-temporal
 (``_streams``); the compiled code is in one module per concept, each importing only the
 ones above it in this list:
 
-* ``_jit``: the numba flags (fast-math sets, error model, the on-disk cache);
+* ``_jit``: the numba flags (fast-math sets, error model) and the on-disk cache, keyed on
+  the stamp of every kernel module (``_stamp``);
 * ``_llvm``: bit casts, prefetch, function attributes, non-temporal stores (LLVM IR);
 * ``_exp``: the vectorisable exp (float64, and float32 work);
 * ``_rows``: the row statistics (max, first argmax, sum of the other exponentials);
