@@ -27,9 +27,6 @@ from ._jit import _cache
 # --------------------------------------------------------------------------- bit casts
 
 
-# --------------------------------------------------------------------------- bit casts
-
-
 @intrinsic
 def _i64_as_f64(typingctx: Any, x: Any) -> Any:
     sig = types.float64(types.int64)

@@ -20,6 +20,8 @@ from ._jit import _FAST, _STRICT, _cache
 from ._llvm import _LINE, _line_head, _log_softmax_line, _softmax_line, _store_fence, _wide
 from ._rows import _SUMBLK64, _next_row, _one_pass_blocks, _one_plus, _row_stats
 
+# --------------------------------------------------------------------------- softmax family
+
 
 @nb.njit(parallel=True, **_cache)
 def _logsumexp_rows(x: Any, exact: bool, out: Any, nchunks: int) -> None:
