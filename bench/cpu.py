@@ -45,10 +45,11 @@ per-call overhead of the torch layer.  ``--versus`` adds the headline comparison
 other libraries (ours / theirs, < 1 is faster): ``ce`` against eager ``F.cross_entropy``,
 ``log_softmax`` against ``scipy.special.log_softmax``.
 
-``--kernels REV`` runs the table with ``src/crossentropy/_cpu/_kernels.py`` as it was at the
-git revision REV (compiled from a temporary copy), the rest of the package as it is now:
-the "before" of a kernel change.  ``--against REV`` adds, for every numba operation, the
-ratio of the current kernels to REV's, the two alternated call by call in this process.
+``--kernels REV`` runs the table with the kernels of ``src/crossentropy/_cpu/`` as they were at
+the git revision REV (compiled from a temporary copy), the adapter and the rest of the package
+as they are now: the "before" of a kernel change.  ``--against REV`` adds, for every numba
+operation, the ratio of the current kernels to REV's, the two alternated call by call in this
+process.
 
 Writes ``bench/results/cpu.csv`` (one row per (op, shape, dtype, baseline), stamped with
 machine, versions, date, command and load) and ``bench/results/cpu.png`` (the ratios with
@@ -121,12 +122,31 @@ def _data(rows: int, classes: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def kernels_at(rev: str) -> Any:
-    """The kernels module as it was at git revision `rev`, compiled from a temporary copy."""
+    """The kernels module as it was at git revision `rev`, compiled from a temporary copy.
+
+    Where the kernels are one module per concept (``_cpu/_jit.py`` and the others, which
+    import one another relatively), the copies form a package of their own and its
+    ``_kernels`` is returned; before that, ``_kernels.py`` held them all."""
     root = Path(__file__).resolve().parents[1]
-    src = subprocess.run(["git", "show", f"{rev}:src/crossentropy/_cpu/_kernels.py"],
-                         cwd=root, capture_output=True, text=True, check=True).stdout
+
+    def show(path: str) -> str:
+        return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True,
+                              text=True, check=True).stdout
+
     name = f"_kernels_at_{rev.replace('~', '_').replace('^', '_')}"
-    path = Path(tempfile.mkdtemp(prefix="ce-bench-")) / f"{name}.py"
+    tmp = Path(tempfile.mkdtemp(prefix="ce-bench-"))
+    files = subprocess.run(["git", "ls-tree", "--name-only", rev, "src/crossentropy/_cpu/"],
+                           cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    if "src/crossentropy/_cpu/_jit.py" in files:
+        (tmp / name).mkdir()
+        (tmp / name / "__init__.py").write_text("")  # (not the adapter: the kernels only)
+        for f in files:
+            if f.endswith(".py") and Path(f).name != "__init__.py":
+                (tmp / name / Path(f).name).write_text(show(f))
+        sys.path.insert(0, str(tmp))
+        return importlib.import_module(f"{name}._kernels")
+    src = show("src/crossentropy/_cpu/_kernels.py")
+    path = tmp / f"{name}.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
@@ -471,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--versus", action="store_true",
                     help="also ours / torch (ce) and ours / scipy (log_softmax)")
     ap.add_argument("--kernels", metavar="REV",
-                    help="run with src/crossentropy/_cpu/_kernels.py from git revision REV")
+                    help="run with the kernels of src/crossentropy/_cpu/ from git revision REV")
     ap.add_argument("--against", metavar="REV",
                     help="also time each op with these kernels / with REV's (alternated)")
     ap.add_argument("--out", help="CSV to write (with --plot-only: comma-separated CSVs to "

@@ -2,8 +2,12 @@
 
 Usage::
 
-    git show REV:src/crossentropy/_cpu/_kernels.py > /tmp/kold.py
-    python bench/sigmoid_ab.py /tmp/kold.py
+    mkdir /tmp/kold
+    git archive REV src/crossentropy/_cpu | tar -x -C /tmp/kold --strip-components=3
+    python bench/sigmoid_ab.py /tmp/kold
+
+(a revision whose kernels were all in ``_cpu/_kernels.py``: ``git show
+REV:src/crossentropy/_cpu/_kernels.py > /tmp/kold.py`` and ``/tmp/kold.py``)
 
 ``sigmoid_flat`` of this tree and of the old file on the same 2^25 elements (N(0, 8)),
 value, value + derivative and log-sigmoid, and ``bce_logits_flat`` (the binary cross-entropy
@@ -17,6 +21,7 @@ import importlib.util
 import os
 import sys
 import time
+import types
 from typing import Any
 
 import numpy as np
@@ -46,16 +51,23 @@ def _pairs(run_new: Any, run_old: Any, args: tuple[Any, ...], n: int, label: str
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or args[0] in ("-h", "--help") or not os.path.isfile(args[0]):
-        print("usage: python bench/sigmoid_ab.py OLD_KERNELS.py  (a copy of another "
-              "revision's src/crossentropy/_cpu/_kernels.py)", file=sys.stderr)
+    if len(args) != 1 or args[0] in ("-h", "--help") or not os.path.exists(args[0]):
+        print("usage: python bench/sigmoid_ab.py OLD_CPU_FOLDER  (a copy of another "
+              "revision's src/crossentropy/_cpu/, or of its _kernels.py before the kernels "
+              "were split into modules)", file=sys.stderr)
         return 2
-    # numba's cache finds a module by its name: register the old file under its own
-    spec = importlib.util.spec_from_file_location("kold", args[0])
-    assert spec is not None and spec.loader is not None
-    kold = importlib.util.module_from_spec(spec)
-    sys.modules["kold"] = kold
-    spec.loader.exec_module(kold)
+    # numba's cache finds a module by its name: register the old files under their own
+    if os.path.isdir(args[0]):  # the kernel modules (relative imports) as a package "kold"
+        pkg = types.ModuleType("kold")
+        pkg.__path__ = [os.path.abspath(args[0])]  # (its __init__, the adapter, not run)
+        sys.modules["kold"] = pkg
+        kold: Any = importlib.import_module("kold._kernels")
+    else:
+        spec = importlib.util.spec_from_file_location("kold", args[0])
+        assert spec is not None and spec.loader is not None
+        kold = importlib.util.module_from_spec(spec)
+        sys.modules["kold"] = kold
+        spec.loader.exec_module(kold)
     rng = np.random.default_rng(0)
     n = 1 << 25
     for dt in (np.float32, np.float64):

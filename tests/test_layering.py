@@ -230,3 +230,21 @@ def test_import_crossentropy_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]", f"import crossentropy imported {out}"
+
+
+#: the numba kernels, one concept per module, each importing only those before it
+CPU_KERNELS = ("_stamp", "_jit", "_llvm", "_exp", "_rows", "_softmax", "_ce", "_elementwise",
+               "_kernels")
+
+
+def test_the_cpu_kernels_are_modules_of_one_concept_that_import_downward():
+    folder = PKG / "_cpu"
+    # (besides the adapter, __init__, and the compile's driver, _compile: no kernels)
+    assert {p.stem for p in folder.glob("*.py")} - {"__init__", "_compile"} == set(CPU_KERNELS)
+    for p in folder.glob("*.py"):
+        n = len(p.read_text(encoding="utf-8").splitlines())
+        assert n <= 650, f"{p.name} has {n} lines: split it by concept"
+    for i, name in enumerate(CPU_KERNELS):
+        for imp in _internal(MODULES["crossentropy._cpu." + name]):
+            assert imp.rpartition(".")[2] in CPU_KERNELS[:i], \
+                f"crossentropy._cpu.{name} imports {imp}"

@@ -151,11 +151,11 @@ def cache_folder() -> str | None:
 
 
 def _stamp() -> str:
-    """The kernels' source stamp in the markers' names: a changed kernel source is a cold
-    cache (numba keys its cache on the source too)."""
-    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_kernels.py")
-    st = os.stat(src)
-    return f"{int(st.st_mtime)}-{st.st_size}"
+    """The kernels' source stamp in the markers' names (:mod:`crossentropy._cpu._stamp`,
+    on which numba keys the kernels' cache too): a changed kernel source is a cold cache."""
+    from crossentropy._cpu import _stamp as stamp  # (no numba import)
+
+    return stamp.source_stamp()[:16]
 
 
 def _part_file(folder: str, i: int, suffix: str) -> str:
