@@ -114,25 +114,38 @@ _CHILD_CODE = ("from crossentropy import _backends; from crossentropy._cpu impor
                "_backends._compile(max(1, _compile.usable_cpus() - 1), load=False)")
 
 
-def _compile_in_child() -> None:
-    """The background compilation: numba compiles the kernels in a child process, which
-    writes them to the on-disk cache; this (watching) thread then marks them ready, and
-    numba loads each one from there at its first call.  A child shares no GIL with the
-    caller, whose NumPy work a compiling thread slowed about 4x (numba's compiler is
-    Python).  The child runs in a session of its own: it finishes the compile when this
-    process ends, or its process group is interrupted or killed (a closed terminal, Ctrl-C,
-    a job runner), so that the next process finds a warm cache.  Whatever goes wrong in the
-    child (no interpreter to spawn), ``_compile`` still compiles here."""
+def _spawn_child() -> subprocess.Popen[bytes] | None:
+    """Start the background compile's child process (None where it cannot be started).
+
+    Started by the call itself, not by the watching thread: a short script whose first
+    large call is also its last would otherwise end before the thread ran.  The child runs
+    in a session of its own, so it finishes the compile when this process ends, or its
+    process group is interrupted or killed (a closed terminal, Ctrl-C, a job runner), and
+    the next process finds a warm cache."""
     from crossentropy._cpu import _compile as compiler
 
     try:
-        child = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-c", _CHILD_CODE], env=compiler.child_env(),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
-        child.wait()
     except (OSError, subprocess.SubprocessError):
-        pass
+        return None
+
+
+def _compile_in_child(child: subprocess.Popen[bytes] | None = None) -> None:
+    """The background compilation: numba compiles the kernels in a child process
+    (:func:`_spawn_child`, started here unless given), which writes them to the on-disk
+    cache; this (watching) thread then marks them ready, and numba loads each one from
+    there at its first call.  A child shares no GIL with the caller, whose NumPy work a
+    compiling thread slowed about 4x (numba's compiler is Python).  Whatever goes wrong in
+    the child, ``_compile`` still compiles here."""
+    child = _spawn_child() if child is None else child
+    if child is not None:
+        try:
+            child.wait()
+        except (OSError, subprocess.SubprocessError):
+            pass
     _compile(load=False)
 
 
@@ -150,7 +163,8 @@ def _start_kernels() -> bool:
         if compiler.is_warm():  # numba loads each kernel from its cache at its first call
             _ready.set()
             return True
-        t = threading.Thread(target=_compile_in_child, name="crossentropy-compile",
+        t = threading.Thread(target=_compile_in_child, args=(_spawn_child(),),
+                             name="crossentropy-compile",
                              daemon=True)
         _started.append(t)
         t.start()
