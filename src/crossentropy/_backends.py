@@ -201,9 +201,17 @@ def warm_up(progress: Callable[[int, int, str], None] | None = None) -> bool:
 
     Parameters
     ----------
-    progress : called as ``progress(done, total, what)`` each time a part of the compile is
-        done (``crossentropy warm-up`` draws its progress bar with it).
+    progress : callable, optional
+        Called as ``progress(done, total, what)`` each time a part of the compile is done
+        (``crossentropy warm-up`` draws its progress bar with it).
 
+    Returns
+    -------
+    bool
+        True once the kernels are ready; False when numba is not installed.
+
+    Examples
+    --------
     >>> import crossentropy as ce
     >>> ce.warm_up()
     True
