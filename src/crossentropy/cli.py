@@ -739,10 +739,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _kernel_status() -> str:
     from crossentropy import kernel_status
 
-    status = kernel_status()
-    if status.startswith("compiled"):
-        return status
-    return f"{status} (`crossentropy warm-up` compiles them: a minute or two, once)"
+    return kernel_status()
 
 
 class _Bar:

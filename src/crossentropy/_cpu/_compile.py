@@ -35,6 +35,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -315,6 +316,9 @@ def compile_shared(processes: int | None = None, *, load: bool = True,
                 stderr=subprocess.DEVNULL))
         except OSError:
             break
+    finished = threading.Event()
+    if progress is not None:  # reports each part as it is marked done, by any process
+        threading.Thread(target=_watch, args=(folder, progress, finished), daemon=True).start()
     try:
         _compile_free_parts(folder, 0)
         # then wait for the parts other processes hold; compile any they left undone
@@ -325,14 +329,28 @@ def compile_shared(processes: int | None = None, *, load: bool = True,
                     _mark_done(folder, i)
                 elif load:
                     compile_all([part])  # (loads it from the cache)
-            if progress is not None:
-                progress(i + 1, len(PARTS), _label(part))
     finally:
+        finished.set()
         for h in helpers:
             try:
                 h.wait(timeout=900)
             except subprocess.TimeoutExpired:
                 h.kill()
+    if progress is not None:
+        progress(len(PARTS), len(PARTS), "every part compiled and loaded" if load
+                 else "every part compiled")
+
+
+def _watch(folder: str, progress: Progress, finished: threading.Event) -> None:
+    """Call `progress` each time another part's done marker appears (polled every 0.2 s:
+    the parts take seconds to minutes), until `finished`."""
+    seen: set[int] = set()
+    while not finished.wait(0.2):
+        for i in range(len(PARTS)):
+            if i not in seen and os.path.exists(_part_file(folder, i, ".done")):
+                seen.add(i)
+                if len(seen) < len(PARTS):  # (the last report is the caller's)
+                    progress(len(seen), len(PARTS), _label(PARTS[i]))
 
 
 def describe() -> str:
@@ -344,4 +362,4 @@ def describe() -> str:
     if done == len(PARTS):
         return f"compiled (numba's cache: {folder})"
     return (f"{done} of {len(PARTS)} parts compiled (numba's cache: {folder}); "
-            "`crossentropy warm-up` compiles the rest")
+            "`crossentropy warm-up` compiles the rest (a minute or two, once)")
