@@ -736,12 +736,6 @@ def _cmd_score(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- warm-up
 
 
-def _kernel_status() -> str:
-    from crossentropy import kernel_status
-
-    return kernel_status()
-
-
 class _Bar:
     """A progress bar on a terminal (redrawn in place every second, so the time runs while
     a part compiles), else one line per part done."""
@@ -790,7 +784,7 @@ def _cmd_warm_up(args: argparse.Namespace) -> int:
     from crossentropy import kernel_status, warm_up
 
     if args.status:
-        print(_kernel_status())
+        print(kernel_status())
         return 0
     before = kernel_status()
     if before.startswith("numba is not installed"):
@@ -819,7 +813,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     if args.command is None:
         parser.print_help()
-        print(f"\nCPU kernels: {_kernel_status()}")
+        from crossentropy import kernel_status
+
+        print(f"\nCPU kernels: {kernel_status()}")
         return 0
     from crossentropy.score.readers import ScoreError
 

@@ -167,12 +167,16 @@ def _part_file(folder: str, i: int, suffix: str) -> str:
                                 f"{suffix}")
 
 
+def _done(folder: str) -> int:
+    """How many parts are marked done in `folder`."""
+    return sum(os.path.exists(_part_file(folder, i, ".done")) for i in range(len(PARTS)))
+
+
 def is_warm(folder: str | None = None) -> bool:
     """Does numba's on-disk cache hold every kernel (every part marked done)?"""
     try:
         folder = cache_folder() if folder is None else folder
-        return folder is not None and all(
-            os.path.exists(_part_file(folder, i, ".done")) for i in range(len(PARTS)))
+        return folder is not None and _done(folder) == len(PARTS)
     except OSError:
         return False
 
@@ -358,7 +362,7 @@ def describe() -> str:
     folder = cache_folder()
     if folder is None:
         return "numba cannot cache the kernels here (no writable cache folder)"
-    done = sum(os.path.exists(_part_file(folder, i, ".done")) for i in range(len(PARTS)))
+    done = _done(folder)
     if done == len(PARTS):
         return f"compiled (numba's cache: {folder})"
     return (f"{done} of {len(PARTS)} parts compiled (numba's cache: {folder}); "
