@@ -532,3 +532,173 @@ def test_triton_linear_paths(triton_errors: dict[str, float], case: Case) -> Non
     CPU linear path, 64 ulp), the gradients of h and W to 1e-4 of their largest entry."""
     assert triton_errors[f"linear/{case.name}/loss"] <= 64.0
     assert triton_errors[f"linear/{case.name}/grad"] <= 1e-4
+
+
+# --------------------------------------------------------------------------- token statistics
+#
+# The per-token outputs of ``linear_token_stats`` / ``token_stats`` (log-probability of the
+# target, log-sum-exp, entropy, top-k log-probabilities and indices) and their gradients,
+# against mpmath at 80 digits on the matrix's rows (confident rows, ties, -inf logits,
+# ignored targets), through the logits and through hidden states, by token chunks and by
+# vocabulary slices.  Bounds: float64 within 4 ulp (plus, under a soft cap or a
+# temperature, the rounding of z' = softcap(z) / tau in float64: 2 eps sum_c |d out / dz'_c|
+# |z'_c| absolute, the problem's conditioning, from mpmath); float32 logits are exact
+# in float64, so their outputs are within 1 ulp; through float32 hidden states the logits'
+# own rounding dominates (as in test_linear_paths): rtol 1e-5 of the output's scale.
+
+
+@dataclass(frozen=True)
+class StatsCase:
+    name: str
+    temperature: float = 1.0
+    softcap: float | None = None
+    base: float | None = None
+
+
+STATS_CASES = [StatsCase("plain"), StatsCase("temperature", temperature=0.7),
+               StatsCase("softcap+temperature", temperature=1.3, softcap=15.0),
+               StatsCase("bits", base=2.0)]
+TOP = 3
+
+
+def _mp_stats(z64: np.ndarray, y: np.ndarray, case: StatsCase) -> dict[str, np.ndarray]:
+    """mpmath (80 digits: log p of a confident row, -1e-28, is the difference of two
+    numbers near 64) per row: log p_y, lse, entropy, the top-k log-probabilities in index
+    order of ties, and the gradients d log p_y / dz, d H / dz (with respect to the logits
+    before the soft cap and temperature; the soft cap takes -inf to -c)."""
+    import mpmath as mp
+
+    mp.mp.dps = 80
+    n, c = z64.shape
+    out = {k: np.zeros(n) for k in ("lp", "lse", "ent", "cond_lp", "cond_lse", "cond_ent")}
+    out["top"] = np.zeros((n, TOP))
+    out["cond_top"] = np.zeros((n, TOP))
+    out["top_i"] = np.zeros((n, TOP), dtype=np.int64)
+    out["g_lp"] = np.zeros((n, c))
+    out["g_ent"] = np.zeros((n, c))
+    tau = mp.mpf(case.temperature)
+    for i in range(n):
+        zs, dz = [], []
+        for v in z64[i]:
+            if case.softcap is not None:
+                u = mp.mpf(float(v)) / case.softcap
+                zs.append(case.softcap * mp.tanh(u) / tau)
+                dz.append(mp.sech(u) ** 2 / tau if np.isfinite(v) else mp.mpf(0))
+            else:
+                zs.append(mp.mpf(float(v)) / tau if np.isfinite(v) else mp.mpf(float(v)))
+                dz.append(1 / tau)
+        fin = [zz for zz in zs if zz != mp.ninf]
+        lse = mp.log(mp.fsum(mp.exp(zz) for zz in fin))
+        p = [mp.exp(zz - lse) if zz != mp.ninf else mp.mpf(0) for zz in zs]
+        mean = mp.fsum(pc * zz for pc, zz in zip(p, zs, strict=True) if pc != 0)
+        out["lse"][i] = float(lse)
+        out["ent"][i] = float(mp.fsum(-pc * (zz - lse) for pc, zz in zip(p, zs, strict=True)
+                                      if pc != 0))
+        # conditioning: sum_c |d out / dz'_c| |z'_c| (what rounding each z'_c to half an
+        # ulp can move the output by, over eps / 2)
+        az = [abs(zz) if zz != mp.ninf else mp.mpf(0) for zz in zs]
+
+        def cond(i_: int, p: list[Any] = p, az: list[Any] = az) -> float:
+            return float(mp.fsum(abs((1 if j == i_ else 0) - p[j]) * az[j] for j in range(c)))
+
+        out["cond_lse"][i] = float(mp.fsum(pc * a for pc, a in zip(p, az, strict=True)))
+        out["cond_ent"][i] = float(mp.fsum(abs(p[j] * (zs[j] - mean)) * az[j]
+                                           for j in range(c) if p[j] != 0))
+        if y[i] != -100:
+            out["lp"][i] = float(zs[y[i]] - lse)
+            out["g_lp"][i] = [float(((1 if j == y[i] else 0) - p[j]) * dz[j]) for j in range(c)]
+            out["cond_lp"][i] = cond(int(y[i]))
+        out["g_ent"][i] = [float(-p[j] * (zs[j] - mean) * dz[j]) if p[j] != 0 else 0.0
+                           for j in range(c)]
+        order = sorted(range(c), key=lambda j: (-zs[j], j))[:TOP]  # ties: lower index first
+        out["top_i"][i] = order
+        out["top"][i] = [float(zs[j] - lse) for j in order]
+        out["cond_top"][i] = [cond(j) for j in order]
+    scale = 1.0 if case.base is None else 1.0 / math.log(case.base)
+    for k in ("lp", "lse", "ent", "top", "g_lp", "g_ent", "cond_lp", "cond_lse", "cond_ent",
+              "cond_top"):
+        out[k] = out[k] * scale
+    return out
+
+
+def _stats_inputs(dtype: Any, source: str) -> tuple[Any, ...]:
+    """(logits float64 for the oracle, the tensors the call takes, targets)."""
+    x, y = _data(np.float64)
+    if source == "logits":
+        xt = x.astype(dtype)
+        return xt.astype(np.float64), (torch.tensor(xt, requires_grad=True),), y
+    # hidden states whose logits are the matrix's rows (finite ones) plus a column of ones
+    # for the bias: W = I (C x C), h = x with -inf replaced by -60 (e^-60 ~ 0 next to 30)
+    xf = np.where(np.isfinite(x), x, -60.0).astype(dtype)
+    w = np.eye(C, dtype=dtype)
+    b = np.linspace(-0.5, 0.5, C).astype(dtype)
+    z64 = xf.astype(np.float64) + b.astype(np.float64)
+    return z64, (torch.tensor(xf, requires_grad=True), torch.tensor(w, requires_grad=True),
+                 torch.tensor(b, requires_grad=True)), y
+
+
+@pytest.mark.parametrize("case", STATS_CASES, ids=[c.name for c in STATS_CASES])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("plan", ["tokens", "vocab"])
+@pytest.mark.parametrize("source", ["logits", "linear"])
+def test_token_stats_paths(source: str, plan: str, dtype: Any, case: StatsCase) -> None:
+    z64, tensors, y = _stats_inputs(dtype, source)
+    ref = _mp_stats(z64, y, case)
+    chunks = cet.ChunkPlan(rows=7) if plan == "tokens" else cet.ChunkPlan(rows=7, vocab=4)
+    kw: dict[str, Any] = dict(return_logprobs=True, return_entropy=True, return_lse=True,
+                              top_k=TOP, temperature=case.temperature, softcap=case.softcap,
+                              base=case.base, reduction="none", chunks=chunks)
+    yt = torch.tensor(y)
+    if source == "logits":
+        out = cet.token_stats(tensors[0], yt, **kw)
+    else:
+        out = cet.linear_token_stats(tensors[0], tensors[1], yt, linear_bias=tensors[2], **kw)
+    counted = y != -100
+    transformed = case.softcap is not None or case.temperature != 1.0
+    allow = 2.0 * float(np.finfo(np.float64).eps) if transformed else 0.0
+    got = {"lp": out.logprobs, "lse": out.lse, "ent": out.entropy, "top": out.top_k_logprobs}
+    for k, g in got.items():
+        assert g is not None
+        gn = g.detach().numpy().astype(np.float64)
+        want = ref[k]
+        rows = counted if k == "lp" else np.ones(len(y), dtype=bool)
+        if source == "linear" and dtype == np.float32:
+            scale = np.maximum(np.abs(want[rows]), 1.0)
+            np.testing.assert_allclose(gn[rows], want[rows], rtol=0,
+                                       atol=1e-5 * float(np.max(scale)), err_msg=k)
+            continue
+        err = _ulps(gn[rows], want[rows], dtype, allow * ref["cond_" + k][rows])
+        assert np.max(err) <= (4.0 if dtype == np.float64 else 1.0), (k, np.max(err))
+    # top-k indices: exact, ties in index order (the row of ties, the two tied maxima)
+    assert out.top_k_indices is not None
+    np.testing.assert_array_equal(out.top_k_indices.numpy(), ref["top_i"])
+    assert float(out.logprobs.detach()[~torch.tensor(counted)].abs().max()) == 0.0  # ignored
+
+
+@pytest.mark.parametrize("case", STATS_CASES, ids=[c.name for c in STATS_CASES])
+@pytest.mark.parametrize("plan", ["tokens", "vocab"])
+def test_token_stats_gradients(plan: str, case: StatsCase) -> None:
+    """d/dz of sum_i (a_i log p_{y_i} + b_i H_i) against mpmath's, float64, through the
+    logits: within 1e-13 of the row's largest entry (plus the conditioning allowance of a
+    transformed row, 16 eps max|z'| times the row's largest derivative)."""
+    z64, (xt,), y = _stats_inputs(np.float64, "logits")
+    ref = _mp_stats(z64, y, case)
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=len(y)), rng.normal(size=len(y))
+    chunks = cet.ChunkPlan(rows=7) if plan == "tokens" else cet.ChunkPlan(rows=7, vocab=4)
+    out = cet.token_stats(xt, torch.tensor(y), return_logprobs=True, return_entropy=True,
+                          temperature=case.temperature, softcap=case.softcap, base=case.base,
+                          chunks=chunks, reduction="none")
+    assert out.logprobs is not None and out.entropy is not None
+    obj = (out.logprobs * torch.tensor(a)).sum() + (out.entropy * torch.tensor(b)).sum()
+    obj.backward()
+    want = a[:, None] * ref["g_lp"] + b[:, None] * ref["g_ent"]
+    assert xt.grad is not None
+    got = xt.grad.numpy()
+    fin = np.isfinite(z64)
+    assert np.all(got[~fin] == 0.0)  # -inf logits: probability 0, derivative 0
+    rowmax = np.max(np.abs(want), axis=1, keepdims=True)
+    zp = np.where(fin, np.abs(z64), 0.0).max(axis=1, keepdims=True) / case.temperature
+    tol = 1e-13 + (16 * 2.0**-52 * zp if case.softcap or case.temperature != 1.0 else 0.0)
+    assert np.all(np.abs(got - want)[fin] <= (tol * np.maximum(rowmax, 1e-300))
+                  .repeat(C, axis=1)[fin] + 1e-300)

@@ -56,6 +56,7 @@ from crossentropy.torch.modules import (  # noqa: E402
     CrossEntropyLoss,
     LinearCrossEntropyLoss,
 )
+from crossentropy.torch.stats import TokenStats, linear_token_stats, token_stats  # noqa: E402
 
 __all__ = [
     "BCELoss",
@@ -65,10 +66,13 @@ __all__ = [
     "LinearCrossEntropyLoss",
     "LinearCrossEntropyOptions",
     "LinearCrossEntropyOutput",
+    "TokenStats",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "linear_cross_entropy",
+    "linear_token_stats",
+    "token_stats",
 ]
 
 
@@ -95,6 +99,6 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    ours = {*__all__, "functional", "modules"}
+    ours = {*__all__, "functional", "modules", "stats"}
     names = ours | {n for n in dir(_torch_functional) if not n.startswith("_")}
     return sorted(names)

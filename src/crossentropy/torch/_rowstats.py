@@ -112,11 +112,13 @@ __all__ = [
     "Lifted",
     "RowStats",
     "dense_coefficients",
+    "entropy",
     "exp_diff",
     "finish",
     "index_coefficients",
     "index_targets",
     "lift",
+    "log_prob",
     "merge",
     "merge_all",
     "merge_stacked",
@@ -232,6 +234,9 @@ class RowStats:
     argmax : Tensor int or None
         Index of the maximal element left out of ``rest`` (within the slice from
         :func:`slice_stats`, dropped by :func:`merge`); :func:`slice_grad` can reuse it.
+    ent : Tensor or None
+        ``sum_{c in slice} e^{z_c - m} (m - z_c)`` (terms >= 0; the maximal elements add 0):
+        the entropy's sum, see :func:`entropy`.  None unless asked for.
     """
 
     m: Tensor
@@ -241,6 +246,7 @@ class RowStats:
     asum: Tensor | None = None
     agap: Tensor | None = None
     argmax: Tensor | None = None
+    ent: Tensor | None = None
 
 
 def _two_diff(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -286,6 +292,7 @@ def slice_stats(
     soft: float = 0.0,
     compensate: bool = True,
     dtype: torch.dtype | None = None,
+    entropy: bool = False,
 ) -> RowStats:
     """The :class:`RowStats` of a ``[n, V_s]`` block holding classes ``[offset, offset+V_s)``.
 
@@ -295,7 +302,7 @@ def slice_stats(
     soft coefficients are ``a_c = soft * w_c`` (0: no soft part, ``asum``/``agap`` None);
     `compensate` see :func:`exp_diff` (False only when the compute dtype is wider than the
     result's); `dtype` is the compute dtype (default: z's): a narrower `z` is promoted
-    inside each operation, never copied.
+    inside each operation, never copied; `entropy` adds :attr:`RowStats.ent`.
     """
     n, vs = z.shape
     dt = z.dtype if dtype is None else dtype
@@ -304,7 +311,7 @@ def slice_stats(
         asum = zero.new_zeros(()) if soft else None
         return RowStats(torch.full_like(zero, -math.inf), zero, zero,
                         torch.zeros(n, dtype=torch.bool, device=z.device),
-                        asum, zero if soft else None)
+                        asum, zero if soft else None, ent=zero if entropy else None)
     m, k = z.max(dim=1)  # NaN (and its index) if the row holds a NaN
     m = m.to(dt)  # exact
     mm = m[:, None]
@@ -324,6 +331,8 @@ def slice_stats(
             w = weight.to(dt)
             agap = torch.nansum(dh * w, dim=1).mul_(-soft)
             asum = w.sum() * soft
+    # m - z_c >= 0 (kept before dh turns into e^{dh}; the TwoSum tail is below its ulp)
+    gap = None if not entropy else dh.neg()
     # e^{z_c - m} = e^{dh} (1 + dl) (see exp_diff); e = 1 at ties and at every +inf when
     # m = +inf (NaN differences), 0 for finite logits next to +inf
     e = dh.exp_()
@@ -336,11 +345,19 @@ def slice_stats(
     # m = NaN: the row is NaN
     rest = torch.where(m == -math.inf, zero, rest)
     rest = torch.where(torch.isnan(m), m, rest)
+    ent = None
+    if gap is not None:
+        # sum_c e^{z_c - m} (m - z_c): terms >= 0; 0 * inf (a -inf logit, or a finite one
+        # next to +inf) and the NaN gap of a +inf logit at m = +inf are 0 (p log p -> 0, and
+        # the +inf logits share the mass, each at gap 0)
+        ent = gap.mul_(e).nan_to_num_(0.0, math.inf, 0.0).sum(dim=1)
+        ent = torch.where(m == -math.inf, zero, ent)
+        ent = torch.where(torch.isnan(m), m, ent)
     has_y = counted & (target >= offset) & (target < offset + vs)
     col = (target - offset).clamp(0, vs - 1)[:, None]
     # m - z_y >= 0 (0 at ties, +inf for a finite target next to +inf or a -inf target)
     zy = torch.where(has_y, _shift(z.gather(1, col)[:, 0].to(dt), m), zero)
-    return RowStats(m, rest, zy, has_y, asum, agap, argmax=k)
+    return RowStats(m, rest, zy, has_y, asum, agap, argmax=k, ent=ent)
 
 
 # --------------------------------------------------------------------------- the merge rule
@@ -354,6 +371,7 @@ class Lifted:
     top: Tensor  # bool: the slice reaches m
     zy: Tensor  # m - z_y on the slice holding the target, else 0
     agap: Tensor | None  # B_s + (m - m_s) A_s
+    ent: Tensor | None = None  # ent_s (top), else e^{m_s - m} (ent_s + (m - m_s)(1 + rest_s))
 
 
 def lift(st: RowStats, m: Tensor) -> Lifted:
@@ -370,7 +388,11 @@ def lift(st: RowStats, m: Tensor) -> Lifted:
       (so ``rest`` never includes the merged maximum and ``log1p(rest)`` stays exact);
     * ``m - z_y`` and ``B`` move to the new maximum by adding ``(m - m_s) >= 0`` (times
       ``A_s`` for the latter): every term stays >= 0; an empty (or weight-0) slice adds 0,
-      not ``0 * inf``.
+      not ``0 * inf``;
+    * the entropy's sum: ``e^{z_c - m} (m - z_c) = f e^{z_c - m_s} ((m - m_s) + (m_s - z_c))``
+      with ``f = e^{m_s - m}``, so a slice below ``m`` adds
+      ``f (ent_s + (m - m_s)(1 + rest_s))`` (its maximal element included), one reaching
+      ``m`` its ``ent_s``: sums of terms >= 0.
     """
     top = st.m == m
     f = exp_diff(st.m, m)  # e^{m_s - m} in [0, 1]
@@ -381,7 +403,12 @@ def lift(st: RowStats, m: Tensor) -> Lifted:
     agap = None
     if st.agap is not None and st.asum is not None:
         agap = st.agap + torch.where(st.asum == 0, torch.zeros_like(sh), sh * st.asum)
-    return Lifted(rest, top, zy, agap)
+    ent = None
+    if st.ent is not None:
+        # f = 0 (an empty slice, or one far below m) adds 0, not 0 * inf
+        below = f * (st.ent + sh * (1.0 + st.rest))
+        ent = torch.where(top, st.ent, torch.where(f == 0, torch.zeros_like(f), below))
+    return Lifted(rest, top, zy, agap, ent)
 
 
 def merge(a: RowStats, b: RowStats) -> RowStats:
@@ -398,7 +425,8 @@ def merge(a: RowStats, b: RowStats) -> RowStats:
     if la.agap is not None and lb.agap is not None and a.asum is not None \
             and b.asum is not None:
         asum, agap = a.asum + b.asum, la.agap + lb.agap
-    return RowStats(m, rest, la.zy + lb.zy, a.has_y | b.has_y, asum, agap)
+    ent = None if la.ent is None or lb.ent is None else la.ent + lb.ent
+    return RowStats(m, rest, la.zy + lb.zy, a.has_y | b.has_y, asum, agap, ent=ent)
 
 
 def merge_all(parts: Sequence[RowStats]) -> RowStats:
@@ -426,7 +454,9 @@ def merge_stacked(p: RowStats) -> RowStats:
     argmax = None if p.argmax is None else p.argmax.gather(0, top.indices[None, :])[0]
     asum = None if p.asum is None else p.asum.sum(dim=0)
     agap = None if lifted.agap is None else lifted.agap.sum(dim=0)
-    return RowStats(m, rest, lifted.zy.sum(dim=0), p.has_y.any(dim=0), asum, agap, argmax)
+    ent = None if lifted.ent is None else lifted.ent.sum(dim=0)
+    return RowStats(m, rest, lifted.zy.sum(dim=0), p.has_y.any(dim=0), asum, agap, argmax,
+                    ent)
 
 
 # --------------------------------------------------------------------------- finish
@@ -477,6 +507,34 @@ def finish(
     loss = torch.where(nan, torch.full_like(loss, math.nan), loss)
     loss = torch.where(counted, loss, zero)
     return loss, hi
+
+
+def entropy(stats: RowStats) -> Tensor:
+    r"""Per-row entropy (nats) of the softmax, from the statistics of whole rows (with
+    :attr:`RowStats.ent`).
+
+    .. math:: H = -\sum_c p_c \log p_c = \sum_c p_c \big((m - z_c) + L\big)
+                = L + \frac{\text{ent}}{1 + \text{rest}},
+              \qquad L = \operatorname{log1p}(\text{rest})
+
+    (``p_c = e^{z_c - m} / (1 + rest)``, ``-log p_c = (m - z_c) + L``): two terms >= 0, so a
+    confident row keeps its tiny entropy.  NaN for a row of all ``-inf`` (no
+    distribution) or holding a NaN; ``log n`` for ``n`` tied ``+inf`` logits.
+    """
+    assert stats.ent is not None, "slice_stats(..., entropy=True) carries the entropy"
+    L = torch.log1p(stats.rest)
+    h = L + stats.ent / (1.0 + stats.rest)
+    return torch.where(stats.m == -math.inf, torch.full_like(h, math.nan), h)
+
+
+def log_prob(stats: RowStats, gap: Tensor) -> Tensor:
+    """``log p_c = -((m - z_c) + log1p(rest))`` of classes whose ``m - z_c >= 0`` is `gap`
+    (broadcast against ``[n, 1]``), from the whole row's statistics: two terms >= 0, so
+    ``log p`` of a confident row keeps its digits (``z_c - lse`` would round to 0)."""
+    L = torch.log1p(stats.rest)
+    if gap.dim() == 2:
+        L = L[:, None]
+    return -(gap + L)
 
 
 # --------------------------------------------------------------------------- gradient

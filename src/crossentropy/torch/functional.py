@@ -839,8 +839,9 @@ def linear_cross_entropy(
     ``temperature`` (every output is that of ``softmax(softcap(z) / temperature)``),
     ``return_logprobs`` and ``return_entropy``: then a :class:`LinearCrossEntropyOutput`
     ``(loss, lse, logprobs, entropy)`` is returned, per-token fields with the target's shape,
-    each differentiable (these run the pure-torch reference chunk by chunk under activation
-    checkpointing, so the logits of one chunk exist at a time, in forward and backward).
+    each differentiable (computed block by block by the engine of
+    :func:`linear_token_stats`, which has more outputs: the logits of one block exist at a
+    time, in forward and backward).
 
     Examples
     --------
@@ -924,7 +925,12 @@ def linear_cross_entropy(
             # log p_y at (necessarily ignored) positions and the entropy of no class: 0
             extras = (z.sum(dim=1) if return_logprobs else None,
                       z.sum(dim=1) if return_entropy else None)
-        elif rl:
+        elif rl and not _transformed(h, Wm, b):
+            # the token-statistics engine: blocks of logits, exact backward by formula
+            out, lse, lp, ent = _linear_stats(h, Wm, b, t, weight, opts, plan, tau, norm_t,
+                                              return_logprobs, return_entropy)
+            extras = (lp, ent)
+        elif rl:  # under torch.func: the reference, whose graph the transform owns
             out, lse, lp, ent = _linear_rl(h, Wm, b, t, weight, opts, plan, tau, norm_t,
                                            return_logprobs, return_entropy)
             extras = (lp, ent)
@@ -986,6 +992,27 @@ def _linear_reference(h: Tensor, Wm: Tensor, b: Tensor | None, t: Tensor,
     """impl='torch': the reference, chunk by chunk (checkpointed when grad is on)."""
     out, lse, _, _ = _linear_rl(h, Wm, b, t, weight, opts, plan, 1.0, norm_t, False, False)
     return out, lse
+
+
+def _linear_stats(
+    h: Tensor, Wm: Tensor, b: Tensor | None, t: Tensor, weight: Tensor | None,
+    opts: CrossEntropyOptions, plan: ChunkPlan, tau: float, norm_t: Tensor | None,
+    want_lp: bool, want_ent: bool,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """:func:`_linear_rl`'s outputs from the token-statistics engine
+    (:mod:`crossentropy.torch._tokenstats`): no autograd graph of the logits, the backward
+    by formula, one block of logits at a time."""
+    from crossentropy.torch import _tokenstats
+
+    cw = None if weight is None else weight.detach().to(torch.float64)
+    setup = _tokenstats.Setup(opts, tau, plan, _tokenstats.Want(want_lp, want_ent), cw)
+    rows = _tokenstats.run("linear", h, Wm, b, t, setup)
+    omega = row_weights(t, cw, opts, Wm.shape[0], torch.float64) \
+        if opts.reduction is Reduction.MEAN else None
+    out = reduce_rows(rows.loss, omega, opts, norm_t)
+    lp = None if rows.logprobs is None else rows.logprobs * opts.scale
+    ent = None if rows.entropy is None else rows.entropy * opts.scale
+    return out, rows.lse, lp, ent
 
 
 def _linear_rl(

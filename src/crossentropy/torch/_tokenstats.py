@@ -1,0 +1,439 @@
+r"""Per-token statistics of the output layer, chunk by chunk: the engine behind
+:func:`crossentropy.torch.token_stats`, :func:`crossentropy.torch.linear_token_stats` and
+the per-token outputs of :func:`crossentropy.torch.linear_cross_entropy`.
+
+The logits come from a *source*: hidden states times the output embedding (``z = h W^T + b``,
+:class:`LinearSource`) or a logits tensor (:class:`LogitsSource`).  They are cut into
+``rows`` tokens by ``vocab`` classes (a resolved :class:`~._chunks.ChunkPlan`); each block is
+turned into ``z' = softcap(z) / tau`` (float64 on every device, as the vocabulary slices
+of the linear loss) and reduced to the row statistics of :mod:`._rowstats`, merged in class
+order.  From the merged statistics of a row (``m``, ``rest``, ``m - z_y``, the entropy's sum
+``ent``; ``L = log1p(rest)``):
+
+.. math::
+
+    \ell &= \text{the loss of } :func:`~._rowstats.finish` \\
+    \log p_y &= -\big((m - z'_y) + L\big), \qquad
+    H = L + \frac{\text{ent}}{1 + \text{rest}}, \qquad
+    \log p_{i_j} = -\big((m - z'_{i_j}) + L\big)
+
+every one a sum of terms of one sign (no cancellation).  The top-k classes are those of
+``z'`` (ties: the lower index first; ``predicted`` is the first of them, the argmax).
+
+Backward recomputes each block's logits (nothing logits-sized is kept between forward and
+backward) and writes, per block, with ``p_c = e^{z'_c - m} / (1 + rest)`` and the incoming
+gradients ``g_loss, g_lse, g_lp, g_H, g_j`` of the per-row outputs,
+
+.. math::
+
+    \frac{\partial}{\partial z'_c} = g_\text{loss} \frac{\partial \ell}{\partial z'_c}
+        + g_\text{lse}\, p_c
+        - g_\text{lp} \big(p_c - [c = y]\big)
+        - g_H\, p_c \big((z'_c - m) + \bar E\big)
+        - \sum_j g_j \big(p_c - [c = i_j]\big),
+    \qquad \bar E = \frac{\text{ent}}{1 + \text{rest}} = m - \textstyle\sum_c p_c z'_c
+
+(:math:`\partial H / \partial z'_c = -p_c (z'_c - \sum_d p_d z'_d)`); each ``p_c - [c = i]``
+is :func:`~._rowstats.slice_grad` of a one-hot target (exact at the argmax:
+``rest / (1 + rest)``, not ``1 - p``), then ``dz'/dz = sech^2(z / c) / tau``, multiplied
+into the source's gradients (``grad_h = dz W``, ``grad_W += dz^T h``, ``grad_b += sum dz``,
+or the logits' gradient itself).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from crossentropy._options import CrossEntropyOptions
+from crossentropy.torch import _rowstats as rs
+from crossentropy.torch._chunks import ChunkPlan, _allocated
+
+__all__ = ["LinearSource", "LogitsSource", "Outputs", "Want", "run"]
+
+_LOW = (torch.bfloat16, torch.float16)
+_F64 = torch.float64
+
+
+@dataclass(frozen=True)
+class Want:
+    """Which per-row outputs to compute (the loss and lse always are: they cost nothing)."""
+
+    logprobs: bool = False
+    entropy: bool = False
+    top_k: int = 0
+    predicted: bool = False
+
+
+class Outputs:
+    """The per-row outputs of :func:`run`, float64 ``[N]`` (top-k ``[N, k]``)."""
+
+    def __init__(self, loss: Tensor, lse: Tensor, logprobs: Tensor | None,
+                 entropy: Tensor | None, top_values: Tensor | None, top_indices: Tensor | None,
+                 predicted: Tensor | None) -> None:
+        self.loss, self.lse, self.logprobs, self.entropy = loss, lse, logprobs, entropy
+        self.top_values, self.top_indices, self.predicted = top_values, top_indices, predicted
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class LinearSource:
+    """Logits ``z = h W^T + b`` of hidden states `h` ``[N, D]``, embedding `W` ``[V, D]``,
+    in the compute dtype (float32 for bfloat16/float16 inputs)."""
+
+    def __init__(self, h: Tensor, W: Tensor, b: Tensor | None) -> None:
+        self.h, self.W, self.b = h, W, b
+        self.cdt = torch.float32 if h.dtype in _LOW else h.dtype
+        self.N, self.V = h.shape[0], W.shape[0]
+        self._w = W.to(self.cdt)
+        self._b = None if b is None else b.to(self.cdt)
+        self.gh: Tensor | None = None
+        self.gW: Tensor | None = None
+        self.gb: Tensor | None = None
+
+    def logits(self, s: int, e: int, v0: int, v1: int, buf: Tensor) -> Tensor:
+        z = buf[: e - s, : v1 - v0]
+        torch.mm(self.h[s:e].to(self.cdt), self._w[v0:v1].t(), out=z)
+        if self._b is not None:
+            z.add_(self._b[v0:v1])
+        return z
+
+    def start_grads(self, need: tuple[bool, ...]) -> None:
+        dev, D = self.h.device, self.h.shape[1]
+        self.gh = torch.zeros(self.N, D, dtype=self.cdt, device=dev) if need[0] else None
+        self.gW = torch.zeros(self.V, D, dtype=self.cdt, device=dev) if need[1] else None
+        self.gb = torch.zeros(self.V, dtype=self.cdt, device=dev) \
+            if len(need) > 2 and need[2] and self.b is not None else None
+
+    def add_grad(self, s: int, e: int, v0: int, v1: int, dz64: Tensor) -> None:
+        dz = dz64.to(self.cdt)
+        if self.gh is not None:
+            self.gh[s:e].addmm_(dz, self._w[v0:v1])
+        if self.gW is not None:
+            self.gW[v0:v1].addmm_(dz.t(), self.h[s:e].to(self.cdt))
+        if self.gb is not None:
+            self.gb[v0:v1].add_(dz.sum(0))
+
+    def grads(self) -> tuple[Tensor | None, ...]:
+        gh = None if self.gh is None else self.gh.to(self.h.dtype)
+        gW = None if self.gW is None else self.gW.to(self.W.dtype)
+        gb = None if self.gb is None or self.b is None else self.gb.to(self.b.dtype)
+        return gh, gW, gb
+
+
+class LogitsSource:
+    """Logits given as a ``[N, V]`` tensor (read in blocks; never copied whole)."""
+
+    def __init__(self, x: Tensor) -> None:
+        self.x = x
+        self.cdt = torch.float32 if x.dtype in _LOW else x.dtype
+        self.N, self.V = x.shape
+        self.gx: Tensor | None = None
+
+    def logits(self, s: int, e: int, v0: int, v1: int, buf: Tensor) -> Tensor:
+        z = buf[: e - s, : v1 - v0]
+        z.copy_(self.x[s:e, v0:v1])
+        return z
+
+    def start_grads(self, need: tuple[bool, ...]) -> None:
+        self.gx = torch.empty(self.N, self.V, dtype=self.x.dtype, device=self.x.device) \
+            if need[0] else None
+
+    def add_grad(self, s: int, e: int, v0: int, v1: int, dz64: Tensor) -> None:
+        if self.gx is not None:
+            self.gx[s:e, v0:v1] = dz64  # one rounding, to the logits' dtype
+
+    def grads(self) -> tuple[Tensor | None, ...]:
+        return (self.gx,)
+
+
+Source = LinearSource | LogitsSource
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One call's constants: options (ignore_index, smoothing, z-loss, soft cap), the
+    temperature, the resolved chunk plan, the outputs wanted, the class weights."""
+
+    opts: CrossEntropyOptions
+    temperature: float
+    plan: ChunkPlan
+    want: Want
+    class_weight: Tensor | None  # float64 [V] or None
+
+
+def _transformed(z: Tensor, st: Setup) -> tuple[Tensor, Tensor | None]:
+    """``z' = softcap(z) / tau`` in float64 and ``dz'/dz`` (None where it is 1)."""
+    cap, tau = st.opts.softcap, st.temperature
+    if cap is None and tau == 1.0:
+        return z, None
+    z64 = z.to(_F64)
+    d = None
+    if cap is not None:
+        d = rs.softcap_derivative(z64, cap)
+        z64 = rs.softcap(z64, cap)
+    if tau != 1.0:
+        # z / tau and its derivative 1 / tau: one rounding each (float64)
+        z64 = z64 / tau
+        d = torch.full_like(z64, 1.0 / tau) if d is None else d.div_(tau)
+    return z64, d
+
+
+def _top_first(z: Tensor, k: int, offset: int) -> tuple[Tensor, Tensor]:
+    """The ``min(k, V_s)`` largest of a ``[n, V_s]`` block, values descending and ties in
+    index order (``torch.topk`` leaves the order of ties unspecified), as global indices."""
+    vs = z.shape[1]
+    k = min(k, vs)
+    t = torch.topk(z, k, dim=1).values[:, -1:]  # the k-th largest value
+    gt, eq = z > t, z == t
+    room = k - gt.sum(dim=1, keepdim=True)  # how many ties at t are taken: the first ones
+    take = gt | (eq & (eq.cumsum(dim=1) <= room))
+    # the taken columns in increasing order: the largest keys vs - col (no host sync)
+    col = torch.arange(vs, device=z.device)
+    key = torch.where(take, vs - col, torch.zeros_like(col))
+    idx = (vs - torch.topk(key, k, dim=1).values).clamp_(0, vs - 1)
+    vals = z.gather(1, idx)
+    vals, order = torch.sort(vals, dim=1, descending=True, stable=True)
+    return vals, idx.gather(1, order) + offset
+
+
+def _top_merge(cur: tuple[Tensor, Tensor] | None, new: tuple[Tensor, Tensor], k: int
+               ) -> tuple[Tensor, Tensor]:
+    """The top `k` of two candidate lists, the first holding the lower classes: a stable
+    sort keeps ties in index order."""
+    if cur is None:
+        return new
+    v = torch.cat([cur[0], new[0]], dim=1)
+    i = torch.cat([cur[1], new[1]], dim=1)
+    v, order = torch.sort(v, dim=1, descending=True, stable=True)
+    return v[:, :k], i.gather(1, order[:, :k])
+
+
+def _targets(target: Tensor | None, s: int, e: int, V: int, st: Setup,
+             device: torch.device) -> rs.IndexTargets:
+    if target is None:  # no targets: every row counts for the target-free outputs
+        n = e - s
+        ones = torch.ones(n, dtype=torch.bool, device=device)
+        z = torch.zeros(n, dtype=torch.int64, device=device)
+        return rs.IndexTargets(ones, z, ~ones, torch.zeros(n, dtype=_F64, device=device))
+    return rs.index_targets(target[s:e], ignore_index=st.opts.ignore_index, num_classes=V,
+                            weight=st.class_weight, dtype=_F64)
+
+
+def _blocks(V: int, plan: ChunkPlan) -> list[tuple[int, int]]:
+    vs = plan.vocab or max(V, 1)
+    return [(v0, min(V, v0 + vs)) for v0 in range(0, max(V, 1), vs)] if V else [(0, 0)]
+
+
+def _buffer(src: Source, plan: ChunkPlan) -> Tensor:
+    rows = min(plan.rows or max(src.N, 1), max(src.N, 1))
+    vs = min(plan.vocab or src.V, src.V)
+    _allocated((rows, vs))
+    return torch.empty(rows, vs, dtype=src.cdt, device=_device(src))
+
+
+def _device(src: Source) -> torch.device:
+    return src.h.device if isinstance(src, LinearSource) else src.x.device
+
+
+@dataclass
+class Saved:
+    """What backward needs of each row: the merged statistics and the top-k indices."""
+
+    m: Tensor
+    rest: Tensor
+    lse: Tensor
+    ent: Tensor | None
+    top_indices: Tensor | None
+
+
+def forward(src: Source, target: Tensor | None, st: Setup) -> tuple[Outputs, Saved]:
+    """Every per-row output, block by block (see the module notes)."""
+    N, V, dev = src.N, src.V, _device(src)
+    o, want = st.opts, st.want
+    eps = o.label_smoothing
+    soft = eps / V if V else 0.0
+    comp = src.cdt == _F64  # float32 logits are exact in float64: no TwoSum needed
+
+    def f64(*shape: int) -> Tensor:
+        return torch.empty(*shape, dtype=_F64, device=dev)
+
+    loss, lse, m_all, rest_all = f64(N), f64(N), f64(N), f64(N)
+    lp = f64(N) if want.logprobs else None
+    ent_all = f64(N) if want.entropy else None
+    H = f64(N) if want.entropy else None
+    k = want.top_k if want.top_k else (1 if want.predicted else 0)
+    topv = f64(N, k) if k else None
+    topi = torch.empty(N, k, dtype=torch.int64, device=dev) if k else None
+    buf = _buffer(src, st.plan)
+    rows = st.plan.rows or max(N, 1)
+    cw = st.class_weight
+    for s in range(0, N, rows):
+        e = min(N, s + rows)
+        tg = _targets(target, s, e, V, st, dev)
+        stats: rs.RowStats | None = None
+        top: tuple[Tensor, Tensor] | None = None
+        for v0, v1 in _blocks(V, st.plan):
+            zc, _ = _transformed(src.logits(s, e, v0, v1, buf), st)
+            cur = rs.slice_stats(zc, tg.safe, v0, counted=tg.counted,
+                                 weight=None if cw is None else cw[v0:v1], soft=soft,
+                                 compensate=comp, dtype=_F64, entropy=want.entropy)
+            stats = cur if stats is None else rs.merge(stats, cur)
+            if k and v1 > v0:
+                top = _top_merge(top, _top_first(zc, k, v0), k)
+        assert stats is not None
+        lc, lsec = rs.finish(stats, counted=tg.counted, target_coef=(1.0 - eps) * tg.weight,
+                             z_loss=o.z_loss, invalid=tg.invalid)
+        loss[s:e], lse[s:e] = lc, lsec
+        m_all[s:e], rest_all[s:e] = stats.m, stats.rest
+        if lp is not None:
+            # log p_y = -((m - z'_y) + L); 0 at rows not counted
+            lp[s:e] = torch.where(tg.counted, rs.log_prob(stats, stats.zy),
+                                  torch.zeros_like(lc))
+        if H is not None and ent_all is not None and stats.ent is not None:
+            ent_all[s:e] = stats.ent
+            H[s:e] = rs.entropy(stats)
+        if topv is not None and topi is not None and top is not None:
+            # log p of the top classes: -((m - z'_i) + L), m - z'_i >= 0
+            gap = (stats.m[:, None] - top[0].to(_F64)).clamp_min_(0.0)
+            topv[s:e] = rs.log_prob(stats, gap)
+            topi[s:e] = top[1]
+    pred = None if topi is None or not want.predicted else topi[:, 0].clone()
+    outs = Outputs(loss, lse, lp, H,
+                   topv if want.top_k else None, topi if want.top_k else None, pred)
+    return outs, Saved(m_all, rest_all, lse, ent_all, topi)
+
+
+def backward(src: Source, target: Tensor | None, st: Setup, saved: Saved,
+             g: dict[str, Tensor | None], need: tuple[bool, ...]) -> tuple[Tensor | None, ...]:
+    """The sources' gradients from the incoming ones `g` (keys ``loss``, ``lse``,
+    ``logprobs``, ``entropy``, ``top``; None where nothing flows), block by block."""
+    N, V, dev = src.N, src.V, _device(src)
+    o = st.opts
+    eps = o.label_smoothing
+    soft = eps / V if V else 0.0
+    comp = src.cdt == _F64
+    cw = st.class_weight
+    wtot: Tensor | float = float(V) if cw is None else cw.sum()
+    src.start_grads(need)
+    if not any(need) or V == 0 or N == 0:
+        return src.grads()
+    buf = _buffer(src, st.plan)
+    rows = st.plan.rows or max(N, 1)
+    gl, glse, glp, gH, gtop = (g.get(n) for n in ("loss", "lse", "logprobs", "entropy", "top"))
+
+    def rows_of(x: Tensor | None, s: int, e: int) -> Tensor | None:
+        return None if x is None else x[s:e].to(_F64)
+
+    for s in range(0, N, rows):
+        e = min(N, s + rows)
+        tg = _targets(target, s, e, V, st, dev)
+        m, rest, lse = saved.m[s:e], saved.rest[s:e], saved.lse[s:e]
+        denom = 1.0 + rest
+        ebar = None if saved.ent is None else saved.ent[s:e] / denom
+        fl, flse, flp, fH = (rows_of(x, s, e) for x in (gl, glse, glp, gH))
+        ones = torch.ones_like(m)
+        every = torch.ones_like(tg.counted)
+        for v0, v1 in _blocks(V, st.plan):
+            z = src.logits(s, e, v0, v1, buf)
+            zc, dzdx = _transformed(z, st)
+            wslice = None if cw is None else cw[v0:v1]
+            grad = torch.zeros(e - s, v1 - v0, dtype=_F64, device=dev)
+            if fl is not None:
+                grad += rs.slice_grad(
+                    zc, tg.safe, v0, counted=tg.counted, m=m, rest=rest, lse=lse,
+                    target_coef=(1.0 - eps) * tg.weight, soft=soft, weight=wslice,
+                    total_weight=wtot, z_loss=o.z_loss, row_factor=fl, compensate=comp,
+                    dtype=_F64)
+            if flp is not None:
+                # d log p_y / dz'_c = [c = y] - p_c: minus the one-hot loss's gradient
+                grad += rs.slice_grad(zc, tg.safe, v0, counted=tg.counted, m=m, rest=rest,
+                                      lse=lse, target_coef=ones, row_factor=-flp,
+                                      compensate=comp, dtype=_F64)
+            if gtop is not None and saved.top_indices is not None:
+                gt = gtop[s:e].to(_F64)
+                for j in range(gt.shape[1]):
+                    grad += rs.slice_grad(zc, saved.top_indices[s:e, j], v0, counted=every,
+                                          m=m, rest=rest, lse=lse, target_coef=ones,
+                                          row_factor=-gt[:, j], compensate=comp, dtype=_F64)
+            if flse is not None or fH is not None:
+                p = rs.exp_diff(zc, m[:, None], comp).div_(denom[:, None])
+                coef = torch.zeros_like(m) if flse is None else flse.clone()
+                if fH is not None and ebar is not None:
+                    # - g_H p_c ((z'_c - m) + E): the (z'_c - m) part here (p_c = 0 at a
+                    # -inf logit: 0, not 0 * inf; NaN rows are NaN through E), E below
+                    term = (zc - m[:, None]).mul_(p).nan_to_num_(0.0, math.inf, -math.inf)
+                    grad.addcmul_(term, fH[:, None], value=-1.0)
+                    coef = coef - fH * ebar
+                grad.addcmul_(p, coef[:, None])
+            # NaN rows keep NaN; rows not counted and outputs without gradient give 0
+            src.add_grad(s, e, v0, v1, grad if dzdx is None else grad.mul_(dzdx))
+    return src.grads()
+
+
+class _Fn(torch.autograd.Function):
+    """Autograd of :func:`forward`: per-row outputs in, the sources' gradients out."""
+
+    @staticmethod
+    def forward(ctx: Any, st: Setup, kind: str, a: Tensor, b: Tensor | None,
+                c: Tensor | None, target: Tensor | None) -> tuple[Tensor, ...]:
+        src = _source(kind, a, b, c)
+        outs, saved = forward(src, target, st)
+        ctx.st, ctx.kind, ctx.saved_rows = st, kind, saved
+        ctx.save_for_backward(a, b, c, target)
+        ctx.set_materialize_grads(False)
+        empty = torch.empty(0, dtype=_F64, device=a.device)
+        res = (outs.loss, outs.lse,
+               empty if outs.logprobs is None else outs.logprobs,
+               empty if outs.entropy is None else outs.entropy,
+               empty if outs.top_values is None else outs.top_values,
+               torch.empty(0, dtype=torch.int64, device=a.device) if outs.top_indices is None
+               else outs.top_indices,
+               torch.empty(0, dtype=torch.int64, device=a.device) if outs.predicted is None
+               else outs.predicted)
+        ctx.mark_non_differentiable(res[5], res[6])
+        return res
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        a, b, c, target = ctx.saved_tensors
+        src = _source(ctx.kind, a, b, c)
+        names = ("loss", "lse", "logprobs", "entropy", "top")
+        # an output not asked for is an empty tensor: no gradient flows through it
+        g = {n: (x if x is not None and x.numel() else None)
+             for n, x in zip(names, grads[:5], strict=True)}
+        if ctx.kind == "linear":
+            need = tuple(ctx.needs_input_grad[2:5])
+            gh, gW, gb = backward(src, target, ctx.st, ctx.saved_rows, g, need)
+            return None, None, gh, gW, gb, None
+        (gx,) = backward(src, target, ctx.st, ctx.saved_rows, g, (ctx.needs_input_grad[2],))
+        return None, None, gx, None, None, None
+
+
+def _source(kind: str, a: Tensor, b: Tensor | None, c: Tensor | None) -> Source:
+    if kind == "linear":
+        assert b is not None
+        return LinearSource(a, b, c)
+    return LogitsSource(a)
+
+
+def run(kind: str, a: Tensor, b: Tensor | None, c: Tensor | None, target: Tensor | None,
+        st: Setup) -> Outputs:
+    """The per-row outputs (float64, differentiable where floating) of the logits of
+    ``kind='linear'`` (``a`` hidden ``[N, D]``, ``b`` embedding ``[V, D]``, ``c`` bias) or
+    ``kind='logits'`` (``a`` ``[N, V]``)."""
+    res = _Fn.apply(st, kind, a, b, c, target)  # type: ignore[no-untyped-call]
+    loss, lse, lp, H, tv, ti, pred = res
+    want = st.want
+    return Outputs(loss, lse, lp if want.logprobs else None, H if want.entropy else None,
+                   tv if want.top_k else None, ti if want.top_k else None,
+                   pred if want.predicted else None)
+
