@@ -260,3 +260,59 @@ def test_bad_targets_are_named() -> None:
         cet.linear_token_stats(h, W, y[:, :3])
     with pytest.raises(TypeError, match="integer"):
         cet.linear_token_stats(h, W, y.double())
+
+
+_MEMORY_SCRIPT = r"""
+import gc, json, sys
+import torch
+import crossentropy.torch as cet
+budget = int(sys.argv[1])
+torch.manual_seed(0)
+
+def inputs(N, D, V):
+    return (torch.randn(N, D, requires_grad=True), (torch.randn(V, D) / 8).requires_grad_(),
+            torch.randint(0, V, (N,)))
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+def step(h, W, y, plan):
+    o = cet.linear_token_stats(h, W, y, return_logprobs=True, return_entropy=True, top_k=4,
+                               temperature=0.9, softcap=30.0, chunks=plan)
+    (o.logprobs.sum() + o.entropy.sum() + o.top_k_logprobs.sum() + o.loss).backward()
+
+step(*inputs(32, 8, 100), cet.ChunkPlan(budget_bytes=1 << 20))  # warm-up
+N, D, V = 512, 32, 30000
+h, W, y = inputs(N, D, V)
+gc.collect()
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak resident set starts again from the current one
+before = status("VmRSS:")
+step(h, W, y, cet.ChunkPlan(budget_bytes=budget))
+print(json.dumps({"extra": status("VmHWM:") - before, "grads": (N * D + V * D) * 4}))
+"""
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"),
+                    reason="needs Linux's /proc/self/clear_refs")
+@pytest.mark.parametrize("mib", [4, 24])
+def test_the_temporaries_stay_within_the_budget(mib: int) -> None:
+    """The process's peak resident memory during forward + backward (soft cap, temperature
+    and top-k: the most temporaries) rises by at most the budget, the gradients of h and W,
+    and 4 MiB for the per-token vectors: the [N, V] logits (59 MiB here) never exist."""
+    import json
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(mib << 20)],
+                         capture_output=True, text=True, timeout=300, check=True)
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["extra"] <= (mib << 20) + got["grads"] + (4 << 20), got
+
+
+def test_a_budget_below_one_logits_temporaries_is_refused() -> None:
+    h, W, _, y = _setup()
+    with pytest.raises(ValueError, match="budget_bytes=16 is too small"):
+        cet.linear_token_stats(h, W, y, chunks=cet.ChunkPlan(budget_bytes=16))

@@ -182,26 +182,34 @@ def index_targets(target: Tensor, *, ignore_index: int | None, num_classes: int,
 # --------------------------------------------------------------------------- soft cap
 
 
-def softcap(x: Tensor, cap: float | None) -> Tensor:
-    """``cap * tanh(x / cap)`` (Gemma 2 soft capping); `x` itself when cap is None."""
+def softcap(x: Tensor, cap: float | None, *, inplace: bool = False) -> Tensor:
+    """``cap * tanh(x / cap)`` (Gemma 2 soft capping); `x` itself when cap is None.
+    ``inplace=True`` overwrites `x` (a scratch copy; not for autograd)."""
     if cap is None:
         return x
+    if inplace:
+        return x.div_(cap).tanh_().mul_(cap)
     return torch.tanh(x / cap) * cap
 
 
-def softcap_derivative(x: Tensor, cap: float) -> Tensor:
+def softcap_derivative(x: Tensor, cap: float, *, inplace: bool = False) -> Tensor:
     r"""``d/dx [c tanh(x/c)] = sech^2(x/c)``, exactly.
 
     .. math:: \operatorname{sech}^2 u = \frac{4 e^{-2|u|}}{(1 + e^{-2|u|})^2}
 
     has no cancellation and no overflow (``(1 - t)(1 + t)`` with ``t = tanh u`` is off by 2x
     at u = 9 in float32 and gives 0 at u = 12); 0 at ``x = +-inf``.  Differentiable (the
-    reference's second derivatives go through it).
+    reference's second derivatives go through it); ``inplace=True`` overwrites `x` (a
+    scratch copy).
 
     >>> import torch
     >>> float(softcap_derivative(torch.tensor([12.0]), 1.0)[0])  # 4 e^-24 / (1 + e^-24)^2
     1.5100537487100496e-10
     """
+    if inplace:  # the same expression in x's storage and one temporary (no autograd)
+        t = x.div_(cap).abs_().mul_(-2.0).exp_()
+        u = t + 1.0
+        return t.mul_(4.0).div_(u.mul_(u))
     t = torch.exp(-2.0 * torch.abs(x / cap))
     return 4.0 * t / ((1.0 + t) * (1.0 + t))
 
@@ -319,7 +327,9 @@ def slice_stats(
     if compensate:
         dh, dl = _two_diff(z, mm)  # z_c - m = dh + dl exactly
     else:
-        dh, dl = z - mm, None
+        # converted once, then in place (an operation that promotes as it goes is several
+        # times slower than a copy and a float64 one)
+        dh, dl = z.to(dt, copy=True).sub_(mm), None
     if soft:
         # B = soft sum_c w_c (m - z_c) = -soft sum_c w_c (z_c - m): terms >= 0 (+inf for -inf
         # logits); nansum drops +inf - +inf and -inf - -inf (z_c == m, a term 0) and 0 * inf
@@ -331,11 +341,10 @@ def slice_stats(
             w = weight.to(dt)
             agap = torch.nansum(dh * w, dim=1).mul_(-soft)
             asum = w.sum() * soft
-    # m - z_c >= 0 (kept before dh turns into e^{dh}; the TwoSum tail is below its ulp)
-    gap = None if not entropy else dh.neg()
     # e^{z_c - m} = e^{dh} (1 + dl) (see exp_diff); e = 1 at ties and at every +inf when
-    # m = +inf (NaN differences), 0 for finite logits next to +inf
-    e = dh.exp_()
+    # m = +inf (NaN differences), 0 for finite logits next to +inf; dh is kept for the
+    # entropy's sum (the TwoSum tail is below its ulp)
+    e = dh.exp() if entropy else dh.exp_()
     if dl is not None:
         e = dl.mul_(e).add_(e)
     e.nan_to_num_(1.0, math.inf, 0.0)
@@ -346,11 +355,12 @@ def slice_stats(
     rest = torch.where(m == -math.inf, zero, rest)
     rest = torch.where(torch.isnan(m), m, rest)
     ent = None
-    if gap is not None:
-        # sum_c e^{z_c - m} (m - z_c): terms >= 0; 0 * inf (a -inf logit, or a finite one
-        # next to +inf) and the NaN gap of a +inf logit at m = +inf are 0 (p log p -> 0, and
-        # the +inf logits share the mass, each at gap 0)
-        ent = gap.mul_(e).nan_to_num_(0.0, math.inf, 0.0).sum(dim=1)
+    if entropy:
+        # sum_c e^{z_c - m} (m - z_c) = -sum_c (z_c - m) e^{z_c - m}: terms of one sign;
+        # 0 * inf (a -inf logit, or a finite one next to +inf) and the NaN difference of a
+        # +inf logit at m = +inf are 0 (p log p -> 0; the +inf logits share the mass, each
+        # at difference 0)
+        ent = dh.mul_(e).nan_to_num_(0.0, 0.0, 0.0).sum(dim=1).neg_()
         ent = torch.where(m == -math.inf, zero, ent)
         ent = torch.where(torch.isnan(m), m, ent)
     has_y = counted & (target >= offset) & (target < offset + vs)

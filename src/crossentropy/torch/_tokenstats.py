@@ -155,6 +155,64 @@ class LogitsSource:
 Source = LinearSource | LogitsSource
 
 
+# --------------------------------------------------------------------------- the budget
+
+#: The largest default budget for one block's temporaries (bytes).
+DEFAULT_BUDGET = 256 << 20
+
+
+def block_bytes(cdt: torch.dtype, want: Want, softcap: bool, temperature: bool) -> int:
+    """Bytes one logit of a block costs at the peak of forward or backward: the logits
+    buffer and the gradient in the compute dtype, two float64 temporaries (``e^{z - m}``
+    and ``z - m`` or the entropy's terms); ``z' = softcap(z) / tau`` in float64 when either
+    transforms the logits; for a soft cap its derivative and the one temporary of computing
+    it; for the top-k the selection's masks and keys (three bools and two int64).  (Checked
+    against the resident memory by ``tests/test_token_stats.py``.)"""
+    item = torch.empty(0, dtype=cdt).element_size()
+    b = 2 * item + 2 * 8
+    if softcap or temperature:
+        b += 8
+    if softcap:
+        b += 2 * 8
+    if want.top_k or want.predicted:
+        b += 3 + 2 * 8
+    return b
+
+
+def default_budget(device: torch.device) -> int:
+    """:data:`DEFAULT_BUDGET`, or an eighth of the device's free memory if that is less
+    (at least 16 MiB): CUDA's ``mem_get_info``, the CPU's ``MemAvailable``."""
+    free = None
+    try:
+        if device.type == "cuda":
+            free = int(torch.cuda.mem_get_info(device)[0])
+        elif device.type == "cpu":
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        free = int(line.split()[1]) * 1024
+                        break
+    except (OSError, RuntimeError, ValueError):
+        free = None
+    if free is None:
+        return DEFAULT_BUDGET
+    return max(16 << 20, min(DEFAULT_BUDGET, free // 8))
+
+
+def plan(chunks: ChunkPlan | None, n: int, V: int, cdt: torch.dtype, want: Want,
+         opts: CrossEntropyOptions, temperature: float, device: torch.device) -> ChunkPlan:
+    """The resolved plan: `chunks`' rows and vocabulary slice where given, else as many as
+    fit its ``budget_bytes`` (default :func:`default_budget`) at :func:`block_bytes` per
+    logit, so that the temporaries of one block stay within the budget."""
+    per = block_bytes(cdt, want, opts.softcap is not None, temperature != 1.0)
+    base = chunks if chunks is not None else ChunkPlan(budget_bytes=default_budget(device))
+    if base.budget_bytes < per:
+        raise ValueError(
+            f"chunks.budget_bytes={base.budget_bytes} is too small for the temporaries of one "
+            f"logit ({per} bytes for these outputs in {cdt}); give at least {per}")
+    return base.resolve(n, V, per)
+
+
 # --------------------------------------------------------------------------- blocks
 
 
@@ -170,21 +228,25 @@ class Setup:
     class_weight: Tensor | None  # float64 [V] or None
 
 
-def _transformed(z: Tensor, st: Setup) -> tuple[Tensor, Tensor | None]:
-    """``z' = softcap(z) / tau`` in float64 and ``dz'/dz`` (None where it is 1)."""
+def _transformed(z: Tensor, st: Setup, derivative: bool = False
+                 ) -> tuple[Tensor, Tensor | float | None]:
+    """``z' = softcap(z) / tau`` in float64 and, if asked, ``dz'/dz``: a tensor under a soft
+    cap, the number ``1 / tau`` for a temperature alone, None where it is 1."""
     cap, tau = st.opts.softcap, st.temperature
     if cap is None and tau == 1.0:
         return z, None
-    z64 = z.to(_F64)
+    z64 = z.to(_F64, copy=True)  # a scratch copy: transformed in place
     d = None
     if cap is not None:
-        d = rs.softcap_derivative(z64, cap)
-        z64 = rs.softcap(z64, cap)
+        if derivative:
+            d = rs.softcap_derivative(z64.clone(), cap, inplace=True)
+        z64 = rs.softcap(z64, cap, inplace=True)
     if tau != 1.0:
-        # z / tau and its derivative 1 / tau: one rounding each (float64)
-        z64 = z64 / tau
-        d = torch.full_like(z64, 1.0 / tau) if d is None else d.div_(tau)
-    return z64, d
+        z64.div_(tau)  # z / tau: one rounding, in float64
+    if not derivative:
+        return z64, None
+    # d/dz (softcap(z) / tau) = sech^2(z / c) / tau
+    return z64, (1.0 / tau if d is None else d.div_(tau) if tau != 1.0 else d)
 
 
 def _top_first(z: Tensor, k: int, offset: int) -> tuple[Tensor, Tensor]:
@@ -312,14 +374,129 @@ def forward(src: Source, target: Tensor | None, st: Setup) -> tuple[Outputs, Sav
     return outs, Saved(m_all, rest_all, lse, ent_all, topi)
 
 
+@dataclass(frozen=True)
+class _RowGrads:
+    """One token chunk's incoming gradients (float64 ``[n]``, top ``[n, k]``; None where
+    nothing flows) and its saved statistics."""
+
+    m: Tensor
+    rest: Tensor
+    lse: Tensor
+    ebar: Tensor | None  # ent / (1 + rest) = m - sum_c p_c z'_c
+    loss: Tensor | None
+    lse_g: Tensor | None
+    lp: Tensor | None
+    H: Tensor | None
+    top: Tensor | None
+    top_i: Tensor | None
+
+
+def _block_grad(zc: Tensor, tg: rs.IndexTargets, v0: int, r: _RowGrads, st: Setup,
+                soft: float, wslice: Tensor | None, wtot: Tensor | float, comp: bool
+                ) -> Tensor:
+    r"""``d (sum of the outputs times their incoming gradients) / d z'`` for one block
+    ``[n, V_s]`` of classes ``[v0, v0 + V_s)``, float64, in one expression:
+
+    .. math::
+
+        g_c = p_c A - b_c - g_H\, p_c (z'_c - m), \qquad
+        A = g_\ell W + g_\text{lse} - g_\text{lp} - \sum_j g_j - g_H \bar E
+
+    with ``W = sum_c a_c + 2 zeta lse`` the loss's coefficient
+    (:func:`~._rowstats.index_coefficients`) and ``b_c`` the one-hot and smoothing parts:
+    ``g_l a_y - g_lp`` at the target, ``-g_j`` at each top-k class, ``g_l eps w_c / V``
+    everywhere.  At the row's maximal element ``k`` (``p_k = 1 / (1 + rest)``) the entry is written
+    ``((A - b_k) - b_k rest) / (1 + rest)`` with ``A - b_k`` summed from its own terms (the
+    one-hot parts that cancel dropped), so a confident target's ``1 - p_y`` is
+    ``rest / (1 + rest)``, not a difference of two numbers near 1 (as the loss's gradient
+    in :func:`~._rowstats.slice_grad`).  Two float64 temporaries of the block's size.
+    """
+    vs = zc.shape[1]
+    m, rest = r.m, r.rest
+    denom = 1.0 + rest
+    zero = torch.zeros_like(m)
+    in_slice = (tg.safe >= v0) & (tg.safe < v0 + vs)
+    # this block's maximal element, where it is the row's maximum (finite)
+    k = zc.argmax(dim=1)
+    at_max = (zc.gather(1, k[:, None])[:, 0] == m) & torch.isfinite(m)
+    kg = k + v0
+    A, A_minus = zero.clone(), zero.clone()  # A, and A - b_k from its own terms
+    b_k = zero.clone()
+    y_is_k = tg.counted & (tg.safe == kg)
+    if r.loss is not None:
+        a_y = (1.0 - st.opts.label_smoothing) * tg.weight  # 0 on rows not counted
+        W, w_minus, a_k = rs.index_coefficients(
+            a_y=a_y, k_is_y=y_is_k & in_slice, counted=tg.counted, soft=soft,
+            total_weight=wtot, w_k=None if wslice is None else wslice[k],
+            zl=2.0 * st.opts.z_loss * r.lse if st.opts.z_loss else None)
+        A, A_minus, b_k = A + r.loss * W, A_minus + r.loss * w_minus, b_k + r.loss * a_k
+    if r.lse_g is not None:
+        A, A_minus = A + r.lse_g, A_minus + r.lse_g
+    if r.lp is not None:
+        glp = torch.where(tg.counted, r.lp, zero)  # log p of an ignored row is 0
+        A = A - glp
+        A_minus = A_minus - torch.where(y_is_k, zero, glp)
+        b_k = b_k - torch.where(y_is_k, glp, zero)
+    if r.top is not None and r.top_i is not None:
+        hit = r.top_i == kg[:, None]
+        A = A - r.top.sum(dim=1)
+        A_minus = A_minus - torch.where(hit, 0.0, r.top).sum(dim=1)
+        b_k = b_k - torch.where(hit, r.top, 0.0).sum(dim=1)
+    if r.H is not None and r.ebar is not None:
+        A, A_minus = A - r.H * r.ebar, A_minus - r.H * r.ebar
+    # a row of all -inf (no distribution) or holding a NaN: NaN wherever a gradient flows
+    bad = (m == -math.inf) | torch.isnan(m)
+    A = torch.where(bad, torch.full_like(A, math.nan), A)
+    # e_c = e^{z'_c - m} = p_c (1 + rest) (1 at ties, also at +inf; see exp_diff), and for
+    # the entropy t_c = (z'_c - m) e_c (0 at a -inf logit, not 0 * inf)
+    mm = m[:, None]
+    t = None
+    if comp:  # float64 logits: TwoSum in the difference (exp_diff)
+        e = rs.exp_diff(zc, mm, True)
+        if r.H is not None:
+            t = (zc - mm).mul_(e).nan_to_num_(0.0, 0.0, 0.0)
+    else:  # float32 logits are exact in float64: one conversion, then in place
+        d = zc.to(_F64, copy=True).sub_(mm)
+        if r.H is not None:
+            e = d.exp().nan_to_num_(1.0, math.inf, 0.0)
+            t = d.mul_(e).nan_to_num_(0.0, 0.0, 0.0)
+        else:
+            e = d.exp_().nan_to_num_(1.0, math.inf, 0.0)
+    g = e.mul_((A / denom)[:, None])
+    if t is not None and r.H is not None:
+        g.addcmul_(t, (-r.H / denom)[:, None])
+        del t
+    if r.loss is not None and soft:
+        # - g_l (eps / V) w_c
+        f = torch.where(tg.counted, r.loss * soft, zero)
+        if wslice is None:
+            g.sub_(f[:, None])
+        else:
+            g.addcmul_(f[:, None], wslice[None, :].to(g.dtype), value=-1.0)
+    # the one-hot parts: - (g_l a_y - g_lp) at the target, + g_j at each top-k class
+    col = (tg.safe - v0).clamp(0, max(vs - 1, 0))[:, None]
+    at_y = zero
+    if r.loss is not None:
+        at_y = at_y - r.loss * (1.0 - st.opts.label_smoothing) * tg.weight
+    if r.lp is not None:
+        at_y = at_y + torch.where(tg.counted, r.lp, zero)
+    g.scatter_add_(1, col, torch.where(tg.counted & in_slice, at_y, zero)[:, None])
+    if r.top is not None and r.top_i is not None:
+        ti = r.top_i - v0
+        ok = (ti >= 0) & (ti < vs)
+        g.scatter_add_(1, ti.clamp(0, max(vs - 1, 0)), torch.where(ok, r.top, 0.0))
+    # the maximal element, exactly: ((A - b_k) - b_k rest) / (1 + rest)
+    g_k = (A_minus - b_k * rest) / denom
+    g.scatter_(1, k[:, None], torch.where(at_max, g_k, g.gather(1, k[:, None])[:, 0])[:, None])
+    return g
+
+
 def backward(src: Source, target: Tensor | None, st: Setup, saved: Saved,
              g: dict[str, Tensor | None], need: tuple[bool, ...]) -> tuple[Tensor | None, ...]:
     """The sources' gradients from the incoming ones `g` (keys ``loss``, ``lse``,
     ``logprobs``, ``entropy``, ``top``; None where nothing flows), block by block."""
     N, V, dev = src.N, src.V, _device(src)
-    o = st.opts
-    eps = o.label_smoothing
-    soft = eps / V if V else 0.0
+    soft = st.opts.label_smoothing / V if V else 0.0
     comp = src.cdt == _F64
     cw = st.class_weight
     wtot: Tensor | float = float(V) if cw is None else cw.sum()
@@ -328,54 +505,27 @@ def backward(src: Source, target: Tensor | None, st: Setup, saved: Saved,
         return src.grads()
     buf = _buffer(src, st.plan)
     rows = st.plan.rows or max(N, 1)
-    gl, glse, glp, gH, gtop = (g.get(n) for n in ("loss", "lse", "logprobs", "entropy", "top"))
 
-    def rows_of(x: Tensor | None, s: int, e: int) -> Tensor | None:
+    def part(name: str, s: int, e: int) -> Tensor | None:
+        x = g.get(name)
         return None if x is None else x[s:e].to(_F64)
 
     for s in range(0, N, rows):
         e = min(N, s + rows)
         tg = _targets(target, s, e, V, st, dev)
-        m, rest, lse = saved.m[s:e], saved.rest[s:e], saved.lse[s:e]
-        denom = 1.0 + rest
-        ebar = None if saved.ent is None else saved.ent[s:e] / denom
-        fl, flse, flp, fH = (rows_of(x, s, e) for x in (gl, glse, glp, gH))
-        ones = torch.ones_like(m)
-        every = torch.ones_like(tg.counted)
+        m, rest = saved.m[s:e], saved.rest[s:e]
+        r = _RowGrads(
+            m, rest, saved.lse[s:e],
+            None if saved.ent is None else saved.ent[s:e] / (1.0 + rest),
+            part("loss", s, e), part("lse", s, e), part("logprobs", s, e),
+            part("entropy", s, e), part("top", s, e),
+            None if saved.top_indices is None else saved.top_indices[s:e])
         for v0, v1 in _blocks(V, st.plan):
-            z = src.logits(s, e, v0, v1, buf)
-            zc, dzdx = _transformed(z, st)
-            wslice = None if cw is None else cw[v0:v1]
-            grad = torch.zeros(e - s, v1 - v0, dtype=_F64, device=dev)
-            if fl is not None:
-                grad += rs.slice_grad(
-                    zc, tg.safe, v0, counted=tg.counted, m=m, rest=rest, lse=lse,
-                    target_coef=(1.0 - eps) * tg.weight, soft=soft, weight=wslice,
-                    total_weight=wtot, z_loss=o.z_loss, row_factor=fl, compensate=comp,
-                    dtype=_F64)
-            if flp is not None:
-                # d log p_y / dz'_c = [c = y] - p_c: minus the one-hot loss's gradient
-                grad += rs.slice_grad(zc, tg.safe, v0, counted=tg.counted, m=m, rest=rest,
-                                      lse=lse, target_coef=ones, row_factor=-flp,
-                                      compensate=comp, dtype=_F64)
-            if gtop is not None and saved.top_indices is not None:
-                gt = gtop[s:e].to(_F64)
-                for j in range(gt.shape[1]):
-                    grad += rs.slice_grad(zc, saved.top_indices[s:e, j], v0, counted=every,
-                                          m=m, rest=rest, lse=lse, target_coef=ones,
-                                          row_factor=-gt[:, j], compensate=comp, dtype=_F64)
-            if flse is not None or fH is not None:
-                p = rs.exp_diff(zc, m[:, None], comp).div_(denom[:, None])
-                coef = torch.zeros_like(m) if flse is None else flse.clone()
-                if fH is not None and ebar is not None:
-                    # - g_H p_c ((z'_c - m) + E): the (z'_c - m) part here (p_c = 0 at a
-                    # -inf logit: 0, not 0 * inf; NaN rows are NaN through E), E below
-                    term = (zc - m[:, None]).mul_(p).nan_to_num_(0.0, math.inf, -math.inf)
-                    grad.addcmul_(term, fH[:, None], value=-1.0)
-                    coef = coef - fH * ebar
-                grad.addcmul_(p, coef[:, None])
-            # NaN rows keep NaN; rows not counted and outputs without gradient give 0
-            src.add_grad(s, e, v0, v1, grad if dzdx is None else grad.mul_(dzdx))
+            zc, dzdx = _transformed(src.logits(s, e, v0, v1, buf), st, derivative=True)
+            gz = _block_grad(zc, tg, v0, r, st, soft, None if cw is None else cw[v0:v1],
+                             wtot, comp)
+            del zc
+            src.add_grad(s, e, v0, v1, gz if dzdx is None else gz.mul_(dzdx))
     return src.grads()
 
 

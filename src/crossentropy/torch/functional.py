@@ -913,10 +913,11 @@ def linear_cross_entropy(
     which = _resolve_impl(impl, h, "linear_cross_entropy", Wm, t, b, weight)
     cdt = torch.float32 if h.dtype in _LOW else h.dtype
     rows = getattr(options, "batch_chunk_size", None)
-    plan = chunks if chunks is not None else ChunkPlan()
-    if rows is not None and plan.rows is None:
-        plan = ChunkPlan(int(rows), plan.vocab, plan.budget_bytes)
-    plan = resolve_plan(plan, h.shape[0], C, cdt)
+    asked = chunks
+    if rows is not None and (chunks is None or chunks.rows is None):
+        asked = ChunkPlan(int(rows), None if chunks is None else chunks.vocab,
+                          ChunkPlan().budget_bytes if chunks is None else chunks.budget_bytes)
+    plan = resolve_plan(asked if asked is not None else ChunkPlan(), h.shape[0], C, cdt)
     extras: tuple[Tensor | None, ...] = ()
     with _no_autocast(input):
         if C == 0:  # no classes: torch's values (the (M, 0) logits cost nothing)
@@ -927,7 +928,7 @@ def linear_cross_entropy(
                       z.sum(dim=1) if return_entropy else None)
         elif rl and not _transformed(h, Wm, b):
             # the token-statistics engine: blocks of logits, exact backward by formula
-            out, lse, lp, ent = _linear_stats(h, Wm, b, t, weight, opts, plan, tau, norm_t,
+            out, lse, lp, ent = _linear_stats(h, Wm, b, t, weight, opts, asked, tau, norm_t,
                                               return_logprobs, return_entropy)
             extras = (lp, ent)
         elif rl:  # under torch.func: the reference, whose graph the transform owns
@@ -996,16 +997,20 @@ def _linear_reference(h: Tensor, Wm: Tensor, b: Tensor | None, t: Tensor,
 
 def _linear_stats(
     h: Tensor, Wm: Tensor, b: Tensor | None, t: Tensor, weight: Tensor | None,
-    opts: CrossEntropyOptions, plan: ChunkPlan, tau: float, norm_t: Tensor | None,
+    opts: CrossEntropyOptions, chunks: ChunkPlan | None, tau: float, norm_t: Tensor | None,
     want_lp: bool, want_ent: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """:func:`_linear_rl`'s outputs from the token-statistics engine
     (:mod:`crossentropy.torch._tokenstats`): no autograd graph of the logits, the backward
-    by formula, one block of logits at a time."""
+    by formula, one block of logits at a time (`chunks` as the caller gave it: the engine
+    sizes its blocks by its own temporaries)."""
     from crossentropy.torch import _tokenstats
 
     cw = None if weight is None else weight.detach().to(torch.float64)
-    setup = _tokenstats.Setup(opts, tau, plan, _tokenstats.Want(want_lp, want_ent), cw)
+    want = _tokenstats.Want(want_lp, want_ent)
+    cdt = torch.float32 if h.dtype in _LOW else h.dtype
+    plan = _tokenstats.plan(chunks, h.shape[0], Wm.shape[0], cdt, want, opts, tau, h.device)
+    setup = _tokenstats.Setup(opts, tau, plan, want, cw)
     rows = _tokenstats.run("linear", h, Wm, b, t, setup)
     omega = row_weights(t, cw, opts, Wm.shape[0], torch.float64) \
         if opts.reduction is Reduction.MEAN else None

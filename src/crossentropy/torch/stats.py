@@ -47,7 +47,7 @@ from torch import Tensor
 
 from crossentropy._options import CrossEntropyOptions, Reduction
 from crossentropy.torch import _tokenstats
-from crossentropy.torch._chunks import ChunkPlan, resolve_plan
+from crossentropy.torch._chunks import ChunkPlan
 from crossentropy.torch._ops import check_index_target
 from crossentropy.torch._reduction import ReductionPlan, row_weights
 from crossentropy.torch.functional import (
@@ -292,7 +292,7 @@ def _stats(kind: str, a: Tensor, Wm: Tensor | None, b: Tensor | None, input: Ten
         logprobs=bool(kw["return_logprobs"]), entropy=bool(kw["return_entropy"]), top_k=k,
         predicted=bool(kw["return_predicted_tokens"] or kw["return_token_accuracy"]))
     cdt = torch.float32 if a.dtype in _LOW else a.dtype
-    plan = resolve_plan(kw["chunks"], a.shape[0], V, cdt)
+    plan = _tokenstats.plan(kw["chunks"], a.shape[0], V, cdt, want, opts, tau, a.device)
     cw = None if weight is None else weight.detach().to(torch.float64)
     setup = _tokenstats.Setup(opts, tau, plan, want, cw)
     with _no_autocast(input):
