@@ -101,6 +101,7 @@ APPS = (
     "crossentropy.score",
     "crossentropy.plot",
     "crossentropy.transformers",
+    "crossentropy.trl",
     "crossentropy.__main__",
 )
 

@@ -13,12 +13,21 @@ layer around one) and whose loss is transformers' ``loss_function``; what the mo
 its logits before the loss (a scale, a soft cap) is recorded as it runs.  See :func:`patch`
 and ``docs/transformers.md``.
 
+:func:`capture_output_layer` runs any forward without building its logits and returns the
+inputs of the output layer (hidden states, weight, bias, soft cap) that give them exactly:
+what :mod:`crossentropy.trl` computes TRL's per-token log-probabilities from.
+
 Importing this module imports torch (and ``crossentropy.torch``), never ``transformers`` or
 ``peft``.
 """
 
 from __future__ import annotations
 
+from crossentropy.transformers._capture import (
+    OutputLayer,
+    capture_output_layer,
+    check_output_layer,
+)
 from crossentropy.transformers._patch import (
     SUPPORTED,
     UnfusedLossWarning,
@@ -27,4 +36,5 @@ from crossentropy.transformers._patch import (
     unpatch,
 )
 
-__all__ = ["SUPPORTED", "UnfusedLossWarning", "UnsupportedModelError", "patch", "unpatch"]
+__all__ = ["SUPPORTED", "OutputLayer", "UnfusedLossWarning", "UnsupportedModelError",
+           "capture_output_layer", "check_output_layer", "patch", "unpatch"]

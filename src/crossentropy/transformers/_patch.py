@@ -192,15 +192,7 @@ class _CausalLMLoss:
                                     num_items_in_batch, self.opts, head=None, softcap=None)
         st = logits._ce_state
         st.slot.append(True)
-        scale, softcap = st.scale_and_softcap()
-        h, W, b = st.h, st.weight, st.bias
-        if st.k is not None and st.k != W.shape[0]:
-            W, b = W[:st.k], None if b is None else b[:st.k]
-        if scale != 1.0:
-            # s (h W^T + b) = (s h) W^T + s b: scales the (tokens x hidden) states, not the
-            # (tokens x vocabulary) logits
-            h = h * scale
-            b = None if b is None else b * scale
+        h, W, b, softcap = st.linear_inputs()
         return _next_token_loss(h, labels, shift_labels, ignore_index, num_items_in_batch,
                                 self.opts, head=(W, b), softcap=softcap)
 

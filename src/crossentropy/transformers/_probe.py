@@ -77,6 +77,21 @@ class ProbeState:
                 "soft cap c tanh(z / c) can be fused")
         return self.a * self.b, self.a
 
+    def linear_inputs(self) -> tuple[Tensor, Tensor, Tensor | None, float | None]:
+        """(h', W', b', c): the logits the model went on with are ``softcap_c(h' W'^T + b')``
+        (c None: no cap), with the scale folded into ``h'`` and ``b'`` and the class slice
+        into ``W'`` and ``b'``."""
+        scale, softcap = self.scale_and_softcap()
+        h, W, b = self.h, self.weight, self.bias
+        if self.k is not None and self.k != W.shape[0]:
+            W, b = W[:self.k], None if b is None else b[:self.k]
+        if scale != 1.0:
+            # s (h W^T + b) = (s h) W^T + s b: scales the (tokens x hidden) states, not the
+            # (tokens x vocabulary) logits
+            h = h * scale
+            b = None if b is None else b * scale
+        return h, W, b, softcap
+
 
 def make_probe(h: Tensor, weight: Tensor, bias: Tensor | None, slot: list[Any],
                owner: str) -> Probe:
