@@ -584,6 +584,10 @@ def _row_stats(xr: Any, buf: Any, store: bool, nxt: Any,
 # cross-entropy kernel measured 1.04-1.06x as long (bench/cpu.py --against, 3 pairs).
 # The implementation is chosen by the row's dtype (and, for float32 rows, a constant
 # ``store``), so that each caller compiles only the branches its rows can take.
+# (The float32 implementations call the compiled one passes themselves, not the stubs
+# ``_row_stats_1pass(_stored)``: inlined here, the two stubs' overloads, whose
+# implementations share one code object, were confused, and softmax rows took the one
+# pass that does not store, tests/test_cpu.py.)
 
 
 def _row_stats64(xr: Any, buf: Any, store: Any, nxt: Any,
@@ -606,7 +610,7 @@ def _row_stats32_stored(xr: Any, buf: Any, store: Any, nxt: Any,
     if n <= _SHORT:
         return _row_stats_short(xr, 0, False, buf)
     if n >= _ONEPASS_MIN_STORED:
-        return _row_stats_1pass_stored(xr, buf, mb)
+        return _row_stats_1pass32_stored(xr, buf, mb)
     return _row_stats_2pass_inline(xr, False, buf, True, nxt)
 
 
@@ -619,7 +623,7 @@ def _row_stats32_value(xr: Any, buf: Any, store: Any, nxt: Any,
     if n <= _SHORT:
         return _row_stats_short(xr, 0, False, buf)
     if n >= _ONEPASS_MIN:
-        return _row_stats_1pass(xr, buf, mb)
+        return _row_stats_1pass32(xr, buf, mb)
     return _row_stats_2pass_inline(xr, False, buf, False, nxt)
 
 
@@ -633,10 +637,10 @@ def _row_stats32(xr: Any, buf: Any, store: Any, nxt: Any,
         return _row_stats_short(xr, 0, False, buf)
     if store:
         if n >= _ONEPASS_MIN_STORED:
-            return _row_stats_1pass_stored(xr, buf, mb)
+            return _row_stats_1pass32_stored(xr, buf, mb)
         return _row_stats_2pass_inline(xr, False, buf, True, nxt)
     if n >= _ONEPASS_MIN:
-        return _row_stats_1pass(xr, buf, mb)
+        return _row_stats_1pass32(xr, buf, mb)
     return _row_stats_2pass_inline(xr, False, buf, False, nxt)
 
 
