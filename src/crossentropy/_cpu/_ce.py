@@ -21,6 +21,7 @@ from ._llvm import (
     _LINE,
     _grad_line,
     _inline,
+    _is_f64,
     _line_head,
     _store_fence,
     _stream_line,
@@ -321,13 +322,12 @@ def _weight_sum(weight: Any, has_w: bool, C: int) -> float:
 @nb.njit(parallel=True, **_cache)
 def _ce_rows(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, eps: float,
              z_loss: float, cap: float, grad: Any, want_grad: bool, grad_scale: float,
-             exact: bool, loss: Any, lse: Any, nchunks: int, stream: bool,
-             wsum: float) -> None:
+             loss: Any, lse: Any, nchunks: int, stream: bool, wsum: float) -> None:
     N = x.shape[0]
     for c in prange(nchunks):
         _ce_chunk(x, target, weight, has_w, ignore_index, eps, z_loss, cap, grad, want_grad,
-                  grad_scale, exact, loss, lse, c * N // nchunks, (c + 1) * N // nchunks,
-                  stream, wsum)
+                  grad_scale, loss, lse, c * N // nchunks, (c + 1) * N // nchunks, stream,
+                  wsum)
 
 
 # Gradient rows of at least this many classes are streamed line by line from registers
@@ -342,12 +342,12 @@ _DIRECT_GRAD_MIN = 8192
 @nb.njit(**_cache)
 def _ce_chunk(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, eps: float,
               z_loss: float, cap: float, grad: Any, want_grad: bool, grad_scale: float,
-              exact: bool, loss: Any, lse: Any, lo: int, hi: int, stream: bool,
-              wsum: float) -> None:
+              loss: Any, lse: Any, lo: int, hi: int, stream: bool, wsum: float) -> None:
     """ce_rows on rows lo..hi-1 (one thread); wsum = sum_c w_c.  ``stream``: the gradient
     goes to memory by non-temporal stores, line by line from registers (``_stream_grad``)
     or, with class weights or a soft cap, formed in a scratch row (in cache) first."""
     _wide()  # 512-bit vectors (see _wide)
+    exact = _is_f64(x)  # (a constant: each callee is compiled for x's dtype only)
     C = x.shape[1]
     capped = cap > 0.0
     # (else through the scratch row: also for rows shorter than _DIRECT_GRAD_MIN)
@@ -363,18 +363,15 @@ def _ce_chunk(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, 
     line_s = np.empty(_LINE // grad.itemsize, dtype=grad.dtype)  # (_stream_grad)
     for i in range(lo, hi):
         y = target[i]
-        # row statistics of z (soft-capped into zb, float64) or of the logits themselves;
-        # the float32 branches call with constant flags, as _row_stats does
+        # row statistics of z (soft-capped into zb, float64) or of the logits themselves
         if capped:
             _softcap_row(x[i], cap, zb, db)
-            m, s, k, kind = _row_stats(zb, True, buf, want_grad, zb[:0], mb)
-        elif short and exact:
-            m, s, k, kind = _row_stats_short(x, i, True, buf, True)
+            m, s, k, kind = _row_stats(zb, buf, want_grad, zb[:0], mb)
         elif short:
-            m, s, k, kind = _row_stats_short(x, i, False, buf, True)
+            m, s, k, kind = _row_stats_short(x, i, exact, buf)
         else:
-            m, s, k, kind = _row_stats(x[i], exact, buf, want_grad,
-                                       _next_row(x, i, hi, want_grad), mb)
+            m, s, k, kind = _row_stats(x[i], buf, want_grad, _next_row(x, i, hi, want_grad),
+                                       mb)
         L = math.log1p(s)
         lse[i] = m + L if kind == 0 else (np.nan if kind == 3 else m)
         if y == ignore_index:

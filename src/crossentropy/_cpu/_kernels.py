@@ -150,11 +150,12 @@ def _streams(out: Any, x: Any) -> bool:
 
 
 def logsumexp_rows(x: Any, exact: bool, out: Any, nchunks: int) -> None:
-    """out[i] = log(sum(exp(x[i]))) = m + log1p(s)."""
+    """out[i] = log(sum(exp(x[i]))) = m + log1p(s).  (``exact``, x is float64, is read from
+    x's dtype by the compiled code, as by every entry point here.)"""
     if _serial(x):
-        _logsumexp_chunk(x, exact, out, 0, x.shape[0])
+        _logsumexp_chunk(x, out, 0, x.shape[0])
     else:
-        _logsumexp_rows(x, exact, out, nchunks)
+        _logsumexp_rows(x, out, nchunks)
 
 
 def softmax_rows(x: Any, exact: bool, log: bool, out: Any, nchunks: int) -> None:
@@ -172,9 +173,9 @@ def softmax_rows_into(x: Any, exact: bool, log: bool, out: Any, nchunks: int,
     C-contiguous `out` when stream is True.
     """
     if _serial(x):
-        _softmax_chunk(x, exact, log, out, 0, x.shape[0], stream)
+        _softmax_chunk(x, log, out, 0, x.shape[0], stream)
     else:
-        _softmax_rows(x, exact, log, out, nchunks, stream)
+        _softmax_rows(x, log, out, nchunks, stream)
 
 
 def ce_rows(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, eps: float,
@@ -204,10 +205,10 @@ def ce_rows_into(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: in
     wsum = _weight_sum(weight, has_w, x.shape[1]) if has_w else float(x.shape[1])
     if _serial(x):
         _ce_chunk(x, target, weight, has_w, ignore_index, eps, z_loss, cap, grad, want_grad,
-                  grad_scale, exact, loss, lse, 0, x.shape[0], stream, wsum)
+                  grad_scale, loss, lse, 0, x.shape[0], stream, wsum)
     else:
         _ce_rows(x, target, weight, has_w, ignore_index, eps, z_loss, cap, grad, want_grad,
-                 grad_scale, exact, loss, lse, nchunks, stream, wsum)
+                 grad_scale, loss, lse, nchunks, stream, wsum)
 
 
 def sigmoid_flat(x: Any, out: Any, dout: Any, want_d: bool, log: bool) -> None:

@@ -58,6 +58,24 @@ def _i32_as_f32(typingctx: Any, x: Any) -> Any:
 
 
 @intrinsic
+def _is_f64(typingctx: Any, arr: Any) -> Any:
+    """Is ``arr`` of float64, as a compile-time constant (a literal bool)?
+
+    The kernels' ``exact`` (float64 arithmetic: TwoSum differences, error-free sums) is
+    the logits' dtype.  Passed on as this literal, it makes numba compile each callee for
+    the one dtype it meets: as a run-time flag, every float32 kernel carried the float64
+    paths too, and every float64 kernel the float32 ones, compiled and never run.
+    """
+    exact = arr.dtype == types.float64
+    sig = types.literal(exact)(arr)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return cgutils.true_bit if exact else cgutils.false_bit
+
+    return sig, codegen
+
+
+@intrinsic
 def _prefetch(typingctx: Any, arr: Any, idx: Any) -> Any:
     """Hint the cache line of ``arr[idx]`` into L2 (``llvm.prefetch``, read, locality 2).
 

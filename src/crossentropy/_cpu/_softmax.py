@@ -17,27 +17,35 @@ from numba import prange
 
 from ._exp import two_diff
 from ._jit import _FAST, _STRICT, _cache
-from ._llvm import _LINE, _line_head, _log_softmax_line, _softmax_line, _store_fence, _wide
+from ._llvm import (
+    _LINE,
+    _inline,
+    _is_f64,
+    _line_head,
+    _log_softmax_line,
+    _softmax_line,
+    _store_fence,
+    _wide,
+)
 from ._rows import _SUMBLK64, _next_row, _one_pass_blocks, _one_plus, _row_stats
 
 # --------------------------------------------------------------------------- softmax family
 
 
 @nb.njit(parallel=True, **_cache)
-def _logsumexp_rows(x: Any, exact: bool, out: Any, nchunks: int) -> None:
+def _logsumexp_rows(x: Any, out: Any, nchunks: int) -> None:
     N = x.shape[0]
     for c in prange(nchunks):
-        _logsumexp_chunk(x, exact, out, c * N // nchunks, (c + 1) * N // nchunks)
+        _logsumexp_chunk(x, out, c * N // nchunks, (c + 1) * N // nchunks)
 
 
 @nb.njit(**_cache)
-def _logsumexp_chunk(x: Any, exact: bool, out: Any, lo: int, hi: int) -> None:
+def _logsumexp_chunk(x: Any, out: Any, lo: int, hi: int) -> None:
     """logsumexp_rows on rows lo..hi-1 (one thread)."""
     _wide()  # 512-bit vectors (see _wide)
     dummy = np.empty(_SUMBLK64)  # the block buffer of float64 rows
     for i in range(lo, hi):
-        m, s, _k, kind = _row_stats(x[i], exact, dummy, False, _next_row(x, i, hi, False),
-                                    dummy[:0])
+        m, s, _k, kind = _row_stats(x[i], dummy, False, _next_row(x, i, hi, False), dummy[:0])
         if kind == 0:
             out[i] = m + math.log1p(s)
         elif kind == 3:
@@ -103,27 +111,25 @@ def _log_softmax_write(xr: Any, m: float, L: float, exact: bool, orow: Any) -> N
 
 
 @nb.njit(parallel=True, **_cache)
-def _softmax_rows(x: Any, exact: bool, log: bool, out: Any, nchunks: int,
-                  stream: bool) -> None:
+def _softmax_rows(x: Any, log: bool, out: Any, nchunks: int, stream: bool) -> None:
     N = x.shape[0]
     for c in prange(nchunks):
-        _softmax_chunk(x, exact, log, out, c * N // nchunks, (c + 1) * N // nchunks, stream)
+        _softmax_chunk(x, log, out, c * N // nchunks, (c + 1) * N // nchunks, stream)
 
 
 @nb.njit(**_cache)
-def _softmax_chunk(x: Any, exact: bool, log: bool, out: Any, lo: int, hi: int,
-                   stream: bool) -> None:
+def _softmax_chunk(x: Any, log: bool, out: Any, lo: int, hi: int, stream: bool) -> None:
     """softmax_rows on rows lo..hi-1 (one thread); ``stream``: the whole lines of each
     row are written by non-temporal stores straight from registers (``_stream_log_softmax``,
     ``_stream_softmax``), the rest (and rows without a distribution) by ordinary ones."""
     _wide()  # 512-bit vectors (see _wide)
+    exact = _is_f64(x)  # (a constant: each callee is compiled for x's dtype only)
     C = x.shape[1]
     buf = np.empty(_SUMBLK64 if log else C)  # log: only the block buffer
     mb = np.empty(0 if log else _one_pass_blocks(C))
     for i in range(lo, hi):
         xr = x[i]
-        m, s, _k, kind = _row_stats(xr, exact, buf, not log, _next_row(x, i, hi, not log),
-                                    mb)
+        m, s, _k, kind = _row_stats(xr, buf, not log, _next_row(x, i, hi, not log), mb)
         orow = out[i]
         if kind != 0:
             _softmax_special(xr, kind, log, orow)
@@ -133,19 +139,10 @@ def _softmax_chunk(x: Any, exact: bool, log: bool, out: Any, lo: int, hi: int,
             else:
                 _log_softmax_write(xr, m, math.log1p(s), exact, orow)
         else:
-            # p_j = e_j / (1 + s).  A division per element is exact to 0.5 ulp; for
-            # float32 output the product with 1 / (1 + s) (two float64 roundings) is
-            # still far below float32's half-ulp, and vectorises better.
-            if exact:
-                S, cS = _one_plus(s)
-            else:
-                S, cS = 1.0 / (1.0 + s), 0.0
             if stream:
-                _stream_softmax(buf, S, cS, exact, orow)
-            elif exact:
-                _softmax_write_div(buf, S, cS, orow)
+                _stream_softmax(buf, s, exact, orow)
             else:
-                _softmax_write(buf, S, orow)
+                _softmax_row(buf, s, exact, orow)
     if stream:
         _store_fence()
 
@@ -163,12 +160,35 @@ def _stream_log_softmax(xr: Any, m: float, L: float, exact: bool, orow: Any) -> 
     _log_softmax_write(xr[j:], m, L, exact, orow[j:])
 
 
+@nb.njit(fastmath=_STRICT, **_cache)
+def _softmax_scale(s: float, exact: bool) -> tuple[float, float]:
+    """(d, c) of p_j = e_j / (1 + s).  A division per element is exact to 0.5 ulp: float64
+    rows divide by d = S with c = S_lo / S (1 + s = S + S_lo, ``_one_plus``).  For float32
+    output the product with d = 1 / (1 + s) (two float64 roundings) is still far below
+    float32's half-ulp, and vectorises better (c = 0)."""
+    if exact:
+        return _one_plus(s)
+    return 1.0 / (1.0 + s), 0.0
+
+
 @nb.njit(**_cache)
-def _stream_softmax(buf: Any, d: float, c: float, exact: bool, orow: Any) -> None:
-    """``_softmax_write`` (float32: d = 1 / (1 + s)) or ``_softmax_write_div`` (float64)
-    with the whole cache lines of orow stored non-temporally."""
+def _softmax_row(buf: Any, s: float, exact: bool, orow: Any) -> None:
+    """orow = softmax from the float64 exponentials buf (``_softmax_write_div`` for
+    float64 rows, ``_softmax_write`` for float32; see ``_softmax_scale``)."""
+    _inline()  # into the row loop of _softmax_chunk (see _inline)
+    d, c = _softmax_scale(s, exact)
+    if exact:
+        _softmax_write_div(buf, d, c, orow)
+    else:
+        _softmax_write(buf, d, orow)
+
+
+@nb.njit(**_cache)
+def _stream_softmax(buf: Any, s: float, exact: bool, orow: Any) -> None:
+    """``_softmax_row`` with the whole cache lines of orow stored non-temporally."""
     n = orow.shape[0]
     w = _LINE // orow.itemsize
+    d, c = _softmax_scale(s, exact)
     h = _line_head(orow)
     if exact:
         _softmax_write_div(buf[:h], d, c, orow[:h])
