@@ -316,3 +316,73 @@ def test_a_budget_below_one_logits_temporaries_is_refused() -> None:
     h, W, _, y = _setup()
     with pytest.raises(ValueError, match="budget_bytes=16 is too small"):
         cet.linear_token_stats(h, W, y, chunks=cet.ChunkPlan(budget_bytes=16))
+
+
+# --------------------------------------------------------------------------- sample weights
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("impl", ["cpu", "torch"])
+def test_cross_entropy_sample_weight_every_reduction(impl: str, reduction: str) -> None:
+    """sum_i s_i l_i / sum_i s_i w_{y_i} over counted samples, against torch's per-sample
+    losses; N-D logits (N, C, d) and class weights; gradients too."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(4, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 5, (4, 3), generator=g)
+    y[1, 2] = -100
+    cw = torch.linspace(0.5, 2.0, 5, dtype=torch.float64)
+    s = torch.rand(4, 3, generator=g, dtype=torch.float64)
+    got = cet.cross_entropy(x, y, cw, reduction=reduction, label_smoothing=0.1,
+                            sample_weight=s, impl=impl)
+    rows = F.cross_entropy(x, y, cw, reduction="none", label_smoothing=0.1)
+    counted = y != -100
+    want = {"none": rows * s, "sum": (rows * s).sum(),
+            "mean": (rows * s).sum() / (s * torch.where(counted, cw[y.clamp(0)], 0.0)).sum()
+            }[reduction]
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
+    a = torch.autograd.grad(got.sum(), x)[0]
+    b = torch.autograd.grad(want.sum(), x)[0]
+    torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-16)
+
+
+def test_cross_entropy_sample_weight_probability_targets_and_shift() -> None:
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    t = torch.softmax(torch.randn(6, 4, generator=g, dtype=torch.float64), 1)
+    s = torch.rand(6, generator=g, dtype=torch.float64)
+    got = cet.cross_entropy(x, t, sample_weight=s)
+    rows = F.cross_entropy(x, t, reduction="none")
+    torch.testing.assert_close(got, (rows * s).sum() / s.sum(), rtol=1e-14, atol=0)
+    logits = torch.randn(2, 5, 7, generator=g, dtype=torch.float64)
+    ids = torch.randint(0, 7, (2, 5), generator=g)
+    s2 = torch.rand(2, 5, generator=g, dtype=torch.float64)
+    got2 = cet.cross_entropy(logits, ids, shift=1, sample_weight=s2)
+    r2 = F.cross_entropy(logits[:, :-1].reshape(-1, 7), ids[:, 1:].reshape(-1),
+                         reduction="none")
+    w2 = s2[:, :-1].reshape(-1)
+    torch.testing.assert_close(got2, (r2 * w2).sum() / w2.sum(), rtol=1e-14, atol=0)
+
+
+def test_linear_cross_entropy_sample_weight_equals_the_token_stats() -> None:
+    h, W, b, y = _setup(13)
+    s = torch.rand(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    a = cet.linear_cross_entropy(h, W, y, linear_bias=b, sample_weight=s, z_loss=1e-3,
+                                 shift=1)
+    t = cet.linear_token_stats(h, W, y, linear_bias=b, sample_weight=s, z_loss=1e-3,
+                               shift=1)
+    torch.testing.assert_close(a, t.loss, rtol=1e-14, atol=0)
+    ga = torch.autograd.grad(a, (h, W))
+    gt = torch.autograd.grad(t.loss, (h, W))
+    for u, v in zip(ga, gt, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-15)
+
+
+def test_sample_weight_bad_input_is_named() -> None:
+    x = torch.randn(3, 4)
+    y = torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match=r"sample_weight must have the per-sample"):
+        cet.cross_entropy(x, y, sample_weight=torch.ones(4))
+    with pytest.raises(ValueError, match=r"sample_weight\[1\] = -1"):
+        cet.cross_entropy(x, y, sample_weight=torch.tensor([1.0, -1.0, 1.0]))
+    with pytest.raises(TypeError, match="floating"):
+        cet.cross_entropy(x, y, sample_weight=torch.ones(3, dtype=torch.int64))

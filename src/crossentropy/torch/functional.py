@@ -443,6 +443,7 @@ def cross_entropy(
     impl: str = "auto",
     dtype: torch.dtype | None = None,
     inplace_grad: bool = False,
+    sample_weight: Tensor | None = None,
 ) -> Any:
     r"""Cross-entropy between logits and class indices or class probabilities (as torch's).
 
@@ -464,6 +465,10 @@ def cross_entropy(
       lse with the batch shape);
     * ``normalizer``: 'sum' or 'mean' divide the summed loss by it (a number, or a 0-d
       tensor: no host synchronisation, no recompilation per value);
+    * ``sample_weight``: per-sample weights (the shape of the per-sample loss, floating,
+      finite, >= 0) multiplying each sample's loss; 'mean' divides by
+      :math:`\sum_i s_i \omega_i` (:math:`\omega_i = w_{y_i}` on counted samples, 0 on
+      ignored ones; 1 per probability row) unless ``normalizer`` is given;
     * ``shift=n`` (an integer >= 0, ``True`` = 1, ``False`` = 0): n-th next token
       prediction on ``(..., T, C)`` logits (class axis *last*) and labels ``(..., T)``:
       position t is scored against label t + n, the last n positions of each sequence
@@ -506,6 +511,13 @@ def cross_entropy(
     >>> cet.cross_entropy(z, torch.tensor([1]), dtype=torch.float32).dtype  # not rounded
     torch.float32
     """
+    if sample_weight is not None:
+        return _sample_weighted(
+            "cross_entropy", input, target, sample_weight,
+            dict(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                 z_loss=z_loss, softcap=softcap, return_lse=return_lse, shift=shift,
+                 impl=impl, dtype=dtype),
+            _legacy_reduction(size_average, reduce, reduction), normalizer, base)
     if (size_average is None and reduce is None and normalizer is None and shift is False
             and dtype is None
             and type(input) is Tensor and type(target) is Tensor
@@ -725,6 +737,85 @@ def binary_cross_entropy(
         return _binary_finish(loss, weight, opts, dtype)
 
 
+# --------------------------------------------------------------------------- sample weights
+
+
+def check_sample_weight(sw: Any, shape: tuple[int, ...]) -> Tensor:
+    """``sample_weight``: a floating tensor of the per-sample loss's `shape`, finite and
+    >= 0 (the first bad position named); returned flattened."""
+    if not isinstance(sw, Tensor) or not sw.is_floating_point():
+        what = f"a tensor of dtype {sw.dtype}" if isinstance(sw, Tensor) else type(sw).__name__
+        raise TypeError(f"sample_weight must be a floating tensor of the per-sample loss's "
+                        f"shape {shape}, got {what}")
+    if tuple(sw.shape) != shape:
+        raise ValueError(f"sample_weight must have the per-sample loss's shape {shape} (one "
+                         f"weight per sample or token), got {tuple(sw.shape)}")
+    if _real(sw) and sw.numel():
+        bad = ~(torch.isfinite(sw) & (sw >= 0))
+        if bool(bad.any()):
+            pos = [int(i) for i in bad.nonzero()[0]]
+            raise ValueError(f"sample_weight must be finite and >= 0; sample_weight{pos} = "
+                             f"{float(sw[tuple(pos)])}")
+    return sw.reshape(-1)
+
+
+def _sample_weighted(name: str, input: Tensor, target: Tensor, sample_weight: Any,
+                     kw: dict[str, Any], reduction: str, normalizer: Any, base: Any) -> Any:
+    r"""``name`` with per-sample weights: its per-sample losses (``reduction='none'``, in
+    nats, any path) times ``s``, reduced by the one reduction (:class:`ReductionPlan`) with
+    the mean's row weights ``s_i omega_i``:
+
+    .. math:: \text{mean} = \frac{\sum_i s_i \ell_i}{\sum_i s_i \omega_i}
+
+    (the normalizer, when given, divides instead); gradients through autograd of the
+    weighted sum of the differentiable per-sample losses."""
+    fn = cross_entropy if name == "cross_entropy" else linear_cross_entropy
+    norm_n, norm_t = _split_normalizer(normalizer, reduction)
+    ii = kw["ignore_index"]
+    ii = -100 if ii is None else ii
+    opts = _ce_options(reduction, ii, kw["label_smoothing"], kw["z_loss"], kw["softcap"],
+                       base, norm_n)
+    # the per-sample losses unrounded (float32 for bf16/fp16), the result as the call's
+    final = kw["dtype"] if kw["dtype"] is not None else _out_dtype(input)
+    inner = dict(kw, dtype=kw["dtype"] if kw["dtype"] is not None or input.dtype not in _LOW
+                 else torch.float32)
+    W = inner.pop("linear_weight", None)
+    if name == "cross_entropy":
+        res = fn(input, target, reduction="none", **inner)
+    else:
+        res = fn(input, W, target, reduction="none", **inner)
+    rows = res[0] if isinstance(res, tuple) else res
+    s = check_sample_weight(sample_weight, tuple(rows.shape))
+    # the targets of each row, in the rows' order (torch's layout rules, as the call did)
+    n = _check_shift(kw.get("shift", False))
+    if name == "cross_entropy":
+        C = input.shape[-1] if n else (input.shape[0] if input.dim() == 1 else input.shape[1])
+        prob = not n and target.shape == input.shape
+    else:
+        C = W.shape[0]
+        prob = tuple(target.shape) == (*input.shape[:-1], C, *W.shape[1:-1])
+        if prob:
+            raise ValueError("sample_weight takes index targets in linear_cross_entropy")
+    if prob:
+        t = target.reshape(1, C) if input.dim() == 1 else target.movedim(1, -1).reshape(-1, C)
+    elif n:
+        t = _shift_labels(target, n, ii)
+    else:
+        t = target.reshape(-1).to(torch.int64)
+    w = kw.get("weight")
+    rdt = torch.promote_types(rows.dtype, torch.float32)
+    omega = row_weights(t, w, opts, C, rdt) if opts.reduction is Reduction.MEAN else None
+    sw = s.to(rdt)
+    plan = ReductionPlan(opts, None if omega is None else omega * sw, norm_t)
+    value = plan.value(rows.reshape(-1).to(rdt) * sw)
+    if opts.reduction is Reduction.NONE:
+        value = value.reshape(rows.shape)
+    value = value.to(final)
+    if isinstance(res, tuple):
+        return type(res)(value, *res[1:]) if hasattr(res, "_fields") else (value, *res[1:])
+    return value
+
+
 # --------------------------------------------------------------------------- linear
 
 
@@ -812,6 +903,7 @@ def linear_cross_entropy(
     return_entropy: bool = False,
     impl: str = "auto",
     dtype: torch.dtype | None = None,
+    sample_weight: Tensor | None = None,
 ) -> Any:
     r"""``cross_entropy(input @ linear_weight.T + linear_bias, target, ...)`` without the logits.
 
@@ -830,10 +922,11 @@ def linear_cross_entropy(
     compute the logits and call :func:`cross_entropy`.
 
     Extra keywords: ``base``, ``z_loss``, ``softcap``, ``return_lse``, ``normalizer``,
-    ``shift``, ``impl`` and ``dtype`` as in :func:`cross_entropy` (``dtype=torch.float32``
-    with bfloat16/float16 hidden states returns the float32 accumulation of the loss
-    unrounded; the gradients keep the inputs' dtypes; ``shift=n`` takes hidden states
-    ``(..., T, in_features)`` and labels ``(..., T)``: position t predicts label t + n).
+    ``sample_weight``, ``shift``, ``impl`` and ``dtype`` as in :func:`cross_entropy`
+    (``dtype=torch.float32`` with bfloat16/float16 hidden states returns the float32
+    accumulation of the loss unrounded; the gradients keep the inputs' dtypes; ``shift=n``
+    takes hidden states ``(..., T, in_features)`` and labels ``(..., T)``: position t
+    predicts label t + n).
     ``linear_weight`` with zero rows (C = 0) gives torch's values, as :func:`cross_entropy`
     of (..., 0) logits.  For reinforcement learning:
     ``temperature`` (every output is that of ``softmax(softcap(z) / temperature)``),
@@ -857,6 +950,15 @@ def linear_cross_entropy(
     >>> [round(v, 6) for v in out.logprobs.tolist()]
     [-0.239545, -2.239545]
     """
+    if sample_weight is not None:
+        return _sample_weighted(
+            "linear_cross_entropy", input, target, sample_weight,
+            dict(linear_weight=linear_weight, linear_bias=linear_bias, weight=weight,
+                 ignore_index=ignore_index, label_smoothing=label_smoothing, options=options,
+                 z_loss=z_loss, softcap=softcap, return_lse=return_lse, shift=shift,
+                 chunks=chunks, temperature=temperature, return_logprobs=return_logprobs,
+                 return_entropy=return_entropy, impl=impl, dtype=dtype),
+            reduction, normalizer, base)
     norm_n, norm_t = _split_normalizer(normalizer, reduction)
     ii = -100 if ignore_index is None else ignore_index
     impl = _check_impl(impl)

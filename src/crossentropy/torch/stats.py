@@ -64,6 +64,7 @@ from crossentropy.torch.functional import (
     _real,
     _shift_labels,
     _split_normalizer,
+    check_sample_weight,
 )
 
 __all__ = ["TokenStats", "linear_token_stats", "token_stats"]
@@ -91,25 +92,6 @@ def _check_top_k(top_k: Any, V: int) -> int:
     if top_k < 0 or top_k > V:
         raise ValueError(f"top_k must be between 0 and the number of classes {V}, got {top_k}")
     return top_k
-
-
-def _check_sample_weight(sw: Any, shape: tuple[int, ...]) -> Tensor | None:
-    if sw is None:
-        return None
-    if not isinstance(sw, Tensor) or not sw.is_floating_point():
-        raise TypeError(f"sample_weight must be None or a floating tensor of the target's "
-                        f"shape {shape}, got {type(sw).__name__}"
-                        + (f" of dtype {sw.dtype}" if isinstance(sw, Tensor) else ""))
-    if tuple(sw.shape) != shape:
-        raise ValueError(f"sample_weight must have the target's shape {shape} (one weight per "
-                         f"token), got {tuple(sw.shape)}")
-    if _real(sw) and sw.numel():
-        bad = ~(torch.isfinite(sw) & (sw >= 0))
-        if bool(bad.any()):
-            pos = tuple(int(i) for i in bad.nonzero()[0])
-            raise ValueError(f"sample_weight must be finite and >= 0; sample_weight{list(pos)} "
-                             f"= {float(sw[pos])}")
-    return sw.reshape(-1)
 
 
 def _flags(target: Tensor | None, **asked: bool) -> None:
@@ -283,7 +265,8 @@ def _stats(kind: str, a: Tensor, Wm: Tensor | None, b: Tensor | None, input: Ten
         t = _shift_labels(target, n, ii) if n else target.reshape(-1).to(torch.int64)
         if _real(t):
             check_index_target(target[..., n:] if n else target, V, ii, last_offset=n)
-        sw = _check_sample_weight(kw["sample_weight"], batch)
+        sw = kw["sample_weight"]
+        sw = None if sw is None else check_sample_weight(sw, batch)
     elif kw["sample_weight"] is not None:
         raise ValueError("sample_weight weighs the loss of each token: it needs target")
     elif n:
