@@ -4,8 +4,18 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
+
+# OpenMP threads that wait without spinning.  torch and numba's "omp" threading layer share
+# one libgomp, each worker of the parallel run (pytest-xdist, one per core) has a thread per
+# core, and by default an idle OpenMP thread spins (GOMP_SPINCOUNT) waiting for the next
+# parallel region: with two workers on two cores the spinning threads took the cores from
+# the working ones (tests/test_torch_functional.py: 31 s of CPU, 14 s with waits that
+# sleep).  Thread counts and results are unchanged.  Set here, in the controller, before the
+# workers (and any subprocess of a test) start and load libgomp; a value already set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # doctests of classes that extend what only torch 2.13 added (torch.nn.LinearCrossEntropyLoss):
 # on an older supported torch (the floor, 2.7) constructing them raises TorchTooOldError, as
