@@ -158,7 +158,7 @@ Source = LinearSource | LogitsSource
 # --------------------------------------------------------------------------- the budget
 
 #: The largest default budget for one block's temporaries (bytes).
-DEFAULT_BUDGET = 256 << 20
+DEFAULT_BUDGET = 128 << 20
 
 
 def block_bytes(cdt: torch.dtype, want: Want, softcap: bool, temperature: bool) -> int:

@@ -139,8 +139,9 @@ def linear_token_stats(
     ``sample_weight`` (the target's shape, finite, >= 0) multiplies each token's loss; the
     mean divides by ``sum_t sample_weight_t w_{y_t}`` over counted tokens (or by
     ``normalizer``).  ``token_accuracy`` is unweighted: correct counted tokens over counted
-    tokens (NaN when none counts).  ``chunks`` cuts the work (default: about 32 MiB of
-    logits per chunk, :class:`~crossentropy.torch.ChunkPlan`).  bfloat16/float16 inputs
+    tokens (NaN when none counts).  ``chunks`` cuts the work: its ``budget_bytes`` bounds
+    the temporaries of one block (default: 128 MiB, or an eighth of the device's free
+    memory; :class:`~crossentropy.torch.ChunkPlan`).  bfloat16/float16 inputs
     give float32 outputs (``dtype=`` to choose).
 
     Examples
