@@ -145,8 +145,8 @@ def patch(trainer: Any) -> Any:
     model's own scale :math:`s` and soft cap :math:`\phi`, recorded as it runs), at the
     trainer's temperature :math:`\tau`, on the completion positions only: the (tokens x
     vocabulary) logits are never built, in forward or backward (blocks within a budget of
-    128 MiB of temporaries), and the values are exact (float64 models give float64 log-probabilities; bfloat16 ones
-    float32).
+    128 MiB of temporaries), and the values are exact (float64 models give float64
+    log-probabilities; bfloat16 ones float32).
 
     Takes a ``trl.GRPOTrainer`` or ``trl.DPOTrainer`` (TRL 1.15 or 1.16, see
     :data:`SUPPORTED_TRL`), right after it is created: its model (a PEFT model too, with
