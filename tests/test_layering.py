@@ -234,8 +234,8 @@ def test_import_crossentropy_stays_light():
 
 
 #: the numba kernels, one concept per module, each importing only those before it
-CPU_KERNELS = ("_stamp", "_jit", "_llvm", "_exp", "_rows", "_softmax", "_ce", "_elementwise",
-               "_kernels")
+CPU_KERNELS = ("_stamp", "_jit", "_llvm", "_exp", "_rows", "_rowpick", "_softmax", "_ce",
+               "_elementwise", "_kernels")
 
 
 def test_the_cpu_kernels_are_modules_of_one_concept_that_import_downward():

@@ -28,14 +28,13 @@ from ._llvm import (
     _stream_row,
     _wide,
 )
+from ._rowpick import _next_row, _row_stats
 from ._rows import (
     _SHORT,
     _SUMBLK64,
     _at,
-    _next_row,
     _one_pass_blocks,
     _one_plus,
-    _row_stats,
     _row_stats_short,
 )
 

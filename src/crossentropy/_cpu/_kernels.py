@@ -16,6 +16,7 @@ ones above it in this list:
 * ``_llvm``: bit casts, prefetch, function attributes, non-temporal stores (LLVM IR);
 * ``_exp``: the vectorisable exp (float64, and float32 work);
 * ``_rows``: the row statistics (max, first argmax, sum of the other exponentials);
+* ``_rowpick``: which of them a kernel compiles (by the row's dtype and a constant flag);
 * ``_softmax``: log-sum-exp, softmax and log-softmax of rows;
 * ``_ce``: the cross-entropy of index targets (loss, log-sum-exp, gradient);
 * ``_elementwise``: sigmoid, log-sigmoid and BCE with logits.
@@ -51,16 +52,14 @@ import numba as nb
 from ._ce import _ce_chunk, _ce_rows, _weight_sum, index_targets
 from ._elementwise import _BLOCK, _bce_blocks, _bce_logits_flat, _sigmoid_block, _sigmoid_flat
 from ._exp import exp_le0, exp_le0_f32, exp_shift
+from ._rowpick import _ONEPASS_MIN_STORED, _PREFETCH_MAX_STORED, _row_stats
 from ._rows import (
     _BLK,
     _ONEPASS_MIN,
-    _ONEPASS_MIN_STORED,
-    _PREFETCH_MAX_STORED,
     _SCAN,
     _SUMBLK64,
     _one_pass_blocks,
     _row_max,
-    _row_stats,
     _row_stats_1pass,
     _row_stats_1pass_stored,
     _row_stats_2pass,

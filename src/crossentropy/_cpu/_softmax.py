@@ -27,7 +27,8 @@ from ._llvm import (
     _store_fence,
     _wide,
 )
-from ._rows import _SUMBLK64, _next_row, _one_pass_blocks, _one_plus, _row_stats
+from ._rowpick import _next_row, _row_stats
+from ._rows import _SUMBLK64, _one_pass_blocks, _one_plus
 
 # --------------------------------------------------------------------------- softmax family
 
