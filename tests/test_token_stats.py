@@ -386,3 +386,10 @@ def test_sample_weight_bad_input_is_named() -> None:
         cet.cross_entropy(x, y, sample_weight=torch.tensor([1.0, -1.0, 1.0]))
     with pytest.raises(TypeError, match="floating"):
         cet.cross_entropy(x, y, sample_weight=torch.ones(3, dtype=torch.int64))
+
+
+def test_torch_func_transforms_are_refused_in_one_line() -> None:
+    x = torch.randn(3, 5, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2])
+    with pytest.raises(NotImplementedError, match=r"torch\.func transforms"):
+        torch.func.grad(lambda x: cet.token_stats(x, y).loss)(x)

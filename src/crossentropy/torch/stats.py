@@ -64,6 +64,7 @@ from crossentropy.torch.functional import (
     _real,
     _shift_labels,
     _split_normalizer,
+    _transformed,
     check_sample_weight,
 )
 
@@ -231,6 +232,11 @@ def _stats(kind: str, a: Tensor, Wm: Tensor | None, b: Tensor | None, input: Ten
     """Validate the shared keywords, run the engine, reduce and shape the outputs."""
     _flags(target, return_logprobs=kw["return_logprobs"],
            return_token_accuracy=kw["return_token_accuracy"])
+    if _transformed(a, Wm, b):
+        raise NotImplementedError(
+            "token_stats and linear_token_stats do not run under torch.func transforms (grad, "
+            "vmap, jacrev...) yet: their backward is written by hand; "
+            "linear_cross_entropy(..., return_logprobs=True, return_entropy=True) does")
     reduction = kw["reduction"]
     norm_n, norm_t = _split_normalizer(kw["normalizer"], reduction)
     ii = kw["ignore_index"]
