@@ -843,3 +843,28 @@ def test_index_targets_checks_and_counts_in_one_pass(ignore_index: int | None) -
             assert got[1] == int(np.sum(t != ii))
     with ce.use_backend("numpy"):  # the kernels do not take the call: torch checks
         assert index_targets(x, np.zeros(40, dtype=np.int64), ii) is None
+
+
+def test_the_kernels_leave_torchs_thread_count_alone() -> None:
+    """numba's OpenMP layer sets the process's OpenMP thread count when it starts; torch
+    shares the runtime, so a user's torch.set_num_threads(1) read back 2 after the first
+    kernel call (once torch had read its count).  A fresh process: torch's count stays 1,
+    numba's is all cores."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    script = (
+        "import torch, numba, numpy as np, crossentropy as ce\n"
+        "torch.set_num_threads(1)\n"
+        "assert torch.get_num_threads() == 1  # (torch's OpenMP state now started)\n"
+        "ce.use_backend('numba')\n"
+        "x = np.random.default_rng(0).standard_normal((4096, 1000)).astype(np.float32)\n"
+        "ce.cross_entropy(x, np.zeros(4096, dtype=np.int64))\n"
+        "print(torch.get_num_threads(), numba.get_num_threads(),"
+        " int(numba.config.NUMBA_NUM_THREADS))\n")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, check=True)
+    torch_n, numba_n, most = map(int, res.stdout.split())
+    assert torch_n == 1
+    assert numba_n == most

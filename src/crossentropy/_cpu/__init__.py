@@ -19,6 +19,7 @@ the same cache: :mod:`crossentropy._cpu._compile`.
 
 from __future__ import annotations
 
+import sys
 import threading
 from types import ModuleType
 from typing import Any
@@ -87,8 +88,16 @@ def kernels() -> ModuleType:
     if _applied.get(me, -1) != n:  # numba.set_num_threads costs microseconds per call
         import numba  # already imported by _kernels
 
+        # numba's OpenMP threading layer starts by setting the OpenMP thread count of the
+        # process, which torch (the same OpenMP runtime) reads as its own: a user's
+        # torch.set_num_threads(1) became 2.  torch's count is given back (numba keeps its
+        # own per calling thread, so neither changes the other afterwards)
+        torch = sys.modules.get("torch")
+        before = torch.get_num_threads() if torch is not None else None
         most = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
         numba.set_num_threads(most if n is None else min(n, most))
+        if torch is not None and before is not None and torch.get_num_threads() != before:
+            torch.set_num_threads(before)
         _applied[me] = n
     return mod
 
