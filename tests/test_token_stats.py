@@ -163,6 +163,9 @@ def test_top_k_ties_in_index_order_across_vocabulary_slices() -> None:
         assert out.top_k_indices is not None and out.predicted_tokens is not None
         assert out.top_k_indices.tolist() == [[4, 9, 17], [0, 1, 2], [3, 22, 0]]
         assert out.predicted_tokens.tolist() == [4, 0, 3]
+        alone = cet.token_stats(z, return_predicted_tokens=True, chunks=plan)
+        assert alone.predicted_tokens is not None  # from the slice statistics, no top-k
+        assert alone.predicted_tokens.tolist() == [4, 0, 3]
         assert out.top_k_logprobs is not None
         torch.testing.assert_close(out.top_k_logprobs[0],
                                    torch.full((3,), 5.0 - math.log(4 * math.exp(5) + 19),

@@ -174,7 +174,7 @@ def block_bytes(cdt: torch.dtype, want: Want, softcap: bool, temperature: bool) 
         b += 8
     if softcap:
         b += 2 * 8
-    if want.top_k or want.predicted:
+    if want.top_k:
         b += 3 + 2 * 8
     return b
 
@@ -332,9 +332,10 @@ def forward(src: Source, target: Tensor | None, st: Setup) -> tuple[Outputs, Sav
     lp = f64(N) if want.logprobs else None
     ent_all = f64(N) if want.entropy else None
     H = f64(N) if want.entropy else None
-    k = want.top_k if want.top_k else (1 if want.predicted else 0)
+    k = want.top_k
     topv = f64(N, k) if k else None
     topi = torch.empty(N, k, dtype=torch.int64, device=dev) if k else None
+    pred = torch.empty(N, dtype=torch.int64, device=dev) if want.predicted and not k else None
     buf = _buffer(src, st.plan)
     rows = st.plan.rows or max(N, 1)
     cw = st.class_weight
@@ -343,6 +344,7 @@ def forward(src: Source, target: Tensor | None, st: Setup) -> tuple[Outputs, Sav
         tg = _targets(target, s, e, V, st, dev)
         stats: rs.RowStats | None = None
         top: tuple[Tensor, Tensor] | None = None
+        best: tuple[Tensor, Tensor] | None = None  # (max, first argmax) so far, no top-k
         for v0, v1 in _blocks(V, st.plan):
             zc, _ = _transformed(src.logits(s, e, v0, v1, buf), st)
             cur = rs.slice_stats(zc, tg.safe, v0, counted=tg.counted,
@@ -351,6 +353,15 @@ def forward(src: Source, target: Tensor | None, st: Setup) -> tuple[Outputs, Sav
             stats = cur if stats is None else rs.merge(stats, cur)
             if k and v1 > v0:
                 top = _top_merge(top, _top_first(zc, k, v0), k)
+            elif pred is not None and cur.argmax is not None:
+                # the argmax from the slice statistics: a later slice wins only with a
+                # larger maximum (first maximum; a NaN, as torch.topk's, counts as largest)
+                at = cur.argmax + v0
+                if best is None:
+                    best = (cur.m, at)
+                else:
+                    up = (cur.m > best[0]) | (torch.isnan(cur.m) & ~torch.isnan(best[0]))
+                    best = (torch.where(up, cur.m, best[0]), torch.where(up, at, best[1]))
         assert stats is not None
         lc, lsec = rs.finish(stats, counted=tg.counted, target_coef=(1.0 - eps) * tg.weight,
                              z_loss=o.z_loss, invalid=tg.invalid)
@@ -368,7 +379,10 @@ def forward(src: Source, target: Tensor | None, st: Setup) -> tuple[Outputs, Sav
             gap = (stats.m[:, None] - top[0].to(_F64)).clamp_min_(0.0)
             topv[s:e] = rs.log_prob(stats, gap)
             topi[s:e] = top[1]
-    pred = None if topi is None or not want.predicted else topi[:, 0].clone()
+        if pred is not None and best is not None:
+            pred[s:e] = best[1]
+    if want.predicted and topi is not None:
+        pred = topi[:, 0].clone()
     outs = Outputs(loss, lse, lp, H,
                    topv if want.top_k else None, topi if want.top_k else None, pred)
     return outs, Saved(m_all, rest_all, lse, ent_all, topi)
