@@ -317,6 +317,24 @@ class Saved:
     top_indices: Tensor | None
 
 
+def row_outputs(stats: rs.RowStats, tg: rs.IndexTargets, st: Setup
+                ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``(loss, lse, log p_y, H)`` per row from the merged statistics of whole rows: the one
+    finish of every path (the blocks here, the Triton kernels, the vocabulary-parallel
+    ranks).  ``stats.zy`` is ``m - z'_y``; ``log p_y`` is 0 on rows not counted; the last
+    two are None where not asked (module notes for the formulas)."""
+    eps = st.opts.label_smoothing
+    loss, lse = rs.finish(stats, counted=tg.counted, target_coef=(1.0 - eps) * tg.weight,
+                          z_loss=st.opts.z_loss, invalid=tg.invalid)
+    lp = H = None
+    if st.want.logprobs:
+        # log p_y = -((m - z'_y) + L); 0 at rows not counted
+        lp = torch.where(tg.counted, rs.log_prob(stats, stats.zy), torch.zeros_like(loss))
+    if st.want.entropy and stats.ent is not None:
+        H = rs.entropy(stats)
+    return loss, lse, lp, H
+
+
 def forward(src: Source, target: Tensor | None, st: Setup) -> tuple[Outputs, Saved]:
     """Every per-row output, block by block (see the module notes)."""
     N, V, dev = src.N, src.V, _device(src)
@@ -363,17 +381,14 @@ def forward(src: Source, target: Tensor | None, st: Setup) -> tuple[Outputs, Sav
                     up = (cur.m > best[0]) | (torch.isnan(cur.m) & ~torch.isnan(best[0]))
                     best = (torch.where(up, cur.m, best[0]), torch.where(up, at, best[1]))
         assert stats is not None
-        lc, lsec = rs.finish(stats, counted=tg.counted, target_coef=(1.0 - eps) * tg.weight,
-                             z_loss=o.z_loss, invalid=tg.invalid)
+        lc, lsec, lpc, Hc = row_outputs(stats, tg, st)
         loss[s:e], lse[s:e] = lc, lsec
         m_all[s:e], rest_all[s:e] = stats.m, stats.rest
-        if lp is not None:
-            # log p_y = -((m - z'_y) + L); 0 at rows not counted
-            lp[s:e] = torch.where(tg.counted, rs.log_prob(stats, stats.zy),
-                                  torch.zeros_like(lc))
-        if H is not None and ent_all is not None and stats.ent is not None:
+        if lp is not None and lpc is not None:
+            lp[s:e] = lpc
+        if H is not None and ent_all is not None and stats.ent is not None and Hc is not None:
             ent_all[s:e] = stats.ent
-            H[s:e] = rs.entropy(stats)
+            H[s:e] = Hc
         if topv is not None and topi is not None and top is not None:
             # log p of the top classes: -((m - z'_i) + L), m - z'_i >= 0
             gap = (stats.m[:, None] - top[0].to(_F64)).clamp_min_(0.0)
@@ -389,7 +404,7 @@ def forward(src: Source, target: Tensor | None, st: Setup) -> tuple[Outputs, Sav
 
 
 @dataclass(frozen=True)
-class _RowGrads:
+class RowGrads:
     """One token chunk's incoming gradients (float64 ``[n]``, top ``[n, k]``; None where
     nothing flows) and its saved statistics."""
 
@@ -405,7 +420,45 @@ class _RowGrads:
     top_i: Tensor | None
 
 
-def _block_grad(zc: Tensor, tg: rs.IndexTargets, v0: int, r: _RowGrads, st: Setup,
+def row_coefficients(r: RowGrads, tg: rs.IndexTargets, kg: Tensor, st: Setup, soft: float,
+                     w_k: Tensor | None, wtot: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+    r"""``(A, A - b_k, b_k)`` per row: the gradient's coefficients (:func:`_block_grad`) at a
+    maximal element ``kg`` (global class index; ``w_k`` its class weight, None without
+    weights), ``A - b_k`` summed from its own terms.  The one place that knows how the
+    incoming gradients of the outputs combine; every path's backward (the blocks here, the
+    Triton kernels) writes ``g_c = p_c A - b_c - g_H p_c (z'_c - m)`` from these.  NaN in
+    ``A`` on rows of all ``-inf`` or holding a NaN (no distribution)."""
+    m = r.m
+    zero = torch.zeros_like(m)
+    A, A_minus, b_k = zero.clone(), zero.clone(), zero.clone()
+    y_is_k = tg.counted & (tg.safe == kg)
+    if r.loss is not None:
+        a_y = (1.0 - st.opts.label_smoothing) * tg.weight  # 0 on rows not counted
+        W, w_minus, a_k = rs.index_coefficients(
+            a_y=a_y, k_is_y=y_is_k, counted=tg.counted, soft=soft, total_weight=wtot,
+            w_k=w_k, zl=2.0 * st.opts.z_loss * r.lse if st.opts.z_loss else None)
+        A, A_minus, b_k = A + r.loss * W, A_minus + r.loss * w_minus, b_k + r.loss * a_k
+    if r.lse_g is not None:
+        A, A_minus = A + r.lse_g, A_minus + r.lse_g
+    if r.lp is not None:
+        glp = torch.where(tg.counted, r.lp, zero)  # log p of an ignored row is 0
+        A = A - glp
+        A_minus = A_minus - torch.where(y_is_k, zero, glp)
+        b_k = b_k - torch.where(y_is_k, glp, zero)
+    if r.top is not None and r.top_i is not None:
+        hit = r.top_i == kg[:, None]
+        A = A - r.top.sum(dim=1)
+        A_minus = A_minus - torch.where(hit, 0.0, r.top).sum(dim=1)
+        b_k = b_k - torch.where(hit, r.top, 0.0).sum(dim=1)
+    if r.H is not None and r.ebar is not None:
+        A, A_minus = A - r.H * r.ebar, A_minus - r.H * r.ebar
+    # a row of all -inf (no distribution) or holding a NaN: NaN wherever a gradient flows
+    bad = (m == -math.inf) | torch.isnan(m)
+    A = torch.where(bad, torch.full_like(A, math.nan), A)
+    return A, A_minus, b_k
+
+
+def _block_grad(zc: Tensor, tg: rs.IndexTargets, v0: int, r: RowGrads, st: Setup,
                 soft: float, wslice: Tensor | None, wtot: Tensor | float, comp: bool
                 ) -> Tensor:
     r"""``d (sum of the outputs times their incoming gradients) / d z'`` for one block
@@ -434,33 +487,8 @@ def _block_grad(zc: Tensor, tg: rs.IndexTargets, v0: int, r: _RowGrads, st: Setu
     k = zc.argmax(dim=1)
     at_max = (zc.gather(1, k[:, None])[:, 0] == m) & torch.isfinite(m)
     kg = k + v0
-    A, A_minus = zero.clone(), zero.clone()  # A, and A - b_k from its own terms
-    b_k = zero.clone()
-    y_is_k = tg.counted & (tg.safe == kg)
-    if r.loss is not None:
-        a_y = (1.0 - st.opts.label_smoothing) * tg.weight  # 0 on rows not counted
-        W, w_minus, a_k = rs.index_coefficients(
-            a_y=a_y, k_is_y=y_is_k & in_slice, counted=tg.counted, soft=soft,
-            total_weight=wtot, w_k=None if wslice is None else wslice[k],
-            zl=2.0 * st.opts.z_loss * r.lse if st.opts.z_loss else None)
-        A, A_minus, b_k = A + r.loss * W, A_minus + r.loss * w_minus, b_k + r.loss * a_k
-    if r.lse_g is not None:
-        A, A_minus = A + r.lse_g, A_minus + r.lse_g
-    if r.lp is not None:
-        glp = torch.where(tg.counted, r.lp, zero)  # log p of an ignored row is 0
-        A = A - glp
-        A_minus = A_minus - torch.where(y_is_k, zero, glp)
-        b_k = b_k - torch.where(y_is_k, glp, zero)
-    if r.top is not None and r.top_i is not None:
-        hit = r.top_i == kg[:, None]
-        A = A - r.top.sum(dim=1)
-        A_minus = A_minus - torch.where(hit, 0.0, r.top).sum(dim=1)
-        b_k = b_k - torch.where(hit, r.top, 0.0).sum(dim=1)
-    if r.H is not None and r.ebar is not None:
-        A, A_minus = A - r.H * r.ebar, A_minus - r.H * r.ebar
-    # a row of all -inf (no distribution) or holding a NaN: NaN wherever a gradient flows
-    bad = (m == -math.inf) | torch.isnan(m)
-    A = torch.where(bad, torch.full_like(A, math.nan), A)
+    A, A_minus, b_k = row_coefficients(r, tg, kg, st, soft,
+                                       None if wslice is None else wslice[k], wtot)
     # e_c = e^{z'_c - m} = p_c (1 + rest) (1 at ties, also at +inf; see exp_diff), and for
     # the entropy t_c = (z'_c - m) e_c (0 at a -inf logit, not 0 * inf)
     mm = m[:, None]
@@ -528,7 +556,7 @@ def backward(src: Source, target: Tensor | None, st: Setup, saved: Saved,
         e = min(N, s + rows)
         tg = _targets(target, s, e, V, st, dev)
         m, rest = saved.m[s:e], saved.rest[s:e]
-        r = _RowGrads(
+        r = RowGrads(
             m, rest, saved.lse[s:e],
             None if saved.ent is None else saved.ent[s:e] / (1.0 + rest),
             part("loss", s, e), part("lse", s, e), part("logprobs", s, e),
