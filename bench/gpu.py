@@ -565,7 +565,9 @@ def compile_sm90(report: bool) -> int:
             os.unlink(f.name)
             found = re.findall(r"Used \d+ registers|\d+ bytes spill stores", res.stderr)
             info = ", ".join(found)
-        print(f"compiled {fn.__name__} ({consts.get('IS_PROB', '-')}) sm_90: {info}")
+        flags = ",".join(k for k in ("HAS_TEMP", "HAS_ENT", "FROM_LOGITS") if consts.get(k))
+        print(f"compiled {fn.__name__} ({consts.get('IS_PROB', '-')}{',' + flags if flags else ''})"
+              f" sm_90: {info}")
 
     every = {"HAS_WEIGHT": True, "HAS_SOFT": True, "HAS_SOFTCAP": True}
     dot = {"UPCAST_DOT": False, "DOT_PRECISION": "tf32"}
@@ -587,21 +589,31 @@ def compile_sm90(report: bool) -> int:
                "HAS_IGNORE": True, "ROUND_BF16": False}, 16, 3)
         lin = {"h_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*fp32", "target_ptr": tptr,
                "stride_t": "i32", "cw_ptr": "*fp32"}
-        n, v, d, w, s = L.CONFIGS["lce_fwd_kernel"][0]
-        build(K.lce_fwd_kernel,
-              {**lin, **stats, "N": "i32", "V": "i32", "D": "i32", "stride_h": "i32",
-               "stride_w": "i32", "eps": "fp32", "softcap": "fp32"},
-              {"SPLIT": 4, "BLOCK_N": n, "BLOCK_V": v, "BLOCK_D": d, "IS_PROB": prob,
-               "HAS_BIAS": True, **every, **dot}, w, s)
-        n, v, d, w, s = L.CONFIGS["lce_bwd_logits_kernel"][0]
-        build(K.lce_bwd_logits_kernel,
-              {**lin, "m_ptr": "*fp32", "s_ptr": "*fp32", "k_ptr": "*i32", "cP_ptr": "*fp32",
-               "cT_ptr": "*fp32", "cA_ptr": "*fp32", "cK_ptr": "*fp32", "g_ptr": "*bf16",
-               "N": "i32", "V": "i32",
-               "D": "i32", "v_lo": "i32", "v_hi": "i32", "stride_h": "i32", "stride_w": "i32",
-               "eps": "fp32", "softcap": "fp32"},
-              {"BLOCK_N": n, "BLOCK_V": v, "BLOCK_D": d, "IS_PROB": prob, "HAS_BIAS": True,
-               **every, **dot, "ROUND_BF16": False}, w, s)
+        # the token statistics' variants (index targets): temperature and entropy, from
+        # hidden states and from a logits tensor
+        off = {"HAS_TEMP": False, "HAS_ENT": False, "FROM_LOGITS": False}
+        variants: list[dict[str, Any]] = [off]
+        if not prob:
+            variants += [{**off, "HAS_TEMP": True, "HAS_ENT": True},
+                         {"HAS_TEMP": True, "HAS_ENT": True, "FROM_LOGITS": True}]
+        for extra in variants:
+            tail = "/logits" if extra["FROM_LOGITS"] else ""
+            n, v, d, w, s = L.CONFIGS["lce_fwd_kernel" + tail][0]
+            build(K.lce_fwd_kernel,
+                  {**lin, **stats, "ent_ptr": "*fp64", "N": "i32", "V": "i32", "D": "i32",
+                   "stride_h": "i32", "stride_w": "i32", "eps": "fp32", "softcap": "fp32",
+                   "tau": "fp32"},
+                  {"SPLIT": 4, "BLOCK_N": n, "BLOCK_V": v, "BLOCK_D": d, "IS_PROB": prob,
+                   "HAS_BIAS": True, **every, **dot, **extra}, w, s)
+            n, v, d, w, s = L.CONFIGS["lce_bwd_logits_kernel" + tail][0]
+            build(K.lce_bwd_logits_kernel,
+                  {**lin, "m_ptr": "*fp32", "s_ptr": "*fp32", "k_ptr": "*i32",
+                   "cP_ptr": "*fp32", "cT_ptr": "*fp32", "cA_ptr": "*fp32", "cK_ptr": "*fp32",
+                   "cH_ptr": "*fp32", "g_ptr": "*bf16", "N": "i32", "V": "i32", "D": "i32",
+                   "v_lo": "i32", "v_hi": "i32", "stride_h": "i32", "stride_w": "i32",
+                   "eps": "fp32", "softcap": "fp32", "tau": "fp32"},
+                  {"BLOCK_N": n, "BLOCK_V": v, "BLOCK_D": d, "IS_PROB": prob,
+                   "HAS_BIAS": True, **every, **dot, "ROUND_BF16": False, **extra}, w, s)
     n, v, d, w, s = L.CONFIGS["lce_bwd_weight_kernel"][0]
     build(K.lce_bwd_weight_kernel,
           {"g_ptr": "*bf16", "h_ptr": "*bf16", "dw_ptr": "*bf16", "db_ptr": "*fp32",

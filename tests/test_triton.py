@@ -574,7 +574,10 @@ def test_kernels_compile_for_sm90_without_a_gpu(tmp_path: Path) -> None:
         capture_output=True, text=True, env=env, timeout=400,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("compiled") == 10, run.stdout
+    # 10 kernels, and the token statistics' variants of the two fused ones (temperature and
+    # entropy, from hidden states and from logits)
+    assert run.stdout.count("compiled") == 14, run.stdout
+    assert run.stdout.count("HAS_TEMP,HAS_ENT") == 4, run.stdout
 
 
 def test_bench_gpu_dry_run_in_the_interpreter(tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ def _row_stats(k: KernelStats) -> tuple[RowStats, Tensor]:
     """
     zero = torch.zeros_like(k.s)
     st = RowStats(k.m.double(), k.s, zero, torch.zeros_like(zero, dtype=torch.bool),
-                  asum=k.A, agap=k.B, argmax=k.k)
+                  asum=k.A, agap=k.B, argmax=k.k, ent=k.ent)
     if k.m.dim() == 2:
         return merge_stacked(st), k.zy.sum(dim=0)
     return st, k.zy

@@ -1031,7 +1031,7 @@ def linear_cross_entropy(
         elif rl and not _transformed(h, Wm, b):
             # the token-statistics engine: blocks of logits, exact backward by formula
             out, lse, lp, ent = _linear_stats(h, Wm, b, t, weight, opts, asked, tau, norm_t,
-                                              return_logprobs, return_entropy)
+                                              return_logprobs, return_entropy, impl)
             extras = (lp, ent)
         elif rl:  # under torch.func: the reference, whose graph the transform owns
             out, lse, lp, ent = _linear_rl(h, Wm, b, t, weight, opts, plan, tau, norm_t,
@@ -1100,20 +1100,20 @@ def _linear_reference(h: Tensor, Wm: Tensor, b: Tensor | None, t: Tensor,
 def _linear_stats(
     h: Tensor, Wm: Tensor, b: Tensor | None, t: Tensor, weight: Tensor | None,
     opts: CrossEntropyOptions, chunks: ChunkPlan | None, tau: float, norm_t: Tensor | None,
-    want_lp: bool, want_ent: bool,
+    want_lp: bool, want_ent: bool, impl: str,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """:func:`_linear_rl`'s outputs from the token-statistics engine
     (:mod:`crossentropy.torch._tokenstats`): no autograd graph of the logits, the backward
     by formula, one block of logits at a time (`chunks` as the caller gave it: the engine
     sizes its blocks by its own temporaries)."""
-    from crossentropy.torch import _tokenstats
+    from crossentropy.torch import _tokenstats, _triton_stats
 
     cw = None if weight is None else weight.detach().to(torch.float64)
     want = _tokenstats.Want(want_lp, want_ent)
     cdt = torch.float32 if h.dtype in _LOW else h.dtype
     plan = _tokenstats.plan(chunks, h.shape[0], Wm.shape[0], cdt, want, opts, tau, h.device)
     setup = _tokenstats.Setup(opts, tau, plan, want, cw)
-    rows = _tokenstats.run("linear", h, Wm, b, t, setup)
+    rows = _triton_stats.run_rows("linear", h, Wm, b, t, setup, impl, "linear_cross_entropy")
     omega = row_weights(t, cw, opts, Wm.shape[0], torch.float64) \
         if opts.reduction is Reduction.MEAN else None
     out = reduce_rows(rows.loss, omega, opts, norm_t)

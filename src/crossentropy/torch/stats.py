@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from crossentropy._options import CrossEntropyOptions, Reduction
-from crossentropy.torch import _tokenstats
+from crossentropy.torch import _tokenstats, _triton_stats
 from crossentropy.torch._chunks import ChunkPlan
 from crossentropy.torch._ops import check_index_target
 from crossentropy.torch._reduction import ReductionPlan, row_weights
@@ -54,6 +54,7 @@ from crossentropy.torch.functional import (
     _LOW,
     _ce_options,
     _check_dtype,
+    _check_impl,
     _check_index_dtype,
     _check_linear,
     _check_shift,
@@ -129,6 +130,7 @@ def linear_token_stats(
     normalizer: float | Tensor | None = None,
     shift: bool | int = False,
     chunks: ChunkPlan | None = None,
+    impl: str = "auto",
     dtype: torch.dtype | None = None,
 ) -> TokenStats:
     r"""Per-token statistics of ``softmax(softcap(h W^T + b) / temperature)`` without the
@@ -143,7 +145,11 @@ def linear_token_stats(
     tokens (NaN when none counts).  ``chunks`` cuts the work: its ``budget_bytes`` bounds
     the temporaries of one block (default: 128 MiB, or an eighth of the device's free
     memory; :class:`~crossentropy.torch.ChunkPlan`).  bfloat16/float16 inputs
-    give float32 outputs (``dtype=`` to choose).
+    give float32 outputs (``dtype=`` to choose).  ``impl``: ``"auto"`` (the fused Triton
+    kernels for CUDA tensors where they can run, else ``"torch"``), ``"triton"`` (the
+    kernels, or :class:`~crossentropy.triton.TritonUnavailable` saying why: float64, top-k),
+    ``"torch"`` (blocks of logits on torch's operations, every option; ``"cpu"`` is the
+    same).
 
     Examples
     --------
@@ -197,6 +203,7 @@ def token_stats(
     normalizer: float | Tensor | None = None,
     shift: bool | int = False,
     chunks: ChunkPlan | None = None,
+    impl: str = "auto",
     dtype: torch.dtype | None = None,
 ) -> TokenStats:
     r""":func:`linear_token_stats` of logits ``[..., V]`` (class axis last, as a language
@@ -286,8 +293,12 @@ def _stats(kind: str, a: Tensor, Wm: Tensor | None, b: Tensor | None, input: Ten
     cw = None if weight is None else weight.detach().to(torch.float64)
     setup = _tokenstats.Setup(opts, tau, plan, want, cw)
     with _no_autocast(input):
-        rows = _tokenstats.run(kind, a, Wm, b, t, setup)
+        rows = _triton_stats.run_rows(kind, a, Wm, b, t, setup, _check_impl(kw["impl"]),
+                                      _NAMES[kind])
     return _finish(rows, t, sw, weight, opts, norm_t, batch, V, out_dtype, k, kw)
+
+
+_NAMES = {"linear": "linear_token_stats", "logits": "token_stats"}
 
 
 def _finish(rows: _tokenstats.Outputs, t: Tensor | None, sw: Tensor | None,

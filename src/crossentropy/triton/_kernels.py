@@ -197,6 +197,32 @@ def _merge(m, s, k, A, B, bm, bs, bk, bA, bB):
 
 
 @triton.jit
+def _merge_ent(m, s, E, bm, bs, bE):
+    # The entropy's sum E = sum_c e^{z_c - m} (m - z_c) (terms >= 0, the maximal one 0) of
+    # the running range and of a block, joined relative to the larger maximum before
+    # _merge moves m: the side below adds f (E_side + d (1 + s_side)), f = e^{-d}, d the
+    # gap of the maxima (crossentropy/torch/_rowstats.py: lift).  f = 0 (nothing seen yet,
+    # an empty block, or one far below) adds 0, not 0 * inf.  E, s float64; bE float64.
+    up = bm > m
+    fresh = m == float("-inf")
+    none = fresh | (bm == float("-inf"))
+    d = tl.where(none, 0.0, tl.abs(bm.to(tl.float64) - m.to(tl.float64)))
+    f = tl.where(none, 0.0, tl.exp(-d))
+    old = tl.where(f == 0.0, 0.0, f * (E + d * (1.0 + s)))
+    blk = tl.where(f == 0.0, 0.0, f * (bE + d * (1.0 + bs.to(tl.float64))))
+    return tl.where(up, old + bE, E + blk)
+
+
+@triton.jit
+def _block_ent(z, e, bm, cmask):
+    # sum_c e^{z_c - bm} (bm - z_c) of a block (e: the exponentials, 0 at -inf logits,
+    # masked columns and the maximal column, whose term is 0 anyway), float32 terms summed
+    # to float64
+    d = tl.where(cmask[None, :] & (e != 0.0), bm[:, None] - z, 0.0)  # no 0 * inf
+    return tl.sum(e * d, 1).to(tl.float64)
+
+
+@triton.jit
 def _soft_weights(cols, cmask, cw_ptr, t, eps, C, IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr):
     # a_c of the module notes for a block of columns (t: the probability targets of the
     # block when IS_PROB, broadcast against cols; ignored otherwise).
@@ -466,6 +492,13 @@ def _logits_tile(
 
 
 @triton.jit
+def _read_tile(x_ptr, rows, rmask, cols, cmask, stride_x):
+    """The (BLOCK_N, BLOCK_V) tile ``x[rows, cols]`` of a logits tensor, in float32."""
+    ptrs = x_ptr + rows.to(tl.int64)[:, None] * stride_x + cols[None, :]
+    return tl.load(ptrs, mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
 def lce_fwd_kernel(
     h_ptr,
     w_ptr,
@@ -479,6 +512,7 @@ def lce_fwd_kernel(
     A_ptr,
     B_ptr,
     zy_ptr,
+    ent_ptr,
     N,
     V,
     D,
@@ -486,6 +520,7 @@ def lce_fwd_kernel(
     stride_w,
     eps,
     softcap,
+    tau,
     SPLIT: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
@@ -497,13 +532,19 @@ def lce_fwd_kernel(
     HAS_SOFTCAP: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    HAS_TEMP: tl.constexpr = False,
+    HAS_ENT: tl.constexpr = False,
+    FROM_LOGITS: tl.constexpr = False,
 ):
     """Program (i, j): rows block i, the j-th of SPLIT contiguous ranges of vocabulary blocks.
 
     Each logits tile lives only on chip: it is folded into the running ``(m, s, k, A, B)`` of
     its rows (module notes) and ``z'_y`` is picked from it.  The statistics of each range
     go to ``[SPLIT, N]`` buffers, merged afterwards by the launcher in a fixed order
-    (deterministic).
+    (deterministic).  ``HAS_TEMP``: the logits are ``softcap(z) / tau`` (one rounding);
+    ``HAS_ENT``: the entropy's sum ``E`` of each range goes to ``ent_ptr`` too;
+    ``FROM_LOGITS``: ``h_ptr`` holds the logits themselves (row stride ``stride_h``), read
+    a tile at a time instead of formed from ``h`` and ``W``.
     """
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -524,22 +565,30 @@ def lce_fwd_kernel(
     B = tl.zeros([BLOCK_N], tl.float64)
     k = tl.zeros([BLOCK_N], tl.int32)
     zy = tl.zeros([BLOCK_N], tl.float32)
+    E = tl.zeros([BLOCK_N], tl.float64)
     cols0 = tl.arange(0, BLOCK_V)
     for v0 in range(v_start, v_end, BLOCK_V):
         cols = v0 + cols0
         cmask = cols < V
-        z = _logits_tile(
-            h_ptr, w_ptr, b_ptr, rows, rmask, cols, cmask, stride_h, stride_w, D,
-            BLOCK_N, BLOCK_V, BLOCK_D, HAS_BIAS, UPCAST_DOT, DOT_PRECISION,
-        )
+        if FROM_LOGITS:
+            z = _read_tile(h_ptr, rows, rmask, cols, cmask, stride_h)
+        else:
+            z = _logits_tile(
+                h_ptr, w_ptr, b_ptr, rows, rmask, cols, cmask, stride_h, stride_w, D,
+                BLOCK_N, BLOCK_V, BLOCK_D, HAS_BIAS, UPCAST_DOT, DOT_PRECISION,
+            )
         if HAS_SOFTCAP:
             z, _d = _softcap(z, softcap)
+        if HAS_TEMP:
+            z = tl.math.div_rn(z, tl.zeros_like(z) + tau)  # correctly rounded
         zm = tl.where(cmask[None, :], z, float("-inf"))
         bm = tl.max(zm, 1)
         bk = tl.argmax(zm, 1)
         e = _exp_diff(tl.where(cmask[None, :], z, bm[:, None]), bm[:, None])
         e = tl.where(cmask[None, :] & (cols0[None, :] != bk[:, None]), e, 0.0)
         bs = tl.sum(e, 1)
+        if HAS_ENT:
+            E = _merge_ent(m, s, E, bm, bs, _block_ent(z, e, bm, cmask))
         zy += tl.sum(tl.where(cols[None, :] == y[:, None], z, 0.0), 1)
         if HAS_SOFT:
             a = _tile_soft_weights(target_ptr, stride_t, rows, rmask, cols, cmask, cw_ptr, eps,
@@ -559,6 +608,8 @@ def lce_fwd_kernel(
     tl.store(A_ptr + out, A, mask=rmask)
     tl.store(B_ptr + out, B, mask=rmask)
     tl.store(zy_ptr + out, zy, mask=rmask)
+    if HAS_ENT:
+        tl.store(ent_ptr + out, E, mask=rmask)
 
 
 @triton.jit
@@ -576,6 +627,7 @@ def lce_bwd_logits_kernel(
     cT_ptr,
     cA_ptr,
     cK_ptr,
+    cH_ptr,
     g_ptr,
     N,
     V,
@@ -586,6 +638,7 @@ def lce_bwd_logits_kernel(
     stride_w,
     eps,
     softcap,
+    tau,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -597,6 +650,9 @@ def lce_bwd_logits_kernel(
     UPCAST_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     ROUND_BF16: tl.constexpr,
+    HAS_TEMP: tl.constexpr = False,
+    HAS_ENT: tl.constexpr = False,
+    FROM_LOGITS: tl.constexpr = False,
 ):
     """Program (i, j): rows block i, vocabulary block j of the chunk ``[v_lo, v_hi)``.
 
@@ -605,6 +661,10 @@ def lce_bwd_logits_kernel(
     and the incoming gradient ``g``; ``cK = g (P - tgt_k)``, formed by the launcher without
     the cancellation of ``P - tgt_k``, gives the argmax entry) into the chunk buffer
     ``g_ptr`` ``[N, v_hi - v_lo]`` in the storage dtype.  Each element is written once: no atomics.
+    ``HAS_TEMP``: logits ``softcap(z) / tau``, derivative ``sech^2 / tau``; ``HAS_ENT``: the
+    entropy's term ``cH p_c (z_c - m)`` is added (``cH = -g_H``; 0 at the maximum, so the
+    argmax entry is unchanged); ``FROM_LOGITS``: the logits are read from ``h_ptr`` (then
+    ``g_ptr`` is their whole gradient, ``v_lo = 0``, ``v_hi = V``).
     """
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
@@ -612,12 +672,17 @@ def lce_bwd_logits_kernel(
     rmask = rows < N
     cols = v_lo + pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
     cmask = cols < v_hi
-    z = _logits_tile(
-        h_ptr, w_ptr, b_ptr, rows, rmask, cols, cmask, stride_h, stride_w, D,
-        BLOCK_N, BLOCK_V, BLOCK_D, HAS_BIAS, UPCAST_DOT, DOT_PRECISION,
-    )
+    if FROM_LOGITS:
+        z = _read_tile(h_ptr, rows, rmask, cols, cmask, stride_h)
+    else:
+        z = _logits_tile(
+            h_ptr, w_ptr, b_ptr, rows, rmask, cols, cmask, stride_h, stride_w, D,
+            BLOCK_N, BLOCK_V, BLOCK_D, HAS_BIAS, UPCAST_DOT, DOT_PRECISION,
+        )
     if HAS_SOFTCAP:
         z, dcap = _softcap(z, softcap)
+    if HAS_TEMP:
+        z = tl.math.div_rn(z, tl.zeros_like(z) + tau)  # correctly rounded
     m = tl.load(m_ptr + rows, mask=rmask, other=0.0)
     s = tl.load(s_ptr + rows, mask=rmask, other=0.0)
     kk = tl.load(k_ptr + rows, mask=rmask, other=-1)
@@ -636,11 +701,18 @@ def lce_bwd_logits_kernel(
                                IS_PROB, HAS_WEIGHT)
         tgt += cA[:, None] * a
     g = cP[:, None] * p - tgt
+    if HAS_ENT:
+        # d H / d z_c = -p_c (z_c - m) - p_c Ebar: the second part is in cP
+        cH = tl.load(cH_ptr + rows, mask=rmask, other=0.0)
+        zd = tl.where(p == 0.0, 0.0, z - m[:, None])  # 0 at a -inf logit, not 0 * inf
+        g += cH[:, None] * p * zd
     at_k = cols[None, :] == kk[:, None]
     cK = tl.load(cK_ptr + rows, mask=rmask, other=0.0)
     g = tl.where(at_k, (cK[:, None] - tgt * s[:, None]) * inv[:, None], g)
     if HAS_SOFTCAP:
         g = g * dcap
+    if HAS_TEMP:
+        g = tl.math.div_rn(g, tl.zeros_like(g) + tau)
     g = tl.where(rmask[:, None] & cmask[None, :], g, 0.0)
     width = v_hi - v_lo
     out = g_ptr + rows.to(tl.int64)[:, None] * width + (cols - v_lo)[None, :]

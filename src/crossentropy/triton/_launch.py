@@ -30,6 +30,8 @@ __all__ = [
     "interpreting",
     "lce_backward",
     "lce_forward",
+    "logits_stats_backward",
+    "logits_stats_forward",
 ]
 
 #: Block sizes used under the interpreter (small: the interpreter runs each program in
@@ -63,6 +65,12 @@ CONFIGS: dict[str, list[tuple[int, int, int, int, int]]] = {
     "lce_bwd_weight_kernel": [(64, 128, 256, 8, 3), (32, 128, 128, 4, 4), (64, 128, 128, 8, 3)],
     # (BLOCK_N, BLOCK_V = the K step over the chunk, BLOCK_D); not autotuned (accumulates)
     "lce_bwd_hidden_kernel": [(128, 32, 128, 8, 3)],
+    # the token statistics of a logits tensor (FROM_LOGITS: tiles read, not multiplied;
+    # BLOCK_D unused): narrow row blocks keep the float64 row statistics in registers
+    # (ptxas, sm_90a, every option on: 612 bytes of spill stores forward, 0 backward; a
+    # 64 x 256 tile spilled 54 KB)
+    "lce_fwd_kernel/logits": [(8, 512, 16, 4, 3)],
+    "lce_bwd_logits_kernel/logits": [(8, 512, 16, 4, 3)],
 }
 
 #: False: use the first entry of each table above without autotuning (no benchmarking
@@ -94,10 +102,12 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def _launch(name: str, grid: Any, args: tuple[Any, ...], flags: dict[str, Any],
-            tiles: tuple[str, str, str] = ("BLOCK_N", "BLOCK_V", "BLOCK_D")) -> None:
+            tiles: tuple[str, str, str] = ("BLOCK_N", "BLOCK_V", "BLOCK_D"),
+            config: str | None = None) -> None:
     """Run kernel `name`: interpreter blocks, one fixed GPU config, or the autotuner.
 
-    `grid` is a callable of the block-size dict.
+    `grid` is a callable of the block-size dict; `config` the :data:`CONFIGS` entry (the
+    kernel's name by default).
     """
     kern = getattr(_kernels(), name)
     if interpreting():
@@ -105,7 +115,8 @@ def _launch(name: str, grid: Any, args: tuple[Any, ...], flags: dict[str, Any],
         meta = {t: b[t] for t in tiles}
         kern[grid(meta)](*args, **meta, **flags)
         return
-    table = CONFIGS[name]
+    config = config or name
+    table = CONFIGS[config]
     if not AUTOTUNE or len(table) == 1:
         n, v, d, w, st = table[0]
         meta = dict(zip(tiles, (n, v, d), strict=True))
@@ -113,7 +124,7 @@ def _launch(name: str, grid: Any, args: tuple[Any, ...], flags: dict[str, Any],
         return
     import triton
 
-    key = f"tuned_{name}"
+    key = f"tuned_{config}"
     if key not in _cache:
         configs = [
             triton.Config(dict(zip(tiles, (n, v, d), strict=True)), num_warps=w, num_stages=st)
@@ -144,7 +155,8 @@ class KernelStats:
 
     ``m`` float32 maximum, ``k`` int32 its first column, ``s`` float64 rest sum,
     ``A``/``B`` float64 soft-target sums, ``zy`` float32 target logit (index targets; 0
-    outside the range holding it).
+    outside the range holding it), ``ent`` float64 the entropy's sum
+    ``sum_c e^{z_c - m} (m - z_c)`` (None unless asked).
     """
 
     m: torch.Tensor
@@ -153,9 +165,11 @@ class KernelStats:
     A: torch.Tensor
     B: torch.Tensor
     zy: torch.Tensor
+    ent: torch.Tensor | None = None
 
 
-def _empty_stats(n: int, dev: Any, split: int | None = None) -> KernelStats:
+def _empty_stats(n: int, dev: Any, split: int | None = None, entropy: bool = False
+                 ) -> KernelStats:
     import torch
 
     shape = (n,) if split is None else (split, n)
@@ -167,6 +181,7 @@ def _empty_stats(n: int, dev: Any, split: int | None = None) -> KernelStats:
         A=torch.zeros(shape, dtype=f64, device=dev),
         B=torch.zeros(shape, dtype=f64, device=dev),
         zy=torch.zeros(shape, dtype=f32, device=dev),
+        ent=torch.zeros(shape, dtype=f64, device=dev) if entropy else None,
     )
 
 
@@ -324,16 +339,47 @@ def lce_forward(
     target: torch.Tensor,
     weight: torch.Tensor | None,
     opts: CrossEntropyOptions,
+    *,
+    temperature: float = 1.0,
+    entropy: bool = False,
 ) -> KernelStats:
     """Launch the fused forward; return the row statistics of ``hidden @ W^T + b``.
 
     The kernel leaves the statistics of SPLIT contiguous vocabulary ranges, ``[SPLIT, N]``
     each (``[N]`` when N = 0); the caller merges them (the torch layer's merge rule,
-    ``crossentropy/torch/_rowstats.py``: ``merge_stacked``).
+    ``crossentropy/torch/_rowstats.py``: ``merge_stacked``).  The logits are
+    ``softcap(z) / temperature``; ``entropy`` adds the entropy's sums (``KernelStats.ent``).
     """
-    import torch
 
     N, D, V = _check_linear(hidden, linear_weight, linear_bias, target, weight)
+    return _fwd(hidden, linear_weight, linear_bias, target, weight, opts, N, V, D,
+                temperature, entropy, False)
+
+
+def logits_stats_forward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    opts: CrossEntropyOptions,
+    *,
+    temperature: float = 1.0,
+    entropy: bool = False,
+) -> KernelStats:
+    """:func:`lce_forward`'s statistics of a logits tensor ``[N, V]`` (contiguous rows, index
+    targets ``[N]``), read a tile at a time by the same kernel (``FROM_LOGITS``)."""
+    N, V = _check_ce(logits, target, weight)
+    if target.dim() != 1:
+        raise ValueError("logits_stats_forward takes index targets")
+    return _fwd(logits, logits, None, target, weight, opts, N, V, 0, temperature, entropy,
+                True)
+
+
+def _fwd(hidden: torch.Tensor, linear_weight: torch.Tensor, linear_bias: torch.Tensor | None,
+         target: torch.Tensor, weight: torch.Tensor | None, opts: CrossEntropyOptions,
+         N: int, V: int, D: int, temperature: float, entropy: bool, from_logits: bool
+         ) -> KernelStats:
+    import torch
+
     dev = hidden.device
     interp = interpreting()
     if interp:
@@ -343,8 +389,8 @@ def lce_forward(
         sms = torch.cuda.get_device_properties(dev).multi_processor_count
         split = max(1, min(32, math.ceil(2 * sms / max(1, math.ceil(N / 128)))))
     if N == 0:
-        return _empty_stats(0, dev)
-    part = _empty_stats(N, dev, split)
+        return _empty_stats(0, dev, entropy=entropy)
+    part = _empty_stats(N, dev, split, entropy)
     dummy = part.m
     args = (
         hidden,
@@ -359,13 +405,15 @@ def lce_forward(
         part.A,
         part.B,
         part.zy,
+        part.ent if part.ent is not None else part.s,  # a valid pointer, never written
         N,
         V,
         D,
         hidden.stride(0),
-        linear_weight.stride(0),
+        0 if from_logits else linear_weight.stride(0),
         float(opts.label_smoothing),
         float(opts.softcap) if opts.softcap is not None else 1.0,
+        float(temperature),
     )
     flags = {
         "SPLIT": split,
@@ -373,9 +421,65 @@ def lce_forward(
         **_flags(target, weight, opts),
         "UPCAST_DOT": interp,
         "DOT_PRECISION": _dot_precision(hidden.dtype),
+        "HAS_TEMP": temperature != 1.0,
+        "HAS_ENT": entropy,
+        "FROM_LOGITS": from_logits,
     }
-    _launch("lce_fwd_kernel", lambda meta: (math.ceil(N / meta["BLOCK_N"]), split), args, flags)
+    _launch("lce_fwd_kernel", lambda meta: (math.ceil(N / meta["BLOCK_N"]), split), args, flags,
+            config="lce_fwd_kernel/logits" if from_logits else None)
     return part
+
+
+def logits_stats_backward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    stats: KernelStats,
+    coef_p: torch.Tensor,
+    coef_t: torch.Tensor,
+    coef_a: torch.Tensor,
+    coef_k: torch.Tensor,
+    opts: CrossEntropyOptions,
+    *,
+    coef_h: torch.Tensor | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """The gradient of a logits tensor ``[N, V]`` (its dtype) from per-row coefficients:
+    :func:`lce_backward`'s first kernel reading the logits (``FROM_LOGITS``), writing the
+    whole gradient once."""
+    import torch
+
+    N, V = _check_ce(logits, target, weight)
+    grad = torch.empty((N, V), dtype=logits.dtype, device=logits.device)
+    if N == 0 or V == 0:
+        return grad
+    interp = interpreting()
+    dummy = stats.s
+    args = (
+        logits, logits, dummy, target, 0, weight if weight is not None else dummy,
+        stats.m.contiguous(), stats.s.to(torch.float32).contiguous(), stats.k,
+        coef_p, coef_t, coef_a, coef_k, coef_h if coef_h is not None else coef_p,
+        grad, N, V, 0, 0, V, logits.stride(0), 0,
+        float(opts.label_smoothing),
+        float(opts.softcap) if opts.softcap is not None else 1.0,
+        float(temperature),
+    )
+    flags = {
+        "HAS_BIAS": False,
+        **_flags(target, weight, opts),
+        "UPCAST_DOT": interp,
+        "DOT_PRECISION": _dot_precision(logits.dtype),
+        "HAS_TEMP": temperature != 1.0,
+        "HAS_ENT": coef_h is not None,
+        "FROM_LOGITS": True,
+        "ROUND_BF16": _round_bf16(logits),
+    }
+
+    def grid(meta: dict[str, int]) -> tuple[int, int]:
+        return math.ceil(N / meta["BLOCK_N"]), math.ceil(V / meta["BLOCK_V"])
+
+    _launch("lce_bwd_logits_kernel", grid, args, flags, config="lce_bwd_logits_kernel/logits")
+    return grad
 
 
 def lce_backward(
@@ -394,6 +498,9 @@ def lce_backward(
     need_hidden: bool,
     need_weight: bool,
     need_bias: bool,
+    coef_h: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    grad_chunk_bytes: int = GRAD_CHUNK_BYTES,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Launch the fused backward; return ``(grad_hidden, grad_weight, grad_bias)``.
 
@@ -402,7 +509,9 @@ def lce_backward(
     (per-row float32 coefficients ``coef_p``, ``coef_t``, ``coef_a``, see
     ``lce_bwd_logits_kernel``); kernel 2 writes ``grad_weight[v_lo:v_hi] = G^T h`` (and the
     bias gradient), complete, in one rounding from float32; kernel 3 adds ``G W[v_lo:v_hi]``
-    into a float32 grad_hidden.  No atomics; deterministic.
+    into a float32 grad_hidden.  No atomics; deterministic.  ``coef_h`` (float32 [N]) adds
+    the entropy's term ``coef_h p_c (z_c - m)``; the logits are ``softcap(z) / temperature``;
+    ``G`` is cut into chunks of about ``grad_chunk_bytes`` (at least 256 columns).
     """
     import torch
 
@@ -418,7 +527,7 @@ def lce_backward(
     if interp:
         chunk = INTERPRETER_BLOCKS.get("V_CHUNK", V) or V
     else:
-        per = GRAD_CHUNK_BYTES // (hidden.element_size() * N)
+        per = grad_chunk_bytes // (hidden.element_size() * N)
         chunk = max(256, per // 256 * 256)
     chunk = min(chunk, V)
     gbuf = torch.empty(N * chunk, dtype=hidden.dtype, device=dev)
@@ -428,6 +537,8 @@ def lce_backward(
         **_flags(target, weight, opts),
         "UPCAST_DOT": interp,
         "DOT_PRECISION": _dot_precision(hidden.dtype),
+        "HAS_TEMP": temperature != 1.0,
+        "HAS_ENT": coef_h is not None,
     }
     dot = {"UPCAST_DOT": interp, "DOT_PRECISION": _dot_precision(hidden.dtype)}
     rne = {"ROUND_BF16": _round_bf16(hidden)}
@@ -443,10 +554,12 @@ def lce_backward(
             target,
             target.stride(0) if target.dim() == 2 else 0,
             weight if weight is not None else dummy,
-            m32, s32, stats.k, coef_p, coef_t, coef_a, coef_k, g,
-            N, V, D, v_lo, v_hi, hidden.stride(0), linear_weight.stride(0),
+            m32, s32, stats.k, coef_p, coef_t, coef_a, coef_k,
+            coef_h if coef_h is not None else coef_p,  # a valid pointer, never read
+            g, N, V, D, v_lo, v_hi, hidden.stride(0), linear_weight.stride(0),
             float(opts.label_smoothing),
             float(opts.softcap) if opts.softcap is not None else 1.0,
+            float(temperature),
         )
 
         def grid_g(meta: dict[str, int], w: int = width) -> tuple[int, int]:
