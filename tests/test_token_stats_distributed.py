@@ -13,10 +13,11 @@ the same data in one process and compares with the single-process exact engine
 on the whole vocabulary, which ``tests/test_token_stats.py`` and
 ``tests/test_path_matrix.py`` hold to mpmath and the float64 core).
 
-Tolerances: float64 within 1e-13 relative (per element for the per-token outputs, which
+Tolerances: float64 within 1e-14 relative (per element for the per-token outputs, which
 are sums of terms of one sign; per tensor, against its largest entry, for the gradients,
-whose entries may cancel), float32 within 4e-6; the merge order differs (the ranks' partial
-statistics are merged by ``merge_stacked``), so equality is not bitwise.  Top-k indices,
+whose entries may cancel), float32 within 2e-6; the merge order differs (the ranks' partial
+statistics are merged by ``merge_stacked``), so equality is not bitwise.  Measured worst
+(2026-12-08): float64 outputs 1.3e-15, gradients 1.2e-15; float32 5.3e-7 and 4.5e-7.  Top-k indices,
 predicted tokens and the token accuracy exactly; every output bitwise identical on every
 rank.
 """
@@ -48,7 +49,7 @@ D = 5
 LAYOUTS = {2: [[40, 21]], 3: [[25, 0, 36], [20, 21, 20]]}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 SOURCES = ("logits", "linear")
-TOL = {"float64": 1e-13, "float32": 4e-6}
+TOL = {"float64": 1e-14, "float32": 2e-6}
 GRADS = ("loss", "logprobs", "entropy", "top_k_logprobs")
 
 #: The option sets: the keywords of both calls, and which data.
