@@ -355,8 +355,12 @@ def row_outputs(stats: rs.RowStats, tg: rs.IndexTargets, st: Setup
                           z_loss=st.opts.z_loss, invalid=tg.invalid)
     lp = H = None
     if st.want.logprobs:
-        # log p_y = -((m - z'_y) + L); 0 at rows not counted
-        lp = torch.where(tg.counted, rs.log_prob(stats, stats.zy), torch.zeros_like(loss))
+        # log p_y = -((m - z'_y) + L); 0 at rows not counted; NaN on a row of all -inf (no
+        # distribution, as its loss and entropy; -log1p(rest) would depend on how many
+        # slices or ranks the row was cut into)
+        lp = rs.log_prob(stats, stats.zy)
+        lp = torch.where(stats.m == -math.inf, torch.full_like(lp, math.nan), lp)
+        lp = torch.where(tg.counted, lp, torch.zeros_like(loss))
     if st.want.entropy and stats.ent is not None:
         H = rs.entropy(stats)
     return loss, lse, lp, H
