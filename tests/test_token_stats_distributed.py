@@ -25,6 +25,7 @@ rank.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import time
@@ -71,17 +72,26 @@ CASES: dict[str, dict[str, Any]] = {
     "no_target": {"return_loss": False, "return_lse": True, "return_entropy": True,
                   "return_predicted_tokens": True, "top_k": 2, "no_target": True,
                   "temperature": 1.3},
+    # +-inf logits: +inf in two shards share the mass, a shard of all -inf, a row of all
+    # -inf (NaN), a -inf target (log p = -inf); logits only
+    "specials": {"return_lse": True, "return_logprobs": True, "return_entropy": True,
+                 "return_predicted_tokens": True, "top_k": 3, "reduction": "none",
+                 "specials": True},
     # the argmax without top-k, ties, class weights and label smoothing, 'none'
     "argmax_only": {"return_logprobs": True, "return_predicted_tokens": True,
                     "return_token_accuracy": True, "reduction": "none", "weight": True,
                     "label_smoothing": 0.2, "integer": True, "ignore": True},
 }
-_DATA_KEYS = ("weight", "sample_weight", "ignore", "integer", "no_target")
+_DATA_KEYS = ("weight", "sample_weight", "ignore", "integer", "no_target", "specials")
 
 
 def _seed(case: str, source: str, dname: str) -> int:
     return (sorted(CASES).index(case) * 7 + SOURCES.index(source) * 3
             + list(DTYPES).index(dname)) + 101
+
+
+def _sources(case: str) -> tuple[str, ...]:
+    return ("logits",) if CASES[case].get("specials") else SOURCES
 
 
 def _data(case: str, source: str, dname: str) -> dict[str, Any]:
@@ -107,6 +117,13 @@ def _data(case: str, source: str, dname: str) -> dict[str, Any]:
     if o.get("ignore"):
         y[..., 3] = -100
         y[..., 7] = -100
+    if o.get("specials"):
+        x[1, 5] = x[1, 50] = math.inf  # two +inf in different shards: log p = -log 2
+        y[1] = 50
+        x[2, 20:46] = -math.inf  # the middle shards all -inf
+        x[3] = -math.inf  # no distribution: NaN
+        x[4, 7] = -math.inf  # a -inf target: log p = -inf
+        y[4] = 7
     w = torch.rand(V, generator=g, dtype=torch.float64) + 0.25 if o.get("weight") else None
     sw = torch.rand(rows, generator=g, dtype=torch.float64) * 2.0 \
         if o.get("sample_weight") else None
@@ -156,7 +173,7 @@ def _accuracy_cases(rank: int, P: int, group: Any, raw: dict[str, Any]) -> None:
     for li, sizes in enumerate(LAYOUTS[P]):
         start, size = sum(sizes[:rank]), sizes[rank]
         for case in CASES:
-            for source in SOURCES:
+            for source in _sources(case):
                 for dname in DTYPES:
                     d = _data(case, source, dname)
                     if source == "logits":
@@ -345,11 +362,11 @@ def _gathered(raw: dict[int, dict[str, Any]], key: str, name: str, P: int, sourc
 
 def _case_keys(P: int) -> list[tuple[str, int, str, str, str]]:
     return [(f"P{P}/L{li}/{c}/{s}/{dn}", li, c, s, dn) for li in range(len(LAYOUTS[P]))
-            for c in CASES for s in SOURCES for dn in DTYPES]
+            for c in CASES for s in _sources(c) for dn in DTYPES]
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize(("case", "source"),
+                         [(c, s) for c in sorted(CASES) for s in _sources(c)])
 def test_outputs_and_gradients_equal_single_process(group_run: dict[str, Any], case: str,
                                                     source: str) -> None:
     raw = group_run["raw"]
@@ -402,8 +419,9 @@ def test_every_output_is_identical_on_every_rank(group_run: dict[str, Any]) -> N
                 is_output = name.startswith("out/") or (name.endswith("/0") and "linear" in key)
                 if v is None or not is_output:
                     continue
-                for r in range(1, P):
-                    assert torch.equal(raw[r][key][name], v), (key, name, r)
+                for r in range(1, P):  # bitwise, NaN included
+                    torch.testing.assert_close(raw[r][key][name], v, rtol=0, atol=0,
+                                               equal_nan=True, msg=f"{key} {name} {r}")
 
 
 def test_the_tie_case_has_ties_across_shards() -> None:
@@ -500,3 +518,18 @@ def test_one_rank_in_this_process_equals_single_process() -> None:
                 assert _close(got[name], v, 1e-13, per_element=False) == "", name
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("chunks", [None, ChunkPlan(vocab=7)])
+def test_log_prob_of_a_row_of_all_minus_inf_is_nan(chunks: ChunkPlan | None) -> None:
+    """A row of all -inf is no distribution: its log p is NaN, as its loss and entropy,
+    however the row is cut (it was -log1p(slices - 1): -0.0 whole, -log 9 in 9 slices, and
+    -log P on P ranks)."""
+    x = torch.zeros(3, V, dtype=torch.float64)
+    x[1] = -math.inf
+    out = cet.token_stats(x, torch.tensor([0, 0, -100]), return_logprobs=True,
+                          return_entropy=True, reduction="none", chunks=chunks)
+    assert torch.isnan(out.logprobs[1]) and torch.isnan(out.loss[1])
+    assert torch.isnan(out.entropy[1])
+    assert float(out.logprobs[2]) == 0.0  # an ignored row stays 0
+    assert float(out.logprobs[0]) == pytest.approx(-math.log(V), rel=1e-15)
