@@ -23,11 +23,13 @@ import math
 import numbers
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from crossentropy._options import CrossEntropyOptions
 from crossentropy.torch import _tokenstats
 from crossentropy.torch._chunks import ChunkPlan
 from crossentropy.torch._ops import check_index_target
@@ -65,6 +67,23 @@ _RETURNS = ("return_loss", "return_lse", "return_logprobs", "return_entropy",
 #: The call's own metadata fields (compared across the ranks after the loss's fields).
 _EXTRA_FIELDS = ("temperature", "top_k", "outputs asked (return_* flags)", "target given",
                  "shift", "sample_weight checksum", "normalizer", "dtype=")
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One rank's validated call (what needs no other rank)."""
+
+    arrays: tuple[Tensor, Tensor | None, Tensor | None]  # (h, W, b) or (logits, None, None)
+    target: Tensor | None  # [N] int64, shifted
+    sample_weight: Tensor | None  # [N]
+    opts: CrossEntropyOptions
+    normalizer: Tensor | None  # a 0-d tensor normalizer (a number is in opts)
+    temperature: float
+    top_k: int
+    weight: Tensor | None  # the whole vocabulary's class weights
+    shift: int
+    out_dtype: torch.dtype
+    batch: tuple[int, ...]
 
 
 def _bits(x: float) -> int:
@@ -183,7 +202,7 @@ def linear_token_stats(
     rank, world = group_info(group)
     err: BaseException | None = None
     proposal: Agreement | None = None
-    call: tuple[Any, ...] | None = None
+    call: _Call | None = None
     device = input.device if isinstance(input, Tensor) else torch.device("cpu")
     try:
         check_float_tensor(input, "input", 1)
@@ -274,7 +293,7 @@ def token_stats(
     rank, world = group_info(group)
     err: BaseException | None = None
     proposal: Agreement | None = None
-    call: tuple[Any, ...] | None = None
+    call: _Call | None = None
     device = input.device if isinstance(input, Tensor) else torch.device("cpu")
     try:
         check_float_tensor(input, "input", 1)
@@ -291,9 +310,8 @@ def token_stats(
 
 def _validate(name: str, arrays: tuple[Tensor, Tensor | None, Tensor | None], input: Tensor,
               target: Tensor | None, batch: tuple[int, ...], out_dtype: torch.dtype,
-              kw: dict[str, Any]) -> tuple[Any, ...]:
-    """This rank's checks of the keywords (those that need no other rank): the validated
-    call ``(arrays, t, sw, opts, norm_t, tau, k, weight, n, out_dtype, batch)``."""
+              kw: dict[str, Any]) -> _Call:
+    """This rank's checks of the keywords (those that need no other rank)."""
     a = arrays[0]
     _flags(target, return_logprobs=kw["return_logprobs"],
            return_token_accuracy=kw["return_token_accuracy"])
@@ -342,37 +360,37 @@ def _validate(name: str, arrays: tuple[Tensor, Tensor | None, Tensor | None], in
         raise ValueError("sample_weight weighs the loss of each token: it needs target")
     elif n:
         raise ValueError("shift moves the targets: it needs target")
-    return arrays, t, sw, opts, norm_t, tau, k, weight, n, out_dtype, batch
+    return _Call(arrays, t, sw, opts, norm_t, tau, k, weight, n, out_dtype, batch)
 
 
-def _proposal(kind: str, call: tuple[Any, ...], kw: dict[str, Any], group: Any, rank: int,
+def _proposal(kind: str, c: _Call, kw: dict[str, Any], group: Any, rank: int,
               world: int, input: Tensor, local: int, hidden: int = -1,
               hidden_grad: bool = False) -> Agreement:
     """This rank's side of the agreement: the loss's fields and the call's own."""
-    _, t, sw, opts, norm_t, tau, k, _, n, out_dtype, batch = call
     sizes = [0] * world
     sizes[rank] = local
     asked = sum(1 << i for i, f in enumerate(_RETURNS) if kw[f])
-    extra = (_bits(tau), k, asked, int(t is not None), n, _checksum(sw),
-             option_code(None) if norm_t is None else _bits(float(norm_t)),
-             option_code(str(out_dtype)))
+    extra = (_bits(c.temperature), c.top_k, asked, int(c.target is not None), c.shift,
+             _checksum(c.sample_weight),
+             option_code(None) if c.normalizer is None else _bits(float(c.normalizer)),
+             option_code(str(c.out_dtype)))
     return Agreement(kind=kind, group=group, rank=rank, world_size=world,
-                     shard_sizes=tuple(sizes), options=opts, collective="all_gather",
-                     chunk_size=1, rows=batch, dtype=input.dtype, device=input.device,
+                     shard_sizes=tuple(sizes), options=c.opts, collective="all_gather",
+                     chunk_size=1, rows=c.batch, dtype=input.dtype, device=input.device,
                      hidden_size=hidden, hidden_requires_grad=hidden_grad, extra=extra)
 
 
 def _run(kind: str, proposal: Agreement | None, err: BaseException | None,
-         call: tuple[Any, ...] | None, group: Any, rank: int, world: int,
+         call: _Call | None, group: Any, rank: int, world: int,
          device: torch.device, kw: dict[str, Any]) -> TokenStats:
     """Agree, check what needs the whole vocabulary, run the engine, reduce."""
-    t = None if call is None else call[1]
-    weight = None if call is None else call[7]
     a = agree(proposal, err, group=group, rank=rank, world_size=world, device=device,
-              target=t, class_weight=weight, shard_sizes_arg=kw["shard_sizes"],
-              check=kw["check"], extra_fields=_EXTRA_FIELDS)
+              target=None if call is None else call.target,
+              class_weight=None if call is None else call.weight,
+              shard_sizes_arg=kw["shard_sizes"], check=kw["check"], extra_fields=_EXTRA_FIELDS)
     assert call is not None  # agree raised on the rank that had an error
-    (x, Wm, b), t, sw, opts, norm_t, tau, k, weight, n, out_dtype, batch = call
+    (x, Wm, b), t, k = call.arrays, call.target, call.top_k
+    opts, weight = call.opts, call.weight
     V = a.num_classes
     # the same outcome on every rank: the whole vocabulary's bounds
     check_targets_in_range(a, torch.empty(0, dtype=torch.int64, device=device), weight)
@@ -381,12 +399,14 @@ def _run(kind: str, proposal: Agreement | None, err: BaseException | None,
                          f"vocabulary, {V} (all shards), got {k}")
     target = kw["target"]
     if t is not None:
+        n = call.shift
         check_index_target(target[..., n:] if n else target, V, opts.ignore_index,
                            last_offset=n)
     want = _tokenstats.Want(
         logprobs=bool(kw["return_logprobs"]), entropy=bool(kw["return_entropy"]), top_k=k,
         predicted=bool(kw["return_predicted_tokens"] or kw["return_token_accuracy"]))
     cdt = torch.float32 if x.dtype in _LOW else x.dtype
+    tau = call.temperature
     plan = _tokenstats.plan(kw["chunks"], x.shape[0], a.local_size, cdt, want, opts, tau,
                             x.device)
     cw = None if weight is None else weight.detach().to(torch.float64)
@@ -394,4 +414,5 @@ def _run(kind: str, proposal: Agreement | None, err: BaseException | None,
                               ranks=VocabRanks(a))
     with _no_autocast(kw["input"]):
         rows = _tokenstats.run(kind, x, Wm, b, t, setup)
-    return _finish(rows, t, sw, weight, opts, norm_t, batch, V, out_dtype, k, kw)
+    return _finish(rows, t, call.sample_weight, weight, opts, call.normalizer, call.batch, V,
+                   call.out_dtype, k, kw)
