@@ -1,6 +1,12 @@
 r"""Per-token statistics of the output layer, chunk by chunk: the engine behind
-:func:`crossentropy.torch.token_stats`, :func:`crossentropy.torch.linear_token_stats` and
-the per-token outputs of :func:`crossentropy.torch.linear_cross_entropy`.
+:func:`crossentropy.torch.token_stats`, :func:`crossentropy.torch.linear_token_stats`,
+the per-token outputs of :func:`crossentropy.torch.linear_cross_entropy` and, on a
+vocabulary shard, :func:`crossentropy.torch.distributed.token_stats`.
+
+Forward is :func:`accumulate` (the source's classes, possibly a shard at a global class
+offset: a :class:`Partial` of slice statistics, top-k candidates and the argmax), then,
+on a vocabulary-parallel group, :class:`Ranks` merges the ranks' partials, then
+:func:`finish_rows` (the one per-row finish, :func:`row_outputs`).
 
 The logits come from a *source*: hidden states times the output embedding (``z = h W^T + b``,
 :class:`LinearSource`) or a logits tensor (:class:`LogitsSource`).  They are cut into
@@ -44,7 +50,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -53,7 +59,7 @@ from crossentropy._options import CrossEntropyOptions
 from crossentropy.torch import _rowstats as rs
 from crossentropy.torch._chunks import ChunkPlan, _allocated
 
-__all__ = ["LinearSource", "LogitsSource", "Outputs", "Want", "run"]
+__all__ = ["LinearSource", "LogitsSource", "Outputs", "Partial", "Ranks", "Want", "run"]
 
 _LOW = (torch.bfloat16, torch.float16)
 _F64 = torch.float64
@@ -225,7 +231,28 @@ class Setup:
     temperature: float
     plan: ChunkPlan
     want: Want
-    class_weight: Tensor | None  # float64 [V] or None
+    class_weight: Tensor | None  # float64 [V] or None (the whole vocabulary's)
+    #: the whole vocabulary's first class held by the source (a vocabulary shard's start)
+    offset: int = 0
+    #: the whole vocabulary's size (None: the source's own, a single process)
+    num_classes: int | None = None
+    #: the ranks of a vocabulary-parallel group (:class:`Ranks`), None in one process
+    ranks: Ranks | None = None
+
+    def classes(self, src: Source) -> int:
+        """``V``, the number of classes of the whole vocabulary."""
+        return src.V if self.num_classes is None else self.num_classes
+
+
+class Ranks(Protocol):
+    """What a vocabulary-parallel group adds to the engine (one implementation:
+    :class:`crossentropy.torch.distributed._ranks.VocabRanks`)."""
+
+    def merge(self, part: Partial, tg: rs.IndexTargets, st: Setup) -> Partial:
+        """The whole vocabulary's :class:`Partial` from this rank's (collectives)."""
+
+    def sum_hidden_grad(self, gh: Tensor) -> None:
+        """Sum the hidden states' gradient over the ranks, in place."""
 
 
 def _transformed(z: Tensor, st: Setup, derivative: bool = False
@@ -267,7 +294,7 @@ def _top_first(z: Tensor, k: int, offset: int) -> tuple[Tensor, Tensor]:
     return vals, idx.gather(1, order) + offset
 
 
-def _top_merge(cur: tuple[Tensor, Tensor] | None, new: tuple[Tensor, Tensor], k: int
+def top_merge(cur: tuple[Tensor, Tensor] | None, new: tuple[Tensor, Tensor], k: int
                ) -> tuple[Tensor, Tensor]:
     """The top `k` of two candidate lists, the first holding the lower classes: a stable
     sort keeps ties in index order."""
@@ -328,32 +355,64 @@ def row_outputs(stats: rs.RowStats, tg: rs.IndexTargets, st: Setup
                           z_loss=st.opts.z_loss, invalid=tg.invalid)
     lp = H = None
     if st.want.logprobs:
-        # log p_y = -((m - z'_y) + L); 0 at rows not counted
-        lp = torch.where(tg.counted, rs.log_prob(stats, stats.zy), torch.zeros_like(loss))
+        # log p_y = -((m - z'_y) + L); 0 at rows not counted; NaN on a row of all -inf (no
+        # distribution, as its loss and entropy; -log1p(rest) would depend on how many
+        # slices or ranks the row was cut into)
+        lp = rs.log_prob(stats, stats.zy)
+        lp = torch.where(stats.m == -math.inf, torch.full_like(lp, math.nan), lp)
+        lp = torch.where(tg.counted, lp, torch.zeros_like(loss))
     if st.want.entropy and stats.ent is not None:
         H = rs.entropy(stats)
     return loss, lse, lp, H
 
 
-def forward(src: Source, target: Tensor | None, st: Setup) -> tuple[Outputs, Saved]:
-    """Every per-row output, block by block (see the module notes)."""
-    N, V, dev = src.N, src.V, _device(src)
-    o, want = st.opts, st.want
-    eps = o.label_smoothing
-    soft = eps / V if V else 0.0
+@dataclass(frozen=True)
+class Partial:
+    """The statistics of the classes a source holds, per row: a whole row's in one process,
+    a vocabulary shard's on a rank (merged across the ranks by :class:`Ranks`).
+
+    ``stats`` holds ``[N]`` fields (``argmax``: the global index of the first maximum, when
+    the predicted token is asked without top-k; ``ent`` with the entropy); ``top`` the
+    top-k candidates, ``z'`` values descending ``[N, min(k, V_s)]`` and their global
+    indices (ties: the lower index first)."""
+
+    stats: rs.RowStats
+    top: tuple[Tensor, Tensor] | None
+
+
+def argmax_merge(best: tuple[Tensor, Tensor] | None, m: Tensor, at: Tensor
+                 ) -> tuple[Tensor, Tensor]:
+    """``(max, first argmax)`` of the classes so far (`best`) and of a part of higher classes
+    (maximum `m`, reached first at `at`): the later part wins only with a larger maximum (a
+    NaN, as ``torch.topk``'s, counts as the largest)."""
+    if best is None:
+        return m, at
+    up = (m > best[0]) | (torch.isnan(m) & ~torch.isnan(best[0]))
+    return torch.where(up, m, best[0]), torch.where(up, at, best[1])
+
+
+def accumulate(src: Source, target: Tensor | None, st: Setup) -> Partial:
+    """The :class:`Partial` of the source's classes ``[st.offset, st.offset + V_s)``, block
+    by block: slice statistics merged in class order, top-k candidates, the argmax."""
+    N, Vs, dev = src.N, src.V, _device(src)
+    V, off, want = st.classes(src), st.offset, st.want
+    soft = st.opts.label_smoothing / V if V else 0.0
     comp = src.cdt == _F64  # float32 logits are exact in float64: no TwoSum needed
 
     def f64(*shape: int) -> Tensor:
         return torch.empty(*shape, dtype=_F64, device=dev)
 
-    loss, lse, m_all, rest_all = f64(N), f64(N), f64(N), f64(N)
-    lp = f64(N) if want.logprobs else None
-    ent_all = f64(N) if want.entropy else None
-    H = f64(N) if want.entropy else None
+    m, rest, zy = f64(N), f64(N), f64(N)
+    has_y = torch.empty(N, dtype=torch.bool, device=dev)
+    agap = f64(N) if soft else None
+    ent = f64(N) if want.entropy else None
     k = want.top_k
-    topv = f64(N, k) if k else None
-    topi = torch.empty(N, k, dtype=torch.int64, device=dev) if k else None
+    kk = min(k, Vs)
+    topv = torch.empty(N, kk, dtype=src.cdt if st.opts.softcap is None
+                       and st.temperature == 1.0 else _F64, device=dev) if k else None
+    topi = torch.empty(N, kk, dtype=torch.int64, device=dev) if k else None
     pred = torch.empty(N, dtype=torch.int64, device=dev) if want.predicted and not k else None
+    asum: Tensor | None = None
     buf = _buffer(src, st.plan)
     rows = st.plan.rows or max(N, 1)
     cw = st.class_weight
@@ -363,44 +422,63 @@ def forward(src: Source, target: Tensor | None, st: Setup) -> tuple[Outputs, Sav
         stats: rs.RowStats | None = None
         top: tuple[Tensor, Tensor] | None = None
         best: tuple[Tensor, Tensor] | None = None  # (max, first argmax) so far, no top-k
-        for v0, v1 in _blocks(V, st.plan):
+        for v0, v1 in _blocks(Vs, st.plan):
+            g0 = off + v0  # the block's first class in the whole vocabulary
             zc, _ = _transformed(src.logits(s, e, v0, v1, buf), st)
-            cur = rs.slice_stats(zc, tg.safe, v0, counted=tg.counted,
-                                 weight=None if cw is None else cw[v0:v1], soft=soft,
+            cur = rs.slice_stats(zc, tg.safe, g0, counted=tg.counted,
+                                 weight=None if cw is None else cw[g0:off + v1], soft=soft,
                                  compensate=comp, dtype=_F64, entropy=want.entropy)
             stats = cur if stats is None else rs.merge(stats, cur)
             if k and v1 > v0:
-                top = _top_merge(top, _top_first(zc, k, v0), k)
+                top = top_merge(top, _top_first(zc, k, g0), k)
             elif pred is not None and cur.argmax is not None:
-                # the argmax from the slice statistics: a later slice wins only with a
-                # larger maximum (first maximum; a NaN, as torch.topk's, counts as largest)
-                at = cur.argmax + v0
-                if best is None:
-                    best = (cur.m, at)
-                else:
-                    up = (cur.m > best[0]) | (torch.isnan(cur.m) & ~torch.isnan(best[0]))
-                    best = (torch.where(up, cur.m, best[0]), torch.where(up, at, best[1]))
+                # the argmax from the slice statistics (no top-k selection)
+                best = argmax_merge(best, cur.m, cur.argmax + g0)
         assert stats is not None
-        lc, lsec, lpc, Hc = row_outputs(stats, tg, st)
-        loss[s:e], lse[s:e] = lc, lsec
-        m_all[s:e], rest_all[s:e] = stats.m, stats.rest
-        if lp is not None and lpc is not None:
-            lp[s:e] = lpc
-        if H is not None and ent_all is not None and stats.ent is not None and Hc is not None:
-            ent_all[s:e] = stats.ent
-            H[s:e] = Hc
+        m[s:e], rest[s:e], zy[s:e], has_y[s:e] = stats.m, stats.rest, stats.zy, stats.has_y
+        asum = stats.asum
+        if agap is not None and stats.agap is not None:
+            agap[s:e] = stats.agap
+        if ent is not None and stats.ent is not None:
+            ent[s:e] = stats.ent
         if topv is not None and topi is not None and top is not None:
-            # log p of the top classes: -((m - z'_i) + L), m - z'_i >= 0
-            gap = (stats.m[:, None] - top[0].to(_F64)).clamp_min_(0.0)
-            topv[s:e] = rs.log_prob(stats, gap)
-            topi[s:e] = top[1]
-        if pred is not None and best is not None:
-            pred[s:e] = best[1]
-    if want.predicted and topi is not None:
-        pred = topi[:, 0].clone()
-    outs = Outputs(loss, lse, lp, H,
-                   topv if want.top_k else None, topi if want.top_k else None, pred)
-    return outs, Saved(m_all, rest_all, lse, ent_all, topi)
+            topv[s:e], topi[s:e] = top
+        if pred is not None:
+            # an empty source has no argmax: its first class (any index; it loses every
+            # merge, and a single process has no empty source with rows)
+            pred[s:e] = off if best is None else best[1]
+    if soft and asum is None:  # no rows: A = (eps / V) sum_c w_c over the source's classes
+        asum = torch.tensor(soft * Vs, dtype=_F64, device=dev) if cw is None \
+            else cw[off:off + Vs].sum() * soft
+    stats = rs.RowStats(m, rest, zy, has_y, asum, agap, pred, ent)
+    return Partial(stats, None if topv is None or topi is None else (topv, topi))
+
+
+def finish_rows(part: Partial, tg: rs.IndexTargets, st: Setup) -> tuple[Outputs, Saved]:
+    """Every per-row output from the whole vocabulary's :class:`Partial` (module notes)."""
+    stats, want = part.stats, st.want
+    loss, lse, lp, H = row_outputs(stats, tg, st)
+    topv = topi = None
+    if want.top_k and part.top is not None:
+        # log p of the top classes: -((m - z'_i) + L), m - z'_i >= 0
+        gap = (stats.m[:, None] - part.top[0].to(_F64)).clamp_min_(0.0)
+        topv, topi = rs.log_prob(stats, gap), part.top[1]
+    pred = None
+    if want.predicted:
+        pred = topi[:, 0].clone() if topi is not None else stats.argmax
+    outs = Outputs(loss, lse, lp, H, topv, topi, pred)
+    return outs, Saved(stats.m, stats.rest, lse, stats.ent if want.entropy else None, topi)
+
+
+def forward(src: Source, target: Tensor | None, st: Setup) -> tuple[Outputs, Saved]:
+    """Every per-row output: the source's :class:`Partial` (:func:`accumulate`), merged
+    across the ranks of a vocabulary-parallel group (``st.ranks``), finished
+    (:func:`finish_rows`)."""
+    part = accumulate(src, target, st)
+    tg = _targets(target, 0, src.N, st.classes(src), st, _device(src))
+    if st.ranks is not None:
+        part = st.ranks.merge(part, tg, st)
+    return finish_rows(part, tg, st)
 
 
 @dataclass(frozen=True)
@@ -537,14 +615,26 @@ def backward(src: Source, target: Tensor | None, st: Setup, saved: Saved,
              g: dict[str, Tensor | None], need: tuple[bool, ...]) -> tuple[Tensor | None, ...]:
     """The sources' gradients from the incoming ones `g` (keys ``loss``, ``lse``,
     ``logprobs``, ``entropy``, ``top``; None where nothing flows), block by block."""
-    N, V, dev = src.N, src.V, _device(src)
+    V, cw = st.classes(src), st.class_weight
     soft = st.opts.label_smoothing / V if V else 0.0
     comp = src.cdt == _F64
-    cw = st.class_weight
     wtot: Tensor | float = float(V) if cw is None else cw.sum()
     src.start_grads(need)
-    if not any(need) or V == 0 or N == 0:
-        return src.grads()
+    if any(need) and src.V and src.N:
+        _blocks_grad(src, target, st, saved, g, soft, wtot, comp)
+    if st.ranks is not None and isinstance(src, LinearSource) and src.gh is not None:
+        # every rank holds the part sum_{c in its shard} dz_c W_c of the hidden states'
+        # gradient: one all-reduce SUM, before the rounding to the input's dtype
+        st.ranks.sum_hidden_grad(src.gh)
+    return src.grads()
+
+
+def _blocks_grad(src: Source, target: Tensor | None, st: Setup, saved: Saved,
+                 g: dict[str, Tensor | None], soft: float, wtot: Tensor | float,
+                 comp: bool) -> None:
+    """:func:`backward`'s blocks: each recomputed, its gradient added to the source's."""
+    N, dev = src.N, _device(src)
+    V, off, cw = st.classes(src), st.offset, st.class_weight
     buf = _buffer(src, st.plan)
     rows = st.plan.rows or max(N, 1)
 
@@ -562,13 +652,13 @@ def backward(src: Source, target: Tensor | None, st: Setup, saved: Saved,
             part("loss", s, e), part("lse", s, e), part("logprobs", s, e),
             part("entropy", s, e), part("top", s, e),
             None if saved.top_indices is None else saved.top_indices[s:e])
-        for v0, v1 in _blocks(V, st.plan):
+        for v0, v1 in _blocks(src.V, st.plan):
+            g0 = off + v0  # the block's first class in the whole vocabulary
             zc, dzdx = _transformed(src.logits(s, e, v0, v1, buf), st, derivative=True)
-            gz = _block_grad(zc, tg, v0, r, st, soft, None if cw is None else cw[v0:v1],
-                             wtot, comp)
+            gz = _block_grad(zc, tg, g0, r, st, soft,
+                             None if cw is None else cw[g0:off + v1], wtot, comp)
             del zc
             src.add_grad(s, e, v0, v1, gz if dzdx is None else gz.mul_(dzdx))
-    return src.grads()
 
 
 class _Fn(torch.autograd.Function):

@@ -8,7 +8,11 @@ here return the loss over the *whole* vocabulary on every rank without gathering
 * :func:`cross_entropy` takes the local logits shard ``[..., V_r]``;
 * :func:`linear_cross_entropy` takes the full hidden states ``[..., D]`` and the local
   weight shard ``[V_r, D]`` (optionally a bias shard ``[V_r]``) and never holds more than
-  ``chunk_size x V_r`` logits at a time.
+  ``chunk_size x V_r`` logits at a time;
+* :func:`token_stats` and :func:`linear_token_stats` return the per-token statistics of
+  :func:`crossentropy.torch.token_stats` (log-probabilities, entropy, top-k with global
+  indices, predicted tokens, accuracy, loss, z-loss) from the same shards (``_stats.py``,
+  ``_ranks.py``).
 
 Shard *r* holds the classes ``[o_r, o_r + V_r)`` with ``o_r = V_0 + ... + V_{r-1}``: the
 shards are laid out in rank order, and their sizes may differ (``V`` need not be divisible
@@ -69,8 +73,10 @@ int64 per rank that exchanges the shard sizes (so no rank needs to be told the l
 checks that every rank agrees -- see :func:`cross_entropy` for the list.  With
 ``check=False`` and ``shard_sizes`` given, that collective is skipped.
 
-The package has two parts: ``_protocol.py`` (validation, the metadata exchange and
-:class:`ShardMismatchError`) and ``_arithmetic.py`` (statistics, merge, loss, gradients).
+The package's parts: ``_protocol.py`` (validation, the metadata exchange and
+:class:`ShardMismatchError`), ``_arithmetic.py`` (the loss's statistics, merge, gradients),
+``_stats.py`` (the token statistics' public functions) and ``_ranks.py`` (their exchange,
+on the single-process engine :mod:`crossentropy.torch._tokenstats`).
 """
 
 from __future__ import annotations
@@ -94,14 +100,17 @@ from crossentropy.torch.distributed._protocol import (
     shard_sizes,
     validate_call_options,
 )
+from crossentropy.torch.distributed._stats import linear_token_stats, token_stats
 
 __all__ = [
     "ShardMismatchError",
     "all_reduce_grad",
     "cross_entropy",
     "linear_cross_entropy",
+    "linear_token_stats",
     "shard_range",
     "shard_sizes",
+    "token_stats",
 ]
 
 

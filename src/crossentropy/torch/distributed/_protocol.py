@@ -35,6 +35,7 @@ __all__ = [
     "check_target",
     "check_targets_in_range",
     "group_info",
+    "option_code",
     "shard_range",
     "shard_sizes",
     "validate_call_options",
@@ -42,7 +43,7 @@ __all__ = [
 
 _DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.float64: 4}
 COLLECTIVES = ("all_gather", "all_reduce")
-_KINDS = ("cross_entropy", "linear_cross_entropy")
+_KINDS = ("cross_entropy", "linear_cross_entropy", "token_stats", "linear_token_stats")
 _NONE = -(2**62)  # the metadata code of an option that is None
 
 # The metadata each rank contributes (int64 each), by name for the messages; then one entry
@@ -73,7 +74,7 @@ class ShardMismatchError(ValueError):
 class Agreement:
     """What every rank of one call agreed on: the layout and the validated arguments."""
 
-    kind: str  # "cross_entropy" or "linear_cross_entropy"
+    kind: str  # one of _KINDS
     group: Any
     rank: int
     world_size: int
@@ -86,6 +87,9 @@ class Agreement:
     device: torch.device
     hidden_size: int = -1
     hidden_requires_grad: bool = False
+    #: the codes of the call's own fields (named by ``agree``'s `extra_fields`): options
+    #: the loss does not have (the token statistics' temperature, top-k, outputs...)
+    extra: tuple[int, ...] = ()
 
     @property
     def num_rows(self) -> int:
@@ -269,7 +273,7 @@ def _float_bits(x: float) -> int:
     return int(struct.unpack("<q", struct.pack("<d", float(x)))[0])
 
 
-def _option_code(value: Any) -> int:
+def option_code(value: Any) -> int:
     """One int64 for an option value (floats by their bits, so equal means identical)."""
     if value is None:
         return _NONE
@@ -316,11 +320,14 @@ def agree(
     class_weight: torch.Tensor | None,
     shard_sizes_arg: Sequence[int] | None,
     check: bool,
+    extra_fields: tuple[str, ...] = (),
 ) -> Agreement:
     """Exchange and compare the metadata (one all-gather of int64); the agreed layout.
 
     `proposal` is this rank's call (its ``shard_sizes`` hold only its own size), None when
-    `local_error` says why it could not be built.  Raises on every rank alike: the local
+    `local_error` says why it could not be built; `extra_fields` names the call's own
+    fields (``proposal.extra``, compared as the others; every rank passes the same names).
+    `target` may be None (no targets: checksum 0).  Raises on every rank alike: the local
     error on the rank that had it, :class:`ShardMismatchError` on the others.
     """
     given: list[int] | None = None
@@ -334,7 +341,8 @@ def agree(
             raise local_error
         assert proposal is not None and given is not None  # no local error: both were built
         return replace(proposal, shard_sizes=tuple(given))
-    meta = [-1] * len(_FIELDS)
+    names = _FIELDS + tuple(extra_fields)
+    meta = [-1] * len(names)
     meta[0] = 0 if proposal is not None else 1
     if proposal is not None:
         call = [
@@ -344,17 +352,18 @@ def agree(
             _DTYPE_CODES[proposal.dtype],
             proposal.num_rows,
             zlib.crc32(repr(proposal.rows).encode()),
-            _target_checksum(target) if check else 0,
+            _target_checksum(target) if check and target is not None else 0,
             proposal.hidden_size,
             -1 if class_weight is None else int(class_weight.shape[0]),
             COLLECTIVES.index(proposal.collective),
             int(proposal.hidden_requires_grad),
         ]
-        opts = [_option_code(getattr(proposal.options, f)) for f in _OPTION_FIELDS]
-        meta = call + opts
+        opts = [option_code(getattr(proposal.options, f)) for f in _OPTION_FIELDS]
+        assert len(proposal.extra) == len(extra_fields)
+        meta = call + opts + list(proposal.extra)
     mine = torch.tensor(meta, dtype=torch.int64, device=device)
     parts = [torch.empty_like(mine) for _ in range(world_size)]
-    dist.all_gather(parts, mine, group=group)  # the check's one collective: P x 20
+    dist.all_gather(parts, mine, group=group)  # the check's one collective: P x 20 (+ extra)
     rows = [p.tolist() for p in parts]
     if local_error is not None:
         raise local_error
@@ -365,7 +374,7 @@ def agree(
             f"rank(s) {bad_ranks} failed their argument checks for this vocabulary-parallel "
             "loss (their own error says why); every rank stops instead of hanging"
         )
-    for j, name in enumerate(_FIELDS):
+    for j, name in enumerate(names):
         if j == _LOCAL_SIZE:
             continue
         for r in range(world_size):
