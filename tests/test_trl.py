@@ -24,6 +24,14 @@ tokenizers = pytest.importorskip("tokenizers")
 
 import crossentropy.trl as ctrl  # noqa: E402
 
+# TRL 1.15's own fused head runs only through Triton on a GPU (on a CPU it stops in
+# triton.runtime.driver): the tests that run the unpatched trainer need TRL 1.16 there
+# (run on TRL 1.15.0 by hand: `pip install --no-deps --target DIR trl==1.15.0` and
+# PYTHONPATH=DIR; every other test passes).
+_OWN_HEAD_RUNS = not trl.__version__.startswith("1.15.") or torch.cuda.is_available()
+needs_trls_own_head = pytest.mark.skipif(
+    not _OWN_HEAD_RUNS, reason="TRL 1.15's own fused head needs Triton on a GPU")
+
 # the trainers' own deprecation and configuration notices are not under test
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),
               pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -176,13 +184,17 @@ def test_dpo_fields_equal_the_float64_full_logits(family: str) -> None:
         torch.testing.assert_close(getattr(out, k), ref[k], rtol=1e-12, atol=1e-12)
     assert torch.equal(out.is_top1, ref["is_top1"])
     assert torch.equal(out.label_mask, labels[:, 1:] != -100)
-    # the reference model: TRL asks it for the log-probabilities only
+    # the reference model: TRL asks it for the log-probabilities only.  TRL 1.16 loads it
+    # in the policy's dtype, TRL 1.15 in float32: its hidden states carry float32 rounding,
+    # so there the bound is float32's
     out = _fused(trainer.ref_model, ids, mask, labels)
     ref = _reference(trainer.ref_model, ids, mask, labels, 1.0)
-    torch.testing.assert_close(out.log_probs, ref["log_probs"], rtol=1e-12, atol=1e-12)
+    tol = 1e-12 if trainer.ref_model.dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(out.log_probs, ref["log_probs"], rtol=tol, atol=tol)
     assert out.entropy is None and out.mean_logits is None
 
 
+@needs_trls_own_head
 def test_float32_equals_trls_own_head_to_rounding() -> None:
     """In float32 the patched fields equal TRL's own chunked head's to float32 rounding."""
     trainer = _dpo(_model(dtype=torch.float32), use_weighting=True)
@@ -223,6 +235,7 @@ def _same_step(a: Any, b: Any) -> None:
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
 
 
+@needs_trls_own_head
 def test_grpo_step_equals_the_unpatched_trainers() -> None:
     """Generation, rewards, policy and reference log-probabilities, entropy, loss and the
     update: one GRPO step (float32, beta=0.1) patched and unpatched."""
@@ -230,6 +243,7 @@ def test_grpo_step_equals_the_unpatched_trainers() -> None:
     _same_step(_grpo(copy.deepcopy(model)), ctrl.patch(_grpo(model)))
 
 
+@needs_trls_own_head
 def test_dpo_step_equals_the_unpatched_trainers() -> None:
     """One DPO step (sigmoid loss, reference model) and its logged metrics: rewards,
     log-probabilities, entropy, mean logits, token accuracy."""
@@ -237,6 +251,7 @@ def test_dpo_step_equals_the_unpatched_trainers() -> None:
     _same_step(_dpo(copy.deepcopy(model)), ctrl.patch(_dpo(model)))
 
 
+@needs_trls_own_head
 def test_peft_lora_grpo_step_and_the_adapter_disabled_reference() -> None:
     """A PEFT LoRA model: GRPO's reference is the model with its adapter disabled, through
     the same patched forward; the step equals the unpatched trainer's."""
@@ -271,6 +286,7 @@ def test_peft_lora_fields_are_exact_with_and_without_the_adapter() -> None:
 # --------------------------------------------------------------------------- patch / unpatch
 
 
+@needs_trls_own_head
 def test_unpatch_restores_trls_forward_and_patch_is_idempotent() -> None:
     trainer = _grpo(_model())
     forwards = [m.forward for m in (trainer.model, trainer.ref_model)]

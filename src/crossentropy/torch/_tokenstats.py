@@ -306,8 +306,10 @@ def top_merge(cur: tuple[Tensor, Tensor] | None, new: tuple[Tensor, Tensor], k: 
     return v[:, :k], i.gather(1, order[:, :k])
 
 
-def _targets(target: Tensor | None, s: int, e: int, V: int, st: Setup,
-             device: torch.device) -> rs.IndexTargets:
+def targets(target: Tensor | None, s: int, e: int, V: int, st: Setup,
+            device: torch.device) -> rs.IndexTargets:
+    """The :class:`~._rowstats.IndexTargets` of rows ``[s, e)`` of `target` over the whole
+    vocabulary's `V` classes (None: every row counts, no target, weight 0)."""
     if target is None:  # no targets: every row counts for the target-free outputs
         n = e - s
         ones = torch.ones(n, dtype=torch.bool, device=device)
@@ -418,7 +420,7 @@ def accumulate(src: Source, target: Tensor | None, st: Setup) -> Partial:
     cw = st.class_weight
     for s in range(0, N, rows):
         e = min(N, s + rows)
-        tg = _targets(target, s, e, V, st, dev)
+        tg = targets(target, s, e, V, st, dev)
         stats: rs.RowStats | None = None
         top: tuple[Tensor, Tensor] | None = None
         best: tuple[Tensor, Tensor] | None = None  # (max, first argmax) so far, no top-k
@@ -475,7 +477,7 @@ def forward(src: Source, target: Tensor | None, st: Setup) -> tuple[Outputs, Sav
     across the ranks of a vocabulary-parallel group (``st.ranks``), finished
     (:func:`finish_rows`)."""
     part = accumulate(src, target, st)
-    tg = _targets(target, 0, src.N, st.classes(src), st, _device(src))
+    tg = targets(target, 0, src.N, st.classes(src), st, _device(src))
     if st.ranks is not None:
         part = st.ranks.merge(part, tg, st)
     return finish_rows(part, tg, st)
@@ -644,7 +646,7 @@ def _blocks_grad(src: Source, target: Tensor | None, st: Setup, saved: Saved,
 
     for s in range(0, N, rows):
         e = min(N, s + rows)
-        tg = _targets(target, s, e, V, st, dev)
+        tg = targets(target, s, e, V, st, dev)
         m, rest = saved.m[s:e], saved.rest[s:e]
         r = RowGrads(
             m, rest, saved.lse[s:e],

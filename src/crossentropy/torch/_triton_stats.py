@@ -91,7 +91,7 @@ class _Stats(torch.autograd.Function):
                 target: Tensor | None) -> tuple[Tensor, ...]:
         N, dev = h.shape[0], h.device
         V = h.shape[1] if W is None else W.shape[0]
-        tg = ts._targets(target, 0, N, V, st, dev)
+        tg = ts.targets(target, 0, N, V, st, dev)
         kt = _kernel_target(tg, target, N, dev)
         from crossentropy.torch._triton import _row_stats
         from crossentropy.triton import _launch
@@ -141,7 +141,7 @@ class _Stats(torch.autograd.Function):
             return None if x is None or x.numel() == 0 else x.to(_F64)
 
         gl, gs, gp, gH = given(g_loss), given(g_lse), given(g_lp), given(g_H)
-        tg = ts._targets(target, 0, N, V, st, dev)
+        tg = ts.targets(target, 0, N, V, st, dev)
         r = ts.RowGrads(m, rest, lse, None if ent is None or gH is None else ent / (1.0 + rest),
                         gl, gs, gp, gH, None, None)
         kg = argmax.to(torch.int64).clamp(0, max(V - 1, 0))
