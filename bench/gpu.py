@@ -19,7 +19,11 @@ One command, meant for one H100 or H200 and under 8 minutes::
      (imported when installed; ``--wheels DIR`` pip-installs wheels from DIR first;
      skipped with a note otherwise);
    * ``ce``: cross-entropy alone over [8192, 128256] bf16 logits: ours, ours in place,
-     torch eager, torch.compile, Liger.
+     torch eager, torch.compile, Liger;
+   * ``grpo-stats``: a GRPO step's per-token statistics at the llama3 shape (log p of the
+     targets and the entropy at temperature 0.7, forward and backward of their sum): ours
+     (``linear_token_stats(impl="triton")``), torch eager (bf16 logits, float32
+     ``log_softmax``), torch.compile of it.
 3. The floors, timed in the same run: ``gemm-floor`` = the three bf16 GEMMs of a linear
    cross-entropy (``h W^T``, ``G W``, ``G^T h``, torch.mm / cuBLAS, each timed) and
    ``copy`` = a device-to-device copy of the logits (the bandwidth a memory-bound kernel
@@ -62,6 +66,9 @@ CASES: dict[str, dict[str, Any]] = {
     "gemma2-softcap30": {"N": 8192, "D": 2304, "V": 256000, "softcap": 30.0},
     "llama3": {"N": 8192, "D": 4096, "V": 128256, "softcap": None},
     "ce": {"N": 8192, "D": 0, "V": 128256, "softcap": None},
+    # a GRPO step's statistics: log p of the sampled tokens and the entropy at temperature
+    # 0.7, forward and backward of their sum
+    "grpo-stats": {"N": 8192, "D": 4096, "V": 128256, "softcap": None, "stats": 0.7},
 }
 #: the same cases at interpreter size (shapes that are not multiples of any block)
 DRY_CASES: dict[str, dict[str, Any]] = {
@@ -69,9 +76,11 @@ DRY_CASES: dict[str, dict[str, Any]] = {
     "gemma2-softcap30": {"N": 19, "D": 24, "V": 70, "softcap": 30.0},
     "llama3": {"N": 11, "D": 20, "V": 45, "softcap": None},
     "ce": {"N": 7, "D": 0, "V": 90, "softcap": None},
+    "grpo-stats": {"N": 9, "D": 12, "V": 41, "softcap": None, "stats": 0.7},
 }
 LINEAR_IMPLS = ["ours", "torch-eager", "torch-compile", "torch-lce", "liger", "cce"]
 CE_IMPLS = ["ours", "ours-inplace", "torch-eager", "torch-compile", "liger"]
+STATS_IMPLS = ["ours", "torch-eager", "torch-compile"]
 GOALS = (
     "goals: ce kernel >= 85% of the copy bandwidth; fused linear CE forward+backward "
     "<= 1.25x its GEMM floor (the design's bound is 4/3, docs/gpu.md) and faster than every "
@@ -213,6 +222,34 @@ def _linear_impl(name: str, softcap: float | None, dry: bool) -> Callable[..., A
     raise ValueError(name)
 
 
+def _stats_impl(name: str, tau: float, dry: bool) -> Callable[..., Any] | str:
+    """``(h, W, t) -> sum(log p_t) + sum(H)`` at temperature `tau` (a GRPO step's per-token
+    statistics), or why it is skipped."""
+    import torch
+
+    def eager(h: Any, W: Any, t: Any) -> Any:
+        logp = torch.log_softmax(torch.nn.functional.linear(h, W).float() / tau, dim=-1)
+        lp = logp.gather(1, t[:, None])[:, 0]
+        return lp.sum() - (logp.exp() * logp).sum()
+
+    if name == "ours":
+        from crossentropy.torch import linear_token_stats
+
+        def ours(h: Any, W: Any, t: Any) -> Any:
+            o = linear_token_stats(h, W, t, return_loss=False, return_logprobs=True,
+                                   return_entropy=True, temperature=tau, impl="triton")
+            return o.logprobs.sum() + o.entropy.sum()
+
+        return ours
+    if name == "torch-eager":
+        return eager
+    if name == "torch-compile":
+        if dry:
+            return "skipped in a dry run (inductor compiles for minutes on a CPU)"
+        return torch.compile(eager)
+    raise ValueError(name)
+
+
 def _ce_impl(name: str, dry: bool) -> Callable[..., Any] | str:
     import torch
     import torch.nn.functional as F
@@ -331,6 +368,44 @@ def _check_linear(case: str, c: dict[str, Any], dev: str, gen: Any, dry: bool) -
     )
 
 
+def _check_stats(case: str, c: dict[str, Any], dev: str, gen: Any, dry: bool) -> str:
+    """Our statistics' objective and its gradients against the float32 (float64 on a dry
+    run) computation in row chunks, next to torch eager's bf16-logits error."""
+    import torch
+
+    N, D, V, tau = c["N"], c["D"], c["V"], c["stats"]
+    h = (torch.randn(N, D, device=dev, generator=gen) * 0.5).bfloat16()
+    W = (torch.randn(V, D, device=dev, generator=gen) * D**-0.5).bfloat16()
+    t = torch.randint(0, V, (N,), device=dev, generator=gen)
+    dt = torch.float64 if dry else torch.float32
+    Wf = W.to(dt).requires_grad_()
+    gh = torch.empty(h.shape, dtype=dt, device=dev)
+    total = 0.0
+    for i in range(0, N, 512):
+        hi = h[i : i + 512].to(dt).requires_grad_()
+        logp = torch.log_softmax((hi @ Wf.T) / tau, dim=-1)
+        part = logp.gather(1, t[i : i + 512, None]).sum() - (logp.exp() * logp).sum()
+        part.backward()
+        total += float(part.detach())
+        assert hi.grad is not None
+        gh[i : i + 512] = hi.grad
+    errs: dict[str, tuple[float, ...]] = {}
+    for impl in ("ours", "torch-eager"):
+        fn = _stats_impl(impl, tau, dry)
+        assert callable(fn)
+        hh, WW = h.clone().requires_grad_(), W.clone().requires_grad_()
+        out = fn(hh, WW, t)
+        out.backward()
+        errs[impl] = (abs(float(out.detach()) - total) / abs(total), _rel(hh.grad, gh),
+                      _rel(WW.grad, Wf.grad))
+    return (
+        f"check {case}: rel. errors (sum log p + sum H, grad_hidden, grad_weight) "
+        f"ours={tuple(f'{x:.2e}' for x in errs['ours'])} "
+        f"torch-eager={tuple(f'{x:.2e}' for x in errs['torch-eager'])} "
+        f"(one host sync: the targets' range check) -> {_verdict(errs, 4e-3)}"
+    )
+
+
 def _check_ce(c: dict[str, Any], dev: str, gen: Any, dry: bool) -> str:
     import torch
     import torch.nn.functional as F
@@ -420,8 +495,9 @@ def _bench_linear(case: str, c: dict[str, Any], dev: str, clock: Clock, gen: Any
     h = (torch.randn(N, D, device=dev, generator=gen) * 0.5).bfloat16().requires_grad_()
     W = (torch.randn(V, D, device=dev, generator=gen) * D**-0.5).bfloat16().requires_grad_()
     t = torch.randint(0, V, (N,), device=dev, generator=gen)
-    for impl in LINEAR_IMPLS:
-        fn = _linear_impl(impl, cap, dry)
+    tau = c.get("stats")
+    for impl in (LINEAR_IMPLS if tau is None else STATS_IMPLS):
+        fn = _linear_impl(impl, cap, dry) if tau is None else _stats_impl(impl, tau, dry)
         if isinstance(fn, str):
             row = _row(case, impl, c, note=f"skipped: {fn}")
         elif time.time() - t0 > TIME_LIMIT_S:
@@ -696,6 +772,8 @@ def main(argv: list[str] | None = None) -> int:
             c = cases[case]
             if case == "ce":
                 print(_check_ce(c, dev, gen, args.dry_run))
+            elif c.get("stats"):
+                print(_check_stats(case, c, dev, gen, args.dry_run))
             else:
                 print(_check_linear(case, c, dev, gen, args.dry_run))
             if not args.dry_run:

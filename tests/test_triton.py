@@ -591,6 +591,8 @@ def test_bench_gpu_dry_run_in_the_interpreter(tmp_path: Path) -> None:
     assert "check" in run.stdout and "PASS" in run.stdout and "FAIL" not in run.stdout
     text = out.read_text()
     assert "ours" in text and "gemm-floor" in text and "copy" in text
+    assert "check grpo-stats" in run.stdout  # the token statistics on the kernels, checked
+    assert "grpo-stats,ours" in text.replace('"', "")
     assert "not measured" in text  # a dry run measures nothing on a GPU
 
 
