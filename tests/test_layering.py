@@ -249,3 +249,24 @@ def test_the_cpu_kernels_are_modules_of_one_concept_that_import_downward():
         for imp in _internal(MODULES["crossentropy._cpu." + name]):
             assert imp.rpartition(".")[2] in CPU_KERNELS[:i], \
                 f"crossentropy._cpu.{name} imports {imp}"
+
+
+def test_the_torch_layers_argument_checks_live_in_one_module():
+    """One torch-side validator module (``torch/_validate.py``): no other module of the
+    torch layer defines a ``check_*`` function, except the torch version check and the
+    vocabulary-parallel protocol's checks of what the ranks agree on."""
+    allowed = {
+        "torch/_compat.py:check_torch",  # the installed torch's version, not an argument
+        "torch/distributed/_protocol.py:check_float_tensor",
+        "torch/distributed/_protocol.py:check_target",
+        "torch/distributed/_protocol.py:check_class_weight",
+        "torch/distributed/_protocol.py:check_targets_in_range",
+    }
+    found = set()
+    for path in sorted((PKG / "torch").rglob("*.py")):
+        if path.name == "_validate.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef) and node.name.lstrip("_").startswith("check_"):
+                found.add(f"{path.relative_to(PKG).as_posix()}:{node.name}")
+    assert found <= allowed, sorted(found - allowed)

@@ -329,7 +329,7 @@ def test_auto_on_cuda_warns_once_when_kernels_cannot_run(monkeypatch):
         device = _Cuda()
 
     monkeypatch.setattr(fn, "_triton_reason", lambda x: "no GPU here")
-    monkeypatch.setattr(fn, "_transformed", lambda *ts: False)
+    monkeypatch.setattr(fn, "transformed", lambda *ts: False)
     fn._warned.discard("probe")
     with pytest.warns(RuntimeWarning, match="no GPU here"):
         assert fn._resolve_impl("auto", _T(), "probe") == "torch"  # type: ignore[arg-type]

@@ -47,9 +47,9 @@ from crossentropy.torch._chunks import (
     linear_chunks,
     rows_for,
 )
-from crossentropy.torch._errors import TargetIndexError
 from crossentropy.torch._reduction import ReductionPlan, host_scale, reduce_rows, row_weights
 from crossentropy.torch._reference import categorical_rows
+from crossentropy.torch._validate import check_index_target
 
 #: The option fields, by name (and in the order of CrossEntropyOptions.to_tuple()).
 OPTS = tuple(f.name for f in dataclasses.fields(CrossEntropyOptions))
@@ -103,35 +103,6 @@ def _grads(names: tuple[str, ...], **grads: Tensor | None) -> tuple[Tensor | Non
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def check_index_target(target: Tensor, num_classes: int, ignore_index: int | None,
-                       last_offset: int = 0) -> bool:
-    """Raise :class:`~._errors.TargetIndexError` (a ValueError and torch's IndexError)
-    naming the first target outside [0, C) that is not ignore_index (`last_offset` is added
-    to the position on the last axis: a slice of the labels).
-
-    Returns True when every target is in [0, C) (so none equals an ignore_index outside
-    that range), False when some are ignore_index or there are none."""
-    if target.numel():
-        lo, hi = torch.aminmax(target)
-        if int(lo) >= 0 and int(hi) < num_classes:  # the common case: one reduction
-            return True
-    bad = (target < 0) | (target >= num_classes)
-    if ignore_index is not None:
-        bad &= target != ignore_index
-    if bool(bad.any()):
-        flat = int(torch.nonzero(bad.reshape(-1))[0, 0])
-        pos = [int(i) for i in np.unravel_index(flat, tuple(target.shape))] \
-            if target.dim() else []
-        if pos:
-            pos[-1] += last_offset
-        where = "[" + ", ".join(str(i) for i in pos) + "]"
-        raise TargetIndexError(
-            f"target{where} = {int(target.reshape(-1)[flat])} is out of range "
-            f"[0, {num_classes}) (and is not ignore_index={ignore_index})"
-        )
-    return False
 
 
 def _grad_scale(opts: CrossEntropyOptions, omega: Tensor | None) -> float:

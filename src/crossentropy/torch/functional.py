@@ -25,14 +25,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import numbers
 import warnings
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
-from torch._subclasses.fake_tensor import is_fake
 
 from crossentropy._options import BinaryOptions, CrossEntropyOptions, Reduction
 from crossentropy.torch import _ops
@@ -47,6 +44,22 @@ from crossentropy.torch._reference import (
     row_weights,
     zero_class_rows,
 )
+from crossentropy.torch._validate import (
+    check_dtype,
+    check_impl,
+    check_index_dtype,
+    check_index_shape,
+    check_index_target,
+    check_linear,
+    check_log_clamp,
+    check_prob_dtype,
+    check_sample_weight,
+    check_shift,
+    check_temperature,
+    check_weight,
+    real,
+    transformed,
+)
 from crossentropy.triton._available import TritonUnavailable
 
 __all__ = [
@@ -58,7 +71,6 @@ __all__ = [
 ]
 
 _LOW = (torch.bfloat16, torch.float16)
-_IMPLS = ("auto", "triton", "torch", "cpu")
 _warned: set[str] = set()
 
 
@@ -81,20 +93,6 @@ def _create_options(reduction: Any, ignore_index: Any, label_smoothing: Any, z_l
         )
     except ValueError as exc:  # torch: RuntimeError for label_smoothing, ValueError for reduction
         raise TorchValueError(str(exc)) from None
-
-
-def _check_shift(shift: Any) -> int:
-    """The positions of ``shift=``: False/True are 0/1, else a non-negative integer (as
-    Cut Cross-Entropy's ``shift``); anything else is refused, naming ``shift``."""
-    if isinstance(shift, (bool, np.bool_)):
-        return int(shift)
-    if not isinstance(shift, numbers.Integral):  # int and NumPy integers, not 2.0 or "1"
-        raise TypeError(f"shift must be a bool or an integer >= 0 (positions), got {shift!r} "
-                        f"of type {type(shift).__name__}")
-    n = int(shift)
-    if n < 0:
-        raise ValueError(f"shift must be >= 0 (position t predicts label t + shift), got {n}")
-    return n
 
 
 #: Validated options by their arguments and the arguments' types (at most 512 entries).
@@ -143,33 +141,6 @@ def _split_normalizer(normalizer: Any, reduction: str) -> tuple[Any, Tensor | No
     return normalizer, None
 
 
-def _check_impl(impl: Any) -> str:
-    if impl not in _IMPLS:
-        raise ValueError(f"impl must be one of 'auto', 'triton', 'torch', 'cpu'; got {impl!r}")
-    return str(impl)
-
-
-def _transformed(*ts: Tensor | None) -> bool:
-    """True when a torch.func transform (grad, vmap, jacrev...) wraps one of the tensors."""
-    if torch.compiler.is_compiling():
-        return False
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    return any(t is not None and wrapped(t) for t in ts)
-
-
-def _real(*ts: Tensor | None) -> bool:
-    """True when the tensors hold real data we may read (no meta / fake / functorch tensor,
-    not tracing): only then do value checks run (no host synchronisation otherwise)."""
-    if torch.compiler.is_compiling():
-        return False
-    for t in ts:
-        if t is None:
-            continue
-        if t.device.type == "meta" or is_fake(t) or _transformed(t):
-            return False
-    return True
-
-
 def _triton() -> Any:
     """The torch side of the Triton kernels (its seams), imported on first use."""
     from crossentropy.torch import _triton as seam
@@ -191,9 +162,9 @@ def _triton_reason(x: Tensor) -> str | None:
 
 
 def _resolve_impl(impl: str, x: Tensor, name: str, *others: Tensor | None) -> str:
-    """'triton', 'torch' or 'cpu' for this call (impl checked by :func:`_check_impl`)."""
+    """'triton', 'torch' or 'cpu' for this call (impl checked by :func:`check_impl`)."""
     if impl == "auto":
-        if _transformed(x, *others):
+        if transformed(x, *others):
             return "torch"  # torch.func: the custom ops decompose into the reference
         if x.device.type == "cuda":
             reason = _triton_reason(x)
@@ -217,7 +188,7 @@ def _resolve_impl(impl: str, x: Tensor, name: str, *others: Tensor | None) -> st
     if impl == "cpu":
         if x.device.type not in ("cpu", "meta"):
             raise ValueError(f"impl='cpu' needs CPU tensors; the input is on {x.device}")
-        return "torch" if _transformed(x, *others) else "cpu"
+        return "torch" if transformed(x, *others) else "cpu"
     return "torch"
 
 
@@ -227,14 +198,6 @@ def _no_autocast(x: Tensor) -> Any:
     if x.device.type == "meta" or not torch.is_autocast_enabled(x.device.type):
         return contextlib.nullcontext()  # nothing to switch off (and no enter/exit cost)
     return torch.autocast(x.device.type, enabled=False)
-
-
-def _check_dtype(dtype: Any) -> torch.dtype:
-    """``dtype=``: a floating torch.dtype for the returned loss."""
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
-        raise TypeError(f"dtype must be None or a floating torch.dtype (the dtype of the "
-                        f"returned loss), got {dtype!r}")
-    return dtype
 
 
 def _out_dtype(x: Tensor) -> torch.dtype:
@@ -265,11 +228,11 @@ def _flatten(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, tuple[int, 
         raise TorchValueError(
             "input must have a class dimension: shape (C), (N, C) or (N, C, ...)")
     prob = target.shape == input.shape
-    _check_prob_dtype(target, prob)
+    check_prob_dtype(target, prob)
     C = input.shape[0] if input.dim() == 1 else input.shape[1]
     batch: tuple[int, ...] = () if input.dim() == 1 else (input.shape[0], *input.shape[2:])
     if not prob:
-        _check_index_shape(target, tuple(input.shape), batch)
+        check_index_shape(target, tuple(input.shape), batch)
     x = input.reshape(1, C) if input.dim() == 1 else input
     t = target.reshape(1, C) if (prob and input.dim() == 1) else target
     if x.dim() > 2:  # (N, C, d1..dK) -> (N d1..dK, C)
@@ -283,53 +246,6 @@ def _flatten(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, tuple[int, 
     return x, t, batch, prob
 
 
-def _check_prob_dtype(target: Tensor, prob: bool) -> None:
-    if prob and not target.is_floating_point():  # torch: RuntimeError
-        raise TorchTypeError(
-            f"target has the shape of the logits, {tuple(target.shape)}, so it holds class "
-            f"probabilities and must be floating point; got dtype {target.dtype}"
-        )
-
-
-def _check_index_shape(target: Tensor, shape: tuple[int, ...], batch: tuple[int, ...]
-                       ) -> None:
-    """Index targets against logits of `shape` (target shape `batch`), in torch's order and
-    with its exception classes: the batch size (ValueError), a target of two or more
-    dimensions for (N, C) logits (RuntimeError), the dtype (RuntimeError), the rest of the
-    shape (RuntimeError; for a 1-D target of unbatched logits torch 2.13.0 raises ValueError,
-    torch 2.7.1 RuntimeError)."""
-    ts = tuple(target.shape)
-    if len(shape) >= 2 and (not ts or ts[0] != shape[0]):
-        raise ValueError(
-            f"target's batch size {ts[0] if ts else 0} does not match the logits' {shape[0]}: "
-            f"target {ts}, logits {shape} (index targets have the logits' shape without the "
-            f"class dimension, {batch})"
-        )
-    if len(ts) >= 2 and len(shape) <= 2:
-        raise TorchValueError(
-            f"target of shape {ts} for logits {shape}: index targets must have shape "
-            f"{batch}, probability targets the logits' shape"
-        )
-    _check_index_dtype(target, shape)
-    # torch 2.13 takes a (1,) target of (C,) logits (torch 2.7.1 raised RuntimeError); any
-    # other shape raises both classes: for a 1-D target of (C,) logits torch 2.13.0 raises
-    # ValueError, torch 2.7.1 RuntimeError ("size mismatch")
-    if ts != batch and not (len(shape) == 1 and ts == (1,)):
-        raise TorchValueError(
-            f"target holds class indices, so its shape must be the logits' shape without "
-            f"the class dimension, {batch}; got {ts} (logits {shape})"
-        )
-
-
-def _check_index_dtype(target: Tensor, shape: tuple[int, ...]) -> None:
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise TorchTypeError(
-            f"target holds class indices (its shape {tuple(target.shape)} is not the "
-            f"logits' {shape}, which class probabilities need), so it must be an integer "
-            f"tensor; got dtype {target.dtype}"
-        )
-
-
 def _shifted(input: Tensor, target: Tensor, ignore_index: int, n: int, shift: Any
              ) -> tuple[Tensor, Tensor]:
     """Rows of n-th next token prediction: (..., T, C) logits (class axis last) -> (M, C);
@@ -340,7 +256,7 @@ def _shifted(input: Tensor, target: Tensor, ignore_index: int, n: int, shift: An
             f"shift={shift!r} takes logits (..., T, C) (class axis last) and labels (..., T); "
             f"got input {tuple(input.shape)} and target {tuple(target.shape)}"
         )
-    _check_index_dtype(target, tuple(input.shape))
+    check_index_dtype(target, tuple(input.shape))
     rows = input.reshape(math.prod(input.shape[:-1]), input.shape[-1])  # C = 0 too
     return rows, _shift_labels(target, n, ignore_index)
 
@@ -352,13 +268,6 @@ def _shift_labels(target: Tensor, n: int, ignore_index: int) -> Tensor:
     T = target.shape[-1]
     t = torch.nn.functional.pad(target[..., n:], (0, min(n, T)), value=ignore_index)
     return t.reshape(-1).to(torch.int64)
-
-
-def _check_weight(weight: Tensor | None, C: int) -> None:
-    if weight is not None and tuple(weight.shape) != (C,):  # torch: RuntimeError
-        raise TorchValueError(
-            f"weight must have shape ({C},) (one per class), got {tuple(weight.shape)}"
-        )
 
 
 def _rows_2d(
@@ -530,8 +439,8 @@ def cross_entropy(
     reduction = _legacy_reduction(size_average, reduce, reduction)
     norm_n, norm_t = _split_normalizer(normalizer, reduction)
     opts = _ce_options(reduction, ignore_index, label_smoothing, z_loss, softcap, base, norm_n)
-    impl = _check_impl(impl)
-    n = _check_shift(shift)
+    impl = check_impl(impl)
+    n = check_shift(shift)
     if n:
         x, t = _shifted(input, target, ignore_index, n, shift)
         batch, prob = tuple(target.shape), False
@@ -541,15 +450,15 @@ def cross_entropy(
         raise TorchValueError(
             "ignore_index is not supported for probability targets (as in torch)")
     C = x.shape[1]
-    _check_weight(weight, C)
-    out_dtype = _out_dtype(input) if dtype is None else _check_dtype(dtype)
+    check_weight(weight, C)
+    out_dtype = _out_dtype(input) if dtype is None else check_dtype(dtype)
     which = _resolve_impl(impl, x, "cross_entropy", t, weight)
     # the CPU operator checks 2-D targets itself (same positions): no second pass
     own_check = which == "cpu" and input.dim() == 2 and not n and C > 0
-    if not prob and not own_check and _real(x, target):
+    if not prob and not own_check and real(x, target):
         # with shift=n the first n labels of each sequence are never targets
         used = target[..., n:] if n else target
-        _ops.check_index_target(used, C, ignore_index, last_offset=n)
+        check_index_target(used, C, ignore_index, last_offset=n)
     with _no_autocast(input):
         if C == 0:  # no classes: torch's values on every implementation
             out, lse = zero_class_rows(x, t, prob, opts, norm_t)
@@ -581,7 +490,7 @@ def _binary_prep(
         opts = _binary_options(reduction, base, (type(reduction), type(base)))
     except TypeError:
         opts = BinaryOptions.create(reduction=reduction, base=base, semantics="torch")
-    impl = _check_impl(impl)
+    impl = check_impl(impl)
     if impl == "triton":
         raise TritonUnavailable(
             f"crossentropy.torch.{name}(impl='triton'): there is no Triton kernel for the "
@@ -660,19 +569,6 @@ def binary_cross_entropy_with_logits(
         return _binary_finish(loss, weight, opts, dtype)
 
 
-def _check_log_clamp(log_clamp: Any) -> float | None:
-    if log_clamp is None:
-        return None
-    if isinstance(log_clamp, bool) or not isinstance(log_clamp, numbers.Real):
-        raise TypeError(f"log_clamp must be None (the exact form) or a real number <= 0, got "
-                        f"{log_clamp!r}")
-    c = float(log_clamp)
-    if not (math.isfinite(c) and c <= 0.0):
-        raise ValueError(f"log_clamp must be a finite number <= 0 (torch: -100) or None, got "
-                         f"{log_clamp!r}")
-    return c
-
-
 def binary_cross_entropy(
     input: Tensor,
     target: Tensor,
@@ -713,10 +609,10 @@ def binary_cross_entropy(
     690.7755278982137
     """
     reduction = _legacy_reduction(size_average, reduce, reduction)
-    clamp = _check_log_clamp(log_clamp)
+    clamp = check_log_clamp(log_clamp)
     q, y, opts, dtype = _binary_prep(input, target, reduction, base, impl,
                                      "binary_cross_entropy")
-    if _real(input):
+    if real(input):
         bad = (q < 0) | (q > 1)
         if bool(bad.any()):
             flat = int(torch.nonzero(bad.reshape(-1))[0, 0])
@@ -738,25 +634,6 @@ def binary_cross_entropy(
 
 
 # --------------------------------------------------------------------------- sample weights
-
-
-def check_sample_weight(sw: Any, shape: tuple[int, ...]) -> Tensor:
-    """``sample_weight``: a floating tensor of the per-sample loss's `shape`, finite and
-    >= 0 (the first bad position named); returned flattened."""
-    if not isinstance(sw, Tensor) or not sw.is_floating_point():
-        what = f"a tensor of dtype {sw.dtype}" if isinstance(sw, Tensor) else type(sw).__name__
-        raise TypeError(f"sample_weight must be a floating tensor of the per-sample loss's "
-                        f"shape {shape}, got {what}")
-    if tuple(sw.shape) != shape:
-        raise ValueError(f"sample_weight must have the per-sample loss's shape {shape} (one "
-                         f"weight per sample or token), got {tuple(sw.shape)}")
-    if _real(sw) and sw.numel():
-        bad = ~(torch.isfinite(sw) & (sw >= 0))
-        if bool(bad.any()):
-            pos = [int(i) for i in bad.nonzero()[0]]
-            raise ValueError(f"sample_weight must be finite and >= 0; sample_weight{pos} = "
-                             f"{float(sw[tuple(pos)])}")
-    return sw.reshape(-1)
 
 
 def _sample_weighted(name: str, input: Tensor, target: Tensor, sample_weight: Any,
@@ -787,7 +664,7 @@ def _sample_weighted(name: str, input: Tensor, target: Tensor, sample_weight: An
     rows = res[0] if isinstance(res, tuple) else res
     s = check_sample_weight(sample_weight, tuple(rows.shape))
     # the targets of each row, in the rows' order (torch's layout rules, as the call did)
-    n = _check_shift(kw.get("shift", False))
+    n = check_shift(kw.get("shift", False))
     if name == "cross_entropy":
         C = input.shape[-1] if n else (input.shape[0] if input.dim() == 1 else input.shape[1])
         prob = not n and target.shape == input.shape
@@ -832,30 +709,6 @@ class LinearCrossEntropyOutput(NamedTuple):
     lse: Tensor | None
     logprobs: Tensor | None
     entropy: Tensor | None
-
-
-def _check_linear(input: Tensor, linear_weight: Tensor, linear_bias: Tensor | None,
-                  ) -> tuple[int, int, tuple[int, ...]]:
-    # torch raises RuntimeError for each of these
-    if input.dim() < 1:
-        raise TorchValueError(
-            f"input must have shape (..., in_features), got {tuple(input.shape)}")
-    if linear_weight.dim() < 2:
-        raise TorchValueError("linear_weight must have shape (C, in_features) or "
-                              f"(C, d1, ..., in_features), got {tuple(linear_weight.shape)}")
-    D = input.shape[-1]
-    if linear_weight.shape[-1] != D:
-        raise TorchValueError(f"input has in_features={D} but linear_weight has "
-                              f"{linear_weight.shape[-1]}")
-    C = linear_weight.shape[0]
-    out_features = tuple(linear_weight.shape[1:-1])
-    if linear_bias is not None and tuple(linear_bias.shape) != (C, *out_features):
-        raise TorchValueError(f"linear_bias must have shape {(C, *out_features)}, got "
-                              f"{tuple(linear_bias.shape)}")
-    if out_features and input.dim() != 2:
-        raise TorchValueError(
-            "a K-dimensional linear_weight needs input of shape (N, in_features)")
-    return D, C, out_features
 
 
 def _linear_materialised(input: Tensor, linear_weight: Tensor, target: Tensor,
@@ -961,18 +814,18 @@ def linear_cross_entropy(
             reduction, normalizer, base)
     norm_n, norm_t = _split_normalizer(normalizer, reduction)
     ii = -100 if ignore_index is None else ignore_index
-    impl = _check_impl(impl)
-    tau = _check_temperature(temperature)
+    impl = check_impl(impl)
+    tau = check_temperature(temperature)
     rl = return_logprobs or return_entropy or tau != 1.0
-    D, C, out_features = _check_linear(input, linear_weight, linear_bias)
-    n = _check_shift(shift)
+    D, C, out_features = check_linear(input, linear_weight, linear_bias)
+    n = check_shift(shift)
     if n and out_features:
         raise ValueError("shift takes a 2-D linear_weight (C, in_features), not a "
                          "K-dimensional one")
     logits_shape = (*input.shape[:-1], C, *out_features)
     # torch's rule: the target holds probabilities when it has the logits' shape
     prob = not n and tuple(target.shape) == logits_shape
-    _check_prob_dtype(target, prob)
+    check_prob_dtype(target, prob)
     if prob and ignore_index is not None:  # torch: RuntimeError
         raise TorchValueError("ignore_index cannot be given when target holds probabilities")
     if (prob or out_features) and not rl:
@@ -986,17 +839,17 @@ def linear_cross_entropy(
         raise ValueError("temperature, return_logprobs and return_entropy take index targets "
                          "and a 2-D linear_weight")
     opts = _ce_options(reduction, ii, label_smoothing, z_loss, softcap, base, norm_n)
-    _check_weight(weight, C)
+    check_weight(weight, C)
     batch = tuple(input.shape[:-1])
     if n:
-        _check_index_dtype(target, logits_shape)
+        check_index_dtype(target, logits_shape)
         if input.dim() < 2 or tuple(target.shape) != batch:
             raise ValueError(
                 f"shift={shift!r} takes hidden states (..., T, in_features) and labels "
                 f"(..., T); got input {tuple(input.shape)} and target {tuple(target.shape)}")
         t = _shift_labels(target, n, ii)  # label t + n at position t
     else:
-        _check_index_shape(target, logits_shape, batch)
+        check_index_shape(target, logits_shape, batch)
         t = target.reshape(-1)
         if t.dtype != torch.int64:
             t = t.to(torch.int64)
@@ -1008,10 +861,10 @@ def linear_cross_entropy(
         b = None if b is None else b.to(adt)
         out_dtype = torch.float32 if adt in _LOW else out_dtype
     if dtype is not None:
-        out_dtype = _check_dtype(dtype)
-    if _real(h, target):
+        out_dtype = check_dtype(dtype)
+    if real(h, target):
         used = target[..., n:] if n else target
-        _ops.check_index_target(used, C, ii, last_offset=n)
+        check_index_target(used, C, ii, last_offset=n)
     which = _resolve_impl(impl, h, "linear_cross_entropy", Wm, t, b, weight)
     cdt = torch.float32 if h.dtype in _LOW else h.dtype
     rows = getattr(options, "batch_chunk_size", None)
@@ -1028,7 +881,7 @@ def linear_cross_entropy(
             # log p_y at (necessarily ignored) positions and the entropy of no class: 0
             extras = (z.sum(dim=1) if return_logprobs else None,
                       z.sum(dim=1) if return_entropy else None)
-        elif rl and not _transformed(h, Wm, b):
+        elif rl and not transformed(h, Wm, b):
             # the token-statistics engine: blocks of logits, exact backward by formula
             out, lse, lp, ent = _linear_stats(h, Wm, b, t, weight, opts, asked, tau, norm_t,
                                               return_logprobs, return_entropy, impl)
@@ -1058,15 +911,6 @@ def linear_cross_entropy(
     if return_lse:
         return out, lse_out
     return out
-
-
-def _check_temperature(temperature: Any) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise TypeError(f"temperature must be a real number > 0, got {temperature!r}")
-    tau = float(temperature)
-    if not (math.isfinite(tau) and tau > 0.0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    return tau
 
 
 def _linear_op(h: Tensor, Wm: Tensor, b: Tensor | None, t: Tensor, weight: Tensor | None,
@@ -1152,7 +996,7 @@ def _linear_rl(
         return tuple(outs)
 
     # checkpointing keeps one chunk's logits; under torch.func the transform owns the graph
-    grad = torch.is_grad_enabled() and not _transformed(h, Wm, b) and any(
+    grad = torch.is_grad_enabled() and not transformed(h, Wm, b) and any(
         x is not None and x.requires_grad for x in (h, Wm, b))
     pieces: list[tuple[Tensor, ...]] = []
     N = h.shape[0]

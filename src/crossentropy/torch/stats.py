@@ -48,25 +48,28 @@ from torch import Tensor
 from crossentropy._options import CrossEntropyOptions, Reduction
 from crossentropy.torch import _tokenstats, _triton_stats
 from crossentropy.torch._chunks import ChunkPlan
-from crossentropy.torch._ops import check_index_target
 from crossentropy.torch._reduction import ReductionPlan, row_weights
+from crossentropy.torch._validate import (
+    check_dtype,
+    check_impl,
+    check_index_dtype,
+    check_index_target,
+    check_linear,
+    check_sample_weight,
+    check_shift,
+    check_temperature,
+    check_top_k,
+    check_weight,
+    real,
+    transformed,
+)
 from crossentropy.torch.functional import (
     _LOW,
     _ce_options,
-    _check_dtype,
-    _check_impl,
-    _check_index_dtype,
-    _check_linear,
-    _check_shift,
-    _check_temperature,
-    _check_weight,
     _no_autocast,
     _out_dtype,
-    _real,
     _shift_labels,
     _split_normalizer,
-    _transformed,
-    check_sample_weight,
 )
 
 __all__ = ["TokenStats", "linear_token_stats", "token_stats"]
@@ -86,14 +89,6 @@ class TokenStats(NamedTuple):
     z_loss: Tensor | None
     top_k_logprobs: Tensor | None
     top_k_indices: Tensor | None
-
-
-def _check_top_k(top_k: Any, V: int) -> int:
-    if isinstance(top_k, bool) or not isinstance(top_k, int):
-        raise TypeError(f"top_k must be an integer >= 0, got {top_k!r}")
-    if top_k < 0 or top_k > V:
-        raise ValueError(f"top_k must be between 0 and the number of classes {V}, got {top_k}")
-    return top_k
 
 
 def _flags(target: Tensor | None, **asked: bool) -> None:
@@ -164,7 +159,7 @@ def linear_token_stats(
     >>> round(float(out.entropy[0]), 6), float(out.token_accuracy)  # mpmath: 0.6655731
     (0.665573, 0.5)
     """
-    D, V, out_features = _check_linear(input, linear_weight, linear_bias)
+    D, V, out_features = check_linear(input, linear_weight, linear_bias)
     if out_features:
         raise ValueError("linear_token_stats takes a 2-D linear_weight (V, in_features)")
     batch = tuple(input.shape[:-1])
@@ -239,7 +234,7 @@ def _stats(kind: str, a: Tensor, Wm: Tensor | None, b: Tensor | None, input: Ten
     """Validate the shared keywords, run the engine, reduce and shape the outputs."""
     _flags(target, return_logprobs=kw["return_logprobs"],
            return_token_accuracy=kw["return_token_accuracy"])
-    if _transformed(a, Wm, b):
+    if transformed(a, Wm, b):
         raise NotImplementedError(
             "token_stats and linear_token_stats do not run under torch.func transforms (grad, "
             "vmap, jacrev...) yet: their backward is written by hand; "
@@ -251,15 +246,15 @@ def _stats(kind: str, a: Tensor, Wm: Tensor | None, b: Tensor | None, input: Ten
         raise TypeError(f"ignore_index must be an integer, got {ii!r}")
     opts = _ce_options(reduction, ii, kw["label_smoothing"], kw["z_loss"], kw["softcap"],
                        kw["base"], norm_n)
-    tau = _check_temperature(kw["temperature"])
-    k = _check_top_k(kw["top_k"], V)
+    tau = check_temperature(kw["temperature"])
+    k = check_top_k(kw["top_k"], V)
     weight = kw["weight"]
-    _check_weight(weight, V)
-    n = _check_shift(kw["shift"])
+    check_weight(weight, V)
+    n = check_shift(kw["shift"])
     if a.dtype in _LOW:  # the float32 accumulation, unrounded (as transformers upcasts)
         out_dtype = torch.float32
     if kw["dtype"] is not None:
-        out_dtype = _check_dtype(kw["dtype"])
+        out_dtype = check_dtype(kw["dtype"])
     if kw["chunks"] is not None and not isinstance(kw["chunks"], ChunkPlan):
         raise TypeError(f"chunks must be None or a crossentropy.torch.ChunkPlan, got "
                         f"{kw['chunks']!r}")
@@ -269,7 +264,7 @@ def _stats(kind: str, a: Tensor, Wm: Tensor | None, b: Tensor | None, input: Ten
         if not isinstance(target, Tensor):
             raise TypeError(f"target must be None or a torch.Tensor, got "
                             f"{type(target).__name__}")
-        _check_index_dtype(target, tuple(input.shape))
+        check_index_dtype(target, tuple(input.shape))
         if tuple(target.shape) != batch:
             raise ValueError(f"target must have shape {batch} (the input's without its last "
                              f"axis), got {tuple(target.shape)}")
@@ -277,7 +272,7 @@ def _stats(kind: str, a: Tensor, Wm: Tensor | None, b: Tensor | None, input: Ten
             raise ValueError(f"shift={kw['shift']!r} takes input (..., T, ...) and labels "
                              f"(..., T)")
         t = _shift_labels(target, n, ii) if n else target.reshape(-1).to(torch.int64)
-        if _real(t):
+        if real(t):
             check_index_target(target[..., n:] if n else target, V, ii, last_offset=n)
         sw = kw["sample_weight"]
         sw = None if sw is None else check_sample_weight(sw, batch)
@@ -293,7 +288,7 @@ def _stats(kind: str, a: Tensor, Wm: Tensor | None, b: Tensor | None, input: Ten
     cw = None if weight is None else weight.detach().to(torch.float64)
     setup = _tokenstats.Setup(opts, tau, plan, want, cw)
     with _no_autocast(input):
-        rows = _triton_stats.run_rows(kind, a, Wm, b, t, setup, _check_impl(kw["impl"]),
+        rows = _triton_stats.run_rows(kind, a, Wm, b, t, setup, check_impl(kw["impl"]),
                                       _NAMES[kind])
     return _finish(rows, t, sw, weight, opts, norm_t, batch, V, out_dtype, k, kw)
 

@@ -20,7 +20,6 @@ rank's shard at its global class offset, its partial statistics merged across th
 from __future__ import annotations
 
 import math
-import numbers
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +31,16 @@ from torch import Tensor
 from crossentropy._options import CrossEntropyOptions
 from crossentropy.torch import _tokenstats
 from crossentropy.torch._chunks import ChunkPlan
-from crossentropy.torch._ops import check_index_target
+from crossentropy.torch._validate import (
+    check_dtype,
+    check_index_dtype,
+    check_index_target,
+    check_sample_weight,
+    check_shift,
+    check_temperature,
+    check_top_k,
+    transformed,
+)
 from crossentropy.torch.distributed._protocol import (
     Agreement,
     agree,
@@ -46,16 +54,10 @@ from crossentropy.torch.distributed._ranks import VocabRanks
 from crossentropy.torch.functional import (
     _LOW,
     _ce_options,
-    _check_dtype,
-    _check_index_dtype,
-    _check_shift,
-    _check_temperature,
     _no_autocast,
     _out_dtype,
     _shift_labels,
     _split_normalizer,
-    _transformed,
-    check_sample_weight,
 )
 from crossentropy.torch.stats import TokenStats, _finish, _flags
 
@@ -99,16 +101,6 @@ def _checksum(x: Tensor | None) -> int:
     flat = x.detach().reshape(-1).to(torch.float64)
     mult = torch.arange(flat.numel(), device=flat.device, dtype=torch.float64) % 1009 + 1
     return _bits(float((flat * mult).sum()))
-
-
-def _check_top_k(top_k: Any) -> int:
-    """``top_k``: an integer >= 0 (its bound, the whole vocabulary, is checked after the
-    ranks have told each other their shard sizes)."""
-    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
-        raise TypeError(f"top_k must be an integer >= 0, got {top_k!r}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
-    return int(top_k)
 
 
 def linear_token_stats(
@@ -315,7 +307,7 @@ def _validate(name: str, arrays: tuple[Tensor, Tensor | None, Tensor | None], in
     a = arrays[0]
     _flags(target, return_logprobs=kw["return_logprobs"],
            return_token_accuracy=kw["return_token_accuracy"])
-    if _transformed(*arrays):
+    if transformed(*arrays):
         raise NotImplementedError(f"{name} does not run under torch.func transforms")
     if kw["collective"] != "all_gather":
         raise ValueError(f"collective must be 'all_gather' for the token statistics (the "
@@ -328,14 +320,14 @@ def _validate(name: str, arrays: tuple[Tensor, Tensor | None, Tensor | None], in
         raise TypeError(f"ignore_index must be an integer, got {ii!r}")
     opts = _ce_options(reduction, ii, kw["label_smoothing"], kw["z_loss"], kw["softcap"],
                        kw["base"], norm_n)
-    tau = _check_temperature(kw["temperature"])
-    k = _check_top_k(kw["top_k"])
+    tau = check_temperature(kw["temperature"])
+    k = check_top_k(kw["top_k"], None)
     weight = check_class_weight(kw["weight"], input.device)
-    n = _check_shift(kw["shift"])
+    n = check_shift(kw["shift"])
     if a.dtype in _LOW:  # the float32 accumulation, unrounded (as the single process)
         out_dtype = torch.float32
     if kw["dtype"] is not None:
-        out_dtype = _check_dtype(kw["dtype"])
+        out_dtype = check_dtype(kw["dtype"])
     if kw["chunks"] is not None and not isinstance(kw["chunks"], ChunkPlan):
         raise TypeError(f"chunks must be None or a crossentropy.torch.ChunkPlan, got "
                         f"{kw['chunks']!r}")
@@ -344,7 +336,7 @@ def _validate(name: str, arrays: tuple[Tensor, Tensor | None, Tensor | None], in
         if not isinstance(target, Tensor):
             raise TypeError(f"target must be None or a torch.Tensor, got "
                             f"{type(target).__name__}")
-        _check_index_dtype(target, tuple(input.shape))
+        check_index_dtype(target, tuple(input.shape))
         if tuple(target.shape) != batch:
             raise ValueError(f"target must have shape {batch} (the input's without its last "
                              f"axis), got {tuple(target.shape)}")
