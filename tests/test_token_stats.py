@@ -396,3 +396,33 @@ def test_torch_func_transforms_are_refused_in_one_line() -> None:
     y = torch.tensor([0, 1, 2])
     with pytest.raises(NotImplementedError, match=r"torch\.func transforms"):
         torch.func.grad(lambda x: cet.token_stats(x, y).loss)(x)
+
+
+# dynamo itself reads .grad of the non-leaf tensors it receives at a graph break (the
+# reshaped hidden states) and torch warns about that read: not this library's access
+# (and, as in tests/test_torch_compile.py, torch's own deprecation warnings of its tracing)
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
+@pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_under_torch_compile_the_same_values_and_gradients() -> None:
+    """torch.compile (dynamo; the eager backend, as inductor only fuses the surrounding
+    ops) of a training step through linear_token_stats: the autograd Function runs as in
+    eager mode, so the values and gradients are equal."""
+    g = torch.Generator().manual_seed(4)
+    h0 = torch.randn(2, 7, 16, generator=g, dtype=torch.float64)
+    W0 = torch.randn(50, 16, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 50, (2, 7), generator=g)
+
+    def step(h: Any, W: Any) -> Any:
+        o = cet.linear_token_stats(h, W, y, return_logprobs=True, return_entropy=True,
+                                   temperature=0.8, shift=1)
+        return o.loss + 0.1 * o.logprobs.sum() - 0.01 * o.entropy.sum()
+
+    results = []
+    for fn in (step, torch.compile(step, backend="eager")):
+        h, W = h0.clone().requires_grad_(), W0.clone().requires_grad_()
+        out = fn(h, W)
+        out.backward()
+        results.append((out.detach(), h.grad, W.grad))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
