@@ -499,6 +499,29 @@ def _read_tile(x_ptr, rows, rmask, cols, cmask, stride_x):
 
 
 @triton.jit
+def _tile(h_ptr, w_ptr, b_ptr, rows, rmask, cols, cmask, stride_h, stride_w, D, softcap, tau,
+          BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+          HAS_BIAS: tl.constexpr, UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+          HAS_SOFTCAP: tl.constexpr, HAS_TEMP: tl.constexpr, FROM_LOGITS: tl.constexpr):
+    """The tile of logits the fused kernels work on, ``z' = softcap(z) / tau`` (``z`` read
+    from a logits tensor, or ``h W^T + b`` formed on chip), and the soft cap's derivative
+    ``sech^2(z / cap)`` (the tile itself where there is no soft cap: unused)."""
+    if FROM_LOGITS:
+        z = _read_tile(h_ptr, rows, rmask, cols, cmask, stride_h)
+    else:
+        z = _logits_tile(
+            h_ptr, w_ptr, b_ptr, rows, rmask, cols, cmask, stride_h, stride_w, D,
+            BLOCK_N, BLOCK_V, BLOCK_D, HAS_BIAS, UPCAST_DOT, DOT_PRECISION,
+        )
+    dcap = z
+    if HAS_SOFTCAP:
+        z, dcap = _softcap(z, softcap)
+    if HAS_TEMP:
+        z = tl.math.div_rn(z, tl.zeros_like(z) + tau)  # correctly rounded
+    return z, dcap
+
+
+@triton.jit
 def lce_fwd_kernel(
     h_ptr,
     w_ptr,
@@ -570,17 +593,11 @@ def lce_fwd_kernel(
     for v0 in range(v_start, v_end, BLOCK_V):
         cols = v0 + cols0
         cmask = cols < V
-        if FROM_LOGITS:
-            z = _read_tile(h_ptr, rows, rmask, cols, cmask, stride_h)
-        else:
-            z = _logits_tile(
-                h_ptr, w_ptr, b_ptr, rows, rmask, cols, cmask, stride_h, stride_w, D,
-                BLOCK_N, BLOCK_V, BLOCK_D, HAS_BIAS, UPCAST_DOT, DOT_PRECISION,
-            )
-        if HAS_SOFTCAP:
-            z, _d = _softcap(z, softcap)
-        if HAS_TEMP:
-            z = tl.math.div_rn(z, tl.zeros_like(z) + tau)  # correctly rounded
+        z, _d = _tile(
+            h_ptr, w_ptr, b_ptr, rows, rmask, cols, cmask, stride_h, stride_w, D, softcap,
+            tau, BLOCK_N, BLOCK_V, BLOCK_D, HAS_BIAS, UPCAST_DOT, DOT_PRECISION, HAS_SOFTCAP,
+            HAS_TEMP, FROM_LOGITS,
+        )
         zm = tl.where(cmask[None, :], z, float("-inf"))
         bm = tl.max(zm, 1)
         bk = tl.argmax(zm, 1)
@@ -672,17 +689,11 @@ def lce_bwd_logits_kernel(
     rmask = rows < N
     cols = v_lo + pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
     cmask = cols < v_hi
-    if FROM_LOGITS:
-        z = _read_tile(h_ptr, rows, rmask, cols, cmask, stride_h)
-    else:
-        z = _logits_tile(
-            h_ptr, w_ptr, b_ptr, rows, rmask, cols, cmask, stride_h, stride_w, D,
-            BLOCK_N, BLOCK_V, BLOCK_D, HAS_BIAS, UPCAST_DOT, DOT_PRECISION,
-        )
-    if HAS_SOFTCAP:
-        z, dcap = _softcap(z, softcap)
-    if HAS_TEMP:
-        z = tl.math.div_rn(z, tl.zeros_like(z) + tau)  # correctly rounded
+    z, dcap = _tile(
+        h_ptr, w_ptr, b_ptr, rows, rmask, cols, cmask, stride_h, stride_w, D, softcap, tau,
+        BLOCK_N, BLOCK_V, BLOCK_D, HAS_BIAS, UPCAST_DOT, DOT_PRECISION, HAS_SOFTCAP, HAS_TEMP,
+        FROM_LOGITS,
+    )
     m = tl.load(m_ptr + rows, mask=rmask, other=0.0)
     s = tl.load(s_ptr + rows, mask=rmask, other=0.0)
     kk = tl.load(k_ptr + rows, mask=rmask, other=-1)
