@@ -9,7 +9,9 @@
 * ``numba floor``: the same difference for a one-line cached ``numba.njit`` function: the
   import of numba and the set-up of its compiler target (which imports SciPy where SciPy is
   installed), which every process that runs a numba kernel pays, whatever the kernel;
-* with ``--serial``: the whole compile in one process, alternated with ``cold``.
+* with ``--serial``: the whole compile in one process, alternated with ``cold``;
+* ``cold, CPU``: the CPU time (user + sys) of the cold ``warm_up()`` and of every process
+  it started, which other work on a shared machine inflates far less than the wall time.
 
     python bench/cold_start.py --runs 3 [--serial]
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -52,11 +55,22 @@ _FLOOR_CALL = textwrap.dedent("""
 """)
 
 
-def _wall(code: str, cache: str) -> float:
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)  # (waited-for descendants included)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(code: str, cache: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of a child process running `code` on the cache folder."""
     env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+    c0 = _children_cpu()
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _children_cpu() - c0
+
+
+def _wall(code: str, cache: str) -> float:
+    return _timed(code, cache)[0]
 
 
 def _printed(code: str, env: dict[str, str]) -> list[str]:
@@ -78,14 +92,18 @@ def main() -> None:
     args = ap.parse_args()
     print(f"cores {len(os.sched_getaffinity(0))}, load {os.getloadavg()[0]:.2f}, "
           f"{time.strftime('%Y-%m-%d %H:%M')}")
-    fig: dict[str, list[float]] = {k: [] for k in ("cold", "serial", "load", "first", "warm",
-                                                   "first - warm", "floor")}
+    fig: dict[str, list[float]] = {k: [] for k in ("cold", "cold cpu", "serial", "serial cpu",
+                                                   "load", "first", "warm", "first - warm",
+                                                   "floor")}
     for i in range(args.runs):
         kinds = ["cold", "serial"] if args.serial else ["cold"]
         for kind in kinds if i % 2 == 0 else kinds[::-1]:
             with tempfile.TemporaryDirectory() as cache:
-                fig[kind].append(_wall(_WARM_UP if kind == "cold" else _SERIAL, cache))
-                line = f"run {i}: {kind:6s} {fig[kind][-1]:6.1f} s"
+                wall, cpu = _timed(_WARM_UP if kind == "cold" else _SERIAL, cache)
+                fig[kind].append(wall)
+                fig[f"{kind} cpu"].append(cpu)
+                line = (f"run {i}: {kind:6s} {wall:6.1f} s (CPU {cpu:.1f} s, loadavg "
+                        f"{os.getloadavg()[0]:.2f})")
                 if kind == "cold":
                     fig["load"].append(_wall(_WARM_UP, cache))
                     env = {**os.environ, "NUMBA_CACHE_DIR": cache}
@@ -104,7 +122,8 @@ def main() -> None:
                     line += (f", load {fig['load'][-1]:.2f} s, first call {first[:5]} s "
                              f"(warm {warm[:5]} s), numba floor {fig['floor'][-1]:.2f} s")
                 print(line, flush=True)
-    labels = {"cold": "warm_up(), cold cache", "serial": "one process, cold cache",
+    labels = {"cold": "warm_up(), cold cache", "cold cpu": "warm_up(), cold, CPU",
+              "serial": "one process, cold cache", "serial cpu": "one process, CPU",
               "load": "warm_up(), warm cache", "first": "first call, warm cache",
               "warm": "second call", "first - warm": "first call - second call",
               "floor": "numba floor (one-line njit)"}
@@ -114,6 +133,7 @@ def main() -> None:
     if fig["serial"]:
         ratios = [c / s for c, s in zip(fig["cold"], fig["serial"], strict=True)]
         print(_summary("cold / one process", ratios, unit="x"))
+    print(f"load {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":

@@ -727,19 +727,66 @@ def test_import_does_not_load_numba_and_small_inputs_stay_on_numpy() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_compile_all_compiles_the_multithreaded_entry_points() -> None:
-    # After ce.warm_up() (compile_all) no large call may compile on the spot: the prange
-    # entry points, which only inputs of >= 2**17 elements reach, must have a float32 and
-    # a float64 signature too, not just the one-thread bodies.
+def test_compile_all_compiles_every_entry_point() -> None:
+    # After ce.warm_up() (compile_all) no call may compile on the spot: every compiled body
+    # the entry points run (on one thread or on row ranges over several, ``_pool``) has a
+    # float32 and a float64 signature.
     from crossentropy import _cpu
     from crossentropy._cpu import _compile
 
     _compile.compile_all()
     k = _cpu.kernels()
-    for name in ("_softmax_rows", "_logsumexp_rows", "_ce_rows", "_sigmoid_flat",
-                 "_bce_logits_flat", "_softmax_chunk", "_ce_chunk"):
+    for name in ("_softmax_chunk", "_logsumexp_chunk", "_ce_chunk", "_sigmoid_block",
+                 "_bce_blocks"):
         dtypes = {str(sig[0].dtype) for sig in getattr(k, name).signatures}
         assert {"float32", "float64"} <= dtypes, (name, dtypes)
+
+
+def test_results_do_not_depend_on_how_a_call_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The entry points cut a large call into parts (row ranges, or ranges of the
+    elementwise kernels' fixed blocks) taken by whichever thread is free: 1, 2, 3 or 7
+    parts give the same bits."""
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((301, 517)) * 4).astype(np.float32)  # 155k elements: threads
+    t = rng.integers(0, 517, 301)
+    flat = x.reshape(-1)
+    yb = (flat > 0).astype(np.float64)
+    res = []
+    for parts in (1, 2, 3, 7):
+        with monkeypatch.context() as mp:  # (the elementwise kernels' own part count)
+            mp.setattr(kernels, "_chunks", lambda n, p=parts: min(n, p))
+            o = np.empty_like(x)
+            kernels.softmax_rows_into(x, False, True, o, parts, False)
+            lse = np.empty(301)
+            kernels.logsumexp_rows(x, False, lse, parts)
+            g = np.empty_like(x)
+            loss, lse2 = np.empty(301), np.empty(301)
+            kernels.ce_rows_into(x, t, np.ones(1), False, -100, 0.1, 1e-4, 0.0, g, True, 0.5,
+                                 False, loss, lse2, parts, False)
+            s, ds = np.empty_like(flat), np.empty_like(flat)
+            kernels.sigmoid_flat(flat, s, ds, True, True)
+            bl, bg = np.empty(flat.size), np.empty_like(flat)
+            partial = np.empty((flat.size + kernels._BLOCK - 1) // kernels._BLOCK)
+            kernels.bce_logits_flat(flat, yb, 1.5, 0.0, True, bl, True, bg, 0.25, partial)
+        res.append((o, lse, g, loss, lse2, s, ds, bl, bg, partial))
+    for other in res[1:]:
+        for a, b in zip(res[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_an_error_in_a_part_reaches_the_caller() -> None:
+    from crossentropy._cpu import _pool
+
+    seen: list[int] = []
+
+    def body(i: int) -> None:
+        seen.append(i)
+        if i == 2:
+            raise ValueError("part 2")
+
+    with pytest.raises(ValueError, match="part 2"):
+        _pool.run(body, 5, threads=2)
+    assert sorted(seen) == [0, 1, 2, 3, 4]  # the other parts still ran
 
 
 def _signature_counts() -> dict[str, int]:
@@ -846,25 +893,29 @@ def test_index_targets_checks_and_counts_in_one_pass(ignore_index: int | None) -
 
 
 def test_the_kernels_leave_torchs_thread_count_alone() -> None:
-    """numba's OpenMP layer sets the process's OpenMP thread count when it starts; torch
+    """numba's OpenMP layer set the process's OpenMP thread count when it started; torch
     shares the runtime, so a user's torch.set_num_threads(1) read back 2 after the first
-    kernel call (once torch had read its count).  A fresh process: torch's count stays 1,
-    numba's is all cores."""
+    kernel call (once torch had read its count).  The kernels' threads are Python threads
+    (``_cpu._pool``): in a fresh process torch's count stays 1, numba's threading layer is
+    never started, and a large call ran on every core."""
     import subprocess
     import sys
 
     pytest.importorskip("torch")
     script = (
-        "import torch, numba, numpy as np, crossentropy as ce\n"
+        "import threading, torch, numpy as np, crossentropy as ce\n"
+        "from crossentropy._cpu import _pool\n"
+        "from numba.np.ufunc import parallel\n"
         "torch.set_num_threads(1)\n"
         "assert torch.get_num_threads() == 1  # (torch's OpenMP state now started)\n"
         "ce.use_backend('numba')\n"
         "x = np.random.default_rng(0).standard_normal((4096, 1000)).astype(np.float32)\n"
         "ce.cross_entropy(x, np.zeros(4096, dtype=np.int64))\n"
-        "print(torch.get_num_threads(), numba.get_num_threads(),"
-        " int(numba.config.NUMBA_NUM_THREADS))\n")
+        "workers = sum(t.name.startswith('crossentropy-kernels') for t in threading.enumerate())\n"
+        "print(torch.get_num_threads(), int(parallel._is_initialized), workers, _pool.size())\n")
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=300, check=True)
-    torch_n, numba_n, most = map(int, res.stdout.split())
+    torch_n, numba_started, workers, size = map(int, res.stdout.split())
     assert torch_n == 1
-    assert numba_n == most
+    assert numba_started == 0
+    assert workers == size - 1

@@ -233,9 +233,10 @@ def test_import_crossentropy_stays_light():
     assert out == "[]", f"import crossentropy imported {out}"
 
 
-#: the numba kernels, one concept per module, each importing only those before it
-CPU_KERNELS = ("_stamp", "_jit", "_llvm", "_exp", "_rows", "_rowpick", "_softmax", "_ce",
-               "_elementwise", "_kernels")
+#: the numba kernels (and their threads, _pool), one concept per module, each importing only
+#: those before it
+CPU_KERNELS = ("_pool", "_stamp", "_jit", "_llvm", "_exp", "_rows", "_rowpick", "_softmax",
+               "_ce", "_elementwise", "_kernels")
 
 
 def test_the_cpu_kernels_are_modules_of_one_concept_that_import_downward():

@@ -19,8 +19,6 @@ the same cache: :mod:`crossentropy._cpu._compile`.
 
 from __future__ import annotations
 
-import sys
-import threading
 from types import ModuleType
 from typing import Any
 
@@ -42,7 +40,6 @@ __all__ = [
 
 F64 = npt.NDArray[np.float64]
 _mod: dict[str, ModuleType] = {}
-_applied: dict[int, int | None] = {}  # per thread: the thread count last given to numba
 # the kernels' weight argument when there are no class weights (never read: has_w False);
 # one array for every call (a fresh np.ones(1) costs more than a small kernel call; not
 # made read-only: numba would compile the kernels again for a read-only array type)
@@ -76,29 +73,18 @@ def _kernel_input(a: np.ndarray) -> np.ndarray:
 
 
 def kernels() -> ModuleType:
-    """Import (on first use) the numba kernels and apply the thread setting."""
+    """Import (on first use) the numba kernels.  (Their threads are Python threads,
+    ``_cpu._pool``, sized by ``ce.set_num_threads`` at each call: numba's threading layer,
+    whose OpenMP start set the OpenMP thread count torch shares, is never started.)"""
     mod = _mod.get("k")
     if mod is None:
         # lazy: importing the kernels imports numba (about 0.5 s)
         from crossentropy._cpu import _kernels
 
         mod = _mod["k"] = _kernels
-    n = _config.get_num_threads()
-    me = threading.get_ident()  # numba's thread count is per calling thread
-    if _applied.get(me, -1) != n:  # numba.set_num_threads costs microseconds per call
-        import numba  # already imported by _kernels
-
-        # numba's OpenMP threading layer starts by setting the OpenMP thread count of the
-        # process, which torch (the same OpenMP runtime) reads as its own: a user's
-        # torch.set_num_threads(1) became 2.  torch's count is given back (numba keeps its
-        # own per calling thread, so neither changes the other afterwards)
-        torch = sys.modules.get("torch")
-        before = torch.get_num_threads() if torch is not None else None
-        most = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
-        numba.set_num_threads(most if n is None else min(n, most))
-        if torch is not None and before is not None and torch.get_num_threads() != before:
-            torch.set_num_threads(before)
-        _applied[me] = n
+    pool = getattr(mod, "_pool", None)  # (the kernel files of old commits lack it: bench/)
+    if pool is not None:
+        pool.requested = _config.get_num_threads()
     return mod
 
 
@@ -232,8 +218,8 @@ def ce_rows_kernel(
     lse = np.empty(N)
     g = grad if grad is not None else np.empty((1, 1), dtype=x2.dtype)
     w = np.ascontiguousarray(weight, dtype=np.float64) if weight is not None else _NO_WEIGHT
-    # the chunk count only matters where the kernel runs in parallel (k._chunks asks numba
-    # for its thread count: a microsecond, more than a small kernel call's own work).
+    # the part count only matters where the kernel runs in parallel (k._chunks reads the
+    # thread setting: a microsecond, more than a small kernel call's own work).
     # (getattr: the kernel files of old commits that bench/cpu.py --kernels loads lack it.)
     serial = getattr(k, "_serial", None)
     nchunks = 1 if serial is not None and serial(x2) else k._chunks(N)

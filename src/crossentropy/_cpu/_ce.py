@@ -2,8 +2,9 @@
 # (numba compiles and types this module; its decorators are untyped for mypy)
 """The cross-entropy of index targets, per row: loss, log-sum-exp and gradient.
 
-The compiled bodies (one thread: ``_ce_chunk``; ``prange``: ``_ce_rows``) and the check
-of index targets; the entry points ``ce_rows`` / ``ce_rows_into`` are in ``_kernels``.
+The compiled body (``_ce_chunk``: a range of rows, which the entry points run on several
+threads, ``_pool``) and the check of index targets; the entry points ``ce_rows`` /
+``ce_rows_into`` are in ``_kernels``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Any
 
 import numba as nb
 import numpy as np
-from numba import prange
 
 from ._exp import exp_le0, two_diff
 from ._jit import _FAST, _STRICT, _cache
@@ -318,17 +318,6 @@ def _weight_sum(weight: Any, has_w: bool, C: int) -> float:
     return wsum
 
 
-@nb.njit(parallel=True, **_cache)
-def _ce_rows(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, eps: float,
-             z_loss: float, cap: float, grad: Any, want_grad: bool, grad_scale: float,
-             loss: Any, lse: Any, nchunks: int, stream: bool, wsum: float) -> None:
-    N = x.shape[0]
-    for c in prange(nchunks):
-        _ce_chunk(x, target, weight, has_w, ignore_index, eps, z_loss, cap, grad, want_grad,
-                  grad_scale, loss, lse, c * N // nchunks, (c + 1) * N // nchunks, stream,
-                  wsum)
-
-
 # Gradient rows of at least this many classes are streamed line by line from registers
 # (``_stream_grad``); shorter ones through a scratch row, as before: at 1000-4096 classes
 # the direct write's per-row set-up (the partial lines at both ends, the two patched
@@ -338,7 +327,7 @@ def _ce_rows(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, e
 _DIRECT_GRAD_MIN = 8192
 
 
-@nb.njit(**_cache)
+@nb.njit(nogil=True, **_cache)
 def _ce_chunk(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, eps: float,
               z_loss: float, cap: float, grad: Any, want_grad: bool, grad_scale: float,
               loss: Any, lse: Any, lo: int, hi: int, stream: bool, wsum: float) -> None:

@@ -1,8 +1,8 @@
 """Compiling the numba kernels into numba's on-disk cache, shared by every process.
 
-A cold compile takes a minute or two; numba then caches the machine code on disk and later
-processes load it.  The work is cut into :data:`PARTS` (the cross-entropy kernels and the
-others, in float32 and float64), and any process that compiles into the same cache folder
+A cold compile takes about 55 s of CPU (AMD Zen 3); numba then caches the machine code on
+disk and later processes load it.  The work is cut into :data:`PARTS` (one kernel family
+and dtype each), and any process that compiles into the same cache folder
 takes its share of them: the helper processes that :func:`compile_shared` starts over the
 cores, a second script started while the first one's compile is still running, the workers
 of a test run that all call ``warm_up()`` at once.
@@ -50,8 +50,9 @@ Part = Sequence[tuple[str, str]]
 #: dtype), one family and dtype each, the longest first: processes take the next part
 #: nobody has claimed, so that small parts at the end even out their finishing times.
 #: (Four parts, cross-entropy / the others x float32 / float64, left one process 35 s
-#: behind the other on 2 cores.)  Cold, in one process, under load (AMD Zen 3, numba 0.68),
-#: the cross-entropy kernels took about 60% of the time, the softmax family 20%.
+#: behind the other on 2 cores.)  Cold, in one process (AMD Zen 3, numba 0.68, load 6.5),
+#: 55 s of CPU: the float32 cross-entropy kernels 32 s (the first part also compiles the
+#: helpers every kernel shares), float64 8 s, the softmax family 7 s, the rest 8 s.
 PARTS: tuple[tuple[tuple[str, str], ...], ...] = (
     (("ce", "float32"),), (("ce", "float64"),),
     (("softmax", "float32"),), (("softmax", "float64"),),
@@ -70,15 +71,14 @@ Progress = Callable[[int, int, str], None]
 
 def _compile_kernel(family: str, dtype: str) -> None:
     """Compile (or load) one family's kernels for one dtype, by calling each once on a tiny
-    array and once on one just above the serial threshold (2 x 2^16 elements): below it a
-    kernel runs its one-thread body, above it the ``prange`` entry point, a separate
-    compilation."""
+    array.  (Large calls run the same compiled bodies on row ranges, on several threads:
+    ``_pool``.)"""
     from crossentropy import _cpu
 
     k = _cpu.kernels()
     dt = np.dtype(dtype)
     exact = dt == np.float64
-    for shape in ((2, 3), (2, 1 << 16)):
+    for shape in ((2, 3),):
         x = np.zeros(shape, dtype=dt)
         flat = x.reshape(-1)
         if family == "ce":
@@ -148,7 +148,7 @@ def cache_folder() -> str | None:
     from crossentropy import _cpu
 
     try:  # the cache of one kernel (every kernel module lives in this folder)
-        folder = _cpu.kernels()._ce_rows._cache._cache_path
+        folder = _cpu.kernels()._ce_chunk._cache._cache_path
     except (AttributeError, RuntimeError, OSError):  # no locator: numba cannot cache here
         return None
     return folder if isinstance(folder, str) and _writable(folder) else None
@@ -290,11 +290,11 @@ def compile_shared(processes: int | None = None, *, load: bool = True,
     this machine's cores), sharing the parts with any other process compiling into the same
     folder (see the module notes), and return once every part is cached.
 
-    Cold, on 2 cores (AMD Zen 3), 55-67 s instead of 99-100 s in one process
-    (``bench/cold_start.py``).  With `load`, the kernels are also loaded into this process
-    (as :func:`compile_all`); else numba loads each one at its first call.  `progress` is
-    called as each part is done (by any process).  A helper that fails costs only time:
-    what it did not compile is compiled here.
+    Cold, on 2 cores (AMD Zen 3), 55 s of CPU in all (``bench/cold_start.py``; 96 s with
+    the ``prange`` entry points of before).  With `load`, the kernels are also loaded into
+    this process (as :func:`compile_all`); else numba loads each one at its first call.
+    `progress` is called as each part is done (by any process).  A helper that fails costs
+    only time: what it did not compile is compiled here.
     """
     folder = cache_folder()
     try:

@@ -13,7 +13,6 @@ from typing import Any
 
 import numba as nb
 import numpy as np
-from numba import prange
 
 from ._exp import _LN2HI, _LN2LO, _LOG2E, _SHIFT, _SHIFT_BITS, _TWO_M1000
 from ._jit import _FAST, _NPERR, _STRICT, _cache
@@ -204,7 +203,7 @@ def _softplus1(v: float) -> float:
     return max(v, 0.0) + _log1p01(t_hi, t_lo)
 
 
-@nb.njit(**_NPERR, fastmath=_STRICT, **_cache)
+@nb.njit(**_NPERR, fastmath=_STRICT, nogil=True, **_cache)
 def _sigmoid_block(x: Any, out: Any, dout: Any, want_d: bool, log: bool) -> None:
     # (strict, not fastmath: these loops sum nothing, and a fast negation's nnan flag
     # would let LLVM fold the inlined NaN tests away)
@@ -222,17 +221,6 @@ def _sigmoid_block(x: Any, out: Any, dout: Any, want_d: bool, log: bool) -> None
         if want_d:
             for i in range(n):
                 dout[i] = _sigmoid_prime1(np.float64(x[i]))
-
-
-@nb.njit(**_NPERR, parallel=True, **_cache)
-def _sigmoid_flat(x: Any, out: Any, dout: Any, want_d: bool, log: bool) -> None:
-    n = x.shape[0]
-    nb_ = (n + _BLOCK - 1) // _BLOCK
-    for b in prange(nb_):
-        lo = b * _BLOCK
-        hi = min(n, lo + _BLOCK)
-        d = dout[lo:hi] if want_d else dout
-        _sigmoid_block(x[lo:hi], out[lo:hi], d, want_d, log)
 
 
 @nb.njit(**_NPERR, fastmath=_STRICT, **_cache)
@@ -262,7 +250,7 @@ def _bce1(v: float, y: float, pw: float) -> tuple[float, float]:
     return a + b, gb - ga
 
 
-@nb.njit(**_NPERR, **_cache)
+@nb.njit(**_NPERR, nogil=True, **_cache)
 def _bce_blocks(x: Any, y: Any, pos_weight: float, eps: float, store_loss: bool, loss: Any,
                 want_grad: bool, grad: Any, grad_scale: float, partial: Any, b0: int,
                 b1: int) -> None:
@@ -270,20 +258,6 @@ def _bce_blocks(x: Any, y: Any, pos_weight: float, eps: float, store_loss: bool,
     _wide()  # 512-bit vectors (see _wide)
     n = x.shape[0]
     for b in range(b0, b1):
-        lo = b * _BLOCK
-        hi = min(n, lo + _BLOCK)
-        partial[b] = _bce_block(x[lo:hi], y[lo:hi], pos_weight, eps, store_loss,
-                                loss[lo:hi] if store_loss else loss, want_grad,
-                                grad[lo:hi] if want_grad else grad, grad_scale)
-
-
-@nb.njit(**_NPERR, parallel=True, **_cache)
-def _bce_logits_flat(x: Any, y: Any, pos_weight: float, eps: float, store_loss: bool,
-                     loss: Any, want_grad: bool, grad: Any, grad_scale: float,
-                     partial: Any) -> None:
-    n = x.shape[0]
-    nb_ = partial.shape[0]
-    for b in prange(nb_):
         lo = b * _BLOCK
         hi = min(n, lo + _BLOCK)
         partial[b] = _bce_block(x[lo:hi], y[lo:hi], pos_weight, eps, store_loss,

@@ -6,10 +6,11 @@ Layout
 ------
 This module is what the adapter (``crossentropy._cpu``) calls: its entry points
 ``logsumexp_rows``, ``softmax_rows`` (``softmax_rows_into``), ``ce_rows`` (``ce_rows_into``),
-``index_targets``, ``sigmoid_flat`` and ``bce_logits_flat`` choose, on the host, the
-one-thread body or the ``prange`` one (``_serial``) and ordinary or non-temporal stores
-(``_streams``); the compiled code is in one module per concept, each importing only the
-ones above it in this list:
+``index_targets``, ``sigmoid_flat`` and ``bce_logits_flat`` choose, on the host, whether a
+call runs on the calling thread alone or on several (``_serial``: the compiled bodies take
+a range of rows or blocks and release the GIL; ``_pool`` runs the ranges on Python
+threads) and ordinary or non-temporal stores (``_streams``); the compiled code is in one
+module per concept, each importing only the ones above it in this list:
 
 * ``_jit``: the numba flags (fast-math sets, error model) and the on-disk cache, keyed on
   the stamp of every kernel module (``_stamp``);
@@ -30,10 +31,10 @@ copy of them from another revision loads as a package of its own (``bench/cpu.py
 
 Design
 ------
-* Rows are independent: ``prange`` splits the rows over threads and one thread handles a
-  whole row, in a fixed order.  Every result is therefore **bitwise identical whatever the
-  number of threads** (the elementwise kernels reduce over fixed-size blocks, also
-  independent of the thread count).
+* Rows are independent: the rows are split in ranges over threads (``_pool``) and one
+  thread handles a whole row, in a fixed order.  Every result is therefore **bitwise
+  identical whatever the number of threads** (the elementwise kernels reduce over
+  fixed-size blocks, also independent of the thread count).
 * Each row is read from memory once (``_rows``); large results written over a buffer
   already in use go to memory by non-temporal stores (``_llvm``); everything is computed
   in float64 with a vectorisable exp (``_exp``); the arithmetic whose rounding matters is
@@ -47,10 +48,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba as nb
-
-from ._ce import _ce_chunk, _ce_rows, _weight_sum, index_targets
-from ._elementwise import _BLOCK, _bce_blocks, _bce_logits_flat, _sigmoid_block, _sigmoid_flat
+from . import _pool
+from ._ce import _ce_chunk, _weight_sum, index_targets
+from ._elementwise import _BLOCK, _bce_blocks, _sigmoid_block
 from ._exp import exp_le0, exp_le0_f32, exp_shift
 from ._rowpick import _ONEPASS_MIN_STORED, _PREFETCH_MAX_STORED, _row_stats
 from ._rows import (
@@ -65,7 +65,7 @@ from ._rows import (
     _row_stats_2pass,
     _sum_exp,
 )
-from ._softmax import _logsumexp_chunk, _logsumexp_rows, _softmax_chunk, _softmax_rows
+from ._softmax import _logsumexp_chunk, _softmax_chunk
 
 # the entry points, and the names of the kernel modules that the adapter, the tests and
 # bench/ read from here
@@ -79,11 +79,9 @@ __all__ = [
     "_SERIAL_MAX",
     "_STREAM_MIN_BYTES",
     "_SUMBLK64",
-    "_bce_logits_flat",
     "_ce_chunk",
-    "_ce_rows",
     "_chunks",
-    "_logsumexp_rows",
+    "_logsumexp_chunk",
     "_one_pass_blocks",
     "_row_max",
     "_row_stats",
@@ -92,9 +90,7 @@ __all__ = [
     "_row_stats_2pass",
     "_serial",
     "_sigmoid_block",
-    "_sigmoid_flat",
     "_softmax_chunk",
-    "_softmax_rows",
     "_streams",
     "_sum_exp",
     "_weight_sum",
@@ -115,8 +111,15 @@ __all__ = [
 
 
 def _chunks(n: int) -> int:
-    """Number of row chunks for ``prange``: 8 per thread (rows are cheap to split)."""
-    return max(1, min(n, 8 * nb.get_num_threads()))
+    """Number of parts a call of `n` rows is cut into: one per thread (``_pool.size``:
+    ``ce.set_num_threads``).  (The parts are taken in turn by whichever thread is free, so
+    a thread that cannot start, on a loaded machine, leaves its part to the others.)"""
+    return max(1, min(n, _pool.size()))
+
+
+def _ranges(body: Any, n: int, parts: int) -> None:
+    """body(lo, hi) over `parts` ranges of range(n), on the threads of ``_pool``."""
+    _pool.run(lambda p: body(p * n // parts, (p + 1) * n // parts), parts)
 
 
 # Below this many elements a kernel runs on the calling thread: waking the worker threads
@@ -151,10 +154,10 @@ def _streams(out: Any, x: Any) -> bool:
 def logsumexp_rows(x: Any, exact: bool, out: Any, nchunks: int) -> None:
     """out[i] = log(sum(exp(x[i]))) = m + log1p(s).  (``exact``, x is float64, is read from
     x's dtype by the compiled code, as by every entry point here.)"""
-    if _serial(x):
+    if _serial(x) or nchunks <= 1:
         _logsumexp_chunk(x, out, 0, x.shape[0])
     else:
-        _logsumexp_rows(x, out, nchunks)
+        _ranges(lambda lo, hi: _logsumexp_chunk(x, out, lo, hi), x.shape[0], nchunks)
 
 
 def softmax_rows(x: Any, exact: bool, log: bool, out: Any, nchunks: int) -> None:
@@ -171,10 +174,11 @@ def softmax_rows_into(x: Any, exact: bool, log: bool, out: Any, nchunks: int,
     on first touch, ordinary stores measured 12-21% faster (stream=False).  Requires a
     C-contiguous `out` when stream is True.
     """
-    if _serial(x):
+    if _serial(x) or nchunks <= 1:
         _softmax_chunk(x, log, out, 0, x.shape[0], stream)
     else:
-        _softmax_rows(x, log, out, nchunks, stream)
+        _ranges(lambda lo, hi: _softmax_chunk(x, log, out, lo, hi, stream), x.shape[0],
+                nchunks)
 
 
 def ce_rows(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: int, eps: float,
@@ -202,20 +206,29 @@ def ce_rows_into(x: Any, target: Any, weight: Any, has_w: bool, ignore_index: in
     grad)."""
     # (without weights on the host: a numba call costs a microsecond)
     wsum = _weight_sum(weight, has_w, x.shape[1]) if has_w else float(x.shape[1])
-    if _serial(x):
+    if _serial(x) or nchunks <= 1:
         _ce_chunk(x, target, weight, has_w, ignore_index, eps, z_loss, cap, grad, want_grad,
                   grad_scale, loss, lse, 0, x.shape[0], stream, wsum)
     else:
-        _ce_rows(x, target, weight, has_w, ignore_index, eps, z_loss, cap, grad, want_grad,
-                 grad_scale, loss, lse, nchunks, stream, wsum)
+        _ranges(lambda lo, hi: _ce_chunk(x, target, weight, has_w, ignore_index, eps, z_loss,
+                                         cap, grad, want_grad, grad_scale, loss, lse, lo, hi,
+                                         stream, wsum), x.shape[0], nchunks)
 
 
 def sigmoid_flat(x: Any, out: Any, dout: Any, want_d: bool, log: bool) -> None:
     """sigmoid (or log_sigmoid) of a flat array into out; the derivative into dout."""
-    if _serial(x):
-        _sigmoid_block(x, out, dout, want_d, log)  # elementwise: blocks change nothing
-    else:
-        _sigmoid_flat(x, out, dout, want_d, log)
+    # elementwise: how the array is cut changes nothing (ranges of whole blocks)
+    nblocks = (x.shape[0] + _BLOCK - 1) // _BLOCK
+    parts = 1 if _serial(x) else _chunks(nblocks)
+    if parts <= 1:
+        _sigmoid_block(x, out, dout, want_d, log)
+        return
+
+    def blocks(b0: int, b1: int) -> None:
+        lo, hi = b0 * _BLOCK, min(x.shape[0], b1 * _BLOCK)
+        _sigmoid_block(x[lo:hi], out[lo:hi], dout[lo:hi] if want_d else dout, want_d, log)
+
+    _ranges(blocks, nblocks, parts)
 
 
 def bce_logits_flat(x: Any, y: Any, pos_weight: float, eps: float, store_loss: bool,
@@ -224,9 +237,11 @@ def bce_logits_flat(x: Any, y: Any, pos_weight: float, eps: float, store_loss: b
     """BCE with logits over a flat array: per-element loss (optional), block partial sums
     (``partial[b]`` over elements ``b * _BLOCK ...``), and the gradient times grad_scale
     (optional; grad may be x)."""
-    if _serial(x):
+    nblocks = partial.shape[0]
+    parts = 1 if _serial(x) else _chunks(nblocks)
+    if parts <= 1:
         _bce_blocks(x, y, pos_weight, eps, store_loss, loss, want_grad, grad, grad_scale,
-                    partial, 0, partial.shape[0])
+                    partial, 0, nblocks)
     else:
-        _bce_logits_flat(x, y, pos_weight, eps, store_loss, loss, want_grad, grad,
-                         grad_scale, partial)
+        _ranges(lambda b0, b1: _bce_blocks(x, y, pos_weight, eps, store_loss, loss, want_grad,
+                                           grad, grad_scale, partial, b0, b1), nblocks, parts)

@@ -2,8 +2,8 @@
 # (numba compiles and types this module; its decorators are untyped for mypy)
 """The softmax family: log-sum-exp, softmax and log-softmax of each row.
 
-The compiled bodies (one thread: ``_*_chunk``; ``prange``: ``_*_rows``); the entry points
-that choose between them are in ``_kernels``.
+The compiled bodies (``_*_chunk``: a range of rows); the entry points, which run them on
+several threads for large inputs (``_pool``), are in ``_kernels``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Any
 
 import numba as nb
 import numpy as np
-from numba import prange
 
 from ._exp import two_diff
 from ._jit import _FAST, _STRICT, _cache
@@ -33,14 +32,7 @@ from ._rows import _SUMBLK64, _one_pass_blocks, _one_plus
 # --------------------------------------------------------------------------- softmax family
 
 
-@nb.njit(parallel=True, **_cache)
-def _logsumexp_rows(x: Any, out: Any, nchunks: int) -> None:
-    N = x.shape[0]
-    for c in prange(nchunks):
-        _logsumexp_chunk(x, out, c * N // nchunks, (c + 1) * N // nchunks)
-
-
-@nb.njit(**_cache)
+@nb.njit(nogil=True, **_cache)
 def _logsumexp_chunk(x: Any, out: Any, lo: int, hi: int) -> None:
     """logsumexp_rows on rows lo..hi-1 (one thread)."""
     _wide()  # 512-bit vectors (see _wide)
@@ -111,14 +103,7 @@ def _log_softmax_write(xr: Any, m: float, L: float, exact: bool, orow: Any) -> N
         orow[j] = _lsm1(np.float64(xr[j]), m, L, exact)
 
 
-@nb.njit(parallel=True, **_cache)
-def _softmax_rows(x: Any, log: bool, out: Any, nchunks: int, stream: bool) -> None:
-    N = x.shape[0]
-    for c in prange(nchunks):
-        _softmax_chunk(x, log, out, c * N // nchunks, (c + 1) * N // nchunks, stream)
-
-
-@nb.njit(**_cache)
+@nb.njit(nogil=True, **_cache)
 def _softmax_chunk(x: Any, log: bool, out: Any, lo: int, hi: int, stream: bool) -> None:
     """softmax_rows on rows lo..hi-1 (one thread); ``stream``: the whole lines of each
     row are written by non-temporal stores straight from registers (``_stream_log_softmax``,

@@ -17,8 +17,9 @@ import os
 DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-#: the modules of this folder that hold no kernel: the adapter and the compile's driver
-NOT_KERNELS = ("__init__.py", "_compile.py")
+#: the modules of this folder that hold no kernel: the adapter, the compile's driver and
+#: the threads
+NOT_KERNELS = ("__init__.py", "_compile.py", "_pool.py")
 
 
 def kernel_files() -> list[str]:
