@@ -10,7 +10,7 @@ import pytest
 
 import crossentropy as ce
 from crossentropy import _config, _small
-from crossentropy._dispatch import CORE, NUMBA, PLAIN, pick
+from crossentropy._dispatch import CORE, NUMBA, PLAIN, pick, pick_rows
 
 SMALL = np.zeros(3)
 LARGE = np.zeros(max(_config.FAST_MIN_SIZE, _small.SMALL + 1))
@@ -115,3 +115,81 @@ def test_public_functions_take_the_path_the_pick_gives(backend: str,
     kernel = "numba" if backend == "numba" else "plain"
     assert seen == ["plain", "plain", "plain", "numba" if backend == "numba" else "core",
                     kernel]
+
+
+def test_the_per_row_entry_points_take_the_pick_with_no_size_floor() -> None:
+    """The torch layer's CPU path and ``_backends.cross_entropy_rows`` ask
+    :func:`pick_rows`: the kernels at every size where the setting lets them, the core
+    under "numpy", for float16 and for empty logits."""
+    with ce.use_backend("numpy"):
+        assert pick_rows(LARGE.reshape(1, -1)) is CORE
+    with ce.use_backend("numba"):
+        assert pick_rows(SMALL.reshape(1, -1)) is NUMBA
+        assert pick_rows(np.zeros((0, 3))) is CORE
+        assert pick_rows(np.zeros((2, 3), dtype=np.float16)) is CORE
+    with ce.use_backend("auto"):
+        if ce.warm_up():
+            assert pick_rows(SMALL.reshape(1, -1)) is NUMBA
+
+
+def test_the_per_row_backends_agree() -> None:
+    """``ce_rows`` and ``index_targets`` of the core and the kernels: the same rows (within
+    the accuracy bounds), the same check and count."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 4, (7, 13))
+    t = rng.integers(0, 13, 7)
+    t[2] = -100
+    w = rng.random(13) + 0.5
+    got = []
+    for be in (CORE, NUMBA):
+        g = np.empty_like(x)
+        loss, lse = be.ce_rows(x, t, w, -100, 0.1, 1e-3, 6.0, g, 0.5)
+        got.append((loss, lse, g))
+    for a, b in zip(*got, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+    assert CORE.index_targets(t, 13, -100) is None  # (the caller checks them itself)
+    assert NUMBA.index_targets(t, 13, -100) == (-1, 6)
+    t[4] = 13
+    assert NUMBA.index_targets(t, 13, -100) == (4, 3)  # (counted before it)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_the_torch_cpu_path_takes_the_backend_the_pick_gives(
+        backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index operator and the chunks of the linear one compute on ``pick_rows``'s
+    backend: one pick per call or chunk, the same backend computing."""
+    torch = pytest.importorskip("torch")
+    import crossentropy._dispatch as dispatch
+    import crossentropy.torch as cet
+    from crossentropy.torch import _chunks, _ops
+
+    picked: list[str] = []
+    computed: list[str] = []
+    real = dispatch.pick_rows
+
+    def spy(x: np.ndarray) -> dispatch.Backend:
+        be = real(x)
+        picked.append(be.name)
+        return be
+
+    monkeypatch.setattr(_ops, "pick_rows", spy)
+    monkeypatch.setattr(_chunks, "pick_rows", spy)
+    for be in (NUMBA, CORE):
+        inner = type(be).ce_rows
+
+        def counting(self: dispatch.Backend, *args: object, _inner: object = inner,
+                     **kwargs: object) -> object:
+            computed.append(self.name)
+            return _inner(self, *args, **kwargs)  # type: ignore[operator]
+
+        monkeypatch.setattr(type(be), "ce_rows", counting)
+    want = "numba" if backend == "numba" else "core"
+    x = torch.randn(5, 7)
+    t = torch.randint(0, 7, (5,))
+    h, W = torch.randn(5, 4), torch.randn(7, 4)
+    with ce.use_backend(backend):  # type: ignore[arg-type]
+        cet.cross_entropy(x, t)
+        cet.linear_cross_entropy(h, W, t)
+    assert picked == computed
+    assert set(computed) == {want} and len(computed) >= 2

@@ -154,33 +154,32 @@ def test_gradcheck_float64():
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 def test_cpu_gradient_is_computed_in_forward(monkeypatch, backend):
-    """The fused kernel runs once (forward); backward only scales its gradient.  (Where the
-    kernels take the call the torch layer runs the adapter directly; else the backend
-    switch, which runs the NumPy core.)"""
+    """The fused kernel runs once (forward); backward only scales its gradient.  (The
+    torch layer computes on the backend the NumPy dispatch picks: the kernels, or the
+    NumPy core under the "numpy" setting; the other one is never called.)"""
     import crossentropy
-    import crossentropy._backends as backends
-    import crossentropy._cpu as cpu
+    import crossentropy._dispatch as dispatch
 
     if backend == "numba":
         pytest.importorskip("numba")
-    mod, name = (cpu, "ce_rows_kernel") if backend == "numba" else \
-        (backends, "cross_entropy_rows")
-    inner = getattr(mod, name)
     calls = []
+    for be in (dispatch.NUMBA, dispatch.CORE):
+        inner = type(be).ce_rows
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return inner(*args, **kwargs)
+        def counting(self, *args, _inner=inner, **kwargs):
+            calls.append(self.name)
+            return _inner(self, *args, **kwargs)
 
-    monkeypatch.setattr(mod, name, counting)
+        monkeypatch.setattr(type(be), "ce_rows", counting)
+    want = ["numba" if backend == "numba" else "core"]
     x = torch.randn(9, 11, requires_grad=True)
     t = torch.randint(0, 11, (9,))
     with crossentropy.use_backend(backend):
         loss = cet.cross_entropy(x, t, label_smoothing=0.1)
-        assert len(calls) == 1
+        assert calls == want
         (g1,) = torch.autograd.grad(loss, x, torch.tensor(1.0), retain_graph=True)
         (g2,) = torch.autograd.grad(loss, x, torch.tensor(2.5))
-    assert len(calls) == 1
+    assert calls == want
     torch.testing.assert_close(g2, 2.5 * g1)
     ref = torch.autograd.grad(F.cross_entropy(x, t, label_smoothing=0.1), x)[0]
     torch.testing.assert_close(g1, ref)

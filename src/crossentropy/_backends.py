@@ -45,7 +45,7 @@ from crossentropy import _config
 from crossentropy._core import categorical as core_ce
 
 __all__ = ["PerformanceHint", "cross_entropy_rows", "index_targets", "kernel_status",
-           "kernels_ready", "use_numba", "warm_up"]
+           "kernels_ready", "rows_by_core", "use_numba", "warm_up"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _hinted: list[bool] = []
@@ -309,6 +309,15 @@ def cross_entropy_rows(
 
         return _cpu.ce_rows_kernel(logits, target, weight, ignore_index, label_smoothing,
                                    z_loss, softcap, grad, grad_scale)
+    return rows_by_core(logits, target, weight, ignore_index, label_smoothing, z_loss,
+                        softcap, grad, grad_scale)
+
+
+def rows_by_core(logits: npt.NDArray[np.floating], target: npt.NDArray[np.integer],
+                 weight: F64 | None, ignore_index: int, label_smoothing: float, z_loss: float,
+                 softcap: float | None, grad: npt.NDArray[np.floating] | None,
+                 grad_scale: float) -> tuple[F64, F64]:
+    """:func:`cross_entropy_rows` by the exact core (the NumPy dispatch's ``CORE``)."""
     counted = target != ignore_index
     N, C = logits.shape
     if N == 0 or C == 0:

@@ -30,8 +30,12 @@ backend never re-validates.
 4. else :data:`CORE`.
 
 The torch layer's CPU path asks the same question with ``min_size=0``
-(``pick(x, numba=..., min_size=0) is NUMBA``): its own per-call costs are its own, so the
-kernels pay off at every size.
+(:func:`pick_rows`): its own per-call costs are its own, so the kernels pay off at every
+size.  It computes on the backend picked as well: two more methods, ``ce_rows`` (per-row
+loss, log-sum-exp and gradient of index targets, the contract of
+:func:`crossentropy._backends.cross_entropy_rows`) and ``index_targets`` (the targets
+checked and counted in one pass, where the backend has such a pass), implemented by
+:data:`CORE` and :data:`NUMBA`.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from crossentropy import _small
-from crossentropy._backends import use_numba
+from crossentropy._backends import rows_by_core, use_numba
 from crossentropy._core import binary as core_bce
 from crossentropy._core import categorical as core_ce
 from crossentropy._core import rows as core_rows
@@ -54,7 +58,7 @@ from crossentropy._layout import back, from_rows2d, moved, rows2d
 from crossentropy._options import CrossEntropyOptions
 from crossentropy._validate import cast_out, write_out
 
-__all__ = ["CORE", "NUMBA", "PLAIN", "Backend", "pick"]
+__all__ = ["CORE", "NUMBA", "PLAIN", "Backend", "pick", "pick_rows"]
 
 F64 = npt.NDArray[np.float64]
 Axes = tuple[int, ...] | None
@@ -100,6 +104,20 @@ def pick(
     return PLAIN if small else CORE
 
 
+def pick_rows(logits: np.ndarray) -> Backend:
+    """The backend of the per-row cross-entropy of (N, C) `logits` (``ce_rows``,
+    ``index_targets``): the torch layer's CPU path and
+    :func:`crossentropy._backends.cross_entropy_rows`.  :func:`pick` with ``min_size=0``
+    (the kernels at every size where the setting lets them take the call); empty logits:
+    :data:`CORE`.
+
+    >>> import numpy as np
+    >>> pick_rows(np.zeros((0, 3))).name
+    'core'
+    """
+    return pick(logits, min_size=0) if logits.size else CORE
+
+
 class Backend:
     """The interface: one implementation of the arithmetic of the public NumPy functions.
 
@@ -141,6 +159,22 @@ class Backend:
         and, with the gradient factor `gf`, the gradient scaled by it, in x's shape and
         dtype (`grad_out` itself when given)."""
         raise NotImplementedError
+
+    def ce_rows(self, logits: np.ndarray, target: np.ndarray, weight: F64 | None,
+                ignore_index: int, label_smoothing: float, z_loss: float,
+                softcap: float | None, grad: np.ndarray | None, grad_scale: float
+                ) -> tuple[F64, F64]:
+        """Per-row loss and log-sum-exp (float64) of (N, C) logits and int64 targets (in
+        range or `ignore_index`, already checked), the gradient times `grad_scale` written
+        into `grad` when given: :func:`crossentropy._backends.cross_entropy_rows`."""
+        raise NotImplementedError
+
+    def index_targets(self, target: np.ndarray, num_classes: int,
+                      ignore_index: int) -> tuple[int, int] | None:
+        """(first position of a target outside [0, C) that is not `ignore_index`, or -1;
+        the number of targets other than `ignore_index`) in one pass, or None where the
+        backend has no such pass (the caller checks the targets its own way)."""
+        return None
 
 
 # --------------------------------------------------------------------------- plain Python
@@ -268,6 +302,13 @@ class _Core(Backend):
             return loss, None
         return loss, write_out(cast_out(gf.apply(grad), x.dtype), grad_out, "grad_out")
 
+    def ce_rows(self, logits: np.ndarray, target: np.ndarray, weight: F64 | None,
+                ignore_index: int, label_smoothing: float, z_loss: float,
+                softcap: float | None, grad: np.ndarray | None, grad_scale: float
+                ) -> tuple[F64, F64]:
+        return rows_by_core(logits, target, weight, ignore_index, label_smoothing, z_loss,
+                            softcap, grad, grad_scale)
+
 
 # --------------------------------------------------------------------------- the kernels
 
@@ -345,6 +386,22 @@ class _Numba(Backend):
                 np.copyto(grad_out, gg)
             gg = grad_out
         return loss, gg[()] if gg.ndim == 0 else gg
+
+
+    def ce_rows(self, logits: np.ndarray, target: np.ndarray, weight: F64 | None,
+                ignore_index: int, label_smoothing: float, z_loss: float,
+                softcap: float | None, grad: np.ndarray | None, grad_scale: float
+                ) -> tuple[F64, F64]:
+        from crossentropy import _cpu
+
+        return _cpu.ce_rows_kernel(logits, target, weight, ignore_index, label_smoothing,
+                                   z_loss, softcap, grad, grad_scale)
+
+    def index_targets(self, target: np.ndarray, num_classes: int,
+                      ignore_index: int) -> tuple[int, int] | None:
+        from crossentropy import _cpu
+
+        return _cpu.index_targets(target, num_classes, ignore_index)
 
 
 #: The backends (stateless: one instance each).

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from crossentropy import _backends
+from crossentropy._dispatch import pick_rows
 from crossentropy._options import CrossEntropyOptions
 
 __all__ = ["CHUNK_BYTES", "ChunkPlan", "linear_chunks", "watch_buffers"]
@@ -140,13 +140,11 @@ def cpu_rows_np(
 
 def cpu_rows_arrays(x: Any, target: Any, weight64: Any, opts: CrossEntropyOptions,
                     grad: Any, grad_scale: float) -> tuple[Any, Any]:
-    """:func:`cpu_rows_np` on the NumPy views themselves."""
-    return _backends.cross_entropy_rows(
-        x, target, weight=weight64,
-        ignore_index=_NO_IGNORE if opts.ignore_index is None else opts.ignore_index,
-        label_smoothing=opts.label_smoothing, z_loss=opts.z_loss, softcap=opts.softcap,
-        grad=grad, grad_scale=grad_scale,
-    )
+    """:func:`cpu_rows_np` on the NumPy views themselves, by the backend the NumPy
+    dispatch picks (:func:`crossentropy._dispatch.pick_rows`: the kernels or the core)."""
+    return pick_rows(x).ce_rows(
+        x, target, weight64, _NO_IGNORE if opts.ignore_index is None else opts.ignore_index,
+        opts.label_smoothing, opts.z_loss, opts.softcap, grad, grad_scale)
 
 
 def torch_rows(

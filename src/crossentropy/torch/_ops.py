@@ -8,8 +8,9 @@ schema; chunking crosses as the two integers of a resolved
 :class:`~crossentropy.torch._chunks.ChunkPlan`.
 
 ``crossentropy::cross_entropy_index``
-    (N, C) logits against index targets on the CPU, through the fused kernel
-    :func:`crossentropy._backends.cross_entropy_rows`.  The forward pass writes the gradient
+    (N, C) logits against index targets on the CPU, on the backend the NumPy dispatch
+    picks (:func:`crossentropy._dispatch.pick_rows`: the fused kernel, or the exact core
+    where the kernels do not take the call).  The forward pass writes the gradient
     (already scaled by the reduction) into a buffer; backward returns it as it is when the
     incoming gradient is 1 and otherwise multiplies it once.
 
@@ -37,13 +38,12 @@ import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
-from crossentropy import _backends, _cpu
 from crossentropy._core.reduce import scalar as reduce_scalar
+from crossentropy._dispatch import pick_rows
 from crossentropy._options import CrossEntropyOptions, Reduction
 from crossentropy.torch._chunks import (
     _NO_IGNORE,
     ChunkPlan,
-    cpu_rows_arrays,
     linear_chunks,
     rows_for,
 )
@@ -214,9 +214,11 @@ def index_body(
     # the kernels on NumPy views (this body runs on real CPU data only)
     xn, tn = x.numpy(), t.numpy()
     ii = opts.ignore_index
-    # the targets checked and counted by one kernel pass where the kernels run, else by
-    # torch (a reduction and two host reads, then a count where one is needed)
-    found = _backends.index_targets(xn, tn, _NO_IGNORE if ii is None else ii)
+    # one pick for the call (the NumPy dispatch's: the kernels or the core); the targets
+    # checked and counted by one kernel pass where the kernels run, else by torch (a
+    # reduction and two host reads, then a count where one is needed)
+    backend = pick_rows(xn)
+    found = backend.index_targets(tn, C, _NO_IGNORE if ii is None else ii)
     counted: int | None = None
     if found is None:
         in_range = check_index_target(t, C, ii)
@@ -230,12 +232,8 @@ def index_body(
     grad, gn = _fresh_like(x) if need_grad else (x.new_empty(0), None)
     gscale = host_scale(opts.scale, denom)
     w64n = None if w64 is None else w64.numpy()
-    if found is not None:  # the kernels take the call (_backends decided above): directly
-        loss, lse = _cpu.ce_rows_kernel(
-            xn, tn, w64n, _NO_IGNORE if ii is None else ii, opts.label_smoothing,
-            opts.z_loss, opts.softcap, gn, gscale)
-    else:
-        loss, lse = cpu_rows_arrays(xn, tn, w64n, opts, gn, gscale)
+    loss, lse = backend.ce_rows(xn, tn, w64n, _NO_IGNORE if ii is None else ii,
+                                opts.label_smoothing, opts.z_loss, opts.softcap, gn, gscale)
     if opts.reduction is Reduction.NONE:
         out = reduce_rows(torch.from_numpy(loss), None, opts).to(x.dtype)
     else:
