@@ -12,7 +12,7 @@ answer follows the user's setting (:func:`crossentropy.set_backend`):
   elements when numba can be imported.  When it cannot, the first large call emits one
   :class:`PerformanceHint` saying how to get the fast path.
 
-**Cold start.**  Compiling the kernels takes a minute or two the first time, spread over
+**Cold start.**  Compiling the kernels takes about a minute of CPU the first time, spread over
 the cores and shared with any other process compiling into the same cache
 (``_cpu._compile``); numba caches them on disk, and later processes load each kernel at its
 first call (numba's start-up and the load: about a second).  Under ``"auto"``, when the
@@ -196,7 +196,7 @@ def warm_up(progress: Callable[[int, int, str], None] | None = None) -> bool:
 
     Returns False when numba is not installed (nothing to do).  Call it at start-up to
     keep the first large calls of a process on the compiled kernels (see the module
-    notes on cold starts).  The first compile on a machine takes a minute or two, spread
+    notes on cold starts).  The first compile on a machine takes about a minute of CPU, spread
     over the cores; later processes load the kernels from numba's on-disk cache.
 
     Parameters

@@ -33,7 +33,7 @@ commands:
             calibration (ECE, reliability diagram) of a file of predictions
   calibrate fit a temperature (or Platt scaling) to a file of predictions, report
             the metrics before and after, write the calibrated predictions
-  warm-up   compile the fast CPU kernels now (once per install: a minute or two),
+  warm-up   compile the fast CPU kernels now (once per install: about a minute of CPU),
             or with --status say where they stand
 
 examples:
@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         "warm-up", help="compile the fast CPU kernels now, with a progress bar",
         formatter_class=_Formatter,
         description="Compile the numba CPU kernels into numba's on-disk cache now (the first "
-                    "time on a machine: a minute or two, spread over the cores), or load "
+                    "time on a machine: about a minute of CPU, spread over the cores), or load "
                     "them when they are compiled already.  Without it the first large call "
                     "starts the compile in the background and runs on the exact NumPy core "
                     "meanwhile.")
@@ -790,7 +790,7 @@ def _cmd_warm_up(args: argparse.Namespace) -> int:
     if before.startswith("numba is not installed"):
         raise ImportError(f"{before}; `pip install numba` gives the fast CPU kernels")
     if not before.startswith("compiled"):
-        print("compiling the CPU kernels into numba's cache (a minute or two, once per "
+        print("compiling the CPU kernels into numba's cache (about a minute of CPU, once per "
               "install)", file=sys.stderr, flush=True)
     with _Bar(sys.stderr) as bar:
         warm_up(progress=bar)

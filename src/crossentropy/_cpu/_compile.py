@@ -366,4 +366,4 @@ def describe() -> str:
     if done == len(PARTS):
         return f"compiled (numba's cache: {folder})"
     return (f"{done} of {len(PARTS)} parts compiled (numba's cache: {folder}); "
-            "`crossentropy warm-up` compiles the rest (a minute or two, once)")
+            "`crossentropy warm-up` compiles the rest (about a minute of CPU, once)")
