@@ -12,7 +12,6 @@ interpreter block sizes (BLOCK_C 64, BLOCK_N 16, BLOCK_V 32, BLOCK_D 16).
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import subprocess
@@ -24,27 +23,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-# The interpreter mode is fixed when triton is first imported (its own @triton.jit helpers
-# such as tl.max are decorated then), so set it before importing triton; if another test
-# module (or doctest collection) imported triton in compiled mode already, import a fresh
-# copy in interpreter mode.
-_OLD_INTERPRET = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"
-if "triton" in sys.modules:
-    import triton.language as _tl
-    from triton.runtime.interpreter import InterpretedFunction
+# Triton's interpreter: set before triton is imported (tests/_triton_interp.py says why)
+import _triton_interp
 
-    if not isinstance(_tl.standard.max, InterpretedFunction):
-        for _name in [m for m in sys.modules if m == "triton" or m.startswith("triton.")]:
-            del sys.modules[_name]
-        sys.modules.pop("crossentropy.triton._kernels", None)
-
+_triton_interp.enter()
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton.language")  # decorated in interpreter mode from here on
-if _OLD_INTERPRET is None:
-    del os.environ["TRITON_INTERPRET"]
-else:
-    os.environ["TRITON_INTERPRET"] = _OLD_INTERPRET
+_triton_interp.restore()
 F = torch.nn.functional
 
 import mpmath  # noqa: E402
@@ -67,22 +52,9 @@ U32 = 2.0**-24  # float32 unit roundoff
 
 @pytest.fixture(autouse=True, scope="module")
 def _interpreter() -> Iterator[None]:
-    """Keep TRITON_INTERPRET=1 while this module runs; restore it afterwards."""
-    os.environ["TRITON_INTERPRET"] = "1"
-    from triton.runtime.interpreter import InterpretedFunction
-
-    kernels = sys.modules.get("crossentropy.triton._kernels")
-    if kernels is not None and not isinstance(kernels.ce_fwd_kernel, InterpretedFunction):
-        importlib.reload(kernels)  # imported (e.g. by doctest collection) in compiled mode
-    # no inf - inf, 0 * inf, x / 0 or overflow inside a kernel (underflow is legitimate)
-    with np.errstate(invalid="raise", divide="raise", over="raise"):
-        try:
-            yield
-        finally:
-            if _OLD_INTERPRET is None:
-                os.environ.pop("TRITON_INTERPRET", None)
-            else:
-                os.environ["TRITON_INTERPRET"] = _OLD_INTERPRET
+    """Keep TRITON_INTERPRET=1 while this module runs (kernels in interpreter mode, no
+    inf - inf, 0 * inf, x / 0 or overflow inside a kernel); restore it afterwards."""
+    yield from _triton_interp.interpreting()
 
 
 def _gen(seed: int) -> torch.Generator:
